@@ -1,0 +1,142 @@
+"""Options and helpers shared by the subcommands.
+
+Every flag is spelled as Litestream spells it (one dash) and also with two dashes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, TypeVar
+
+import click
+
+from litestream_py.config import Config, ReplicaConfig, default_config_path, is_url, load_config
+from litestream_py.db import DB
+from litestream_py.errors import ConfigError, LitestreamError
+from litestream_py.factory import db_from_config, replica_from_config
+from litestream_py.replica import Replica
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("lsr")
+
+
+def flag(name: str, dest: str | None = None, **kwargs: Any) -> Callable[[F], F]:
+    """A click option accepted as -name and --name."""
+    return click.option(f"-{name}", f"--{name}", dest or name.replace("-", "_"), **kwargs)
+
+
+def config_options(f: F) -> F:
+    f = flag("no-expand-env", is_flag=True, help="Do not expand $VAR / ${VAR} in the config file.")(f)
+    f = flag("config", "config_path", metavar="PATH", default=None,
+             help="Config file (default $LITESTREAM_CONFIG or /etc/litestream.yml).")(f)
+    return f
+
+
+def replica_option(f: F) -> F:
+    return flag("replica", "replica_name", metavar="NAME", default="", help="Only this replica.")(f)
+
+
+def setup_logging(config: Config | None = None, verbose: bool = False) -> None:
+    level_name = (config.logging.level if config else "info").upper()
+    level = {"DEBUG": logging.DEBUG, "WARN": logging.WARNING, "WARNING": logging.WARNING,
+             "ERROR": logging.ERROR}.get(level_name, logging.INFO)
+    if verbose:
+        level = logging.DEBUG
+    stream = sys.stderr if (config and config.logging.stderr) else sys.stdout
+    handler = logging.StreamHandler(stream)
+    if config and config.logging.type == "json":
+        handler.setFormatter(logging.Formatter(
+            '{"time":"%(asctime)s","level":"%(levelname)s","msg":%(message)r}'))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "watchdog"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def read_config(config_path: str | None, no_expand_env: bool) -> Config:
+    config = load_config(config_path or default_config_path(), expand=not no_expand_env)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    return config
+
+
+@dataclass
+class Target:
+    """What an inspect/restore command works on: a DB from the config, or a replica URL."""
+
+    db: DB | None
+    replicas: list[Replica]
+
+
+def resolve_target(arg: str, config_path: str | None, no_expand_env: bool, replica_name: str = "") -> Target:
+    if is_url(arg):
+        if config_path:
+            raise ConfigError("cannot use a replica URL together with -config")
+        return Target(None, [replica_from_config(ReplicaConfig(url=arg), None)])
+    config = read_config(config_path, no_expand_env)
+    dbc = config.db_config(arg)
+    if dbc is None:
+        raise ConfigError(f"cannot find database {arg} in the config (check the path, or pass -config)")
+    db = db_from_config(dbc)
+    replicas = db.replicas
+    if replica_name:
+        replicas = [r for r in replicas if r.name == replica_name]
+        if not replicas:
+            raise ConfigError(f"cannot find replica {replica_name!r} for database {db.path}")
+    return Target(db, replicas)
+
+
+def run(fn: Callable[[], Any]) -> Any:
+    """Turn engine errors into one line on stderr and exit status 1."""
+    try:
+        return fn()
+    except LitestreamError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from exc
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """Columns aligned like Go's tabwriter (two spaces of padding)."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    for row in [header] + rows:
+        cells = [c.ljust(w + 2) for c, w in zip(row[:-1], widths)] + [row[-1]]
+        click.echo("".join(cells))
+
+
+def format_time(t: datetime | None) -> str:
+    if t is None:
+        return ""
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_duration(d: timedelta) -> str:
+    """A duration the way Go prints one, truncated as Litestream does (e.g. 1.2s, 3m4s)."""
+    total = d.total_seconds()
+    sign = "-" if total < 0 else ""
+    total = abs(total)
+    if total == 0:
+        return "0s"
+    if total < 1:
+        if total >= 1e-3:
+            return f"{sign}{int(total * 1e3)}ms"
+        return f"{sign}{int(total * 1e6)}µs"
+    if total < 10:
+        return f"{sign}{int(total * 10) / 10:g}s"
+    secs = int(total)
+    h, rem = divmod(secs, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{sign}{h}h{m}m{s}s"
+    if m:
+        return f"{sign}{m}m{s}s"
+    return f"{sign}{s}s"

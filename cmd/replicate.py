@@ -1,0 +1,80 @@
+"""``lsr replicate``: run the replication sidecar until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import subprocess
+import threading
+from types import FrameType
+
+import click
+
+from litestream_py.config import Config, DBConfig, ReplicaConfig, expand_path
+from litestream_py.errors import ConfigError
+from litestream_py.factory import db_from_config
+from litestream_py.replicator import Replicator
+
+from .options import config_options, flag, log, read_config, run, setup_logging
+
+
+@click.command("replicate")
+@config_options
+@flag("exec", "exec_cmd", metavar="CMD", default="", help="Run CMD as a subprocess; stop when it exits.")
+@click.argument("args", nargs=-1, metavar="[DB_PATH REPLICA_URL...]")
+def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, args: tuple[str, ...]) -> None:
+    """Replicate databases continuously. With DB_PATH and replica URLs, no config file is read."""
+
+    def body() -> int:
+        if args:
+            if config_path:
+                raise ConfigError("cannot use -config together with DB_PATH and replica URLs")
+            if len(args) < 2:
+                raise ConfigError("cannot replicate: give DB_PATH followed by at least one REPLICA_URL")
+            config = Config(dbs=[DBConfig(path=expand_path(args[0]),
+                                          replicas=[ReplicaConfig(url=u) for u in args[1:]])])
+            setup_logging(config)
+        else:
+            config = read_config(config_path, no_expand_env)
+            setup_logging(config)
+            for warning in config.warnings:
+                log.warning("%s", warning)
+        if not config.dbs:
+            raise ConfigError("cannot replicate: no databases configured")
+        dbs = [db_from_config(dbc) for dbc in config.dbs]
+        replicator = Replicator(dbs)
+        replicator.start()
+        for db in dbs:
+            log.info("replicating %s to %s", db.path, ", ".join(r.client.describe() for r in db.replicas))
+        return wait_and_stop(replicator, exec_cmd or config.exec)
+
+    raise SystemExit(run(body))
+
+
+def wait_and_stop(replicator: Replicator, exec_cmd: str) -> int:
+    """Block until a signal (or the -exec child exits), then stop with a final sync."""
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    child: subprocess.Popen[bytes] | None = None
+    code = 0
+    if exec_cmd:
+        child = subprocess.Popen(shlex.split(exec_cmd))
+        threading.Thread(target=lambda: (child.wait(), stop.set()), daemon=True).start()
+    while not stop.wait(0.5):
+        pass
+    if child is not None:
+        if child.poll() is None and received:
+            child.send_signal(received[0])
+        code = child.wait()
+        log.info("subprocess exited with %d", code)
+    log.info("shutting down: final sync")
+    replicator.stop()
+    log.info("lsr shut down")
+    return code

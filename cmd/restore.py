@@ -1,0 +1,101 @@
+"""``lsr restore``: recover a database from a replica."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+
+from litestream_py.errors import ConfigError, OutputExistsError
+from litestream_py.restore import DEFAULT_RESTORE_PARALLELISM, RestoreOptions, calc_restore_target, restore
+
+from .options import config_options, flag, log, replica_option, resolve_target, run, setup_logging
+
+
+def parse_timestamp(value: str) -> datetime:
+    """RFC 3339 with optional fractional seconds and any UTC offset."""
+    try:
+        t = datetime.fromisoformat(value.strip().replace("z", "Z"))
+    except ValueError as exc:
+        raise ConfigError(
+            f"cannot parse -timestamp {value!r}: use RFC 3339, e.g. 2024-01-02T15:04:05.123Z"
+        ) from exc
+    if t.tzinfo is None:
+        raise ConfigError(f"cannot parse -timestamp {value!r}: add a UTC offset such as Z or +02:00")
+    return t.astimezone(timezone.utc)
+
+
+def parse_index(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value, 16)
+    except ValueError as exc:
+        raise ConfigError(f"cannot parse -index {value!r}: use a hexadecimal WAL index such as 0000002a") from exc
+
+
+@click.command("restore")
+@config_options
+@replica_option
+@flag("o", "output", metavar="PATH", default=None, help="Output path (default: the database's own path).")
+@flag("generation", metavar="NAME", default="", help="Restore from this generation.")
+@flag("index", metavar="HEX", default=None, help="Restore through this WAL index (hexadecimal).")
+@flag("timestamp", metavar="RFC3339", default=None, help="Restore to this point in time.")
+@flag("parallelism", type=click.IntRange(min=1), default=DEFAULT_RESTORE_PARALLELISM,
+      help="WAL segments downloaded in parallel.")
+@flag("if-db-not-exists", is_flag=True, help="Exit 0 if the output database already exists.")
+@flag("if-replica-exists", is_flag=True, help="Exit 0 if no backup is found.")
+@flag("v", "verbose", is_flag=True, help="Verbose output.")
+@click.argument("target", metavar="DB_PATH|REPLICA_URL")
+def command(config_path: str | None, no_expand_env: bool, replica_name: str, output: str | None,
+            generation: str, index: str | None, timestamp: str | None, parallelism: int,
+            if_db_not_exists: bool, if_replica_exists: bool, verbose: bool, target: str) -> None:
+    """Restore a database from its replicas (or a replica URL) to the latest state,
+    a WAL index, or a point in time. Nothing is written at the output path unless
+    the restore completes."""
+
+    def body() -> None:
+        setup_logging(verbose=verbose)
+        ts = parse_timestamp(timestamp) if timestamp else None
+        idx = parse_index(index)
+        if idx is not None and ts is not None:
+            raise ConfigError("cannot restore: -index and -timestamp are mutually exclusive")
+        if idx is not None and not generation:
+            raise ConfigError("cannot restore to an index: -generation is required with -index")
+        t = resolve_target(target, config_path, no_expand_env, replica_name)
+        out = output or (t.db.path if t.db else None)
+        if not out:
+            raise ConfigError("cannot restore from a replica URL without -o PATH")
+        if os.path.lexists(out):
+            if if_db_not_exists:
+                log.info("database already exists, skipping: %s", out)
+                return
+            raise OutputExistsError(f"cannot restore to {out}: file already exists (remove it or pass -o)")
+        best: Any = None
+        for replica in t.replicas:
+            g, updated = calc_restore_target(replica.client, generation, ts)
+            if g and (best is None or updated > best[2]):
+                best = (replica, g, updated)
+        if best is None:
+            if if_replica_exists:
+                log.info("no matching backups found")
+                return
+            raise ConfigError("cannot restore: no matching backups found on the replica(s)")
+        replica, g, _ = best
+        opts = RestoreOptions(output_path=out, generation=g, index=idx, timestamp=ts, parallelism=parallelism)
+        if sys.stdout.isatty():
+            with click.progressbar(length=1, label="restoring", file=sys.stdout) as bar:
+                def progress(done: int, total: int) -> None:
+                    bar.length = max(total, 1)
+                    bar.update(done - bar.pos)
+                opts.progress = progress
+                result = restore(replica.client, opts)
+        else:
+            result = restore(replica.client, opts)
+        log.info("restored %s from replica %s, generation %s, through %s",
+                 result.output_path, replica.name, result.generation, result.pos)
+
+    run(body)

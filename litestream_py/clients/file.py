@@ -1,0 +1,160 @@
+"""Replica client for a directory on a local (or mounted) file system."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from datetime import datetime, timezone
+from typing import BinaryIO, Iterable
+
+from .. import paths
+from ..config import ReplicaConfig, expand_path, parse_replica_url
+from ..errors import ConfigError, NotFoundError, StorageError
+from ..fsutil import atomic_write, fsync_dir
+from ..pos import Pos, SnapshotInfo, WALSegmentInfo
+
+__all__ = ["FileReplicaClient"]
+
+log = logging.getLogger(__name__)
+
+# Litestream creates replica files 0600 and directories 0700 unless told otherwise.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def _mtime(st: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=timezone.utc)
+
+
+class FileReplicaClient:
+    """Snapshots and WAL segments as files under ``root``."""
+
+    type = "file"
+
+    def __init__(self, root: str) -> None:
+        if not root:
+            raise StorageError("cannot open file replica: path required")
+        self.root = os.path.abspath(root)
+
+    @classmethod
+    def from_config(cls, rc: ReplicaConfig) -> FileReplicaClient:
+        path = rc.path
+        if rc.url:
+            path = parse_replica_url(rc.url)[2]
+        if not path:
+            raise ConfigError("cannot create file replica: path required")
+        return cls(expand_path(path))
+
+    def describe(self) -> str:
+        return f"file://{self.root}"
+
+    def _mkdirs(self, path: str) -> None:
+        try:
+            os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create replica directory {path}: {exc.strerror}") from exc
+
+    def _listdir(self, path: str) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(path) as it:
+                return list(it)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError(f"cannot list replica directory {path}: {exc.strerror}") from exc
+
+    def generations(self) -> list[str]:
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise StorageError(f"cannot read file replica {self.root}: not a directory")
+        root = paths.generations_dir(self.root)
+        return sorted(e.name for e in self._listdir(root) if paths.is_generation_name(e.name) and e.is_dir())
+
+    def delete_generation(self, generation: str) -> None:
+        shutil.rmtree(paths.generation_dir(self.root, generation), ignore_errors=True)
+
+    def snapshots(self, generation: str) -> list[SnapshotInfo]:
+        infos = []
+        for e in self._listdir(paths.snapshots_dir(self.root, generation)):
+            try:
+                index = paths.parse_snapshot_path(e.name)
+                st = e.stat()
+            except (ValueError, OSError, Exception):
+                continue
+            infos.append(SnapshotInfo(generation, index, st.st_size, _mtime(st)))
+        return sorted(infos, key=lambda i: i.index)
+
+    def _write(self, path: str, src: BinaryIO | bytes, created_at: datetime | None) -> os.stat_result:
+        self._mkdirs(os.path.dirname(path))
+        try:
+            with atomic_write(path, FILE_MODE) as f:
+                if isinstance(src, bytes):
+                    f.write(src)
+                else:
+                    shutil.copyfileobj(src, f, 1 << 20)
+            if created_at is not None:
+                ts = created_at.timestamp()
+                os.utime(path, (ts, ts))
+            return os.stat(path)
+        except OSError as exc:
+            raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
+
+    def write_snapshot(
+        self, generation: str, index: int, data: BinaryIO, created_at: datetime | None = None
+    ) -> SnapshotInfo:
+        path = paths.snapshot_path(self.root, generation, index)
+        st = self._write(path, data, created_at)
+        return SnapshotInfo(generation, index, st.st_size, _mtime(st))
+
+    def open_snapshot(self, generation: str, index: int) -> BinaryIO:
+        path = paths.snapshot_path(self.root, generation, index)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"cannot read snapshot {generation}/{index:08x}: not found at {path}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read snapshot {path}: {exc.strerror}") from exc
+
+    def delete_snapshot(self, generation: str, index: int) -> None:
+        try:
+            os.unlink(paths.snapshot_path(self.root, generation, index))
+        except FileNotFoundError:
+            pass
+
+    def wal_segments(self, generation: str) -> list[WALSegmentInfo]:
+        infos = []
+        for e in self._listdir(paths.wal_dir(self.root, generation)):
+            try:
+                index, offset = paths.parse_wal_segment_path(e.name)
+                st = e.stat()
+            except Exception:
+                continue
+            infos.append(WALSegmentInfo(generation, index, offset, st.st_size, _mtime(st)))
+        return sorted(infos, key=lambda i: (i.index, i.offset))
+
+    def write_wal_segment(self, pos: Pos, data: bytes, created_at: datetime | None = None) -> WALSegmentInfo:
+        path = paths.wal_segment_path(self.root, pos.generation, pos.index, pos.offset)
+        st = self._write(path, data, created_at)
+        return WALSegmentInfo(pos.generation, pos.index, pos.offset, st.st_size, _mtime(st))
+
+    def read_wal_segment(self, pos: Pos) -> bytes:
+        path = paths.wal_segment_path(self.root, pos.generation, pos.index, pos.offset)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"cannot read wal segment {pos}: not found at {path}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read wal segment {path}: {exc.strerror}") from exc
+
+    def delete_wal_segments(self, positions: Iterable[Pos]) -> None:
+        dirs = set()
+        for pos in positions:
+            path = paths.wal_segment_path(self.root, pos.generation, pos.index, pos.offset)
+            try:
+                os.unlink(path)
+                dirs.add(os.path.dirname(path))
+            except FileNotFoundError:
+                pass
+        for d in dirs:
+            fsync_dir(d)

@@ -1,0 +1,666 @@
+"""One SQLite database under replication: its shadow WAL, generations and checkpoints.
+
+lsr copies every committed WAL frame into a *shadow WAL* next to the database
+(``.<name>-litestream/generations/<gen>/wal/<index>.wal``) before SQLite may
+checkpoint it away. Shadow index N holds one lifetime of the real WAL: its
+header and its frames from the first on; a WAL restart starts index N+1.
+
+Continuity rests on one invariant: lsr always holds a read transaction (the
+*read lock*), and takes it anew only while it also holds the write lock and has
+just copied the WAL to its end. A reader pins the WAL: SQLite can neither restart
+nor truncate it past a reader's mark, and cannot backfill past a reader on the
+database file (read-mark 0). So while the read lock is held without a gap, no
+committed frame can leave the WAL before lsr has copied it, and a WAL that was
+restarted or truncated since the last sync was restarted only after a full copy.
+When that cannot be shown (first start, a gap in the read lock, a WAL changed
+while lsr was down) lsr starts a new generation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import apsw
+
+from . import paths
+from .errors import DatabaseError
+from .fsutil import atomic_write, fsync_dir
+from .pos import Pos
+from .wal import (
+    WAL_FRAME_HEADER_SIZE,
+    WAL_HEADER_SIZE,
+    WALHeader,
+    frame_align,
+    scan_frames,
+    wal_size,
+)
+
+if TYPE_CHECKING:
+    from .replica import Replica
+
+__all__ = [
+    "DB",
+    "DEFAULT_MONITOR_INTERVAL",
+    "DEFAULT_CHECKPOINT_INTERVAL",
+    "DEFAULT_MIN_CHECKPOINT_PAGE_COUNT",
+    "DEFAULT_MAX_CHECKPOINT_PAGE_COUNT",
+    "DEFAULT_TRUNCATE_PAGE_COUNT",
+    "BUSY_TIMEOUT",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MONITOR_INTERVAL = timedelta(seconds=1)
+DEFAULT_CHECKPOINT_INTERVAL = timedelta(minutes=1)
+DEFAULT_MIN_CHECKPOINT_PAGE_COUNT = 1000
+DEFAULT_MAX_CHECKPOINT_PAGE_COUNT = 10000
+DEFAULT_TRUNCATE_PAGE_COUNT = 500_000
+BUSY_TIMEOUT = timedelta(seconds=1)
+# A WAL index lsr will not exceed within a generation (Litestream's MaxIndex).
+MAX_WAL_INDEX = 0x7FFFFFFF
+# Copy the WAL in bounded pieces so a WAL that grew while lsr was down does not
+# have to fit in memory at once.
+COPY_CHUNK_SIZE = 16 << 20
+
+CHECKPOINT_PASSIVE = "PASSIVE"
+CHECKPOINT_RESTART = "RESTART"
+CHECKPOINT_TRUNCATE = "TRUNCATE"
+
+_BUMP_SEQ_SQL = (
+    "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) "
+    "ON CONFLICT (id) DO UPDATE SET seq = seq + 1"
+)
+
+
+@dataclass
+class _SyncState:
+    generation: str = ""
+    reason: str = ""  # non-empty: continuity is lost, start a new generation
+    restart: bool = False  # the real WAL was restarted; shadow moves to a new index
+    shadow_index: int = 0
+    shadow_size: int = 0
+
+
+def _read_at(path: str, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+class DB:
+    """A database file, its shadow WAL and the replicas it feeds."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        meta_path: str | None = None,
+        monitor_interval: timedelta = DEFAULT_MONITOR_INTERVAL,
+        checkpoint_interval: timedelta = DEFAULT_CHECKPOINT_INTERVAL,
+        min_checkpoint_page_count: int = DEFAULT_MIN_CHECKPOINT_PAGE_COUNT,
+        max_checkpoint_page_count: int = DEFAULT_MAX_CHECKPOINT_PAGE_COUNT,
+        truncate_page_count: int = DEFAULT_TRUNCATE_PAGE_COUNT,
+    ) -> None:
+        self.path = os.path.abspath(path)
+        directory, name = os.path.split(self.path)
+        self.meta_path = os.path.abspath(meta_path) if meta_path else os.path.join(
+            directory, f".{name}{paths.META_DIR_SUFFIX}"
+        )
+        self.monitor_interval = monitor_interval
+        self.checkpoint_interval = checkpoint_interval
+        self.min_checkpoint_page_count = min_checkpoint_page_count
+        self.max_checkpoint_page_count = max_checkpoint_page_count
+        self.truncate_page_count = truncate_page_count
+        self.replicas: list[Replica] = []
+
+        # One lock orders everything that touches the shadow WAL or the read
+        # lock: sync, checkpoint, snapshot.
+        self._lock = threading.RLock()
+        self._conn: apsw.Connection | None = None  # writes and checkpoints
+        self._read_conn: apsw.Connection | None = None  # holds the read lock
+        self._read_lock_held = False
+        # True once the read lock has been held without a gap since the shadow
+        # last matched the end of the WAL (see the module docstring).
+        self._continuous = False
+        self._page_size = 0
+        self._last_checkpoint = time.monotonic()
+        self._waiting_logged = False
+        # Position published to replicas: only whole, synced transactions.
+        self._pos = Pos()
+        self._changed = threading.Condition()
+        self._version = 0
+
+    # -- paths -------------------------------------------------------------
+    @property
+    def wal_path(self) -> str:
+        return self.path + "-wal"
+
+    @property
+    def generation_name_path(self) -> str:
+        return os.path.join(self.meta_path, "generation")
+
+    def generation_path(self, generation: str) -> str:
+        return os.path.join(self.meta_path, "generations", generation)
+
+    def shadow_wal_dir(self, generation: str) -> str:
+        return os.path.join(self.generation_path(generation), "wal")
+
+    def shadow_wal_path(self, generation: str, index: int) -> str:
+        return os.path.join(self.shadow_wal_dir(generation), paths.format_shadow_wal_path(index))
+
+    @property
+    def page_size(self) -> int:
+        return self._page_size
+
+    def __repr__(self) -> str:
+        return f"DB({self.path!r})"
+
+    # -- state -------------------------------------------------------------
+    def current_generation(self) -> str:
+        try:
+            with open(self.generation_name_path) as f:
+                name = f.read().strip()
+        except FileNotFoundError:
+            return ""
+        return name if paths.is_generation_name(name) else ""
+
+    def shadow_indexes(self, generation: str) -> list[int]:
+        try:
+            names = os.listdir(self.shadow_wal_dir(generation))
+        except FileNotFoundError:
+            return []
+        out = []
+        for n in names:
+            try:
+                out.append(paths.parse_shadow_wal_path(n))
+            except Exception:
+                continue
+        return sorted(out)
+
+    def current_shadow_index(self, generation: str) -> int:
+        indexes = self.shadow_indexes(generation)
+        return indexes[-1] if indexes else 0
+
+    def pos(self) -> Pos:
+        """The last position copied into the shadow WAL and synced to disk."""
+        return self._pos
+
+    def shadow_wal_size(self, generation: str, index: int) -> int:
+        """Frame-aligned size of a shadow WAL file; 0 if it does not exist."""
+        try:
+            size = os.path.getsize(self.shadow_wal_path(generation, index))
+        except FileNotFoundError:
+            return 0
+        return frame_align(size, self._page_size) if self._page_size else size
+
+    def wait_for_change(self, version: int, timeout: float) -> int:
+        """Block until the shadow WAL changes past ``version`` or ``timeout`` passes."""
+        with self._changed:
+            if self._version == version:
+                self._changed.wait(timeout)
+            return self._version
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._version += 1
+            self._changed.notify_all()
+
+    # -- opening -----------------------------------------------------------
+    def check_path(self) -> None:
+        """Reject a database path whose directory does not exist (a typo, not a late app)."""
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            raise DatabaseError(f"cannot replicate {self.path}: directory {directory} does not exist")
+
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    def open(self) -> bool:
+        """Connect if the database exists; False while it does not exist yet."""
+        with self._lock:
+            if self._conn is not None:
+                return True
+            self.check_path()
+            if not os.path.exists(self.path):
+                if not self._waiting_logged:
+                    log.info("%s: database does not exist yet, waiting for it", self.path)
+                    self._waiting_logged = True
+                return False
+            try:
+                self._connect()
+            except BaseException:
+                self._disconnect()
+                raise
+            return True
+
+    def _new_connection(self) -> apsw.Connection:
+        try:
+            conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+        except apsw.Error as exc:
+            raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
+        conn.set_busy_timeout(int(BUSY_TIMEOUT.total_seconds() * 1000))
+        # Keep the WAL file when lsr's connections close: deleting it would end
+        # the generation for no reason.
+        persist = ctypes.c_int(1)
+        conn.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(persist))
+        return conn
+
+    def _connect(self) -> None:
+        conn = self._new_connection()
+        self._conn = conn
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
+        except apsw.Error as exc:
+            raise DatabaseError(f"cannot read database {self.path}: {exc}") from exc
+        if str(mode).lower() != "wal":
+            raise DatabaseError(
+                f"cannot replicate {self.path}: database is in {mode} journal mode, not WAL "
+                "(run PRAGMA journal_mode=WAL on it once)"
+            )
+        # lsr checkpoints on its own schedule, never as a side effect of its writes.
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute("CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)")
+        conn.execute("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)")
+        self._page_size = int(conn.execute("PRAGMA page_size").fetchall()[0][0])
+        self._read_conn = self._new_connection()
+        os.makedirs(self.meta_path, mode=0o700, exist_ok=True)
+        # The read lock is only ever taken under the write lock (module docstring).
+        self._ensure_wal_exists()
+        with self._write_lock():
+            self._acquire_read_lock()
+        # Nothing proves the WAL kept continuity while lsr was not running:
+        # the first sync checks the shadow against the WAL byte for byte.
+        self._continuous = False
+        self._truncate_shadow_tail()
+        log.info("%s: opened (page size %d)", self.path, self._page_size)
+
+    def close(self) -> None:
+        with self._lock:
+            self._disconnect()
+
+    def _disconnect(self) -> None:
+        self._release_read_lock()
+        for conn in (self._read_conn, self._conn):
+            if conn is not None:
+                try:
+                    conn.close()
+                except apsw.Error:
+                    pass
+        self._conn = self._read_conn = None
+        self._continuous = False
+
+    # -- locks -------------------------------------------------------------
+    def _acquire_read_lock(self) -> None:
+        assert self._read_conn is not None
+        if self._read_lock_held:
+            return
+        try:
+            self._read_conn.execute("BEGIN")
+            try:
+                self._read_conn.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
+            except BaseException:
+                self._read_conn.execute("ROLLBACK")
+                raise
+        except BaseException:
+            # A gap in the read lock: continuity can no longer be proven.
+            self._continuous = False
+            raise
+        self._read_lock_held = True
+
+    def _release_read_lock(self) -> None:
+        if self._read_lock_held and self._read_conn is not None:
+            try:
+                self._read_conn.execute("ROLLBACK")
+            except apsw.Error:
+                pass
+        self._read_lock_held = False
+
+    class _WriteLock:
+        def __init__(self, db: DB) -> None:
+            self.db = db
+
+        def __enter__(self) -> None:
+            assert self.db._conn is not None
+            self.db._conn.execute("BEGIN IMMEDIATE")
+
+        def __exit__(self, *exc: object) -> None:
+            assert self.db._conn is not None
+            self.db._conn.execute("ROLLBACK")
+
+    def _write_lock(self) -> DB._WriteLock:
+        """Hold SQLite's write lock: the application cannot commit meanwhile."""
+        return DB._WriteLock(self)
+
+    # -- sync ----------------------------------------------------------------
+    def sync(self) -> bool:
+        """Copy new WAL frames to the shadow WAL and checkpoint when due.
+
+        Returns True when the shadow WAL changed. A database that does not
+        exist yet is a no-op.
+        """
+        with self._lock:
+            if not self.open():
+                return False
+            try:
+                changed = self._sync()
+            except apsw.Error as exc:
+                # A broken connection is reopened by the next sync; the gap in
+                # the read lock forces a careful re-verification then.
+                self._disconnect()
+                raise DatabaseError(f"cannot sync {self.path}: {exc}") from exc
+        if changed:
+            self._notify()
+        return changed
+
+    def _sync(self) -> bool:
+        self._ensure_wal_exists()
+        state = self._verify()
+        changed = False
+        if state.reason:
+            generation = self._create_generation()
+            log.info("%s: new generation %s (%s)", self.path, generation, state.reason)
+            state = _SyncState(generation, shadow_index=0, shadow_size=WAL_HEADER_SIZE)
+            changed = True
+        elif state.restart:
+            # The WAL was restarted after a full copy; close the old index and
+            # carry on in the next one.
+            self._copy_to_shadow(state.generation, state.shadow_index)
+            state.shadow_index += 1
+            self._init_shadow_wal(state.generation, state.shadow_index)
+            changed = True
+
+        before = self.shadow_wal_size(state.generation, state.shadow_index)
+        after = self._copy_to_shadow(state.generation, state.shadow_index)
+        changed = changed or after != before
+        self._continuous = True
+        self._publish(state.generation, state.shadow_index)
+
+        mode = self._checkpoint_due(after)
+        if mode:
+            self._checkpoint(mode)
+            changed = True
+        self._clean()
+        return changed
+
+    def _publish(self, generation: str, index: int) -> None:
+        self._pos = Pos(generation, index, self.shadow_wal_size(generation, index))
+
+    def _ensure_wal_exists(self) -> None:
+        """Make sure the WAL has a header: a write to lsr's own table creates one."""
+        try:
+            if os.path.getsize(self.wal_path) >= WAL_HEADER_SIZE:
+                return
+        except FileNotFoundError:
+            pass
+        assert self._conn is not None
+        self._conn.execute(_BUMP_SEQ_SQL)
+
+    def _verify(self) -> _SyncState:
+        """Decide whether the shadow WAL still continues the real WAL."""
+        generation = self.current_generation()
+        if not generation:
+            return _SyncState(reason="no generation exists")
+        state = _SyncState(generation)
+        indexes = self.shadow_indexes(generation)
+        if not indexes:
+            state.reason = "no shadow wal"
+            return state
+        index = indexes[-1]
+        if index >= MAX_WAL_INDEX:
+            state.reason = "max wal index exceeded"
+            return state
+        state.shadow_index = index
+        shadow_path = self.shadow_wal_path(generation, index)
+        shadow_size = self.shadow_wal_size(generation, index)
+        state.shadow_size = shadow_size
+        if shadow_size < WAL_HEADER_SIZE:
+            state.reason = "short shadow wal"
+            return state
+        wal_file_size = frame_align(os.path.getsize(self.wal_path), self._page_size)
+        wal_header = _read_at(self.wal_path, 0, WAL_HEADER_SIZE)
+        shadow_header = _read_at(shadow_path, 0, WAL_HEADER_SIZE)
+        if wal_header != shadow_header:
+            if self._continuous:
+                state.restart = True
+                return state
+            state.reason = "wal header changed while lsr was not watching"
+            return state
+        if shadow_size > wal_file_size:
+            # Same header but a shorter WAL: truncated and rewritten behind us.
+            state.reason = "wal truncated by another process"
+            return state
+        if shadow_size > WAL_HEADER_SIZE:
+            frame = WAL_FRAME_HEADER_SIZE + self._page_size
+            offset = shadow_size - frame
+            if _read_at(self.wal_path, offset, frame) != _read_at(shadow_path, offset, frame):
+                state.reason = "wal overwritten by another process"
+                return state
+        return state
+
+    def _create_generation(self) -> str:
+        generation = paths.new_generation_name()
+        os.makedirs(self.shadow_wal_dir(generation), mode=0o700, exist_ok=True)
+        self._init_shadow_wal(generation, 0)
+        with atomic_write(self.generation_name_path) as f:
+            f.write(generation.encode() + b"\n")
+        self._continuous = True
+        self._clean()
+        return generation
+
+    def _init_shadow_wal(self, generation: str, index: int) -> None:
+        """Start shadow index ``index`` with the real WAL's current header."""
+        header = WALHeader.parse(_read_at(self.wal_path, 0, WAL_HEADER_SIZE))
+        self._page_size = header.page_size
+        path = self.shadow_wal_path(generation, index)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with atomic_write(path) as f:
+            f.write(header.raw)
+        self._copy_to_shadow(generation, index)
+
+    def _truncate_shadow_tail(self) -> None:
+        """Drop a torn frame left at the end of the shadow WAL by a crash."""
+        generation = self.current_generation()
+        if not generation:
+            return
+        index = self.current_shadow_index(generation)
+        path = self.shadow_wal_path(generation, index)
+        try:
+            size = os.path.getsize(path)
+            header = WALHeader.parse(_read_at(path, 0, WAL_HEADER_SIZE))
+        except (FileNotFoundError, Exception):
+            return
+        aligned = frame_align(size, header.page_size)
+        if aligned != size:
+            with open(path, "r+b") as f:
+                f.truncate(aligned)
+                os.fsync(f.fileno())
+
+    def _copy_to_shadow(self, generation: str, index: int) -> int:
+        """Append the WAL's newly committed, checksum-verified frames to the shadow.
+
+        Reads only the bytes past the shadow's end. Returns the new shadow size.
+        """
+        path = self.shadow_wal_path(generation, index)
+        with open(path, "r+b") as shadow:
+            header = WALHeader.parse(shadow.read(WAL_HEADER_SIZE))
+            page_size = header.page_size
+            frame_size = WAL_FRAME_HEADER_SIZE + page_size
+            size = frame_align(os.fstat(shadow.fileno()).st_size, page_size)
+            if size > WAL_HEADER_SIZE:
+                shadow.seek(size - frame_size + 16)
+                raw = shadow.read(8)
+                s0, s1 = int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:], "big")
+            else:
+                s0, s1 = header.checksum1, header.checksum2
+            start = size
+            with open(self.wal_path, "rb") as wal:
+                chunk = max(COPY_CHUNK_SIZE // frame_size, 1) * frame_size
+                while True:
+                    data = os.pread(wal.fileno(), chunk, size)
+                    if len(data) < frame_size:
+                        break
+                    result = scan_frames(data, header, (s0, s1))
+                    if result.committed:
+                        shadow.seek(size)
+                        shadow.write(data[: result.committed])
+                        size += result.committed
+                        s0, s1 = result.checksum
+                        continue
+                    whole = len(data) - len(data) % frame_size
+                    if result.frames * frame_size == whole and len(data) == chunk:
+                        chunk *= 2  # one transaction larger than the chunk
+                        continue
+                    break
+            if size != start:
+                shadow.flush()
+                os.fsync(shadow.fileno())
+        return size
+
+    # -- checkpoints -----------------------------------------------------------
+    def _checkpoint_due(self, shadow_size: int) -> str:
+        ps = self._page_size
+        wal_file_size = os.path.getsize(self.wal_path)
+        if self.truncate_page_count > 0 and wal_file_size >= wal_size(ps, self.truncate_page_count):
+            return CHECKPOINT_TRUNCATE
+        if self.max_checkpoint_page_count > 0 and shadow_size >= wal_size(ps, self.max_checkpoint_page_count):
+            return CHECKPOINT_RESTART
+        if shadow_size >= wal_size(ps, self.min_checkpoint_page_count):
+            return CHECKPOINT_PASSIVE
+        interval = self.checkpoint_interval.total_seconds()
+        if interval > 0 and time.monotonic() - self._last_checkpoint > interval and shadow_size > wal_size(ps, 1):
+            return CHECKPOINT_PASSIVE
+        return ""
+
+    def checkpoint(self, mode: str = CHECKPOINT_PASSIVE) -> None:
+        """Checkpoint now (after copying everything to the shadow WAL)."""
+        with self._lock:
+            if not self.open():
+                return
+            self._sync()
+            self._checkpoint(mode)
+        self._notify()
+
+    def _checkpoint(self, mode: str) -> None:
+        """Backfill the WAL into the database file and let the WAL restart, losing nothing.
+
+        The bulk of the backfill runs while the application keeps writing; only
+        the last few frames are backfilled under the write lock, where lsr
+        also copies the WAL's tail and takes its read lock anew (module docstring).
+        A restart then happens at lsr's next write to its own table; with
+        ``TRUNCATE`` that write also shrinks the WAL file.
+        """
+        assert self._conn is not None
+        generation = self.current_generation()
+        index = self.current_shadow_index(generation)
+        try:
+            self._checkpoint_under_locks(generation, index, mode)
+        except apsw.BusyError:
+            # The application held its write lock past the busy timeout; the
+            # next sync tries again.
+            log.debug("%s: checkpoint %s skipped: database busy", self.path, mode)
+            if not self._read_lock_held:
+                self._acquire_read_lock()
+
+    def _checkpoint_under_locks(self, generation: str, index: int, mode: str) -> None:
+        assert self._conn is not None
+        with self._write_lock():
+            self._copy_to_shadow(generation, index)
+            self._release_read_lock()
+            self._acquire_read_lock()
+        self._run_checkpoint(self._conn)
+        with self._write_lock():
+            self._copy_to_shadow(generation, index)
+            self._release_read_lock()
+            # The write connection is inside its transaction; checkpoint from
+            # the (now idle) read connection.
+            busy, frames, backfilled = self._run_checkpoint(self._read_conn)
+            self._acquire_read_lock()
+        self._publish(generation, index)
+        self._last_checkpoint = time.monotonic()
+        if busy or frames != backfilled:
+            log.debug("%s: checkpoint %s partial (%d of %d frames): readers pin the wal", self.path, mode, backfilled, frames)
+            return
+        limit = 0 if mode == CHECKPOINT_TRUNCATE else -1
+        self._conn.execute(f"PRAGMA journal_size_limit = {limit}")
+        self._conn.execute(_BUMP_SEQ_SQL)
+        self._conn.execute("PRAGMA journal_size_limit = -1")
+        log.debug("%s: checkpoint %s done (%d frames)", self.path, mode, frames)
+
+    @staticmethod
+    def _run_checkpoint(conn: apsw.Connection | None) -> tuple[int, int, int]:
+        assert conn is not None
+        row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+        return int(row[0]), int(row[1]), int(row[2])
+
+    # -- cleanup -------------------------------------------------------------
+    def _clean(self) -> None:
+        """Remove other generations and shadow WAL files every replica has shipped."""
+        generation = self.current_generation()
+        generations_dir = os.path.join(self.meta_path, "generations")
+        try:
+            names = os.listdir(generations_dir)
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            if name != generation:
+                shutil.rmtree(os.path.join(generations_dir, name), ignore_errors=True)
+        if not generation or not self.replicas:
+            return
+        shipped = min(
+            (r.pos().index if r.pos().generation == generation else 0) for r in self.replicas
+        )
+        keep_from = shipped - 1  # keep one shipped index as a margin, like Litestream
+        removed = False
+        for index in self.shadow_indexes(generation):
+            if index < keep_from:
+                try:
+                    os.unlink(self.shadow_wal_path(generation, index))
+                    removed = True
+                except FileNotFoundError:
+                    pass
+        if removed:
+            fsync_dir(self.shadow_wal_dir(generation))
+
+    # -- snapshots -------------------------------------------------------------
+    def snapshot_source(self) -> _SnapshotSource:
+        """A consistent view of the database file for a snapshot.
+
+        Holding lsr's lock keeps lsr's own checkpoints out; the read lock keeps
+        the application's checkpoints from writing frames past the shadow
+        position into the file. The snapshot belongs at the start of the
+        current shadow index: replaying that index over it gives the database.
+        """
+        return _SnapshotSource(self)
+
+
+class _SnapshotSource:
+    def __init__(self, db: DB) -> None:
+        self.db = db
+        self.pos = Pos()
+
+    def __enter__(self) -> _SnapshotSource:
+        self.db._lock.acquire()
+        try:
+            if not self.db.open():
+                raise DatabaseError(f"cannot snapshot {self.db.path}: database does not exist")
+            self.db._sync()
+            self.pos = self.db.pos()
+        except BaseException:
+            self.db._lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.db._lock.release()

@@ -1,0 +1,85 @@
+"""The exception tree of lsr. Every error the engine raises is a LitestreamError.
+
+Messages read ``cannot <verb> <object>: <detail>`` so that the command layer can
+print them as one line.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LitestreamError",
+    "ConfigError",
+    "DatabaseError",
+    "WALFormatError",
+    "ChecksumMismatchError",
+    "NoGenerationError",
+    "NoSnapshotError",
+    "RestoreGapError",
+    "OutputExistsError",
+    "StorageError",
+    "NotFoundError",
+    "AccessDeniedError",
+    "BucketNotFoundError",
+    "ThrottledError",
+    "TimestampOutOfRangeError",
+]
+
+
+class LitestreamError(Exception):
+    """Root of every error raised by lsr's engine."""
+
+
+class ConfigError(LitestreamError):
+    """The configuration (file, URL or flags) is invalid."""
+
+
+class DatabaseError(LitestreamError):
+    """The SQLite database cannot be replicated as it is (missing, not WAL, ...)."""
+
+
+class WALFormatError(LitestreamError):
+    """A WAL header or frame is not valid SQLite WAL data."""
+
+
+class ChecksumMismatchError(LitestreamError):
+    """Data read back does not match the checksum it was written with."""
+
+
+class NoGenerationError(LitestreamError):
+    """No generation is available to restore from."""
+
+
+class NoSnapshotError(LitestreamError):
+    """A generation has no snapshot to restore from."""
+
+
+class RestoreGapError(LitestreamError):
+    """The chain of WAL segments needed by a restore is broken."""
+
+
+class OutputExistsError(LitestreamError):
+    """The restore output path already exists."""
+
+
+class TimestampOutOfRangeError(LitestreamError):
+    """A point-in-time target lies outside what the replica holds."""
+
+
+class StorageError(LitestreamError):
+    """A replica backend failed."""
+
+
+class NotFoundError(StorageError):
+    """An object (snapshot, WAL segment) does not exist on the replica."""
+
+
+class AccessDeniedError(StorageError):
+    """The backend refused the credentials or the operation."""
+
+
+class BucketNotFoundError(StorageError):
+    """The bucket named in the replica configuration does not exist."""
+
+
+class ThrottledError(StorageError):
+    """The backend kept asking to slow down after every retry."""

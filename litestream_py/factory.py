@@ -1,0 +1,44 @@
+"""Builds engine objects (DB, Replica) from configuration."""
+
+from __future__ import annotations
+
+from .clients import new_client
+from .config import DBConfig, ReplicaConfig
+from .db import DB
+from .errors import ConfigError
+from .replica import Replica
+
+__all__ = ["db_from_config", "replica_from_config"]
+
+
+def replica_from_config(rc: ReplicaConfig, db: DB | None) -> Replica:
+    replica = Replica(db, new_client(rc), rc.name)
+    if rc.sync_interval is not None:
+        replica.sync_interval = rc.sync_interval
+    if rc.retention is not None:
+        replica.retention = rc.retention
+    if rc.retention_check_interval is not None:
+        replica.retention_check_interval = rc.retention_check_interval
+    replica.snapshot_interval = rc.snapshot_interval
+    replica.validation_interval = rc.validation_interval
+    return replica
+
+
+def db_from_config(dbc: DBConfig) -> DB:
+    db = DB(dbc.path, meta_path=dbc.meta_path)
+    if dbc.monitor_interval is not None:
+        db.monitor_interval = dbc.monitor_interval
+    if dbc.checkpoint_interval is not None:
+        db.checkpoint_interval = dbc.checkpoint_interval
+    if dbc.min_checkpoint_page_count is not None:
+        db.min_checkpoint_page_count = dbc.min_checkpoint_page_count
+    if dbc.max_checkpoint_page_count is not None:
+        db.max_checkpoint_page_count = dbc.max_checkpoint_page_count
+    names = set()
+    for rc in dbc.replicas:
+        replica = replica_from_config(rc, db)
+        if replica.name in names:
+            raise ConfigError(f"cannot configure {dbc.path}: two replicas named {replica.name!r} (set name:)")
+        names.add(replica.name)
+        db.replicas.append(replica)
+    return db

@@ -1,0 +1,252 @@
+"""A replica joins a DB to a storage client: it ships snapshots and WAL segments."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+from . import codec
+from .errors import LitestreamError, NotFoundError
+from .pos import Pos, SnapshotInfo
+from .replica_client import ReplicaClient
+from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, frame_align
+
+if TYPE_CHECKING:
+    from .db import DB
+
+__all__ = [
+    "Replica",
+    "DEFAULT_SYNC_INTERVAL",
+    "DEFAULT_RETENTION",
+    "DEFAULT_RETENTION_CHECK_INTERVAL",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SYNC_INTERVAL = timedelta(seconds=1)
+DEFAULT_RETENTION = timedelta(hours=24)
+DEFAULT_RETENTION_CHECK_INTERVAL = timedelta(hours=1)
+# Ship at most this much shadow WAL in one segment so a long backlog (after an
+# outage) goes out in bounded requests.
+MAX_SEGMENT_SIZE = 64 << 20
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Replica:
+    """Ships one DB's shadow WAL to one ReplicaClient."""
+
+    def __init__(
+        self,
+        db: DB | None,
+        client: ReplicaClient,
+        name: str = "",
+        *,
+        sync_interval: timedelta = DEFAULT_SYNC_INTERVAL,
+        retention: timedelta = DEFAULT_RETENTION,
+        retention_check_interval: timedelta = DEFAULT_RETENTION_CHECK_INTERVAL,
+        snapshot_interval: timedelta | None = None,
+        validation_interval: timedelta | None = None,
+    ) -> None:
+        self.db = db
+        self.client = client
+        self._name = name
+        self.sync_interval = sync_interval
+        self.retention = retention
+        self.retention_check_interval = retention_check_interval
+        self.snapshot_interval = snapshot_interval
+        self.validation_interval = validation_interval
+        self._pos = Pos()
+        self._mu = threading.Lock()
+        # Only one sync or snapshot at a time per replica.
+        self._sync_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._name or self.client.type
+
+    def __repr__(self) -> str:
+        return f"Replica({self.name!r}, {self.client.describe()})"
+
+    def pos(self) -> Pos:
+        with self._mu:
+            return self._pos
+
+    def _set_pos(self, pos: Pos) -> None:
+        with self._mu:
+            self._pos = pos
+
+    # -- shipping -------------------------------------------------------------
+    def sync(self) -> bool:
+        """Ship everything the DB's shadow WAL holds beyond this replica's position.
+
+        Returns True when anything was written.
+        """
+        assert self.db is not None
+        with self._sync_lock:
+            try:
+                return self._sync()
+            except BaseException:
+                # Recompute the position from the replica itself next time.
+                self._set_pos(Pos())
+                raise
+
+    def _sync(self) -> bool:
+        assert self.db is not None
+        dpos = self.db.pos()
+        if dpos.is_zero():
+            return False
+        wrote = False
+        if self.pos().generation != dpos.generation:
+            if not self.client.snapshots(dpos.generation):
+                info = self._snapshot()
+                wrote = True
+                if info.generation != dpos.generation:
+                    return wrote  # a new generation began meanwhile; next sync
+            self._set_pos(self._calc_pos(dpos.generation))
+        while True:
+            shipped = self._ship_next()
+            if not shipped:
+                return wrote
+            wrote = True
+
+    def _calc_pos(self, generation: str) -> Pos:
+        """Where this replica ends: after its last WAL segment, or at its last snapshot."""
+        snapshots = self.client.snapshots(generation)
+        if not snapshots:
+            raise LitestreamError(f"cannot resume replica {self.name}: generation {generation} has no snapshot")
+        segments = self.client.wal_segments(generation)
+        last_snapshot = max(s.index for s in snapshots)
+        if not segments or segments[-1].index < last_snapshot:
+            return Pos(generation, last_snapshot, 0)
+        last = segments[-1]
+        data = codec.decompress(self.client.read_wal_segment(last.pos), f"wal segment {last.pos}")
+        return Pos(generation, last.index, last.offset + len(data))
+
+    def _ship_next(self) -> bool:
+        """Write one WAL segment, or move to the next shadow index. False when caught up."""
+        assert self.db is not None
+        pos = self.pos()
+        dpos = self.db.pos()
+        if pos.generation != dpos.generation or pos.is_zero():
+            return False
+        path = self.db.shadow_wal_path(pos.generation, pos.index)
+        if pos.index < dpos.index:
+            try:
+                end = frame_align(os.path.getsize(path), self._page_size(path))
+            except FileNotFoundError:
+                end = 0
+        else:
+            end = dpos.offset
+        if end <= pos.offset:
+            if pos.index < dpos.index:
+                if end < pos.offset or end == 0:
+                    # The shadow index is gone or shorter than what was shipped:
+                    # continue from a fresh snapshot of the current index.
+                    log.warning("%s: shadow wal %s unavailable, taking a new snapshot", self.name, path)
+                    self._snapshot()
+                    self._set_pos(self._calc_pos(pos.generation))
+                    return True
+                self._set_pos(Pos(pos.generation, pos.index + 1, 0))
+                return True
+            return False
+        end = min(end, pos.offset + self._max_segment(path))
+        with open(path, "rb") as f:
+            f.seek(pos.offset)
+            data = f.read(end - pos.offset)
+        if len(data) != end - pos.offset:
+            raise LitestreamError(f"cannot read shadow wal {path}: short read at {pos.offset}")
+        self._check_salt(path, pos.offset, data)
+        created_at = _now()
+        self.client.write_wal_segment(pos, codec.compress(data), created_at)
+        self._set_pos(Pos(pos.generation, pos.index, end))
+        log.debug("%s: wal segment written %s (%d bytes)", self.name, pos, len(data))
+        return True
+
+    @staticmethod
+    def _page_size(path: str) -> int:
+        with open(path, "rb") as f:
+            return int.from_bytes(f.read(WAL_HEADER_SIZE)[8:12], "big") or 65536
+
+    def _max_segment(self, path: str) -> int:
+        frame = WAL_FRAME_HEADER_SIZE + self._page_size(path)
+        return max(MAX_SEGMENT_SIZE // frame, 1) * frame
+
+    @staticmethod
+    def _check_salt(path: str, offset: int, data: bytes) -> None:
+        """Refuse to ship frames whose salt differs from their WAL header's."""
+        with open(path, "rb") as f:
+            header = f.read(WAL_HEADER_SIZE)
+        page_size = int.from_bytes(header[8:12], "big") or 65536
+        salt = header[16:24]
+        start = 0
+        if offset == 0:
+            start = WAL_HEADER_SIZE
+        frame = WAL_FRAME_HEADER_SIZE + page_size
+        for i in range(start, len(data), frame):
+            if data[i + 8 : i + 16] != salt:
+                raise LitestreamError(f"cannot ship {path}: salt mismatch at offset {offset + i}")
+
+    # -- snapshots -------------------------------------------------------------
+    def snapshot(self) -> SnapshotInfo:
+        """Write a snapshot of the database at the start of the current shadow index."""
+        with self._sync_lock:
+            return self._snapshot()
+
+    def _snapshot(self) -> SnapshotInfo:
+        assert self.db is not None
+        with tempfile.TemporaryFile(prefix="lsr-snapshot-") as tmp:
+            with self.db.snapshot_source() as source:
+                pos = source.pos
+                created_at = _now()
+                with open(self.db.path, "rb") as f:
+                    codec.compress_stream(f, tmp)
+            tmp.seek(0)
+            info = self.client.write_snapshot(pos.generation, pos.index, tmp, created_at)
+        log.info("%s: snapshot written %s/%08x (%d bytes)", self.name, pos.generation, pos.index, info.size)
+        return info
+
+    # -- retention -----------------------------------------------------------
+    def enforce_retention(self) -> None:
+        """Delete snapshots older than the retention period, and the WAL only they needed.
+
+        The newest snapshot is always kept, as is every WAL segment from the
+        oldest kept snapshot on.
+        """
+        assert self.db is not None
+        cutoff = _now() - self.retention
+        generations = self.client.generations()
+        snapshots = [s for g in generations for s in self.client.snapshots(g)]
+        retained = [s for s in snapshots if s.created_at >= cutoff]
+        current = self.db.pos().generation
+        if not retained:
+            retained = [self.snapshot()]
+        for generation in generations:
+            kept = [s for s in retained if s.generation == generation]
+            if not kept:
+                if generation == current:
+                    continue  # never delete the generation being written
+                self.client.delete_generation(generation)
+                log.info("%s: generation %s deleted by retention", self.name, generation)
+                continue
+            oldest = min(s.index for s in kept)
+            for s in self.client.snapshots(generation):
+                if s.index < oldest:
+                    self.client.delete_snapshot(generation, s.index)
+            old_segments = [w.pos for w in self.client.wal_segments(generation) if w.index < oldest]
+            if old_segments:
+                self.client.delete_wal_segments(old_segments)
+                log.info("%s: %d wal segments before index %08x deleted by retention", self.name, len(old_segments), oldest)
+
+    def latest_snapshot(self, generation: str) -> SnapshotInfo | None:
+        snaps = self.client.snapshots(generation)
+        return max(snaps, key=lambda s: s.index) if snaps else None
+
+    def describe_missing(self, pos: Pos) -> NotFoundError:
+        return NotFoundError(f"cannot read {pos} from replica {self.name}: not found")

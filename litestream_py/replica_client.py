@@ -1,0 +1,68 @@
+"""The narrow interface every replica backend implements.
+
+A backend stores LZ4-compressed snapshots and WAL segments under the layout of
+Litestream 0.3.13 (see ``paths``). The engine never imports a backend: it talks
+to this Protocol, and a backend translates its own errors into ``errors``
+(a missing object is always ``NotFoundError``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import BinaryIO, Iterable, Protocol, runtime_checkable
+
+from .pos import Pos, SnapshotInfo, WALSegmentInfo
+
+__all__ = ["ReplicaClient"]
+
+
+@runtime_checkable
+class ReplicaClient(Protocol):
+    """Storage for one replica: generations of snapshots and WAL segments."""
+
+    @property
+    def type(self) -> str:
+        """The config ``type:`` of this backend ("file", "s3")."""
+        ...
+
+    def describe(self) -> str:
+        """Where the replica lives, for messages (never includes credentials)."""
+        ...
+
+    def generations(self) -> list[str]:
+        """Names of the generations on the replica, sorted."""
+        ...
+
+    def delete_generation(self, generation: str) -> None: ...
+
+    def snapshots(self, generation: str) -> list[SnapshotInfo]:
+        """Snapshots of one generation, sorted by index."""
+        ...
+
+    def write_snapshot(
+        self, generation: str, index: int, data: BinaryIO, created_at: datetime | None = None
+    ) -> SnapshotInfo:
+        """Store compressed snapshot bytes read from ``data`` (a seekable file at 0)."""
+        ...
+
+    def open_snapshot(self, generation: str, index: int) -> BinaryIO:
+        """A readable stream of the compressed snapshot; the caller closes it."""
+        ...
+
+    def delete_snapshot(self, generation: str, index: int) -> None: ...
+
+    def wal_segments(self, generation: str) -> list[WALSegmentInfo]:
+        """WAL segments of one generation, sorted by (index, offset)."""
+        ...
+
+    def write_wal_segment(
+        self, pos: Pos, data: bytes, created_at: datetime | None = None
+    ) -> WALSegmentInfo:
+        """Store compressed segment bytes; ``created_at`` becomes its timestamp where the backend allows."""
+        ...
+
+    def read_wal_segment(self, pos: Pos) -> bytes:
+        """The compressed bytes of one segment."""
+        ...
+
+    def delete_wal_segments(self, positions: Iterable[Pos]) -> None: ...
