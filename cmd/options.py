@@ -56,8 +56,10 @@ def setup_logging(config: Config | None = None, verbose: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "watchdog"):
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # watchdog reports its own shutdown races as errors; they are harmless.
+    logging.getLogger("watchdog").setLevel(logging.CRITICAL)
 
 
 def read_config(config_path: str | None, no_expand_env: bool) -> Config:

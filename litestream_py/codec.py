@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import BinaryIO, Iterable
 
 import lz4.frame
 
 from .errors import ChecksumMismatchError
 
-__all__ = ["compress", "decompress", "compress_stream", "decompress_stream"]
+__all__ = ["compress", "decompress", "compress_chunks", "compress_stream", "decompress_stream"]
 
 STREAM_CHUNK = 1 << 20
 
@@ -35,16 +35,21 @@ def decompress(data: bytes, what: str = "object") -> bytes:
         raise ChecksumMismatchError(f"cannot decompress {what}: {exc}") from exc
 
 
-def compress_stream(src: BinaryIO, dst: BinaryIO) -> int:
-    """Compress ``src`` into ``dst``; returns the uncompressed byte count."""
+def compress_chunks(chunks: Iterable[bytes], dst: BinaryIO) -> int:
+    """Compress a stream of chunks into one LZ4 frame in ``dst``; returns the input size."""
     c = _compressor()
     dst.write(c.begin())
     n = 0
-    while chunk := src.read(STREAM_CHUNK):
+    for chunk in chunks:
         n += len(chunk)
         dst.write(c.compress(chunk))
     dst.write(c.flush())
     return n
+
+
+def compress_stream(src: BinaryIO, dst: BinaryIO) -> int:
+    """Compress ``src`` into ``dst``; returns the uncompressed byte count."""
+    return compress_chunks(iter(lambda: src.read(STREAM_CHUNK), b""), dst)
 
 
 def decompress_stream(src: BinaryIO, dst: BinaryIO, what: str = "object") -> int:

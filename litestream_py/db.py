@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import apsw
 
@@ -69,6 +69,8 @@ MAX_WAL_INDEX = 0x7FFFFFFF
 # Copy the WAL in bounded pieces so a WAL that grew while lsr was down does not
 # have to fit in memory at once.
 COPY_CHUNK_SIZE = 16 << 20
+# The two copies of the WalIndexHdr and the checkpoint info at the start of -shm.
+WAL_INDEX_HEADER_SIZE = 136
 
 CHECKPOINT_PASSIVE = "PASSIVE"
 CHECKPOINT_RESTART = "RESTART"
@@ -124,6 +126,12 @@ class DB:
         # One lock orders everything that touches the shadow WAL or the read
         # lock: sync, checkpoint, snapshot.
         self._lock = threading.RLock()
+        # POSIX record locks belong to the process, and closing *any* descriptor
+        # of a file drops all of the process's locks on it, including the ones
+        # apsw's SQLite holds. So the database and -shm files are opened once,
+        # read with pread(), and closed only after the connections are closed.
+        self._db_fd = -1
+        self._shm_fd = -1
         self._conn: apsw.Connection | None = None  # writes and checkpoints
         self._read_conn: apsw.Connection | None = None  # holds the read lock
         self._read_lock_held = False
@@ -133,6 +141,7 @@ class DB:
         self._page_size = 0
         self._last_checkpoint = time.monotonic()
         self._waiting_logged = False
+        self._last_token: tuple[object, ...] = ()
         # Position published to replicas: only whole, synced transactions.
         self._pos = Pos()
         self._changed = threading.Condition()
@@ -217,6 +226,10 @@ class DB:
             self._version += 1
             self._changed.notify_all()
 
+    def wake_waiters(self) -> None:
+        """Wake every thread blocked in wait_for_change (used at shutdown)."""
+        self._notify()
+
     # -- opening -----------------------------------------------------------
     def check_path(self) -> None:
         """Reject a database path whose directory does not exist (a typo, not a late app)."""
@@ -275,6 +288,8 @@ class DB:
         conn.execute("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)")
         self._page_size = int(conn.execute("PRAGMA page_size").fetchall()[0][0])
         self._read_conn = self._new_connection()
+        self._db_fd = os.open(self.path, os.O_RDONLY)
+        self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
         os.makedirs(self.meta_path, mode=0o700, exist_ok=True)
         # The read lock is only ever taken under the write lock (module docstring).
         self._ensure_wal_exists()
@@ -299,6 +314,10 @@ class DB:
                 except apsw.Error:
                     pass
         self._conn = self._read_conn = None
+        for fd in (self._db_fd, self._shm_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._db_fd = self._shm_fd = -1
         self._continuous = False
 
     # -- locks -------------------------------------------------------------
@@ -344,17 +363,24 @@ class DB:
         return DB._WriteLock(self)
 
     # -- sync ----------------------------------------------------------------
-    def sync(self) -> bool:
+    def sync(self, force: bool = False) -> bool:
         """Copy new WAL frames to the shadow WAL and checkpoint when due.
 
         Returns True when the shadow WAL changed. A database that does not
-        exist yet is a no-op.
+        exist yet is a no-op. Unless ``force``, a WAL whose fingerprint has not
+        changed since the last sync is not read at all.
         """
         with self._lock:
             if not self.open():
                 return False
+            # Taken before copying: a commit that lands during the copy changes
+            # the fingerprint, so the next sync will not skip it.
+            token = self._change_token()
+            if not force and token == self._last_token and self._continuous and not self._checkpoint_interval_due():
+                return False
             try:
                 changed = self._sync()
+                self._last_token = token
             except apsw.Error as exc:
                 # A broken connection is reopened by the next sync; the gap in
                 # the read lock forces a careful re-verification then.
@@ -393,6 +419,25 @@ class DB:
             changed = True
         self._clean()
         return changed
+
+    def _change_token(self) -> tuple[object, ...]:
+        """Cheap fingerprint of the WAL: file identity and size, plus the wal-index header.
+
+        SQLite rewrites the wal-index header (in the -shm file) on every commit
+        and checkpoint, so an equal token means there is nothing new to copy.
+        """
+        try:
+            st = os.stat(self.wal_path)
+        except FileNotFoundError:
+            return ()
+        shm = os.pread(self._shm_fd, WAL_INDEX_HEADER_SIZE, 0) if self._shm_fd >= 0 else b""
+        return (st.st_ino, st.st_size, st.st_mtime_ns, shm)
+
+    def _checkpoint_interval_due(self) -> bool:
+        interval = self.checkpoint_interval.total_seconds()
+        return interval > 0 and time.monotonic() - self._last_checkpoint > interval and (
+            self._pos.offset > wal_size(self._page_size, 1)
+        )
 
     def _publish(self, generation: str, index: int) -> None:
         self._pos = Pos(generation, index, self.shadow_wal_size(generation, index))
@@ -538,8 +583,7 @@ class DB:
             return CHECKPOINT_RESTART
         if shadow_size >= wal_size(ps, self.min_checkpoint_page_count):
             return CHECKPOINT_PASSIVE
-        interval = self.checkpoint_interval.total_seconds()
-        if interval > 0 and time.monotonic() - self._last_checkpoint > interval and shadow_size > wal_size(ps, 1):
+        if self._checkpoint_interval_due():
             return CHECKPOINT_PASSIVE
         return ""
 
@@ -664,3 +708,10 @@ class _SnapshotSource:
 
     def __exit__(self, *exc: object) -> None:
         self.db._lock.release()
+
+    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """The database file's bytes, read through lsr's long-lived descriptor."""
+        offset = 0
+        while chunk := os.pread(self.db._db_fd, size, offset):
+            yield chunk
+            offset += len(chunk)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from .clients import new_client
 from .config import DBConfig, ReplicaConfig
 from .db import DB
@@ -12,9 +14,14 @@ __all__ = ["db_from_config", "replica_from_config"]
 
 
 def replica_from_config(rc: ReplicaConfig, db: DB | None) -> Replica:
-    replica = Replica(db, new_client(rc), rc.name)
+    client = new_client(rc)
+    replica = Replica(db, client, rc.name)
     if rc.sync_interval is not None:
         replica.sync_interval = rc.sync_interval
+    elif client.type == "file":
+        # A local directory costs nothing per write: ship each commit at once.
+        # Object stores keep Litestream's one second, since they bill per PUT.
+        replica.sync_interval = timedelta(0)
     if rc.retention is not None:
         replica.retention = rc.retention
     if rc.retention_check_interval is not None:

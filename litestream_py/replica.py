@@ -205,8 +205,7 @@ class Replica:
             with self.db.snapshot_source() as source:
                 pos = source.pos
                 created_at = _now()
-                with open(self.db.path, "rb") as f:
-                    codec.compress_stream(f, tmp)
+                codec.compress_chunks(source.chunks(), tmp)
             tmp.seek(0)
             info = self.client.write_snapshot(pos.generation, pos.index, tmp, created_at)
         log.info("%s: snapshot written %s/%08x (%d bytes)", self.name, pos.generation, pos.index, info.size)

@@ -17,10 +17,18 @@ from typing import Callable
 from .db import DB
 from .errors import LitestreamError
 from .replica import Replica
+from .watch import WALWatcher
 
 __all__ = ["Replicator"]
 
 log = logging.getLogger(__name__)
+
+# With inotify the poll only catches what events miss (e.g. network file systems).
+FALLBACK_POLL_INTERVAL = 10.0
+# A replica with nothing to do still wakes this often (timers, lost notifications).
+IDLE_WAKE_INTERVAL = 60.0
+# After a failed sync, try again this soon even without new writes.
+RETRY_INTERVAL = 1.0
 
 
 class _ErrorLog:
@@ -47,16 +55,23 @@ class _ErrorLog:
 class Replicator:
     """Runs and stops the replication of a set of databases."""
 
-    def __init__(self, dbs: list[DB]) -> None:
+    def __init__(self, dbs: list[DB], *, watch: bool = True) -> None:
         self.dbs = dbs
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._wake = {db.path: threading.Event() for db in dbs}
+        self._watcher: WALWatcher | None = WALWatcher() if watch else None
+        self._watching = False
 
     def start(self) -> None:
         """Open every DB that exists (raising on one that cannot be replicated) and start."""
         for db in self.dbs:
             db.check_path()
             db.open()
+        if self._watcher is not None:
+            for db in self.dbs:
+                self._watcher.watch(db.path, self._wake[db.path])
+            self._watching = self._watcher.start()
         for db in self.dbs:
             self._spawn(f"lsr-db:{db.path}", lambda db=db: self._monitor(db))
             for replica in db.replicas:
@@ -70,15 +85,19 @@ class Replicator:
     def stop(self, final_sync: bool = True) -> None:
         """Stop the threads, then sync every DB and replica one last time."""
         self._stop.set()
+        for wake in self._wake.values():
+            wake.set()
         for db in self.dbs:
-            db._notify()  # wake shippers
+            db.wake_waiters()
+        if self._watcher is not None:
+            self._watcher.stop()
         for t in self._threads:
             t.join()
         self._threads.clear()
         for db in self.dbs:
             try:
                 if final_sync:
-                    db.sync()
+                    db.sync(force=True)
                     for replica in db.replicas:
                         try:
                             replica.sync()
@@ -89,9 +108,16 @@ class Replicator:
             finally:
                 db.close()
 
+    def _poll_interval(self, db: DB) -> float:
+        """With inotify, polling is only a safety net; without it, it is the detector."""
+        interval = db.monitor_interval.total_seconds()
+        return max(interval, FALLBACK_POLL_INTERVAL) if self._watching else interval
+
     def _monitor(self, db: DB) -> None:
         errors = _ErrorLog(f"{db.path}: sync")
+        wake = self._wake[db.path]
         while not self._stop.is_set():
+            wake.clear()
             try:
                 db.sync()
                 errors.ok()
@@ -100,7 +126,10 @@ class Replicator:
             except Exception as exc:  # keep the sidecar alive; report the bug
                 log.exception("%s: unexpected sync failure", db.path)
                 errors.failed(exc)
-            self._stop.wait(db.monitor_interval.total_seconds())
+            wait = self._poll_interval(db)
+            if errors.last or not db.is_open():
+                wait = db.monitor_interval.total_seconds()
+            wake.wait(wait)
 
     def _ship(self, replica: Replica) -> None:
         db = replica.db
@@ -111,12 +140,20 @@ class Replicator:
         last_retention = time.monotonic()
         last_snapshot = time.monotonic()
         while not self._stop.is_set():
-            # Wait for a change, then respect sync-interval between syncs.
-            interval = replica.sync_interval.total_seconds()
-            version = db.wait_for_change(version, timeout=max(interval, 0.05))
+            now = time.monotonic()
+            timers = [IDLE_WAKE_INTERVAL]
+            if replica.snapshot_interval:
+                timers.append(last_snapshot + replica.snapshot_interval.total_seconds() - now)
+            if replica.retention.total_seconds() > 0:
+                check = min(replica.retention_check_interval, replica.retention).total_seconds()
+                timers.append(last_retention + check - now)
+            if errors.last:
+                timers.append(RETRY_INTERVAL)
+            version = db.wait_for_change(version, timeout=max(min(timers), 0.0))
             if self._stop.is_set():
                 break
-            wait = last_sync + interval - time.monotonic()
+            # sync-interval bounds the request rate (object stores bill per PUT).
+            wait = last_sync + replica.sync_interval.total_seconds() - time.monotonic()
             if wait > 0 and self._stop.wait(wait):
                 break
             try:

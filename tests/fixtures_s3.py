@@ -1,1 +1,242 @@
-"""S3 server fixtures (moto and nanio on 127.0.0.1); filled in by the S3 work."""
+"""S3 server fixtures: moto and nanio, each a real HTTP server on 127.0.0.1.
+
+Each server runs as a subprocess on a free port, started once per test session
+(on first use) and killed by PID at the end. ``s3_server`` is parametrized over
+both; ``s3_client`` is an S3ReplicaClient on a fresh bucket of it; ``s3_env``
+is the environment a subprocess (lsr, Go litestream) needs to reach it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from litestream_py.clients.s3 import S3ReplicaClient, S3Settings
+
+BIN_DIR = Path(sys.executable).parent
+SERVER_NAMES = ("moto", "nanio")
+STARTUP_TIMEOUT = 30.0
+
+# Distinctive fake credentials: tests assert they never appear in any output.
+ACCESS_KEY_ID = "LSRTESTKEYID7Q3Z"
+SECRET_ACCESS_KEY = "lsr-secret-DO-NOT-LOG-9f41c2e7b8"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def new_bucket_name() -> str:
+    return f"lsr-{uuid.uuid4().hex[:16]}"
+
+
+@dataclass
+class S3Server:
+    """A running S3-compatible server and what a client needs to reach it."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    data_dir: Path | None = None  # nanio keeps objects as files here; moto in memory
+    access_key_id: str = ACCESS_KEY_ID
+    secret_access_key: str = SECRET_ACCESS_KEY
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def raw_client(self, endpoint: str | None = None, **kwargs: Any) -> Any:
+        """A plain boto3 client, for setting up and tampering with buckets in tests."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=endpoint or self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=kwargs.pop("access_key_id", self.access_key_id),
+            aws_secret_access_key=kwargs.pop("secret_access_key", self.secret_access_key),
+            config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 3}),
+            **kwargs,
+        )
+
+    def create_bucket(self, name: str | None = None) -> str:
+        name = name or new_bucket_name()
+        self.raw_client().create_bucket(Bucket=name)
+        return name
+
+    def object_file(self, bucket: str, key: str) -> Path:
+        """Where nanio stores an object's bytes (only nanio has one)."""
+        assert self.data_dir is not None, f"{self.name} keeps objects in memory"
+        return self.data_dir / bucket / key
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+
+
+def _wait_ready(server: S3Server) -> None:
+    """Until the server answers HTTP at all (any status means it is up)."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            break
+        try:
+            urllib.request.urlopen(server.endpoint + "/", timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"{server.name} did not start on {server.endpoint}: {server.log_path.read_text(errors='replace')[-2000:]}")
+
+
+def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    full_env = dict(os.environ)
+    full_env.update(env)
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+
+
+def start_moto(work_dir: Path, env: dict[str, str] | None = None) -> S3Server:
+    """moto's server; pass INITIAL_NO_AUTH_ACTION_COUNT in ``env`` to make it check credentials."""
+    port = free_port()
+    log_path = work_dir / f"moto-{port}.log"
+    env = dict(env or {})
+    proc = _spawn([str(BIN_DIR / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log_path, env)
+    server = S3Server("moto", port, proc, log_path, extra_env=env)
+    _wait_ready(server)
+    return server
+
+
+def start_nanio(work_dir: Path) -> S3Server:
+    """nanio always checks SigV4 signatures against its one configured user."""
+    port = free_port()
+    data_dir = work_dir / f"nanio-data-{port}"
+    data_dir.mkdir(parents=True)
+    log_path = work_dir / f"nanio-{port}.log"
+    env = {"NANIO_ACCESS_KEY": ACCESS_KEY_ID, "NANIO_SECRET_KEY": SECRET_ACCESS_KEY}
+    args = [
+        str(BIN_DIR / "nanio"), "serve", "--host", "127.0.0.1", "--port", str(port),
+        "--data-dir", str(data_dir), "--no-access-log", "--log-level", "warning",
+    ]
+    proc = _spawn(args, log_path, env)
+    server = S3Server("nanio", port, proc, log_path, data_dir=data_dir)
+    _wait_ready(server)
+    return server
+
+
+def start_server(name: str, work_dir: Path) -> S3Server:
+    if name == "moto":
+        return start_moto(work_dir)
+    if name == "nanio":
+        return start_nanio(work_dir)
+    raise ValueError(f"unknown s3 server {name!r}")
+
+
+@pytest.fixture(scope="session")
+def s3_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, S3Server]]:
+    """Servers by name, each started on first use and stopped at session end."""
+    started: dict[str, S3Server] = {}
+    work_dir = tmp_path_factory.mktemp("s3-servers")
+
+    class Lazy(dict[str, S3Server]):
+        def __missing__(self, name: str) -> S3Server:
+            server = start_server(name, work_dir)
+            started[name] = server
+            self[name] = server
+            return server
+
+    try:
+        yield Lazy()
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+@pytest.fixture(params=SERVER_NAMES)
+def s3_server(request: pytest.FixtureRequest, s3_servers: dict[str, S3Server]) -> S3Server:
+    """Each S3 test runs once against moto and once against nanio."""
+    return s3_servers[request.param]
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    return s3_server.create_bucket()
+
+
+def make_s3_client(server: S3Server, bucket: str, path: str = "db", **kwargs: Any) -> S3ReplicaClient:
+    settings = S3Settings(bucket=bucket, path=path, region="us-east-1", endpoint=server.endpoint, force_path_style=True)
+    return S3ReplicaClient(settings, server.access_key_id, server.secret_access_key, **kwargs)
+
+
+@pytest.fixture
+def s3_client(s3_server: S3Server, s3_bucket: str) -> S3ReplicaClient:
+    """An S3ReplicaClient on a fresh bucket of the current server, under path ``db``."""
+    return make_s3_client(s3_server, s3_bucket)
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """Environment for lsr / litestream subprocesses: credentials via LITESTREAM_* only.
+
+    AWS_* variables and shared config files are removed so that nothing from the
+    machine running the tests leaks in, and the instance-metadata lookup is off.
+    """
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    env = {
+        "LITESTREAM_ACCESS_KEY_ID": ACCESS_KEY_ID,
+        "LITESTREAM_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+    }
+    for key in ("AWS_EC2_METADATA_DISABLED", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.setenv(key, env[key])
+    return env
+
+
+def s3_replica_yaml(db_path: str | Path, bucket: str, endpoint: str, path: str = "db", **extra: Any) -> str:
+    """A litestream.yml with one S3 replica; credentials come from the environment."""
+    lines = [
+        "dbs:",
+        f"  - path: {db_path}",
+        "    replicas:",
+        "      - type: s3",
+        f"        bucket: {bucket}",
+        f"        path: {path}",
+        f"        endpoint: {endpoint}",
+        "        region: us-east-1",
+        "        force-path-style: true",
+    ]
+    lines += [f"        {k.replace('_', '-')}: {v}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,142 @@
+"""WAL parsing and checksums, on WAL files written by SQLite itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import struct
+from pathlib import Path
+
+import pytest
+
+from litestream_py.errors import WALFormatError
+from litestream_py.wal import (
+    WAL_FRAME_HEADER_SIZE,
+    WAL_HEADER_SIZE,
+    WAL_MAGIC_BE,
+    WAL_MAGIC_LE,
+    FrameHeader,
+    WALHeader,
+    checksum,
+    checksum_reference,
+    frame_align,
+    scan_frames,
+)
+
+
+def write_wal(tmp_path: Path, page_size: int, transactions: int = 5) -> tuple[Path, bytes]:
+    """Let SQLite write a WAL: a few transactions, no checkpoint. Returns (db path, WAL bytes)."""
+    db = tmp_path / f"wal-{page_size}.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute(f"PRAGMA page_size={page_size}")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+    for i in range(transactions):
+        conn.execute("BEGIN")
+        for _ in range(3):
+            conn.execute("INSERT INTO t (v) VALUES (?)", (os.urandom(page_size // 3),))
+        conn.execute("COMMIT")
+    wal = (tmp_path / f"wal-{page_size}.db-wal").read_bytes()
+    # Keep a copy before close (SQLite would checkpoint and delete the WAL).
+    snapshot = db.read_bytes()
+    conn.close()
+    db.write_bytes(snapshot)
+    return db, wal
+
+
+def reencode_big_endian(wal: bytes) -> bytes:
+    """The same WAL with big-endian checksums: what SQLite writes on a big-endian host."""
+    page_size = WALHeader.parse(wal).page_size
+    out = bytearray(wal)
+    struct.pack_into(">I", out, 0, WAL_MAGIC_BE)
+    s0, s1 = checksum(True, 0, 0, bytes(out[:24]))
+    struct.pack_into(">II", out, 24, s0, s1)
+    frame = WAL_FRAME_HEADER_SIZE + page_size
+    for off in range(WAL_HEADER_SIZE, len(out) - frame + 1, frame):
+        s0, s1 = checksum(True, s0, s1, bytes(out[off : off + 8]))
+        s0, s1 = checksum(True, s0, s1, bytes(out[off + WAL_FRAME_HEADER_SIZE : off + frame]))
+        struct.pack_into(">II", out, off + 16, s0, s1)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("page_size", [1024, 4096, 65536])
+def test_parse_sqlite_wal(tmp_path: Path, page_size: int) -> None:
+    _, wal = write_wal(tmp_path, page_size)
+    header = WALHeader.parse(wal)
+    assert header.page_size == page_size
+    assert header.magic in (WAL_MAGIC_LE, WAL_MAGIC_BE)
+    result = scan_frames(memoryview(wal)[WAL_HEADER_SIZE:], header, (header.checksum1, header.checksum2), strict=True)
+    assert result.committed == len(wal) - WAL_HEADER_SIZE
+    # CREATE TABLE + 5 explicit transactions.
+    assert len(result.commits) == 6
+    last = FrameHeader.parse(wal[WAL_HEADER_SIZE + result.commits[-1] - WAL_FRAME_HEADER_SIZE - page_size :])
+    assert last.commit_size > 0
+
+
+@pytest.mark.parametrize("page_size", [1024, 4096, 65536])
+def test_big_endian_checksums_are_read_by_sqlite_and_lsr(tmp_path: Path, page_size: int) -> None:
+    db, wal = write_wal(tmp_path, page_size)
+    be = reencode_big_endian(wal)
+    header = WALHeader.parse(be)
+    assert header.big_endian
+    result = scan_frames(memoryview(be)[WAL_HEADER_SIZE:], header, (header.checksum1, header.checksum2), strict=True)
+    assert result.committed == len(be) - WAL_HEADER_SIZE
+    # SQLite itself accepts the big-endian WAL: every committed row is visible.
+    copy = tmp_path / "be.db"
+    shutil.copy(db, copy)
+    Path(str(copy) + "-wal").write_bytes(be)
+    conn = sqlite3.connect(copy)
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (15,)
+    conn.close()
+
+
+def test_vectorised_checksum_matches_reference() -> None:
+    for n in (8, 1032, 4104, 65544, 70000 * 8):
+        data = os.urandom(n)
+        for big in (False, True):
+            assert checksum(big, 7, 11, data) == checksum_reference(big, 7, 11, data)
+
+
+def test_scan_stops_at_corrupt_frame(tmp_path: Path) -> None:
+    _, wal = write_wal(tmp_path, 4096)
+    header = WALHeader.parse(wal)
+    frame = WAL_FRAME_HEADER_SIZE + 4096
+    corrupt = bytearray(wal)
+    corrupt[WAL_HEADER_SIZE + 2 * frame + 100] ^= 0xFF  # inside the third frame's page
+    data = memoryview(bytes(corrupt))[WAL_HEADER_SIZE:]
+    result = scan_frames(data, header, (header.checksum1, header.checksum2))
+    assert result.frames == 2
+    assert result.committed <= 2 * frame
+    with pytest.raises(WALFormatError, match="checksum mismatch"):
+        scan_frames(data, header, (header.checksum1, header.checksum2), strict=True)
+
+
+def test_scan_stops_at_salt_change(tmp_path: Path) -> None:
+    _, wal = write_wal(tmp_path, 1024)
+    header = WALHeader.parse(wal)
+    changed = bytearray(wal)
+    changed[WAL_HEADER_SIZE + 8] ^= 1  # salt-1 of the first frame
+    result = scan_frames(memoryview(bytes(changed))[WAL_HEADER_SIZE:], header, (header.checksum1, header.checksum2))
+    assert result.frames == 0 and result.committed == 0
+
+
+def test_header_rejects_bad_magic_and_checksum(tmp_path: Path) -> None:
+    _, wal = write_wal(tmp_path, 4096)
+    with pytest.raises(WALFormatError, match="magic"):
+        WALHeader.parse(b"\0" * 32)
+    bad = bytearray(wal[:32])
+    bad[12] ^= 1  # checkpoint sequence, covered by the header checksum
+    with pytest.raises(WALFormatError, match="checksum"):
+        WALHeader.parse(bytes(bad))
+    with pytest.raises(WALFormatError):
+        WALHeader.parse(wal[:10])
+
+
+def test_frame_align() -> None:
+    assert frame_align(0, 4096) == 0
+    assert frame_align(31, 4096) == 0
+    assert frame_align(32, 4096) == 32
+    assert frame_align(32 + 4120 - 1, 4096) == 32
+    assert frame_align(32 + 4120 * 3 + 5, 4096) == 32 + 4120 * 3
