@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import databases, generations, replicate, restore, snapshots, version, wal
+from . import databases, generations, replicate, restore, snapshots, verify, version, wal
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "-help", "--help"]}
 
@@ -14,7 +14,7 @@ def cli() -> None:
     """lsr replicates SQLite databases to file and S3 replicas (Litestream 0.3.13 format)."""
 
 
-for module in (databases, generations, replicate, restore, snapshots, version, wal):
+for module in (databases, generations, replicate, restore, snapshots, verify, version, wal):
     cli.add_command(module.command)
 
 

@@ -10,7 +10,9 @@ from typing import Any
 import click
 
 from litestream_py.errors import ConfigError, OutputExistsError
-from litestream_py.restore import DEFAULT_RESTORE_PARALLELISM, RestoreOptions, calc_restore_target, restore
+from litestream_py.restore import (
+    DEFAULT_RESTORE_PARALLELISM, RestoreOptions, calc_restore_target, check_timestamp, restore,
+)
 
 from .options import config_options, flag, log, replica_option, resolve_target, run, setup_logging
 
@@ -80,6 +82,8 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, out
             if g and (best is None or updated > best[2]):
                 best = (replica, g, updated)
         if best is None:
+            if ts is not None and t.replicas:
+                check_timestamp(t.replicas[0].client, ts)  # names the range the replica holds
             if if_replica_exists:
                 log.info("no matching backups found")
                 return

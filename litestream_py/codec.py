@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import BinaryIO, Iterable
 
+import struct
+
 import lz4.frame
 
 from .errors import ChecksumMismatchError
 
-__all__ = ["compress", "decompress", "compress_chunks", "compress_stream", "decompress_stream"]
+__all__ = [
+    "compress",
+    "decompress",
+    "compress_chunks",
+    "compress_stream",
+    "decompress_stream",
+    "encode_segment",
+    "decode_segment",
+]
 
 STREAM_CHUNK = 1 << 20
 
@@ -63,3 +73,39 @@ def decompress_stream(src: BinaryIO, dst: BinaryIO, what: str = "object") -> int
     except (RuntimeError, EOFError) as exc:
         raise ChecksumMismatchError(f"cannot decompress {what}: {exc}") from exc
     return n
+
+
+# A WAL segment written by lsr may start with an LZ4 *skippable frame* holding
+# the capture time of every commit in it. LZ4 readers (Go Litestream's
+# included) skip such frames, so the segment stays a valid Litestream segment.
+SKIPPABLE_MAGIC = 0x184D2A5C
+COMMIT_TIMES_TAG = b"LSRT\x01"
+_ENTRY = struct.Struct("<QQ")  # shadow WAL offset just past the commit frame, capture time (ns)
+
+
+def encode_segment(data: bytes, commits: list[tuple[int, int]]) -> bytes:
+    """LZ4-compress WAL bytes, prefixed with the commits' capture times."""
+    body = compress(data)
+    if not commits:
+        return body
+    payload = COMMIT_TIMES_TAG + struct.pack("<I", len(commits)) + b"".join(_ENTRY.pack(o, t) for o, t in commits)
+    return struct.pack("<II", SKIPPABLE_MAGIC, len(payload)) + payload + body
+
+
+def decode_segment(blob: bytes, what: str = "wal segment") -> tuple[bytes, list[tuple[int, int]]]:
+    """WAL bytes and commit capture times (empty for segments written by Go Litestream)."""
+    commits: list[tuple[int, int]] = []
+    start = 0
+    while len(blob) - start >= 8:
+        magic, size = struct.unpack_from("<II", blob, start)
+        if magic & 0xFFFFFFF0 != 0x184D2A50:
+            break
+        payload = blob[start + 8 : start + 8 + size]
+        if payload.startswith(COMMIT_TIMES_TAG) and len(payload) >= len(COMMIT_TIMES_TAG) + 4:
+            (count,) = struct.unpack_from("<I", payload, len(COMMIT_TIMES_TAG))
+            base = len(COMMIT_TIMES_TAG) + 4
+            if len(payload) < base + count * _ENTRY.size:
+                raise ChecksumMismatchError(f"cannot decode {what}: truncated commit times")
+            commits = [_ENTRY.unpack_from(payload, base + i * _ENTRY.size) for i in range(count)]
+        start += 8 + size
+    return decompress(blob[start:], what), commits

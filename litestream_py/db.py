@@ -18,10 +18,12 @@ while lsr was down) lsr starts a new generation.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import logging
 import os
 import shutil
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -72,11 +74,14 @@ COPY_CHUNK_SIZE = 16 << 20
 # The two copies of the WalIndexHdr and the checkpoint info at the start of -shm.
 WAL_INDEX_HEADER_SIZE = 136
 
+COMMITS_EXT = ".commits"
+_COMMIT_ENTRY = struct.Struct("<QQ")
+
 CHECKPOINT_PASSIVE = "PASSIVE"
 CHECKPOINT_RESTART = "RESTART"
 CHECKPOINT_TRUNCATE = "TRUNCATE"
 
-_BUMP_SEQ_SQL = (
+BUMP_SEQ_SQL = (
     "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) "
     "ON CONFLICT (id) DO UPDATE SET seq = seq + 1"
 )
@@ -142,6 +147,8 @@ class DB:
         self._last_checkpoint = time.monotonic()
         self._waiting_logged = False
         self._last_token: tuple[object, ...] = ()
+        # (generation, index) -> [(shadow offset after a commit frame, capture ns)]
+        self._commit_times: dict[tuple[str, int], list[tuple[int, int]]] = {}
         # Position published to replicas: only whole, synced transactions.
         self._pos = Pos()
         self._changed = threading.Condition()
@@ -164,6 +171,10 @@ class DB:
 
     def shadow_wal_path(self, generation: str, index: int) -> str:
         return os.path.join(self.shadow_wal_dir(generation), paths.format_shadow_wal_path(index))
+
+    def commits_path(self, generation: str, index: int) -> str:
+        """Capture times of the commits in one shadow WAL index (see record_commits)."""
+        return os.path.join(self.shadow_wal_dir(generation), f"{index:08x}{COMMITS_EXT}")
 
     @property
     def page_size(self) -> int:
@@ -236,6 +247,11 @@ class DB:
         directory = os.path.dirname(self.path)
         if not os.path.isdir(directory):
             raise DatabaseError(f"cannot replicate {self.path}: directory {directory} does not exist")
+
+    @property
+    def shm_fd(self) -> int:
+        """lsr's long-lived descriptor of the -shm file (-1 when closed); never close it."""
+        return self._shm_fd
 
     def is_open(self) -> bool:
         return self._conn is not None
@@ -450,7 +466,7 @@ class DB:
         except FileNotFoundError:
             pass
         assert self._conn is not None
-        self._conn.execute(_BUMP_SEQ_SQL)
+        self._conn.execute(BUMP_SEQ_SQL)
 
     def _verify(self) -> _SyncState:
         """Decide whether the shadow WAL still continues the real WAL."""
@@ -550,16 +566,20 @@ class DB:
             else:
                 s0, s1 = header.checksum1, header.checksum2
             start = size
+            commits: list[tuple[int, int]] = []
             with open(self.wal_path, "rb") as wal:
                 chunk = max(COPY_CHUNK_SIZE // frame_size, 1) * frame_size
                 while True:
                     data = os.pread(wal.fileno(), chunk, size)
+                    # Read after the commit landed, so never earlier than it.
+                    captured = time.time_ns()
                     if len(data) < frame_size:
                         break
                     result = scan_frames(data, header, (s0, s1))
                     if result.committed:
                         shadow.seek(size)
                         shadow.write(data[: result.committed])
+                        commits += [(size + end, captured) for end in result.commits]
                         size += result.committed
                         s0, s1 = result.checksum
                         continue
@@ -571,7 +591,39 @@ class DB:
             if size != start:
                 shadow.flush()
                 os.fsync(shadow.fileno())
+        if commits:
+            self._record_commits(generation, index, commits)
         return size
+
+    def _record_commits(self, generation: str, index: int, commits: list[tuple[int, int]]) -> None:
+        """Append capture times to the index's .commits file (after the frames are synced).
+
+        A crash between the two loses only times, never frames: a restore then
+        falls back to the segment's own timestamp.
+        """
+        self.commit_times(generation, index, 0, 0)  # load what earlier runs recorded
+        self._commit_times[(generation, index)].extend(commits)
+        with open(self.commits_path(generation, index), "ab") as f:
+            f.write(b"".join(_COMMIT_ENTRY.pack(o, t) for o, t in commits))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def commit_times(self, generation: str, index: int, start: int, end: int) -> list[tuple[int, int]]:
+        """(offset, capture ns) of the commits whose frames end within (start, end]."""
+        key = (generation, index)
+        times = self._commit_times.get(key)
+        if times is None:
+            try:
+                with open(self.commits_path(generation, index), "rb") as f:
+                    raw = f.read()
+            except FileNotFoundError:
+                raw = b""
+            whole = len(raw) - len(raw) % _COMMIT_ENTRY.size
+            times = [_COMMIT_ENTRY.unpack_from(raw, i) for i in range(0, whole, _COMMIT_ENTRY.size)]
+            self._commit_times[key] = times
+        lo = bisect.bisect_right(times, (start, 2**64))
+        hi = bisect.bisect_right(times, (end, 2**64))
+        return times[lo:hi]
 
     # -- checkpoints -----------------------------------------------------------
     def _checkpoint_due(self, shadow_size: int) -> str:
@@ -638,7 +690,7 @@ class DB:
             return
         limit = 0 if mode == CHECKPOINT_TRUNCATE else -1
         self._conn.execute(f"PRAGMA journal_size_limit = {limit}")
-        self._conn.execute(_BUMP_SEQ_SQL)
+        self._conn.execute(BUMP_SEQ_SQL)
         self._conn.execute("PRAGMA journal_size_limit = -1")
         log.debug("%s: checkpoint %s done (%d frames)", self.path, mode, frames)
 
@@ -669,29 +721,37 @@ class DB:
         removed = False
         for index in self.shadow_indexes(generation):
             if index < keep_from:
-                try:
-                    os.unlink(self.shadow_wal_path(generation, index))
-                    removed = True
-                except FileNotFoundError:
-                    pass
+                for path in (self.shadow_wal_path(generation, index), self.commits_path(generation, index)):
+                    try:
+                        os.unlink(path)
+                        removed = True
+                    except FileNotFoundError:
+                        pass
+                self._commit_times.pop((generation, index), None)
         if removed:
             fsync_dir(self.shadow_wal_dir(generation))
 
     # -- snapshots -------------------------------------------------------------
-    def snapshot_source(self) -> _SnapshotSource:
+    def snapshot_source(self, taken: set[int] | None = None) -> _SnapshotSource:
         """A consistent view of the database file for a snapshot.
 
         Holding lsr's lock keeps lsr's own checkpoints out; the read lock keeps
         the application's checkpoints from writing frames past the shadow
         position into the file. The snapshot belongs at the start of the
         current shadow index: replaying that index over it gives the database.
+
+        Snapshots are named by index alone, so one must never replace another
+        of the same index (a restore to a point between them would lose its
+        base): when the current index is in ``taken``, the WAL is restarted
+        first so that the snapshot opens a new index.
         """
-        return _SnapshotSource(self)
+        return _SnapshotSource(self, taken or set())
 
 
 class _SnapshotSource:
-    def __init__(self, db: DB) -> None:
+    def __init__(self, db: DB, taken: set[int]) -> None:
         self.db = db
+        self.taken = taken
         self.pos = Pos()
 
     def __enter__(self) -> _SnapshotSource:
@@ -700,6 +760,14 @@ class _SnapshotSource:
             if not self.db.open():
                 raise DatabaseError(f"cannot snapshot {self.db.path}: database does not exist")
             self.db._sync()
+            if self.db.pos().index in self.taken:
+                self.db._checkpoint(CHECKPOINT_PASSIVE)
+                self.db._sync()
+                if self.db.pos().index in self.taken:
+                    raise DatabaseError(
+                        f"cannot snapshot {self.db.path}: index {self.db.pos().index:08x} already has a "
+                        "snapshot and readers keep the WAL from restarting (will retry)"
+                    )
             self.pos = self.db.pos()
         except BaseException:
             self.db._lock.release()

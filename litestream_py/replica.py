@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from . import codec
-from .errors import LitestreamError, NotFoundError
+from .errors import LitestreamError
 from .pos import Pos, SnapshotInfo
 from .replica_client import ReplicaClient
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, frame_align
@@ -126,7 +126,7 @@ class Replica:
         if not segments or segments[-1].index < last_snapshot:
             return Pos(generation, last_snapshot, 0)
         last = segments[-1]
-        data = codec.decompress(self.client.read_wal_segment(last.pos), f"wal segment {last.pos}")
+        data, _ = codec.decode_segment(self.client.read_wal_segment(last.pos), f"wal segment {last.pos}")
         return Pos(generation, last.index, last.offset + len(data))
 
     def _ship_next(self) -> bool:
@@ -163,8 +163,11 @@ class Replica:
         if len(data) != end - pos.offset:
             raise LitestreamError(f"cannot read shadow wal {path}: short read at {pos.offset}")
         self._check_salt(path, pos.offset, data)
-        created_at = _now()
-        self.client.write_wal_segment(pos, codec.compress(data), created_at)
+        commits = self.db.commit_times(pos.generation, pos.index, pos.offset, end)
+        # The segment's timestamp is its last commit's capture time, so even
+        # Go Litestream's timestamp rule (file mtime) lands close to exact.
+        created_at = datetime.fromtimestamp(commits[-1][1] / 1e9, timezone.utc) if commits else _now()
+        self.client.write_wal_segment(pos, codec.encode_segment(data, commits), created_at)
         self._set_pos(Pos(pos.generation, pos.index, end))
         log.debug("%s: wal segment written %s (%d bytes)", self.name, pos, len(data))
         return True
@@ -201,8 +204,10 @@ class Replica:
 
     def _snapshot(self) -> SnapshotInfo:
         assert self.db is not None
+        generation = self.db.pos().generation
+        taken = {s.index for s in self.client.snapshots(generation)} if generation else set()
         with tempfile.TemporaryFile(prefix="lsr-snapshot-") as tmp:
-            with self.db.snapshot_source() as source:
+            with self.db.snapshot_source(taken) as source:
                 pos = source.pos
                 created_at = _now()
                 codec.compress_chunks(source.chunks(), tmp)
@@ -246,6 +251,3 @@ class Replica:
     def latest_snapshot(self, generation: str) -> SnapshotInfo | None:
         snaps = self.client.snapshots(generation)
         return max(snaps, key=lambda s: s.index) if snaps else None
-
-    def describe_missing(self, pos: Pos) -> NotFoundError:
-        return NotFoundError(f"cannot read {pos} from replica {self.name}: not found")

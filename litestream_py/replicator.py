@@ -17,6 +17,7 @@ from typing import Callable
 from .db import DB
 from .errors import LitestreamError
 from .replica import Replica
+from .verify import verify_database
 from .watch import WALWatcher
 
 __all__ = ["Replicator"]
@@ -139,9 +140,12 @@ class Replicator:
         last_sync = 0.0
         last_retention = time.monotonic()
         last_snapshot = time.monotonic()
+        last_validation = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
             timers = [IDLE_WAKE_INTERVAL]
+            if replica.validation_interval:
+                timers.append(last_validation + replica.validation_interval.total_seconds() - now)
             if replica.snapshot_interval:
                 timers.append(last_snapshot + replica.snapshot_interval.total_seconds() - now)
             if replica.retention.total_seconds() > 0:
@@ -168,9 +172,22 @@ class Replicator:
                     if now - last_retention >= check:
                         replica.enforce_retention()
                         last_retention = now
+                if replica.validation_interval and now - last_validation >= replica.validation_interval.total_seconds():
+                    last_validation = now
+                    self._validate(replica)
                 errors.ok()
             except LitestreamError as exc:
                 errors.failed(exc)
             except Exception as exc:
                 log.exception("%s: unexpected failure in replica %s", db.path, replica.name)
                 errors.failed(exc)
+
+    @staticmethod
+    def _validate(replica: Replica) -> None:
+        db = replica.db
+        assert db is not None
+        result = verify_database(db.path, replica.client, db.meta_path, shm_fd=db.shm_fd, catch_up=replica.sync)
+        if result.ok:
+            log.info("%s: replica %s verified: %s", db.path, replica.name, result.describe())
+        else:
+            log.error("%s: replica %s verification failed: %s", db.path, replica.name, result.describe())

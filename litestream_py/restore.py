@@ -22,8 +22,10 @@ from . import codec
 from .errors import (
     NoGenerationError,
     NoSnapshotError,
+    NotFoundError,
     OutputExistsError,
     RestoreGapError,
+    TimestampOutOfRangeError,
     WALFormatError,
 )
 from .fsutil import fsync_dir
@@ -38,7 +40,9 @@ __all__ = [
     "RestoreResult",
     "generation_time_bounds",
     "calc_restore_target",
+    "check_timestamp",
     "plan_restore",
+    "timestamp_bounds",
     "restore",
 ]
 
@@ -47,6 +51,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RESTORE_PARALLELISM = 8
 # How many downloaded-but-unapplied segments may wait in memory per worker.
 PREFETCH_PER_WORKER = 4
+RESTORE_ATTEMPTS = 3
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -56,7 +61,8 @@ class RestoreOptions:
     output_path: str
     generation: str = ""
     index: int | None = None  # restore through this WAL index (inclusive)
-    timestamp: datetime | None = None
+    timestamp: datetime | None = None  # restore the commits captured at or before this instant
+    pos: Pos | None = None  # restore exactly through this shadow WAL position
     parallelism: int = DEFAULT_RESTORE_PARALLELISM
     progress: ProgressCallback | None = None  # (segments applied, segments in plan)
 
@@ -104,10 +110,54 @@ def calc_restore_target(
     return best, best_updated
 
 
-def plan_restore(client: ReplicaClient, generation: str, index: int | None, timestamp: datetime | None) -> RestorePlan:
-    """Choose the snapshot and the chain of segments to apply; fail on any gap."""
+def timestamp_bounds(client: ReplicaClient) -> tuple[datetime | None, datetime | None]:
+    """The earliest snapshot and the latest capture on a replica, over all generations."""
+    first = last = None
+    for g in client.generations():
+        snaps = client.snapshots(g)
+        times = [s.created_at for s in snaps] + [w.created_at for w in client.wal_segments(g)]
+        if snaps:
+            earliest = min(s.created_at for s in snaps)
+            first = earliest if first is None else min(first, earliest)
+        if times:
+            last = max(times) if last is None else max(last, max(times))
+    return first, last
+
+
+def check_timestamp(client: ReplicaClient, timestamp: datetime) -> None:
+    """Fail with one clear line when ``timestamp`` lies outside what the replica holds."""
+    first, last = timestamp_bounds(client)
+    if first is None or last is None:
+        raise NoSnapshotError("cannot restore to a timestamp: the replica holds no snapshot")
+    if timestamp < first:
+        raise TimestampOutOfRangeError(
+            f"cannot restore to {timestamp.isoformat()}: it is before the earliest snapshot "
+            f"({first.isoformat()})"
+        )
+    if timestamp > last:
+        raise TimestampOutOfRangeError(
+            f"cannot restore to {timestamp.isoformat()}: it is after the last captured commit "
+            f"({last.isoformat()}); restore without -timestamp for the latest state"
+        )
+
+
+def plan_restore(
+    client: ReplicaClient,
+    generation: str,
+    index: int | None = None,
+    timestamp: datetime | None = None,
+    pos: Pos | None = None,
+) -> RestorePlan:
+    """Choose the snapshot and the chain of segments to apply; fail on any gap.
+
+    With a timestamp the plan ends with the first segment stamped after it:
+    that segment may still hold commits captured before the timestamp, which
+    the applier keeps (and it stops at the first later one).
+    """
     if not generation:
         raise NoGenerationError("cannot restore: no generation found on the replica")
+    if pos is not None:
+        index = pos.index
     snapshots = client.snapshots(generation)
     candidates = [
         s
@@ -123,9 +173,11 @@ def plan_restore(client: ReplicaClient, generation: str, index: int | None, time
             continue
         if index is not None and seg.index > index:
             break
-        if timestamp is not None and seg.created_at > timestamp:
+        if pos is not None and seg.index == pos.index and seg.offset >= pos.offset:
             break
         segments.append(seg)
+        if timestamp is not None and seg.created_at > timestamp:
+            break
     if index is not None:
         highest = segments[-1].index if segments else snapshot.index
         if highest < index:
@@ -162,9 +214,12 @@ def _check_chain(generation: str, snapshot: SnapshotInfo, segments: list[WALSegm
 class _WALApplier:
     """Applies verified WAL frames to a database file, one whole transaction at a time."""
 
-    def __init__(self, f: BinaryIO, generation: str) -> None:
+    def __init__(self, f: BinaryIO, generation: str, cutoff_ns: int | None = None, end: Pos | None = None) -> None:
         self.f = f
         self.generation = generation
+        self.cutoff_ns = cutoff_ns  # skip commits captured after this instant
+        self.end = end  # stop after the commit that ends exactly here
+        self.done = False
         self.header: WALHeader | None = None
         self.index = -1
         self.offset = 0
@@ -173,8 +228,13 @@ class _WALApplier:
         self.transactions = 0
         self.last_commit = Pos()
 
-    def feed(self, seg: WALSegmentInfo, data: bytes) -> None:
+    def feed(self, seg: WALSegmentInfo, data: bytes, commit_times: list[tuple[int, int]]) -> None:
+        if self.done:
+            return
         where = f"{self.generation}/{seg.index:08x}_{seg.offset:08x}"
+        times = dict(commit_times)
+        # Segments without recorded times (written by Go) carry their own timestamp.
+        fallback_ns = int(seg.created_at.timestamp() * 1e9)
         if seg.index != self.index:
             self.index, self.offset, self.header = seg.index, 0, None
             self.pending.clear()
@@ -212,8 +272,16 @@ class _WALApplier:
             self.pending[fh.pgno] = bytes(frame[WAL_FRAME_HEADER_SIZE:])
             pos += frame_size
             if fh.commit_size:
+                end = seg.offset + pos
+                if self.cutoff_ns is not None and times.get(end, fallback_ns) > self.cutoff_ns:
+                    self.pending.clear()
+                    self.done = True
+                    return
                 self._commit(fh.commit_size, page_size)
-                self.last_commit = Pos(self.generation, seg.index, seg.offset + pos)
+                self.last_commit = Pos(self.generation, seg.index, end)
+                if self.end is not None and self.last_commit >= self.end:
+                    self.done = True
+                    return
         self.checksum = (s0, s1)
         self.offset = seg.offset + len(data)
 
@@ -227,18 +295,21 @@ class _WALApplier:
         self.transactions += 1
 
 
-def _download(client: ReplicaClient, seg: WALSegmentInfo) -> bytes:
+Segment = tuple[bytes, list[tuple[int, int]]]
+
+
+def _download(client: ReplicaClient, seg: WALSegmentInfo) -> Segment:
     where = f"wal segment {seg.generation}/{seg.index:08x}_{seg.offset:08x}"
-    return codec.decompress(client.read_wal_segment(seg.pos), where)
+    return codec.decode_segment(client.read_wal_segment(seg.pos), where)
 
 
 def _in_order(
     client: ReplicaClient, segments: list[WALSegmentInfo], parallelism: int
-) -> Iterable[tuple[WALSegmentInfo, bytes]]:
+) -> Iterable[tuple[WALSegmentInfo, Segment]]:
     """Download segments in parallel, yielding them strictly in order with bounded read-ahead."""
     window = max(parallelism, 1) * PREFETCH_PER_WORKER
     with ThreadPoolExecutor(max_workers=max(parallelism, 1), thread_name_prefix="lsr-restore") as pool:
-        queue: deque[tuple[WALSegmentInfo, Future[bytes]]] = deque()
+        queue: deque[tuple[WALSegmentInfo, Future[Segment]]] = deque()
         it = iter(segments)
         try:
             for seg in it:
@@ -258,27 +329,49 @@ def _in_order(
 
 
 def restore(client: ReplicaClient, opts: RestoreOptions) -> RestoreResult:
-    """Restore ``opts.generation`` (or the best one) of ``client`` into ``opts.output_path``."""
+    """Restore ``opts.generation`` (or the best one) of ``client`` into ``opts.output_path``.
+
+    If an object of the plan disappears mid-restore (retention ran meanwhile),
+    the restore starts over from a fresh listing, a few times at most.
+    """
     output = os.path.abspath(opts.output_path)
     if os.path.lexists(output):
         raise OutputExistsError(f"cannot restore to {output}: file already exists")
+    if opts.timestamp is not None:
+        check_timestamp(client, opts.timestamp)
+    for attempt in range(1, RESTORE_ATTEMPTS + 1):
+        try:
+            return _restore_once(client, opts, output)
+        except NotFoundError as exc:
+            if attempt == RESTORE_ATTEMPTS:
+                raise
+            log.warning("restore: %s; the replica changed during the restore, starting over", exc)
+    raise AssertionError("unreachable")
+
+
+def _restore_once(client: ReplicaClient, opts: RestoreOptions, output: str) -> RestoreResult:
     generation = opts.generation
     if not generation:
         generation, _ = calc_restore_target(client, timestamp=opts.timestamp)
-    plan = plan_restore(client, generation, opts.index, opts.timestamp)
+    plan = plan_restore(client, generation, opts.index, opts.timestamp, opts.pos)
     directory = os.path.dirname(output)
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(output) + ".", suffix=".lsr-restore.tmp", dir=directory)
+    cutoff = int(opts.timestamp.timestamp() * 1e9) if opts.timestamp is not None else None
     try:
         with os.fdopen(fd, "r+b") as f:
             with client.open_snapshot(generation, plan.snapshot.index) as src:
                 codec.decompress_stream(src, f, f"snapshot {generation}/{plan.snapshot.index:08x}")
-            applier = _WALApplier(f, generation)
+            applier = _WALApplier(f, generation, cutoff, opts.pos)
             total = len(plan.segments)
-            for done, (seg, data) in enumerate(_in_order(client, plan.segments, opts.parallelism), 1):
-                applier.feed(seg, data)
+            for done, (seg, (data, times)) in enumerate(_in_order(client, plan.segments, opts.parallelism), 1):
+                applier.feed(seg, data, times)
                 if opts.progress:
                     opts.progress(done, total)
+                if applier.done:
+                    break
+            if opts.pos is not None and applier.last_commit < opts.pos and opts.pos.offset > WAL_HEADER_SIZE:
+                raise RestoreGapError(f"cannot restore through {opts.pos}: the replica ends at {applier.last_commit}")
             f.flush()
             os.fsync(f.fileno())
         try:
@@ -300,4 +393,3 @@ def restore(client: ReplicaClient, opts: RestoreOptions) -> RestoreResult:
         output, generation, plan.snapshot.index, applier.transactions, pos,
     )
     return RestoreResult(output, generation, plan.snapshot.index, pos, applier.transactions)
-

@@ -183,7 +183,9 @@ def content_hash(path: str | Path) -> str:
         for table in user_tables(path):
             h.update(table.encode())
             for row in conn.execute(f'SELECT * FROM "{table}" ORDER BY rowid'):
-                h.update(repr(row).encode())
+                for value in row:
+                    h.update(value if isinstance(value, bytes) else repr(value).encode())
+                    h.update(b"\x00")
     finally:
         conn.close()
     return h.hexdigest()
