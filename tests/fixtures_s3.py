@@ -101,14 +101,14 @@ class S3Server:
             self.proc.wait(timeout=10)
 
 
-def _wait_ready(server: S3Server) -> None:
+def _wait_ready(server: S3Server, path: str = "/") -> None:
     """Until the server answers HTTP at all (any status means it is up)."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             break
         try:
-            urllib.request.urlopen(server.endpoint + "/", timeout=1).close()
+            urllib.request.urlopen(server.endpoint + path, timeout=1).close()
             return
         except urllib.error.HTTPError:
             return
@@ -132,7 +132,9 @@ def start_moto(work_dir: Path, env: dict[str, str] | None = None) -> S3Server:
     env = dict(env or {})
     proc = _spawn([str(BIN_DIR / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log_path, env)
     server = S3Server("moto", port, proc, log_path, extra_env=env)
-    _wait_ready(server)
+    # moto's own API: unlike an S3 request it does not count as an action
+    # against INITIAL_NO_AUTH_ACTION_COUNT.
+    _wait_ready(server, "/moto-api/data.json")
     return server
 
 
@@ -192,9 +194,26 @@ def s3_bucket(s3_server: S3Server) -> str:
     return s3_server.create_bucket()
 
 
-def make_s3_client(server: S3Server, bucket: str, path: str = "db", **kwargs: Any) -> S3ReplicaClient:
-    settings = S3Settings(bucket=bucket, path=path, region="us-east-1", endpoint=server.endpoint, force_path_style=True)
-    return S3ReplicaClient(settings, server.access_key_id, server.secret_access_key, **kwargs)
+def make_s3_client(
+    server: S3Server,
+    bucket: str,
+    path: str = "db",
+    *,
+    endpoint: str | None = None,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+    **kwargs: Any,
+) -> S3ReplicaClient:
+    """An S3ReplicaClient for ``server`` (or another endpoint in front of it, such as a FaultProxy)."""
+    settings = S3Settings(
+        bucket=bucket, path=path, region="us-east-1", endpoint=endpoint or server.endpoint, force_path_style=True
+    )
+    return S3ReplicaClient(
+        settings,
+        server.access_key_id if access_key_id is None else access_key_id,
+        server.secret_access_key if secret_access_key is None else secret_access_key,
+        **kwargs,
+    )
 
 
 @pytest.fixture

@@ -454,13 +454,17 @@ class S3ReplicaClient:
                     f"{first.get('Code', '?')}: {first.get('Message', '')}{more}"
                 )
 
-    def _upload(self, key: str, what: str, f: BinaryIO, crc: str) -> None:
+    def _upload(self, key: str, what: str, f: BinaryIO, size: int, crc: str) -> None:
+        """One PUT for a small object, a multipart upload from the threshold on."""
+        metadata = {CHECKSUM_METADATA_KEY: crc}
         with self._errors(f"write {what} {self._url(key)}"):
-            with create_transfer_manager(self._s3, self._transfer) as manager:
-                manager.upload(
-                    f, self.bucket, key, extra_args={"Metadata": {CHECKSUM_METADATA_KEY: crc}}
-                ).result()
-        log.debug("wrote %s (crc32c %s)", self._url(key), crc)
+            if size < self._transfer.multipart_threshold:
+                # The body is seekable, so botocore rewinds it for each retry.
+                self._s3.put_object(Bucket=self.bucket, Key=key, Body=f, Metadata=metadata)
+            else:
+                with create_transfer_manager(self._s3, self._transfer) as manager:
+                    manager.upload(f, self.bucket, key, extra_args={"Metadata": metadata}).result()
+        log.debug("wrote %s (%d bytes, crc32c %s)", self._url(key), size, crc)
 
     def _download(self, key: str, what: str, dst: BinaryIO) -> None:
         """Download ``key`` into ``dst`` and verify its CRC32C if it has one."""
@@ -509,7 +513,7 @@ class S3ReplicaClient:
         data.seek(0, io.SEEK_END)
         size = data.tell()
         data.seek(0)
-        self._upload(key, "snapshot", data, crc)
+        self._upload(key, "snapshot", data, size, crc)
         return SnapshotInfo(generation, index, size, created_at or _now())
 
     def open_snapshot(self, generation: str, index: int) -> BinaryIO:
@@ -541,7 +545,7 @@ class S3ReplicaClient:
 
     def write_wal_segment(self, pos: Pos, data: bytes, created_at: datetime | None = None) -> WALSegmentInfo:
         key = paths.wal_segment_path(self.path, pos.generation, pos.index, pos.offset)
-        self._upload(key, "wal segment", io.BytesIO(data), _format_crc(data))
+        self._upload(key, "wal segment", io.BytesIO(data), len(data), _format_crc(data))
         return WALSegmentInfo(pos.generation, pos.index, pos.offset, len(data), created_at or _now())
 
     def read_wal_segment(self, pos: Pos) -> bytes:

