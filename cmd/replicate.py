@@ -10,6 +10,7 @@ from types import FrameType
 
 import click
 
+from litestream_py.db import configure_process_for_sidecar
 from litestream_py.config import Config, DBConfig, ReplicaConfig, expand_path
 from litestream_py.errors import ConfigError
 from litestream_py.factory import db_from_config
@@ -41,6 +42,7 @@ def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, args: t
                 log.warning("%s", warning)
         if not config.dbs:
             raise ConfigError("cannot replicate: no databases configured")
+        configure_process_for_sidecar()
         dbs = [db_from_config(dbc) for dbc in config.dbs]
         replicator = Replicator(dbs)
         replicator.start()

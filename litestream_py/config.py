@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import logging
 import os
 import re
@@ -36,7 +38,7 @@ DEFAULT_CONFIG_PATH = "/etc/litestream.yml"
 _TOP_KEYS = {"addr", "dbs", "exec", "access-key-id", "secret-access-key", "logging", "mcp-addr"}
 _LOGGING_KEYS = {"level", "type", "stderr"}
 _DB_KEYS = {
-    "path", "meta-path", "monitor-interval", "checkpoint-interval",
+    "path", "dir", "pattern", "meta-path", "monitor-interval", "checkpoint-interval",
     "min-checkpoint-page-count", "max-checkpoint-page-count", "replicas",
 }
 _REPLICA_KEYS = {
@@ -146,6 +148,7 @@ class DBConfig:
     min_checkpoint_page_count: int | None = None
     max_checkpoint_page_count: int | None = None
     replicas: list[ReplicaConfig] = field(default_factory=list)
+    dir_pattern: str = ""  # set while ``path`` is a directory to expand
 
 
 @dataclass
@@ -246,9 +249,13 @@ def parse_config(text: str, *, expand: bool = True, source: str = "config") -> C
     for i, item in enumerate(dbs):
         data = _as_dict(item, f"dbs[{i}]")
         _warn_unknown(f"dbs[{i}]", data, _DB_KEYS, cfg.warnings)
-        if not data.get("path"):
-            raise ConfigError(f"cannot read {source}: dbs[{i}] needs a path")
-        dbc = DBConfig(path=expand_path(str(data["path"])))
+        if not data.get("path") and not data.get("dir"):
+            raise ConfigError(f"cannot read {source}: dbs[{i}] needs a path (or a dir and a pattern)")
+        if data.get("path") and data.get("dir"):
+            raise ConfigError(f"cannot read {source}: dbs[{i}] sets both path and dir")
+        dbc = DBConfig(path=expand_path(str(data.get("path") or data["dir"])))
+        if data.get("dir"):
+            dbc.dir_pattern = str(data.get("pattern") or "*.db")
         if data.get("meta-path"):
             dbc.meta_path = expand_path(str(data["meta-path"]))
         for key in ("monitor-interval", "checkpoint-interval"):
@@ -265,8 +272,33 @@ def parse_config(text: str, *, expand: bool = True, source: str = "config") -> C
             rc.access_key_id = rc.access_key_id or cfg.access_key_id
             rc.secret_access_key = rc.secret_access_key or cfg.secret_access_key
             dbc.replicas.append(rc)
-        cfg.dbs.append(dbc)
+        cfg.dbs.extend(_expand_dir(dbc) if dbc.dir_pattern else [dbc])
     return cfg
+
+
+def _expand_dir(dbc: DBConfig) -> list[DBConfig]:
+    """One DBConfig per database matching ``pattern`` in ``dir``.
+
+    Each database replicates under its own name inside every replica's path,
+    so one config line serves a whole directory of databases.
+    """
+    if not os.path.isdir(dbc.path):
+        raise ConfigError(f"cannot read config: dir {dbc.path} does not exist")
+    out = []
+    for path in sorted(glob.glob(os.path.join(dbc.path, dbc.dir_pattern))):
+        name = os.path.basename(path)
+        if not os.path.isfile(path) or name.endswith(("-wal", "-shm")):
+            continue
+        replicas = []
+        for rc in dbc.replicas:
+            copy = dataclasses.replace(rc)
+            if copy.url:
+                copy.url = copy.url.rstrip("/") + "/" + name
+            else:
+                copy.path = (copy.path.rstrip("/") + "/" + name) if copy.path else name
+            replicas.append(copy)
+        out.append(dataclasses.replace(dbc, path=path, dir_pattern="", replicas=replicas))
+    return out
 
 
 def load_config(path: str, *, expand: bool = True) -> Config:

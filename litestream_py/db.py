@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DB",
+    "configure_process_for_sidecar",
     "DEFAULT_MONITOR_INTERVAL",
     "DEFAULT_CHECKPOINT_INTERVAL",
     "DEFAULT_MIN_CHECKPOINT_PAGE_COUNT",
@@ -74,6 +75,8 @@ COPY_CHUNK_SIZE = 16 << 20
 # The two copies of the WalIndexHdr and the checkpoint info at the start of -shm.
 WAL_INDEX_HEADER_SIZE = 136
 
+SIDECAR_THREAD_STACK_SIZE = 512 * 1024
+M_ARENA_MAX = -8  # glibc mallopt parameter
 COMMITS_EXT = ".commits"
 _COMMIT_ENTRY = struct.Struct("<QQ")
 
@@ -94,6 +97,25 @@ class _SyncState:
     restart: bool = False  # the real WAL was restarted; shadow moves to a new index
     shadow_index: int = 0
     shadow_size: int = 0
+
+
+def configure_process_for_sidecar() -> None:
+    """Process-wide SQLite settings for a sidecar that keeps many databases open.
+
+    Each connection would otherwise reserve ~120 KiB of lookaside memory that
+    lsr's few statements never need. Call before the first connection opens.
+    """
+    apsw.shutdown()
+    apsw.config(apsw.SQLITE_CONFIG_LOOKASIDE, 0, 0)
+    apsw.initialize()
+    # glibc gives busy threads their own malloc arenas, which keep freed memory;
+    # two thousand mostly idle threads need no more than a couple.
+    try:
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass
+    # Sidecar threads run shallow code; the default 8 MiB stacks only cost memory.
+    threading.stack_size(SIDECAR_THREAD_STACK_SIZE)
 
 
 def _read_at(path: str, offset: int, size: int) -> bytes:
@@ -137,7 +159,9 @@ class DB:
         # read with pread(), and closed only after the connections are closed.
         self._db_fd = -1
         self._shm_fd = -1
-        self._conn: apsw.Connection | None = None  # writes and checkpoints
+        # Writes and checkpoints; opened on demand and closed after each sync so
+        # that an idle database costs one connection, not two.
+        self._conn: apsw.Connection | None = None
         self._read_conn: apsw.Connection | None = None  # holds the read lock
         self._read_lock_held = False
         # True once the read lock has been held without a gap since the shadow
@@ -254,12 +278,12 @@ class DB:
         return self._shm_fd
 
     def is_open(self) -> bool:
-        return self._conn is not None
+        return self._read_conn is not None
 
     def open(self) -> bool:
         """Connect if the database exists; False while it does not exist yet."""
         with self._lock:
-            if self._conn is not None:
+            if self._read_conn is not None:
                 return True
             self.check_path()
             if not os.path.exists(self.path):
@@ -286,9 +310,23 @@ class DB:
         conn.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(persist))
         return conn
 
+    def _writer(self) -> apsw.Connection:
+        if self._conn is None:
+            conn = self._new_connection()
+            # lsr checkpoints on its own schedule, never as a side effect of its writes.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self._conn = conn
+        return self._conn
+
+    def _close_writer(self) -> None:
+        # Safe while the read connection holds its locks: SQLite keeps a closed
+        # connection's descriptors open until the process's last lock on the file goes.
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     def _connect(self) -> None:
-        conn = self._new_connection()
-        self._conn = conn
+        conn = self._writer()
         try:
             mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
         except apsw.Error as exc:
@@ -298,8 +336,6 @@ class DB:
                 f"cannot replicate {self.path}: database is in {mode} journal mode, not WAL "
                 "(run PRAGMA journal_mode=WAL on it once)"
             )
-        # lsr checkpoints on its own schedule, never as a side effect of its writes.
-        conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute("CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)")
         conn.execute("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)")
         self._page_size = int(conn.execute("PRAGMA page_size").fetchall()[0][0])
@@ -315,6 +351,7 @@ class DB:
         # the first sync checks the shadow against the WAL byte for byte.
         self._continuous = False
         self._truncate_shadow_tail()
+        self._close_writer()
         log.info("%s: opened (page size %d)", self.path, self._page_size)
 
     def close(self) -> None:
@@ -367,8 +404,7 @@ class DB:
             self.db = db
 
         def __enter__(self) -> None:
-            assert self.db._conn is not None
-            self.db._conn.execute("BEGIN IMMEDIATE")
+            self.db._writer().execute("BEGIN IMMEDIATE")
 
         def __exit__(self, *exc: object) -> None:
             assert self.db._conn is not None
@@ -397,6 +433,7 @@ class DB:
             try:
                 changed = self._sync()
                 self._last_token = token
+                self._close_writer()
             except apsw.Error as exc:
                 # A broken connection is reopened by the next sync; the gap in
                 # the read lock forces a careful re-verification then.
@@ -465,8 +502,7 @@ class DB:
                 return
         except FileNotFoundError:
             pass
-        assert self._conn is not None
-        self._conn.execute(BUMP_SEQ_SQL)
+        self._writer().execute(BUMP_SEQ_SQL)
 
     def _verify(self) -> _SyncState:
         """Decide whether the shadow WAL still continues the real WAL."""
@@ -657,7 +693,6 @@ class DB:
         A restart then happens at lsr's next write to its own table; with
         ``TRUNCATE`` that write also shrinks the WAL file.
         """
-        assert self._conn is not None
         generation = self.current_generation()
         index = self.current_shadow_index(generation)
         try:
@@ -670,12 +705,12 @@ class DB:
                 self._acquire_read_lock()
 
     def _checkpoint_under_locks(self, generation: str, index: int, mode: str) -> None:
-        assert self._conn is not None
+        writer = self._writer()
         with self._write_lock():
             self._copy_to_shadow(generation, index)
             self._release_read_lock()
             self._acquire_read_lock()
-        self._run_checkpoint(self._conn)
+        self._run_checkpoint(writer)
         with self._write_lock():
             self._copy_to_shadow(generation, index)
             self._release_read_lock()
@@ -689,9 +724,9 @@ class DB:
             log.debug("%s: checkpoint %s partial (%d of %d frames): readers pin the wal", self.path, mode, backfilled, frames)
             return
         limit = 0 if mode == CHECKPOINT_TRUNCATE else -1
-        self._conn.execute(f"PRAGMA journal_size_limit = {limit}")
-        self._conn.execute(BUMP_SEQ_SQL)
-        self._conn.execute("PRAGMA journal_size_limit = -1")
+        writer.execute(f"PRAGMA journal_size_limit = {limit}")
+        writer.execute(BUMP_SEQ_SQL)
+        writer.execute("PRAGMA journal_size_limit = -1")
         log.debug("%s: checkpoint %s done (%d frames)", self.path, mode, frames)
 
     @staticmethod

@@ -25,7 +25,7 @@ __all__ = ["Replicator"]
 log = logging.getLogger(__name__)
 
 # With inotify the poll only catches what events miss (e.g. network file systems).
-FALLBACK_POLL_INTERVAL = 10.0
+FALLBACK_POLL_INTERVAL = 30.0
 # A replica with nothing to do still wakes this often (timers, lost notifications).
 IDLE_WAKE_INTERVAL = 60.0
 # After a failed sync, try again this soon even without new writes.

@@ -25,7 +25,9 @@ from workload import (
     replica_generations,
     replica_ready,
     restore,
+    segment_count,
     stop_lsr,
+    wait_synced,
     wal_indexes,
 )
 
@@ -70,11 +72,18 @@ def start_go(procs: Processes, go: str, cfg: Path) -> subprocess.Popen[bytes]:
     return procs.start([go, "replicate", "-config", str(cfg)], "litestream")
 
 
+# Go Litestream 0.3.13's own shutdown bug: when its final sync decides to
+# checkpoint, the checkpoint runs on the already-cancelled context and the
+# process exits 1 *after* shipping everything. Tolerated here, nothing else is.
+GO_SHUTDOWN_BUG = "release read lock: context canceled"
+
+
 def stop_go(p: subprocess.Popen[bytes]) -> str:
     code = Processes.stop(p, timeout=60)
     out = Processes.output(p)
-    assert code == 0, f"litestream exited {code}:\n{out}"
-    assert "level=ERROR" not in out, out
+    errors = [line for line in out.splitlines() if "level=ERROR" in line]
+    assert all(GO_SHUTDOWN_BUG in line for line in errors), out
+    assert code == 0 or (code == 1 and errors), f"litestream exited {code}:\n{out}"
     return out
 
 
@@ -86,18 +95,29 @@ def wait_ready(p: subprocess.Popen[bytes], replica: Path) -> None:
     wait_for(ready, timeout=30, what=f"a snapshot in {replica}")
 
 
-def workload(conn_path: Path, page_size: int, rounds: int) -> None:
-    """OpenWEC traffic plus a few large rows (multi-page transactions, overflow pages)."""
+def workload(conn_path: Path, page_size: int, rounds: int, replica: Path) -> None:
+    """OpenWEC traffic plus a few large rows (multi-page transactions, overflow pages).
+
+    After each round the application waits for the replicating tool to ship
+    something, so that its checkpoints fall in the middle of the workload.
+    """
     app = open_app_db(conn_path, page_size=page_size)
     wec = OpenWEC(app, clients=25)
     wec.init()
     app.execute("CREATE TABLE attachments (id INTEGER PRIMARY KEY, body BLOB)")
     for r in range(rounds):
+        shipped = segment_count(replica)
         wec.round()
         app.execute("INSERT INTO attachments (body) VALUES (randomblob(?))", (3 * page_size + 17,))
         if r == rounds // 2:
             wec.migrate()
+        wait_for(lambda: segment_count(replica) > shipped, timeout=30, what="the replica to ship the round")
     app.close()
+
+
+def checkpoint_pages(page_size: int) -> int:
+    """A min-checkpoint-page-count of 64 KiB of WAL (at least 8 pages)."""
+    return max(8, (64 << 10) // page_size)
 
 
 # -- (a) lsr writes, Go reads -------------------------------------------------------
@@ -108,10 +128,10 @@ def test_go_restores_what_lsr_replicated(tmp_path: Path, procs: Processes, go: s
     app = open_app_db(db, page_size=page_size)
     app.execute("CREATE TABLE seed (id INTEGER PRIMARY KEY)")
     assert rows(db, "PRAGMA page_size") == [(page_size,)]
-    cfg = write_config(tmp_path / "lsr.yml", db, replica, page_count=max(8, 256 * 1024 // page_size))
+    cfg = write_config(tmp_path / "lsr.yml", db, replica, page_count=checkpoint_pages(page_size))
     p = procs.lsr_replicate("-config", str(cfg))
     wait_ready(p, replica)
-    workload(db, page_size, rounds=12)
+    workload(db, page_size, rounds=12, replica=replica)
     stop_lsr(p)
     app.close()
 
@@ -131,10 +151,10 @@ def test_lsr_restores_what_go_replicated(tmp_path: Path, procs: Processes, go: s
     db, replica = tmp_path / "app.db", tmp_path / "replica"
     app = open_app_db(db, page_size=page_size)
     app.execute("CREATE TABLE seed (id INTEGER PRIMARY KEY)")
-    cfg = write_config(tmp_path / "go.yml", db, replica, page_count=max(8, 256 * 1024 // page_size))
+    cfg = write_config(tmp_path / "go.yml", db, replica, page_count=checkpoint_pages(page_size))
     p = start_go(procs, go, cfg)
     wait_ready(p, replica)
-    workload(db, page_size, rounds=12)
+    workload(db, page_size, rounds=12, replica=replica)
     # Go's final sync ships what is in the WAL; wait for it to have seen the last commit.
     stop_go(p)
     app.close()
@@ -179,7 +199,7 @@ def test_listings_match_go(tmp_path: Path, procs: Processes, go: str, writer: st
     cfg = write_config(tmp_path / "cfg.yml", db, replica, page_count=64)
     p = start_go(procs, go, cfg) if writer == "go" else procs.lsr_replicate("-config", str(cfg))
     wait_ready(p, replica)
-    workload(db, 4096, rounds=8)
+    workload(db, 4096, rounds=8, replica=replica)
     stop_go(p) if writer == "go" else stop_lsr(p)
     app.close()
     assert len(wal_indexes(replica, replica_generations(replica)[0])) >= 2
@@ -210,10 +230,13 @@ def test_take_over_replication(tmp_path: Path, procs: Processes, go: str, first:
     assert generation
 
     p = run_tool(procs, go, second, cfg)
-    wait_for(lambda: p.poll() is not None or len(Processes.output(p).splitlines()) >= 2, what="the second tool")
     for _ in range(3):
         wec.round()
     wec.migrate()
+    # Go opens a database only at its first sync, and skips the final sync of a
+    # database it never opened: let the second tool ship everything first.
+    wait_synced(db, replica)
+    assert p.poll() is None, Processes.output(p)
     out = stop_go(p) if second == "go" else stop_lsr(p)
     if local_generation(db) != generation:
         # A new generation is fine as long as it is announced with a reason.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -329,26 +330,44 @@ def _fill(conn: sqlite3.Connection, first: int, nbytes: int) -> int:
 def test_database_across_the_lock_byte_page(tmp_path: Path, procs: Processes) -> None:
     """~1.1 GiB: the snapshot covers most of it, the WAL frames lsr ships cross offset 1 GiB."""
     started = time.monotonic()
-    db, replica = tmp_path / "big.db", tmp_path / "replica"
-    app = open_app_db(db)
-    app.execute("PRAGMA synchronous = OFF")  # the setup only; replication is what is tested
-    app.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB)")
-    next_id = _fill(app, 0, 960 << 20)
-    app.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    assert os.path.getsize(db) < LOCK_BYTE_OFFSET
+    db, replica, restored = tmp_path / "big.db", tmp_path / "replica", tmp_path / "restored.db"
+    try:
+        # The bulk is written before replication starts, in rollback mode without
+        # syncs: only the replication of it is under test, not its creation.
+        setup = sqlite3.connect(str(db), isolation_level=None)
+        setup.execute("PRAGMA journal_mode = OFF")
+        setup.execute("PRAGMA synchronous = OFF")
+        setup.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB)")
+        next_id = _fill(setup, 0, 960 << 20)
+        setup.close()
+        assert os.path.getsize(db) < LOCK_BYTE_OFFSET
+        app = open_app_db(db)
 
-    p = procs.lsr_replicate(str(db), f"file://{replica}")
-    wait_ready(p, replica, timeout=120)
-    next_id = _fill(app, next_id, 160 << 20)  # written through the WAL while lsr runs
-    app.execute("UPDATE blobs SET data = zeroblob(100) WHERE id % 97 = 0")
-    stop_lsr(p, timeout=120)
-    app.close()
-    page_size = rows(db, "PRAGMA page_size")[0][0]
-    assert os.path.getsize(db) > LOCK_BYTE_OFFSET + 64 * page_size
+        phases = {"setup": time.monotonic() - started}
+        p = procs.lsr_replicate(str(db), f"file://{replica}")
+        wait_ready(p, replica, timeout=120)
+        phases["snapshot"] = time.monotonic() - started
+        next_id = _fill(app, next_id, 160 << 20)  # through the WAL while lsr runs
+        app.execute("UPDATE blobs SET data = zeroblob(100) WHERE id % 97 = 0")
+        phases["writes"] = time.monotonic() - started
+        stop_lsr(p, timeout=120)
+        phases["stop"] = time.monotonic() - started
+        app.close()
+        page_size = rows(db, "PRAGMA page_size")[0][0]
+        assert os.path.getsize(db) > LOCK_BYTE_OFFSET + 64 * page_size
 
-    restored = tmp_path / "restored.db"
-    restore(f"file://{replica}", restored)
-    assert integrity_ok(restored)
-    assert os.path.getsize(restored) == os.path.getsize(db)
-    assert content_hash(restored) == content_hash(db)
-    print(f"lock-byte test: {time.monotonic() - started:.1f}s, {os.path.getsize(db) / (1 << 30):.2f} GiB")
+        restore(f"file://{replica}", restored)
+        phases["restore"] = time.monotonic() - started
+        assert integrity_ok(restored)
+        phases["integrity"] = time.monotonic() - started
+        assert os.path.getsize(restored) == os.path.getsize(db)
+        assert content_hash(restored) == content_hash(db)
+        phases["hash"] = time.monotonic() - started
+        print(f"lock-byte test: {os.path.getsize(db) / (1 << 30):.2f} GiB,",
+              ", ".join(f"{k} at {v:.1f}s" for k, v in phases.items()))
+    finally:
+        # Gigabytes: do not leave them to pytest's retention of old tmp_paths.
+        shutil.rmtree(replica, ignore_errors=True)
+        shutil.rmtree(meta_dir(db), ignore_errors=True)
+        for path in (db, restored, Path(f"{db}-wal"), Path(f"{db}-shm")):
+            path.unlink(missing_ok=True)

@@ -1,0 +1,146 @@
+"""S3-specific behaviour: URL and config resolution (as Go Litestream 0.3.13), credentials, checksums."""
+
+from __future__ import annotations
+
+import io
+
+import crc32c
+import pytest
+
+from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server
+from litestream_py.clients import new_client
+from litestream_py.clients.s3 import (
+    CHECKSUM_METADATA_KEY,
+    S3ReplicaClient,
+    S3Settings,
+    parse_host,
+    settings_from_config,
+)
+from litestream_py.config import ReplicaConfig, parse_config
+from litestream_py.errors import ChecksumMismatchError, ConfigError
+from litestream_py.pos import Pos
+
+GEN = "0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        ("mybucket", ("mybucket", "", "", False)),
+        ("my.bucket.example", ("my.bucket.example", "", "", False)),
+        ("mybucket.localhost:9000", ("mybucket", "us-east-1", "http://localhost:9000", True)),
+        ("localhost:9000", ("", "us-east-1", "http://localhost:9000", True)),
+        ("mybucket.s3.us-west-002.backblazeb2.com", ("mybucket", "us-west-002", "https://s3.us-west-002.backblazeb2.com", True)),
+        ("mybucket.s3.filebase.com", ("mybucket", "", "https://s3.filebase.com", True)),
+        ("mybucket.nyc3.digitaloceanspaces.com", ("mybucket", "nyc3", "https://nyc3.digitaloceanspaces.com", True)),
+        ("mybucket.s3.fr-par.scw.cloud", ("mybucket", "fr-par", "https://s3.fr-par.scw.cloud", True)),
+        ("mybucket.us-east-1.linodeobjects.com", ("mybucket", "us-east-1", "https://us-east-1.linodeobjects.com", True)),
+    ],
+)
+def test_parse_host_like_go(host: str, expected: tuple[str, str, str, bool]) -> None:
+    assert parse_host(host) == expected
+
+
+def test_aws_url() -> None:
+    s = settings_from_config(ReplicaConfig(url="s3://mybucket/path/to/db"))
+    assert s == S3Settings(bucket="mybucket", path="path/to/db", region="", endpoint="", force_path_style=False)
+
+
+def test_local_url_like_go() -> None:
+    s = settings_from_config(ReplicaConfig(url="s3://mybucket.localhost:9000/db"))
+    assert (s.bucket, s.path, s.endpoint, s.region, s.force_path_style) == (
+        "mybucket", "db", "http://localhost:9000", "us-east-1", True)
+
+
+def test_url_query_extension() -> None:
+    s = settings_from_config(ReplicaConfig(url="s3://mybucket/db?endpoint=http://127.0.0.1:9000&skip-verify=true"))
+    assert (s.bucket, s.path, s.endpoint, s.region, s.force_path_style, s.skip_verify) == (
+        "mybucket", "db", "http://127.0.0.1:9000", "us-east-1", True, True)
+    s = settings_from_config(ReplicaConfig(url="s3://b/db?endpoint=https://x.example&region=eu-west-1&forcePathStyle=false"))
+    assert (s.region, s.force_path_style) == ("eu-west-1", False)
+    with pytest.raises(ConfigError, match="not a boolean"):
+        settings_from_config(ReplicaConfig(url="s3://b/db?force-path-style=maybe"))
+
+
+def test_endpoint_implies_path_style_and_default_region() -> None:
+    s = settings_from_config(ReplicaConfig(type="s3", bucket="b", path="/db/", endpoint="http://127.0.0.1:9000"))
+    assert (s.path, s.force_path_style, s.region) == ("db", True, "us-east-1")
+    s = settings_from_config(ReplicaConfig(type="s3", bucket="b", endpoint="minio:9000", force_path_style=False))
+    assert (s.endpoint, s.force_path_style) == ("https://minio:9000", False)
+
+
+def test_config_keys_override_url() -> None:
+    rc = ReplicaConfig(url="s3://mybucket.localhost:9000/db", region="eu-central-1", endpoint="http://other:1")
+    s = settings_from_config(rc)
+    assert (s.region, s.endpoint, s.bucket) == ("eu-central-1", "http://other:1", "mybucket")
+
+
+@pytest.mark.parametrize(
+    "rc, message",
+    [
+        (ReplicaConfig(url="s3://b/db", path="db"), "url or path"),
+        (ReplicaConfig(url="s3://b/db", bucket="b"), "url or bucket"),
+        (ReplicaConfig(type="s3", path="db"), "bucket required"),
+    ],
+)
+def test_invalid_configs(rc: ReplicaConfig, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_from_config(rc)
+
+
+def test_yaml_config_builds_client_through_registry() -> None:
+    cfg = parse_config(
+        "access-key-id: AKGLOBAL\nsecret-access-key: top-secret-value\n"
+        "dbs:\n  - path: /tmp/x.db\n    replicas:\n"
+        "      - type: s3\n        bucket: b\n        path: db\n        endpoint: http://127.0.0.1:1\n"
+    )
+    client = new_client(cfg.dbs[0].replicas[0])
+    assert isinstance(client, S3ReplicaClient)
+    assert client.describe() == "s3://b/db (endpoint http://127.0.0.1:1)"
+    assert "top-secret-value" not in repr(client) and "top-secret-value" not in repr(cfg.dbs[0].replicas[0])
+    assert "AKGLOBAL" not in repr(client)
+
+
+def test_litestream_env_credentials(s3_server: S3Server, s3_bucket: str, s3_env: dict[str, str]) -> None:
+    """No keys in the config: LITESTREAM_ACCESS_KEY_ID / _SECRET_ACCESS_KEY are used (nanio checks them)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LITESTREAM_ACCESS_KEY_ID", ACCESS_KEY_ID)
+        mp.setenv("LITESTREAM_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+        client = S3ReplicaClient.from_config(ReplicaConfig(url=f"s3://{s3_bucket}/db?endpoint={s3_server.endpoint}"))
+        client.write_wal_segment(Pos(GEN, 1, 0), b"data")
+        assert client.read_wal_segment(Pos(GEN, 1, 0)) == b"data"
+
+
+def test_objects_carry_crc32c(s3_server: S3Server, s3_client: S3ReplicaClient) -> None:
+    s3_client.write_wal_segment(Pos(GEN, 1, 0), b"segment bytes")
+    s3_client.write_snapshot(GEN, 1, io.BytesIO(b"snapshot bytes"))
+    raw = s3_server.raw_client()
+    for key, data in ((f"db/generations/{GEN}/wal/00000001_00000000.wal.lz4", b"segment bytes"),
+                      (f"db/generations/{GEN}/snapshots/00000001.snapshot.lz4", b"snapshot bytes")):
+        meta = raw.head_object(Bucket=s3_client.bucket, Key=key)["Metadata"]
+        assert meta[CHECKSUM_METADATA_KEY] == f"{crc32c.crc32c(data):08x}"
+
+
+def test_corrupt_snapshot_detected_before_any_byte_is_returned(s3_server: S3Server, s3_client: S3ReplicaClient) -> None:
+    s3_client.write_snapshot(GEN, 1, io.BytesIO(b"snapshot bytes"))
+    key = f"db/generations/{GEN}/snapshots/00000001.snapshot.lz4"
+    raw = s3_server.raw_client()
+    meta = raw.head_object(Bucket=s3_client.bucket, Key=key)["Metadata"]
+    raw.put_object(Bucket=s3_client.bucket, Key=key, Body=b"snapshot bytez", Metadata=meta)
+    with pytest.raises(ChecksumMismatchError, match=f"s3://{s3_client.bucket}/{key}"):
+        s3_client.open_snapshot(GEN, 1)
+
+
+def test_corrupt_bytes_on_nanio_disk_detected(s3_servers: dict[str, S3Server]) -> None:
+    """Bit rot in the server's own storage (nanio keeps objects as plain files)."""
+    from fixtures_s3 import make_s3_client
+
+    server = s3_servers["nanio"]
+    client = make_s3_client(server, server.create_bucket())
+    client.write_wal_segment(Pos(GEN, 1, 0), b"\x00" * 64)
+    path = server.object_file(client.bucket, f"db/generations/{GEN}/wal/00000001_00000000.wal.lz4")
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatchError, match="00000001_00000000.wal.lz4: crc32c mismatch"):
+        client.read_wal_segment(Pos(GEN, 1, 0))
