@@ -31,14 +31,14 @@ def main() -> int:
     print(f"$ lsr replicate {db} file://{replica}")
     sidecar = subprocess.Popen([LSR, "replicate", str(db), f"file://{replica}"])
     try:
-        for batch in range(20):
+        for batch in range(40):
             for client in range(50):
                 app.execute(
                     "INSERT INTO bookmarks VALUES (?, ?, ?) ON CONFLICT(client) DO UPDATE "
                     "SET bookmark = excluded.bookmark, updated_at = excluded.updated_at",
                     (f"client-{client}", f"event-{batch * 1000 + client}", time.time()),
                 )
-            time.sleep(0.05)
+            time.sleep(0.1)
     finally:
         sidecar.send_signal(signal.SIGTERM)  # lsr syncs one last time, then exits 0
         code = sidecar.wait(timeout=60)
