@@ -35,7 +35,8 @@ def _compressor() -> lz4.frame.LZ4FrameCompressor:
 
 def compress(data: bytes | memoryview) -> bytes:
     c = _compressor()
-    return c.begin() + c.compress(bytes(data)) + c.flush()
+    out: bytes = c.begin() + c.compress(bytes(data)) + c.flush()
+    return out
 
 
 def decompress(data: bytes, what: str = "object") -> bytes:

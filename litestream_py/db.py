@@ -67,6 +67,7 @@ DEFAULT_MIN_CHECKPOINT_PAGE_COUNT = 1000
 DEFAULT_MAX_CHECKPOINT_PAGE_COUNT = 10000
 DEFAULT_TRUNCATE_PAGE_COUNT = 500_000
 BUSY_TIMEOUT = timedelta(seconds=1)
+FORCED_CHECKPOINT_RETRY = 0.01
 # A WAL index lsr will not exceed within a generation (Litestream's MaxIndex).
 MAX_WAL_INDEX = 0x7FFFFFFF
 # Copy the WAL in bounded pieces so a WAL that grew while lsr was down does not
@@ -116,6 +117,12 @@ def configure_process_for_sidecar() -> None:
         pass
     # Sidecar threads run shallow code; the default 8 MiB stacks only cost memory.
     threading.stack_size(SIDECAR_THREAD_STACK_SIZE)
+
+
+def _int(value: object) -> int:
+    """An SQLite integer result."""
+    assert isinstance(value, int)
+    return value
 
 
 def _read_at(path: str, offset: int, size: int) -> bytes:
@@ -338,7 +345,7 @@ class DB:
             )
         conn.execute("CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)")
         conn.execute("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)")
-        self._page_size = int(conn.execute("PRAGMA page_size").fetchall()[0][0])
+        self._page_size = _int(conn.execute("PRAGMA page_size").fetchall()[0][0])
         self._read_conn = self._new_connection()
         self._db_fd = os.open(self.path, os.O_RDONLY)
         self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
@@ -711,13 +718,21 @@ class DB:
             self._release_read_lock()
             self._acquire_read_lock()
         self._run_checkpoint(writer)
-        with self._write_lock():
-            self._copy_to_shadow(generation, index)
-            self._release_read_lock()
-            # The write connection is inside its transaction; checkpoint from
-            # the (now idle) read connection.
-            busy, frames, backfilled = self._run_checkpoint(self._read_conn)
-            self._acquire_read_lock()
+        # PASSIVE gives up on frames the application's readers still use; the
+        # forced modes try again for up to the busy timeout, as RESTART would,
+        # but hold the write lock only for moments at a time.
+        deadline = time.monotonic() + (BUSY_TIMEOUT.total_seconds() if mode != CHECKPOINT_PASSIVE else 0)
+        while True:
+            with self._write_lock():
+                self._copy_to_shadow(generation, index)
+                self._release_read_lock()
+                # The write connection is inside its transaction; checkpoint from
+                # the (now idle) read connection.
+                busy, frames, backfilled = self._run_checkpoint(self._read_conn)
+                self._acquire_read_lock()
+            if (not busy and frames == backfilled) or time.monotonic() >= deadline:
+                break
+            time.sleep(FORCED_CHECKPOINT_RETRY)
         self._publish(generation, index)
         self._last_checkpoint = time.monotonic()
         if busy or frames != backfilled:
@@ -733,7 +748,7 @@ class DB:
     def _run_checkpoint(conn: apsw.Connection | None) -> tuple[int, int, int]:
         assert conn is not None
         row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
-        return int(row[0]), int(row[1]), int(row[2])
+        return _int(row[0]), _int(row[1]), _int(row[2])
 
     # -- cleanup -------------------------------------------------------------
     def _clean(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from .db import DB
 from .errors import LitestreamError
@@ -74,12 +74,12 @@ class Replicator:
                 self._watcher.watch(db.path, self._wake[db.path])
             self._watching = self._watcher.start()
         for db in self.dbs:
-            self._spawn(f"lsr-db:{db.path}", lambda db=db: self._monitor(db))
+            self._spawn(f"lsr-db:{db.path}", self._monitor, db)
             for replica in db.replicas:
-                self._spawn(f"lsr-replica:{db.path}:{replica.name}", lambda r=replica: self._ship(r))
+                self._spawn(f"lsr-replica:{db.path}:{replica.name}", self._ship, replica)
 
-    def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        t = threading.Thread(target=target, name=name, daemon=True)
+    def _spawn(self, name: str, target: Callable[[Any], None], arg: Any) -> None:
+        t = threading.Thread(target=target, args=(arg,), name=name, daemon=True)
         t.start()
         self._threads.append(t)
 

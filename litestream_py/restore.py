@@ -247,7 +247,7 @@ class _WALApplier:
         pos = 0
         if self.header is None:
             try:
-                self.header = WALHeader.parse(view[:WAL_HEADER_SIZE])
+                self.header = WALHeader.parse(bytes(view[:WAL_HEADER_SIZE]))
             except WALFormatError as exc:
                 raise WALFormatError(f"cannot apply wal segment {where}: {exc}") from exc
             self.checksum = (self.header.checksum1, self.header.checksum2)
