@@ -18,6 +18,8 @@ __all__ = [
     "decompress_stream",
     "encode_segment",
     "decode_segment",
+    "snapshot_header",
+    "read_snapshot_header",
 ]
 
 STREAM_CHUNK = 1 << 20
@@ -64,7 +66,11 @@ def compress_stream(src: BinaryIO, dst: BinaryIO) -> int:
 
 
 def decompress_stream(src: BinaryIO, dst: BinaryIO, what: str = "object") -> int:
-    """Decompress an LZ4 frame from ``src`` into ``dst``; returns bytes written."""
+    """Decompress an LZ4 frame from ``src`` into ``dst``; returns bytes written.
+
+    A leading skippable frame (lsr's snapshot header) is passed over.
+    """
+    read_snapshot_header(src)
     n = 0
     try:
         with lz4.frame.open(src, mode="rb") as z:
@@ -110,3 +116,38 @@ def decode_segment(blob: bytes, what: str = "wal segment") -> tuple[bytes, list[
             commits = [_ENTRY.unpack_from(payload, base + i * _ENTRY.size) for i in range(count)]
         start += 8 + size
     return decompress(blob[start:], what), commits
+
+
+SNAPSHOT_TIME_TAG = b"LSRS\x01"
+_SNAPSHOT_TIME = struct.Struct("<Q")
+
+
+def snapshot_header(created_ns: int) -> bytes:
+    """A skippable frame with the snapshot's capture time, to write before its LZ4 frame.
+
+    Object stores list times to the second and stamp upload completion; this
+    is the instant the snapshot's database state was taken.
+    """
+    payload = SNAPSHOT_TIME_TAG + _SNAPSHOT_TIME.pack(created_ns)
+    return struct.pack("<II", SKIPPABLE_MAGIC, len(payload)) + payload
+
+
+def read_snapshot_header(src: BinaryIO) -> int | None:
+    """Consume lsr's snapshot header from ``src`` if present; its capture time (ns) or None.
+
+    Without a header (snapshots written by Go), ``src`` is left where it was.
+    """
+    size = 8 + len(SNAPSHOT_TIME_TAG) + _SNAPSHOT_TIME.size
+    peek = getattr(src, "peek", None)
+    head = peek(size)[:size] if peek is not None else None
+    if head is None:
+        if not src.seekable():
+            raise ChecksumMismatchError("cannot read snapshot: stream can neither peek nor seek")
+        start = src.tell()
+        head = src.read(size)
+        src.seek(start)
+    magic, length = struct.unpack_from("<II", head, 0) if len(head) >= 8 else (0, 0)
+    if magic != SKIPPABLE_MAGIC or not head[8:].startswith(SNAPSHOT_TIME_TAG) or len(head) < size:
+        return None
+    src.read(8 + length)
+    return int(_SNAPSHOT_TIME.unpack_from(head, 8 + len(SNAPSHOT_TIME_TAG))[0])

@@ -210,6 +210,7 @@ class Replica:
             with self.db.snapshot_source(taken) as source:
                 pos = source.pos
                 created_at = _now()
+                tmp.write(codec.snapshot_header(int(created_at.timestamp() * 1e9)))
                 codec.compress_chunks(source.chunks(), tmp)
             tmp.seek(0)
             info = self.client.write_snapshot(pos.generation, pos.index, tmp, created_at)

@@ -156,8 +156,11 @@ class Replicator:
             version = db.wait_for_change(version, timeout=max(min(timers), 0.0))
             if self._stop.is_set():
                 break
-            # sync-interval bounds the request rate (object stores bill per PUT).
+            # sync-interval bounds the request rate (object stores bill per PUT);
+            # a new generation's snapshot goes out at once.
             wait = last_sync + replica.sync_interval.total_seconds() - time.monotonic()
+            if replica.pos().generation != db.pos().generation:
+                wait = 0
             if wait > 0 and self._stop.wait(wait):
                 break
             try:

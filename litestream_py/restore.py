@@ -15,7 +15,7 @@ import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import BinaryIO, Callable, Iterable
 
 from . import codec
@@ -52,6 +52,8 @@ DEFAULT_RESTORE_PARALLELISM = 8
 # How many downloaded-but-unapplied segments may wait in memory per worker.
 PREFETCH_PER_WORKER = 4
 RESTORE_ATTEMPTS = 3
+# Object listings give times to the second, stamped when an upload completed.
+LISTING_TIME_SLACK = timedelta(seconds=2)
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -103,7 +105,7 @@ def calc_restore_target(
         created, updated = generation_time_bounds(client, g)
         if created is None or updated is None:
             continue
-        if timestamp is not None and not (created <= timestamp <= updated):
+        if timestamp is not None and not (created - LISTING_TIME_SLACK <= timestamp <= updated + LISTING_TIME_SLACK):
             continue
         if best_updated is None or updated > best_updated:
             best, best_updated = g, updated
@@ -112,7 +114,8 @@ def calc_restore_target(
 
 def timestamp_bounds(client: ReplicaClient) -> tuple[datetime | None, datetime | None]:
     """The earliest snapshot and the latest capture on a replica, over all generations."""
-    first = last = None
+    first: datetime | None = None
+    last: datetime | None = None
     for g in client.generations():
         snaps = client.snapshots(g)
         times = [s.created_at for s in snaps] + [w.created_at for w in client.wal_segments(g)]
@@ -129,12 +132,12 @@ def check_timestamp(client: ReplicaClient, timestamp: datetime) -> None:
     first, last = timestamp_bounds(client)
     if first is None or last is None:
         raise NoSnapshotError("cannot restore to a timestamp: the replica holds no snapshot")
-    if timestamp < first:
+    if timestamp < first - LISTING_TIME_SLACK:
         raise TimestampOutOfRangeError(
             f"cannot restore to {timestamp.isoformat()}: it is before the earliest snapshot "
             f"({first.isoformat()})"
         )
-    if timestamp > last:
+    if timestamp > last + LISTING_TIME_SLACK:
         raise TimestampOutOfRangeError(
             f"cannot restore to {timestamp.isoformat()}: it is after the last captured commit "
             f"({last.isoformat()}); restore without -timestamp for the latest state"
@@ -150,9 +153,11 @@ def plan_restore(
 ) -> RestorePlan:
     """Choose the snapshot and the chain of segments to apply; fail on any gap.
 
-    With a timestamp the plan ends with the first segment stamped after it:
-    that segment may still hold commits captured before the timestamp, which
-    the applier keeps (and it stops at the first later one).
+    With a timestamp the plan does not end at the first segment stamped after
+    it: an object's timestamp is when it was written (an upload can finish long
+    after its commits were captured), so later segments may still hold earlier
+    commits. The applier stops at the first commit captured after the
+    timestamp, and the downloads stop with it.
     """
     if not generation:
         raise NoGenerationError("cannot restore: no generation found on the replica")
@@ -162,11 +167,21 @@ def plan_restore(
     candidates = [
         s
         for s in snapshots
-        if (index is None or s.index <= index) and (timestamp is None or s.created_at <= timestamp)
+        if (index is None or s.index <= index)
+        and (timestamp is None or s.created_at <= timestamp + LISTING_TIME_SLACK)
     ]
+    candidates.sort(key=lambda s: s.index, reverse=True)
+    if timestamp is not None:
+        # Listings are coarse (whole seconds, upload time): check each candidate's own capture time.
+        candidates = [s for s in candidates if _snapshot_time(client, s) <= timestamp][:1]
     if not candidates:
+        if timestamp is not None:
+            raise TimestampOutOfRangeError(
+                f"cannot restore to {timestamp.isoformat()}: it is before the earliest snapshot of "
+                f"generation {generation}"
+            )
         raise NoSnapshotError(f"cannot restore generation {generation}: no snapshot at or before the target")
-    snapshot = max(candidates, key=lambda s: (s.index, s.created_at))
+    snapshot = candidates[0]
     segments: list[WALSegmentInfo] = []
     for seg in client.wal_segments(generation):
         if seg.index < snapshot.index:
@@ -176,8 +191,6 @@ def plan_restore(
         if pos is not None and seg.index == pos.index and seg.offset >= pos.offset:
             break
         segments.append(seg)
-        if timestamp is not None and seg.created_at > timestamp:
-            break
     if index is not None:
         highest = segments[-1].index if segments else snapshot.index
         if highest < index:
@@ -186,6 +199,13 @@ def plan_restore(
             )
     _check_chain(generation, snapshot, segments)
     return RestorePlan(generation, snapshot, segments)
+
+
+def _snapshot_time(client: ReplicaClient, snapshot: SnapshotInfo) -> datetime:
+    """The capture time recorded in an lsr snapshot, else the listing's time."""
+    with client.open_snapshot(snapshot.generation, snapshot.index) as src:
+        ns = codec.read_snapshot_header(src)
+    return snapshot.created_at if ns is None else datetime.fromtimestamp(ns / 1e9, timezone.utc)
 
 
 def _check_chain(generation: str, snapshot: SnapshotInfo, segments: list[WALSegmentInfo]) -> None:

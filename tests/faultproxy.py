@@ -3,11 +3,12 @@
 Clients talk to the proxy as if it were the S3 endpoint (the Host header is
 passed through untouched, so SigV4 signatures stay valid). For each request the
 proxy either forwards it to the upstream server or, with probability ``ratio``,
-injects one of the enabled faults:
+injects one of the enabled faults that can happen to that request:
 
-- ``reset_upload``: read part of the request body, then reset the connection;
+- ``reset_upload``: read part of the request body, then reset the connection
+  (requests with a body);
 - ``reset_download``: forward, send the response headers and part of the body,
-  then reset the connection (only for responses that have a body);
+  then reset the connection (GET requests);
 - ``error_500``, ``slowdown_503``, ``timeout_408``: answer with an S3 XML error
   (the request is read in full first, so keep-alive stays in sync). Like S3,
   the proxy sends RequestTimeout only for a request with a body (an upload):
@@ -203,7 +204,7 @@ class FaultProxy:
             raise ValueError(f"unknown outage mode {mode!r}")
         with self._lock:
             self._settings.outage = mode
-        self.stats[f"outage_{mode}"] += 1
+        self._count(f"outage_{mode}")
         self._close_connections()
         if mode == "refuse":
             self._close_listener()
@@ -234,6 +235,10 @@ class FaultProxy:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.stats[what] += 1
 
     # -- sockets -------------------------------------------------------------
     def _listen(self) -> None:
@@ -277,7 +282,7 @@ class FaultProxy:
             except OSError:
                 return
             if self._settings.outage == "drop":
-                self.stats["dropped"] += 1
+                self._count("dropped")
                 _reset(conn)
                 continue
             if not self._slots.acquire(timeout=IO_TIMEOUT):
@@ -295,12 +300,9 @@ class FaultProxy:
         try:
             reader = _Reader(client)
             while not self._stop.is_set() and not self._settings.outage:
-                fault = self._choose()
-                request = self._read_request(reader, client, fault)
+                request, fault = self._read_request(reader, client)
                 if request is None:
                     return  # reset mid-upload
-                if fault == "timeout_408" and not request.body:
-                    fault = ""  # S3 times out only a request whose body it waited for
                 if not self._handle(request, client, fault):
                     return
                 if not request.keep_alive:
@@ -317,14 +319,20 @@ class FaultProxy:
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
-    def _choose(self) -> str:
+    def _choose(self, method: str, has_body: bool) -> str:
+        """A fault for this request, among those that can happen to it."""
         with self._lock:
             s = self._settings
-            if s.faults and self._rng.random() < s.ratio:
-                return self._rng.choice(s.faults)
-        return ""
+            if not s.faults or self._rng.random() >= s.ratio:
+                return ""
+            possible = [
+                f for f in s.faults
+                if (f not in ("reset_upload", "timeout_408") or has_body)
+                and (f != "reset_download" or method == "GET")
+            ]
+            return self._rng.choice(possible) if possible else ""
 
-    def _read_request(self, reader: _Reader, client: socket.socket, fault: str) -> _Request | None:
+    def _read_request(self, reader: _Reader, client: socket.socket) -> tuple[_Request | None, str]:
         head, headers = reader.headers()
         method = head.split(b" ", 1)[0].decode("latin-1")
         if (_header(headers, "expect") or "").lower() == "100-continue":
@@ -334,14 +342,15 @@ class FaultProxy:
             head = b"\r\n".join(line for line in lines if not line.lower().startswith(b"expect:"))
         length = int(_header(headers, "content-length") or 0)
         chunked = "chunked" in (_header(headers, "transfer-encoding") or "").lower()
-        if fault == "reset_upload" and (length > 0 or chunked):
+        fault = self._choose(method, length > 0 or chunked)
+        if fault == "reset_upload":
             reader.exact(min(length // 2, len(reader.buf)) if length else 0)
-            self.stats["reset_upload"] += 1
+            self._count("reset_upload")
             _reset(client)
-            return None
+            return None, fault
         body = reader.chunked() if chunked else reader.exact(length)
         keep_alive = (_header(headers, "connection") or "").lower() != "close"
-        return _Request(head, method, body, keep_alive)
+        return _Request(head, method, body, keep_alive), fault
 
     def _handle(self, request: _Request, client: socket.socket, fault: str) -> bool:
         """Answer one request; False when the client connection must end."""
@@ -351,16 +360,16 @@ class FaultProxy:
                 '<?xml version="1.0" encoding="UTF-8"?>\n'
                 f"<Error><Code>{code}</Code><Message>{message}</Message><RequestId>faultproxy</RequestId></Error>"
             ).encode()
+            self._count(fault)  # counted before the client can see it
             client.sendall(
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body
             )
-            self.stats[fault] += 1
             return True
         if fault == "latency" or (self._settings.latency and fault == ""):
             delay = self._settings.latency
             if fault == "latency":
-                self.stats["latency"] += 1
+                self._count("latency")
             if self._stop.wait(delay):
                 return False
         upstream = socket.create_connection((self.upstream_host, self.upstream_port), timeout=IO_TIMEOUT)
@@ -385,12 +394,12 @@ class FaultProxy:
                 body = reader.until_close()
                 request.keep_alive = False
             if fault == "reset_download" and len(body) > 1:
+                self._count("reset_download")
                 client.sendall(head + body[: len(body) // 2])
-                self.stats["reset_download"] += 1
                 _reset(client)
                 return False
+            self._count("forwarded")
             client.sendall(head + body)
-            self.stats["forwarded"] += 1
             if (_header(headers, "connection") or "").lower() == "close":
                 return False
             return True

@@ -72,17 +72,21 @@ def start_go(procs: Processes, go: str, cfg: Path) -> subprocess.Popen[bytes]:
     return procs.start([go, "replicate", "-config", str(cfg)], "litestream")
 
 
-# Go Litestream 0.3.13's own shutdown bug: when its final sync decides to
-# checkpoint, the checkpoint runs on the already-cancelled context and the
-# process exits 1 *after* shipping everything. Tolerated here, nothing else is.
-GO_SHUTDOWN_BUG = "release read lock: context canceled"
+# Go Litestream 0.3.13's own shutdown bugs, tolerated here (nothing else is):
+# its final sync checkpoints on the already-cancelled context, and its final
+# replica sync can race the replica's own goroutine for the same segment's
+# temp file. Either way it exits 1 after shipping everything.
+GO_SHUTDOWN_BUGS = (
+    re.compile(r"release read lock: context canceled"),
+    re.compile(r"client write: stat \S+\.wal\.lz4\.tmp: no such file or directory"),
+)
 
 
 def stop_go(p: subprocess.Popen[bytes]) -> str:
     code = Processes.stop(p, timeout=60)
     out = Processes.output(p)
     errors = [line for line in out.splitlines() if "level=ERROR" in line]
-    assert all(GO_SHUTDOWN_BUG in line for line in errors), out
+    assert all(any(bug.search(line) for bug in GO_SHUTDOWN_BUGS) for line in errors), out
     assert code == 0 or (code == 1 and errors), f"litestream exited {code}:\n{out}"
     return out
 
@@ -122,7 +126,7 @@ def checkpoint_pages(page_size: int) -> int:
 
 # -- (a) lsr writes, Go reads -------------------------------------------------------
 
-@pytest.mark.parametrize("page_size", [1024, 4096, 65536])
+@pytest.mark.parametrize("page_size", [512, 1024, 4096, 65536])
 def test_go_restores_what_lsr_replicated(tmp_path: Path, procs: Processes, go: str, page_size: int) -> None:
     db, replica = tmp_path / "app.db", tmp_path / "replica"
     app = open_app_db(db, page_size=page_size)
@@ -146,7 +150,7 @@ def test_go_restores_what_lsr_replicated(tmp_path: Path, procs: Processes, go: s
 
 # -- (b) Go writes, lsr reads -------------------------------------------------------
 
-@pytest.mark.parametrize("page_size", [1024, 4096, 65536])
+@pytest.mark.parametrize("page_size", [512, 1024, 4096, 65536])
 def test_lsr_restores_what_go_replicated(tmp_path: Path, procs: Processes, go: str, page_size: int) -> None:
     db, replica = tmp_path / "app.db", tmp_path / "replica"
     app = open_app_db(db, page_size=page_size)
@@ -155,7 +159,7 @@ def test_lsr_restores_what_go_replicated(tmp_path: Path, procs: Processes, go: s
     p = start_go(procs, go, cfg)
     wait_ready(p, replica)
     workload(db, page_size, rounds=12, replica=replica)
-    # Go's final sync ships what is in the WAL; wait for it to have seen the last commit.
+    wait_synced(db, replica)  # Go ships everything before its (racy) final sync
     stop_go(p)
     app.close()
 
@@ -200,6 +204,7 @@ def test_listings_match_go(tmp_path: Path, procs: Processes, go: str, writer: st
     p = start_go(procs, go, cfg) if writer == "go" else procs.lsr_replicate("-config", str(cfg))
     wait_ready(p, replica)
     workload(db, 4096, rounds=8, replica=replica)
+    wait_synced(db, replica)
     stop_go(p) if writer == "go" else stop_lsr(p)
     app.close()
     assert len(wal_indexes(replica, replica_generations(replica)[0])) >= 2

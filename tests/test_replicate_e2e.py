@@ -13,6 +13,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from workload import (
     Writer,
     assert_same_data,
     content_hash,
+    dump,
     local_generation,
     meta_dir,
     new_generation_lines,
@@ -192,6 +194,27 @@ def test_sigkill_mid_load_then_restart(tmp_path: Path, procs: Processes) -> None
     print("restart outcomes:", outcomes)
 
 
+@pytest.mark.xfail(strict=True, reason="engine bug: Replicator.stop() logs a failed final sync but "
+                   "`lsr replicate` still exits 0 (Go exits 1); see report")
+def test_failed_final_sync_is_a_non_zero_exit(tmp_path: Path, procs: Processes) -> None:
+    """Commits that could not be shipped at shutdown must show in the exit status."""
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    app = open_app_db(db)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    p = procs.lsr_replicate(str(db), f"file://{replica}")
+    wait_ready(p, replica)
+    replica.rename(tmp_path / "replica.moved")
+    replica.write_text("the replica's disk is gone")
+    for i in range(10):
+        app.execute("INSERT INTO t (v) VALUES (?)", (str(i),))
+    wait_for(lambda: "WARNING" in Processes.output(p), what="lsr to notice the broken replica")
+    code = Processes.stop(p, signal.SIGTERM, timeout=60)
+    out = Processes.output(p)
+    assert "final sync" in out and "Traceback" not in out, out
+    assert code != 0, f"exit 0 although the final sync failed:\n{out}"
+    app.close()
+
+
 # -- 4. resuming a generation ---------------------------------------------------
 
 def _generations_listed(replica: Path) -> list[str]:
@@ -213,8 +236,9 @@ def test_restart_resumes_generation_when_continuity_is_provable(tmp_path: Path, 
 
     # Restart with nothing written meanwhile: same generation.
     p = procs.lsr_replicate(str(db), f"file://{replica}")
-    wait_for(lambda: "opened" in Processes.output(p), what="lsr to open the database")
+    shipped = segment_count(replica)
     app.execute("INSERT INTO t (v) VALUES ('during 2nd run')")
+    wait_for(lambda: segment_count(replica) > shipped, what="the 2nd run to ship the write")
     out = stop_lsr(p)
     assert not new_generation_lines(out), out
     assert local_generation(db) == generation
@@ -223,8 +247,9 @@ def test_restart_resumes_generation_when_continuity_is_provable(tmp_path: Path, 
     for i in range(50):
         app.execute("INSERT INTO t (v) VALUES (?)", (f"while down {i}",))
     p = procs.lsr_replicate(str(db), f"file://{replica}")
-    wait_for(lambda: "opened" in Processes.output(p), what="lsr to open the database")
+    shipped = segment_count(replica)
     app.execute("INSERT INTO t (v) VALUES ('during 3rd run')")
+    wait_for(lambda: segment_count(replica) > shipped, what="the 3rd run to ship the writes")
     out = stop_lsr(p)
     assert not new_generation_lines(out), out
     assert local_generation(db) == generation
@@ -307,6 +332,212 @@ def test_missing_parent_directory_is_an_error(tmp_path: Path) -> None:
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "no-such-dir" in res.stderr and "Traceback" not in res.stderr + res.stdout
     assert not (tmp_path / "replica").exists()
+
+
+# -- 5b. an application holding the write lock while lsr opens the database -------------
+
+@pytest.mark.xfail(strict=True, reason="engine bug: apsw.BusyError from DB._connect escapes DB.open() untranslated "
+                   "(traceback and exit 1 at start, log.exception per retry later); see report")
+@pytest.mark.parametrize("when", ["at_start", "when_created"])
+def test_write_lock_held_while_lsr_opens(tmp_path: Path, procs: Processes, when: str) -> None:
+    """A transaction longer than lsr's busy timeout is normal application behaviour: lsr must
+    wait it out (at most a one-line warning), never crash or log a traceback."""
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    if when == "when_created":
+        p = procs.lsr_replicate(str(db), f"file://{replica}")
+        wait_for(lambda: "does not exist" in Processes.output(p), what="the waiting message")
+    app = open_app_db(db)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    app.execute("BEGIN IMMEDIATE")
+    app.execute("INSERT INTO t (v) VALUES ('in a long transaction')")
+    if when == "at_start":
+        p = procs.lsr_replicate(str(db), f"file://{replica}")
+    # Hold the write lock well past lsr's one-second busy timeout (twice over).
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        assert p.poll() is None, f"lsr exited {p.returncode}:\n{Processes.output(p)}"
+        time.sleep(0.05)
+    app.execute("COMMIT")
+    app.execute("INSERT INTO t (v) VALUES ('after')")
+    wait_ready(p, replica)
+    out = stop_lsr(p)  # exit 0, no traceback, no ERROR line
+    assert len([line for line in out.splitlines() if "WARNING" in line]) <= 1, out
+    app.close()
+    restored = tmp_path / "restored.db"
+    restore(f"file://{replica}", restored)
+    assert_same_data(db, restored)
+
+
+# -- more of what applications do ---------------------------------------------------
+
+def test_vacuum_and_cascading_delete_shrink_the_restore(tmp_path: Path, procs: Processes) -> None:
+    """A subscription deleted (cascading to its bookmarks and heartbeats), then VACUUM:
+    the database file shrinks, and so must the restored one."""
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    app = open_app_db(db)
+    app.execute("PRAGMA foreign_keys = ON")
+    wec = OpenWEC(app, clients=50, subscriptions=4)
+    wec.init()
+    p = start_lsr(procs, tmp_path, db, replica, "config", **{"monitor-interval": "50ms",
+                                                             "min-checkpoint-page-count": 32})
+    wait_ready(p, replica)
+    for _ in range(4):
+        wec.round()
+    app.execute("CREATE TABLE scratch (data BLOB)")
+    app.execute("INSERT INTO scratch SELECT randomblob(4000) FROM generate_series(1, 300)"
+                if sqlite3.sqlite_version_info >= (3, 46) else
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) "
+                "INSERT INTO scratch SELECT randomblob(4000) FROM n")
+    pages_before = rows(db, "PRAGMA page_count")[0][0]
+    app.execute("DELETE FROM subscriptions WHERE uuid = ?", (wec.subscriptions.pop(0),))
+    app.execute("DROP TABLE scratch")
+    app.execute("VACUUM")
+    wec.round()
+    pages_after = rows(db, "PRAGMA page_count")[0][0]
+    assert pages_after < pages_before - 250
+    stop_lsr(p)
+    app.close()
+
+    restored = tmp_path / "restored.db"
+    restore(f"file://{replica}", restored)
+    assert_same_data(db, restored)
+    assert rows(restored, "PRAGMA page_count") == [(pages_after,)]
+    assert rows(restored, "SELECT COUNT(*) FROM bookmarks") == [(150,)]
+
+
+def _committed_frames(db: Path) -> int:
+    """mxFrame, at offset 16 of the wal-index header in -shm.
+
+    Read from another process: closing any descriptor of -shm in this process
+    would drop the POSIX locks this process's SQLite connections hold on it.
+    """
+    code = f"import struct; print(struct.unpack('=I', open({str(db) + '-shm'!r}, 'rb').read(20)[16:])[0])"
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def test_rolled_back_transactions_spilled_to_the_wal(tmp_path: Path, procs: Processes) -> None:
+    """A transaction bigger than the page cache spills uncommitted frames into the WAL; rolled back,
+    they must never reach the replica, and the frames that overwrite them must."""
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    app = open_app_db(db)
+    app.execute("PRAGMA cache_size = 10")  # pages: spill early
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+    p = start_lsr(procs, tmp_path, db, replica, "config", **{"monitor-interval": "20ms"})
+    wait_ready(p, replica)
+    frame_size = 24 + rows(db, "PRAGMA page_size")[0][0]
+    for round_ in range(5):
+        app.execute("BEGIN")
+        for _ in range(200):
+            app.execute("INSERT INTO t (v) VALUES (randomblob(3000))")
+        spilled = (os.path.getsize(f"{db}-wal") - 32) // frame_size - _committed_frames(db)
+        assert spilled > 100, "no spill: the test lost its point"
+        time.sleep(0.1)  # let lsr look at the WAL while the spilled frames sit there
+        app.execute("ROLLBACK")
+        for i in range(3):
+            app.execute("INSERT INTO t (v) VALUES (?)", (f"committed {round_}.{i}".encode(),))
+    stop_lsr(p)
+    app.close()
+    restored = tmp_path / "restored.db"
+    restore(f"file://{replica}", restored)
+    assert_same_data(db, restored)
+    assert rows(restored, "SELECT COUNT(*) FROM t") == [(15,)]
+
+
+def test_long_reader_pins_the_wal_then_lets_go(tmp_path: Path, procs: Processes) -> None:
+    """An application read transaction keeps lsr's checkpoints partial; the WAL restarts once it ends."""
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    app = open_app_db(db)
+    wec = OpenWEC(app, clients=30)
+    wec.init()
+    p = start_lsr(procs, tmp_path, db, replica, "config", **{"monitor-interval": "50ms",
+                                                             "min-checkpoint-page-count": 16})
+    wait_ready(p, replica)
+    reader = open_app_db(db)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT COUNT(*) FROM subscriptions").fetchone() == (2,)
+    (generation,) = replica_generations(replica)
+    pinned = max(wal_indexes(replica, generation), default=0)
+    for _ in range(4):
+        shipped = segment_count(replica)
+        wec.round()
+        wait_for(lambda: segment_count(replica) > shipped, what="the round to be shipped")
+    # The reader's snapshot holds, so no checkpoint could finish: still the same WAL index.
+    assert reader.execute("SELECT COUNT(*) FROM bookmarks").fetchone() == (0,)
+    assert max(wal_indexes(replica, generation)) == pinned
+    reader.execute("COMMIT")
+    for _ in range(4):
+        wec.round()
+    wait_for(lambda: max(wal_indexes(replica, generation)) > pinned, what="a WAL restart after the reader left")
+    stop_lsr(p)
+    reader.close()
+    app.close()
+    restored = tmp_path / "restored.db"
+    restore(f"file://{replica}", restored)
+    assert_same_data(db, restored)
+
+
+def test_replica_unwritable_then_repaired(tmp_path: Path, procs: Processes) -> None:
+    """A file where the replica directory should be: lsr warns (one line), keeps running, and
+    catches up once the path is repaired."""
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    replica.write_text("in the way")
+    app = open_app_db(db)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    p = procs.lsr_replicate(str(db), f"file://{replica}")
+    wait_for(lambda: "WARNING" in Processes.output(p), what="a warning about the replica")
+    for i in range(20):
+        app.execute("INSERT INTO t (v) VALUES (?)", (f"while broken {i}",))
+    assert p.poll() is None
+    replica.unlink()
+    wait_ready(p, replica)
+    for i in range(20):
+        app.execute("INSERT INTO t (v) VALUES (?)", (f"after repair {i}",))
+    out = stop_lsr(p)
+    assert "Traceback" not in out
+    warnings = [line for line in out.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, warnings  # logged once, not once per retry
+    restored = tmp_path / "restored.db"
+    restore(f"file://{replica}", restored)
+    assert_same_data(db, restored)
+
+
+def test_several_databases_and_disaster_recovery(tmp_path: Path, procs: Processes) -> None:
+    """Two databases in one config; both are lost; `lsr restore -config CFG DB` brings each back
+    at its own path."""
+    dbs = [tmp_path / "a" / "one.db", tmp_path / "b" / "two.db"]
+    cfg = tmp_path / "litestream.yml"
+    cfg.write_text("dbs:\n" + "".join(
+        f"  - path: {db}\n    replicas:\n      - url: file://{tmp_path / 'backups' / db.stem}\n" for db in dbs))
+    apps = []
+    for db in dbs:
+        db.parent.mkdir()
+        app = open_app_db(db)
+        OpenWEC(app, clients=10).init()
+        apps.append(app)
+    p = procs.lsr_replicate("-config", str(cfg))
+    for db in dbs:
+        wait_ready(p, tmp_path / "backups" / db.stem)
+    for app in apps:
+        wec = OpenWEC(app, clients=10)
+        wec.subscriptions = [r[0] for r in app.execute("SELECT uuid FROM subscriptions")]
+        for _ in range(3):
+            wec.round()
+    stop_lsr(p)
+    for app in apps:
+        app.close()
+    expected = {db: dump(db) for db in dbs}
+
+    for db in dbs:  # the disaster
+        shutil.rmtree(db.parent)
+        db.parent.mkdir()
+    for db in dbs:
+        res = run_lsr("restore", "-config", str(cfg), str(db))
+        assert res.returncode == 0, res.stderr
+        assert integrity_ok(db)
+        assert dump(db) == expected[db]
+    # Restoring again refuses to overwrite; -if-db-not-exists makes that a no-op.
+    assert run_lsr("restore", "-config", str(cfg), str(dbs[0])).returncode == 1
+    assert run_lsr("restore", "-config", str(cfg), "-if-db-not-exists", str(dbs[0])).returncode == 0
 
 
 # -- 9. a database past SQLite's lock-byte page ----------------------------------

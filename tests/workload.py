@@ -9,6 +9,7 @@ database. Everything here drives real SQLite; nothing is mocked.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import signal
 import sqlite3
@@ -193,9 +194,12 @@ def content_hash(path: str | Path) -> str:
 
 def assert_same_data(source: str | Path, restored: str | Path) -> None:
     """The restored database equals the source table by table, and is intact."""
-    from conftest import integrity_ok
+    from conftest import integrity_ok, rows
 
     assert integrity_ok(restored), f"integrity_check failed on {restored}"
+    # No stale pages past the end: the file is exactly the size its header says.
+    page_size, page_count = (rows(restored, f"PRAGMA {p}")[0][0] for p in ("page_size", "page_count"))
+    assert os.path.getsize(restored) == page_size * page_count, f"{restored}: file size != page_count * page_size"
     a, b = dump(source), dump(restored)
     assert sorted(a) == sorted(b), f"tables differ: {sorted(a)} vs {sorted(b)}"
     for table in a:
@@ -273,6 +277,16 @@ def wait_ready(p: subprocess.Popen[bytes], replica: Path, timeout: float = 30) -
     wait_for(ready, timeout=timeout, what=f"a snapshot in {replica}")
 
 
+def catches_sigterm(pid: int) -> bool:
+    """Whether the process has installed a SIGTERM handler (SigCgt in /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M).group(1), 16)  # type: ignore[union-attr]
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
 def stop_lsr(p: subprocess.Popen[bytes], timeout: float = 60) -> str:
     """SIGTERM lsr; it must exit 0 after its final sync, with no traceback or error."""
     code = Processes.stop(p, signal.SIGTERM, timeout=timeout)
@@ -316,7 +330,7 @@ def wait_synced(db: Path, replica: Path, timeout: float = 30) -> None:
 
 
 __all__ = [
-    "LSR", "LSR_TABLES", "OpenWEC", "Writer", "assert_same_data", "content_hash", "dump", "local_generation",
+    "LSR", "LSR_TABLES", "OpenWEC", "catches_sigterm", "Writer", "assert_same_data", "content_hash", "dump", "local_generation",
     "meta_dir", "new_generation_lines", "open_app_db", "replica_generations", "replica_ready", "restore",
     "segment_count", "stop_lsr", "wait_ready", "wait_synced", "wal_indexes", "user_tables",
 ]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Processes, open_app_db, run_lsr, wait_for
-from workload import meta_dir, replica_ready, restore, stop_lsr
+from workload import catches_sigterm, meta_dir, replica_ready, restore, stop_lsr
 
 
 def assert_one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -245,10 +245,24 @@ def test_restore_if_db_not_exists(tmp_path: Path, replicated: Path) -> None:
     assert sqlite3.connect(str(fresh)).execute("SELECT v FROM t ORDER BY id").fetchall() == [("x",), ("y",)]
 
 
-def test_sigterm_before_anything_to_do(tmp_path: Path, procs: Processes) -> None:
-    """A sidecar waiting for its database still stops cleanly on SIGTERM."""
+def test_sigterm_while_waiting_for_the_database(tmp_path: Path, procs: Processes) -> None:
+    """A sidecar waiting for its database stops cleanly on SIGTERM."""
     db = tmp_path / "never.db"
     p = procs.lsr_replicate(str(db), f"file://{tmp_path / 'replica'}")
     wait_for(lambda: "does not exist" in Processes.output(p), what="the waiting message")
+    # Start-up is over once lsr catches SIGTERM (see the next test for the window before).
+    wait_for(lambda: catches_sigterm(p.pid), what="lsr to install its SIGTERM handler")
     assert Processes.stop(p, signal.SIGTERM, timeout=30) == 0, Processes.output(p)
     assert not db.exists() and not (tmp_path / "replica").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="engine bug: cmd/replicate.py installs its SIGTERM/SIGINT handlers only "
+                   "after Replicator.start() has logged and spawned threads; see report")
+def test_sigterm_during_start_up_exits_cleanly(tmp_path: Path, procs: Processes) -> None:
+    """SIGTERM as soon as lsr prints anything: it must still exit 0 (Go installs its handler first)."""
+    for attempt in range(3):
+        p = procs.lsr_replicate(str(tmp_path / "never.db"), f"file://{tmp_path / 'replica'}")
+        wait_for(lambda: os.path.getsize(p.log_path) > 0, interval=0.0005,  # type: ignore[attr-defined]
+                 what="the first line of output")
+        code = Processes.stop(p, signal.SIGTERM, timeout=30)
+        assert code == 0, f"attempt {attempt}: exit {code}\n{Processes.output(p)}"

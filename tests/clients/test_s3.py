@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
 
 import crc32c
 import pytest
+from boto3.s3.transfer import TransferConfig
 
-from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server
+from faultproxy import FAULTS, FaultProxy
+from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client
 from litestream_py.clients import new_client
 from litestream_py.clients.s3 import (
     CHECKSUM_METADATA_KEY,
@@ -133,8 +136,6 @@ def test_corrupt_snapshot_detected_before_any_byte_is_returned(s3_server: S3Serv
 
 def test_corrupt_bytes_on_nanio_disk_detected(s3_servers: dict[str, S3Server]) -> None:
     """Bit rot in the server's own storage (nanio keeps objects as plain files)."""
-    from fixtures_s3 import make_s3_client
-
     server = s3_servers["nanio"]
     client = make_s3_client(server, server.create_bucket())
     client.write_wal_segment(Pos(GEN, 1, 0), b"\x00" * 64)
@@ -144,3 +145,26 @@ def test_corrupt_bytes_on_nanio_disk_detected(s3_servers: dict[str, S3Server]) -
     path.write_bytes(bytes(data))
     with pytest.raises(ChecksumMismatchError, match="00000001_00000000.wal.lz4: crc32c mismatch"):
         client.read_wal_segment(Pos(GEN, 1, 0))
+
+
+def test_transfers_survive_a_flaky_network(s3_server: S3Server, s3_bucket: str) -> None:
+    """20 % of requests fail (resets mid-upload and mid-download, 500, 503, 408, latency):
+    botocore's retries and s3transfer's download retries absorb all of it. The
+    operations are sequential and the proxy seeded, so the fault pattern repeats."""
+    MiB = 1 << 20
+    with FaultProxy(s3_server.port, seed=3) as proxy:
+        transfer = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=1)
+        client = make_s3_client(s3_server, s3_bucket, endpoint=proxy.endpoint, transfer_config=transfer)
+        proxy.configure(ratio=0.2, faults=FAULTS, latency=0.02)
+        big = os.urandom(11 * MiB)
+        client.write_snapshot(GEN, 1, io.BytesIO(big))
+        blobs = {Pos(GEN, 1, i * 64): os.urandom(3000 + i) for i in range(30)}
+        for pos, data in blobs.items():
+            client.write_wal_segment(pos, data)
+        assert [w.pos for w in client.wal_segments(GEN)] == list(blobs)
+        for pos, data in blobs.items():
+            assert client.read_wal_segment(pos) == data
+        with client.open_snapshot(GEN, 1) as f:
+            assert f.read() == big
+        injected = {k: v for k, v in proxy.stats.items() if k != "forwarded"}
+    assert injected.get("reset_download", 0) >= 1 and injected.get("reset_upload", 0) >= 1, injected

@@ -384,6 +384,7 @@ def test_go_replicates_lsr_restores(tmp_path: Path, procs: Processes, s3_server:
         Bucket=s3_bucket, Key=f"db/generations/{generation}/wal/{client.wal_segments(generation)[0].index:08x}"
                                f"_{client.wal_segments(generation)[0].offset:08x}.wal.lz4")
     assert "crc32c" not in head.get("Metadata", {})
+    assert len({w.index for w in client.wal_segments(generation)}) > 1, "expected several WAL indexes"
     lsr_restore_ok(db, url(s3_server, s3_bucket), tmp_path / "by-url.db", s3_env)
     lsr_restore_ok(db, str(db), tmp_path / "by-config.db", s3_env, "-config", str(cfg))
 
@@ -402,6 +403,8 @@ def test_lsr_replicates_go_restores(tmp_path: Path, procs: Processes, s3_server:
         insert(conn, i, size=500)
     wait_caught_up(db, client, CATCH_UP_SECONDS)
     stop_lsr(p)
+    [generation] = client.generations()
+    assert len({w.index for w in client.wal_segments(generation)}) > 1, "expected several WAL indexes"
 
     for name, args in (("by-config", ["-config", str(cfg), str(db)]), ("by-url", [go_url(s3_server, s3_bucket)])):
         out = tmp_path / f"{name}.db"

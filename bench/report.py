@@ -1,0 +1,347 @@
+"""Turn a results dict (see ``run.py``) into the markdown table and the plot.
+
+Each figure is shown for lsr and for Go Litestream 0.3.13, with lsr/Go, the
+issue's target and lsr's verdict (PASS/MISS and by how much). Re-render saved
+results without re-running::
+
+    python bench/report.py results.json --md docs/bench.md --png docs/bench.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+Result = dict[str, Any]
+
+METHOD = """\
+- **Workload.** An OpenWEC-like database (1,000 clients x 2 subscriptions):
+  each transaction upserts one bookmark; every 50th rewrites the heartbeats of
+  all 2,000 client/subscription pairs instead. The writer is a separate
+  `python sqlite3` process (WAL, `synchronous=NORMAL`, `busy_timeout=5000`):
+  a *steady* phase at a fixed rate, then a *burst* back to back.
+- **Lag.** Every transaction also rewrites the one row of a `tick` table with
+  its sequence number as a text marker, so the largest marker in a WAL
+  segment's decompressed bytes is the last commit it carries. The writer
+  stamps each commit with `time.monotonic()` when `COMMIT` returns; the
+  harness stamps each segment when it first sees it (file: inotify on the
+  rename into place; S3: ListObjectsV2 polling of moto with `start-after`).
+  A commit's lag is the first arrival of a segment whose marker is >= its
+  number. Error: the file watch adds the watcher's wake-up latency (well
+  under 1 ms unless the cores are saturated); the S3 poll adds up to one poll
+  period plus one request (the periods achieved are listed below). Lag never
+  includes the commit's own duration.
+- **Catch-up** is the lag of the burst's final commit. **Throughput** is the
+  burst's transactions per second with the sidecar divided by the same
+  writer's without one (on a fresh database, same phases). **Longest txn** is
+  the burst's longest `BEGIN IMMEDIATE`..`COMMIT`, waits for locks included.
+- **CPU** is the sidecar process tree's utime+stime from the writer's start to
+  catch-up, divided by the MiB of WAL (decompressed segment bytes) that
+  arrived in that time. **Peak RSS** is the sum of VmHWM over the tree.
+- **Restore**: a copy of one ~100 MiB database (half-random BLOB rows) is
+  replicated with `sync-interval` and `monitor-interval` at 10 ms while small
+  commits are made until 300+ WAL segments exist; then the same tool's
+  `restore -config ... -o OUT DB` is timed (median of the repeats) and its
+  output checked (`quick_check`, last commit present).
+- **Idle**: that many small WAL databases, each with a file replica, in one
+  `replicate -config` process; CPU over the window after every replica has a
+  snapshot and a settling pause; RSS at the end.
+"""
+
+
+@dataclass(frozen=True)
+class Figure:
+    label: str
+    unit: str
+    get: Callable[[Result, Result], float]  # (tool's result, the writer-alone baseline)
+    target: float | None = None  # an absolute target
+    vs_go: float | None = None  # the target is this multiple of Go's figure
+    at_least: bool = False  # the target is a minimum
+    backends: tuple[str, ...] = ("file", "s3")  # where the target applies
+    issue_go: str = ""  # Go's figure as the issue quotes it
+
+
+REPLICATION = [
+    Figure("lag p50, steady", "s", lambda r, b: r["lag"]["p50"], 0.035, backends=("file",), issue_go="0.355"),
+    Figure("lag p90, steady", "s", lambda r, b: r["lag"]["p90"]),
+    Figure("lag max, steady", "s", lambda r, b: r["lag"]["max"], 0.25, backends=("file",), issue_go="0.971"),
+    Figure("lag p50, burst", "s", lambda r, b: r["lag_burst"]["p50"]),
+    Figure("lag max, burst", "s", lambda r, b: r["lag_burst"]["max"]),
+    Figure("catch-up after final commit", "s", lambda r, b: r["catch_up"], 0.2, issue_go="1.12"),
+    Figure("writer throughput, with / alone", "x", lambda r, b: r["throughput"] / b["throughput"], 0.95,
+           at_least=True, issue_go="0.80"),
+    Figure("longest txn with sidecar", "s", lambda r, b: r["longest_txn"], 0.30, issue_go="1.84 (0.27 alone)"),
+    Figure("sidecar CPU per MiB of WAL", "CPU s/MiB", lambda r, b: r["cpu_per_mib"], vs_go=1.0),
+    Figure("sidecar peak RSS", "MiB", lambda r, b: r["peak_rss_mib"], 60),
+]
+RESTORE = [Figure("restore {restore_mib:g} MiB, {restore_segments}+ WAL segments", "s", lambda r, b: r["restore_seconds"], vs_go=0.8)]
+IDLE = [
+    Figure("idle DBs: CPU", "% of a core", lambda r, b: r["cpu_percent"], 1.0),
+    Figure("idle DBs: RSS", "MiB", lambda r, b: r["rss_mib"], 200),
+    Figure("idle DBs: time until all have a snapshot", "s", lambda r, b: r["ready_seconds"]),
+]
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    backend: str
+    unit: str
+    lsr: float | None
+    go: float | None
+    target: float | None
+    at_least: bool
+    target_text: str
+    issue_go: str
+
+    def verdict(self) -> str:
+        if self.target is None or self.lsr is None or not _finite(self.target):
+            return ""
+        v, t = self.lsr, self.target
+        if self.at_least:
+            return f"PASS (+{_num(v - t)})" if v >= t else f"MISS (short by {_num(t - v)})"
+        if v <= t:
+            return f"PASS ({(1 - v / t) * 100:.0f}% under)" if t else "PASS"
+        return f"MISS (+{_num(v - t)}, {v / t:.1f}x target)" if t and _finite(v) else "MISS"
+
+    def score(self, value: float | None) -> float | None:
+        """value/target, inverted for minimums, within [0.01, 100]: <= 1 meets the target."""
+        if value is None or math.isnan(value) or self.target is None or not _finite(self.target) or not self.target:
+            return None
+        raw = (self.target / value if value else math.inf) if self.at_least else value / self.target
+        return min(max(raw, 0.01), 100.0)
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if math.isnan(x):
+        return "n/a"
+    if math.isinf(x):
+        return "timeout"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def _value(fig: Figure, result: Result | None, base: Result) -> float | None:
+    if not result or "error" in result:
+        return None
+    try:
+        return float(fig.get(result, base))
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def _row(fig: Figure, backend: str, lsr: float | None, go: float | None, label: str | None = None) -> Row:
+    target, text = None, ""
+    if backend in fig.backends and fig.target is not None:
+        target, text = fig.target, f"{'>=' if fig.at_least else '<='} {_num(fig.target)}"
+    elif backend in fig.backends and fig.vs_go is not None:
+        target = fig.vs_go * go if go is not None else None
+        text = f"<= {fig.vs_go:g}x Go" + (f" = {_num(target)}" if target is not None else "")
+    return Row(label or fig.label, backend, fig.unit, lsr, go, target, fig.at_least, text, fig.issue_go)
+
+
+def rows(results: Result) -> list[Row]:
+    out = []
+    for backend, by_tool in results.get("replication", {}).items():
+        base = results.get("alone", {}).get(backend, {})
+        for fig in REPLICATION:
+            out.append(_row(fig, backend, _value(fig, by_tool.get("lsr"), base), _value(fig, by_tool.get("go"), base)))
+    settings = results.get("settings", {})
+    for backend, by_tool in results.get("restore", {}).items():
+        for fig in RESTORE:
+            label = fig.label.format(restore_mib=settings.get("restore_mib", 0),
+                                     restore_segments=settings.get("restore_segments", 0))
+            out.append(_row(fig, backend, _value(fig, by_tool.get("lsr"), {}), _value(fig, by_tool.get("go"), {}),
+                            label=label))
+    idle = results.get("idle", {})
+    if idle:
+        n = next((r["dbs"] for r in idle.values() if "dbs" in r), 0)
+        for fig in IDLE:
+            out.append(_row(fig, "file", _value(fig, idle.get("lsr"), {}), _value(fig, idle.get("go"), {}),
+                            label=fig.label.replace("idle DBs", f"{n:,} idle DBs")))
+    return out
+
+
+def _ratio(row: Row) -> str:
+    if row.lsr is None or row.go is None or not row.go or not (_finite(row.lsr) and _finite(row.go)):
+        return "-"
+    return f"{row.lsr / row.go:.2f}"
+
+
+def table(results: Result) -> str:
+    head = ["figure", "replica", "unit", "lsr", "Go 0.3.13", "lsr/Go", "target", "lsr verdict", "Go in issue"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows(results):
+        cells = [r.label, r.backend, r.unit, _num(r.lsr), _num(r.go), _ratio(r), r.target_text, r.verdict(),
+                 r.issue_go]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _details(results: Result) -> str:
+    out = ["| run | writer alone txn/s | longest txn alone (s) | with sidecar txn/s | commits | segments "
+           "| WAL MiB | generations | commits never seen | negative lags | S3 poll p50/max (ms) |",
+           "|" + "---|" * 11]
+    for backend, by_tool in results.get("replication", {}).items():
+        base = results.get("alone", {}).get(backend, {})
+        for tool, r in by_tool.items():
+            if "error" in r:
+                out.append(f"| {backend} {tool} | error: {r['error']} |" + " |" * 9)
+                continue
+            poll = r.get("poll_period") or {}
+            poll_text = f"{poll['p50'] * 1000:.1f} / {poll['max'] * 1000:.0f}" if poll else "-"
+            out.append(
+                f"| {backend} {tool} | {_num(base.get('throughput'))} | {_num(base.get('longest_txn'))} "
+                f"| {_num(r['throughput'])} | {r['commits']:,} | {r['segments']:,} | {_num(r['wal_mib'])} "
+                f"| {r['generations']} | {r['lost_commits']} | {r['negative_lags']} | {poll_text} |")
+    restore = results.get("restore", {})
+    if restore:
+        out += ["", "| restore | DB MiB | WAL segments | initial snapshot (s) | build (s) | restores (s) | check |",
+                "|" + "---|" * 7]
+        for backend, by_tool in restore.items():
+            for tool, r in by_tool.items():
+                if "error" in r:
+                    out.append(f"| {backend} {tool} | error: {r['error']} |" + " |" * 5)
+                    continue
+                times = ", ".join(_num(t) for t in r["restore_all"])
+                out.append(f"| {backend} {tool} | {_num(r['db_mib'])} | {r['segments']} | "
+                           f"{_num(r['snapshot_seconds'])} | {_num(r['build_seconds'])} | {times} | {r['check']} |")
+    idle = results.get("idle", {})
+    if idle:
+        out += ["", "| idle | DBs | all snapshotted after (s) | CPU % | RSS MiB | peak RSS MiB |", "|" + "---|" * 6]
+        for tool, r in idle.items():
+            if "error" in r:
+                out.append(f"| {tool} | error: {r['error']} |" + " |" * 4)
+                continue
+            out.append(f"| {tool} | {r['dbs']:,} | {_num(r['ready_seconds'])} | {_num(r['cpu_percent'])} "
+                       f"| {_num(r['rss_mib'])} | {_num(r['peak_rss_mib'])} |")
+    return "\n".join(out)
+
+
+def _anomalies(results: Result) -> list[str]:
+    found = list(results.get("errors", []))
+    for section in ("replication", "restore"):
+        for backend, by_tool in results.get(section, {}).items():
+            for tool, r in by_tool.items():
+                where = f"{section} {backend} {tool}"
+                for line in r.get("log_problems", [])[:5]:
+                    found.append(f"{where}: log: `{line.strip()[:300]}`")
+                if r.get("generations", 1) > 1:
+                    found.append(f"{where}: {r['generations']} generations during one run (expected 1)")
+                if r.get("lost_commits"):
+                    found.append(f"{where}: {r['lost_commits']} commits never seen on the replica")
+                if r.get("negative_lags"):
+                    found.append(f"{where}: {r['negative_lags']} commits seen on the replica before COMMIT returned")
+                if r.get("check", "ok") != "ok":
+                    found.append(f"{where}: restored database: {r['check']}")
+    for tool, r in results.get("idle", {}).items():
+        for line in r.get("log_problems", [])[:5]:
+            found.append(f"idle {tool}: log: `{line.strip()[:300]}`")
+    return found
+
+
+def markdown(results: Result, png_name: str | None) -> str:
+    m = results.get("machine", {})
+    s = results.get("settings", {})
+    parts = [
+        "# lsr vs Litestream 0.3.13, side by side",
+        "",
+        f"Generated by `{results.get('command', 'python bench/run.py')}` on {results.get('started', '?')} "
+        f"in {results.get('elapsed', 0) / 60:.1f} min.",
+        f"Machine: {m.get('cpus', '?')} CPUs ({m.get('cpu_model', '?')}), load average "
+        f"{m.get('load_before', '?')} before and {m.get('load_after', '?')} after. "
+        "Other work on the machine moves every figure; compare lsr and Go within one run.",
+        f"Settings: steady {s.get('steady')} s at {s.get('rate')} txn/s, then a {s.get('burst')} s burst; "
+        f"restore of {s.get('restore_mib')} MiB with >= {s.get('restore_segments')} segments, "
+        f"{s.get('restore_repeats')} restores each; {s.get('idle_dbs')} idle DBs over {s.get('idle_seconds')} s.",
+        f"Tools: {', '.join(f'{k} = `{v}`' for k, v in results.get('tools', {}).items())}.",
+        "",
+        "## Figures",
+        "",
+        table(results),
+        "",
+    ]
+    if png_name:
+        parts += [f"![lag distributions and figures against their targets]({png_name})", ""]
+    parts += ["## Details", "", _details(results), "", "## Anomalies", ""]
+    parts += [f"- {a}" for a in _anomalies(results)] or ["None seen."]
+    parts += ["", "## Method", "", METHOD]
+    return "\n".join(parts)
+
+
+def plot(results: Result, path: Path) -> bool:
+    """Lag CDFs and every targeted figure against its target; False if matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1, 1.3]})
+    colors = {"file": "tab:blue", "s3": "tab:orange"}
+    for backend, by_tool in results.get("replication", {}).items():
+        for tool, r in by_tool.items():
+            q = r.get("lag_quantiles")
+            if not q:
+                continue
+            left.plot([max(x, 1e-4) for x in q], [i / (len(q) - 1) for i in range(len(q))],
+                      color=colors.get(backend), linestyle="-" if tool == "lsr" else "--",
+                      label=f"{tool} {backend}")
+    for t in (0.035, 0.25):
+        left.axvline(t, color="grey", linestyle=":", linewidth=1)
+    left.set_xscale("log")
+    left.set_xlabel("commit -> replica lag, steady phase (s)")
+    left.set_ylabel("fraction of commits")
+    left.set_title("Lag distribution (dotted: file targets p50 / max)")
+    left.legend()
+    targeted = [r for r in rows(results) if r.target is not None]
+    labels = [f"{r.label} ({r.backend})" for r in targeted]
+    ys = range(len(targeted))
+    for offset, tool, color in ((-0.2, "lsr", "tab:green"), (0.2, "go", "tab:red")):
+        vals = [r.score(r.lsr if tool == "lsr" else r.go) for r in targeted]
+        right.barh([y + offset for y in ys], [v or 0 for v in vals], height=0.4,
+                   color=color, label="lsr" if tool == "lsr" else "Go 0.3.13")
+    right.axvline(1, color="black", linewidth=1)
+    right.set_xscale("log")
+    right.set_yticks(list(ys), labels, fontsize=8)
+    right.invert_yaxis()
+    right.set_xlabel("figure / target (left of 1 meets the target; minimums inverted)")
+    right.set_title("Against the issue's targets")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(results: Result, md: Path, png: Path | None) -> None:
+    drew = plot(results, png) if png else False
+    name = None
+    if drew and png is not None:
+        name = png.name if png.parent == md.parent else str(png)
+    md.write_text(markdown(results, name))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Render saved benchmark results.")
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--md", type=Path, default=Path("docs/bench.md"))
+    parser.add_argument("--png", type=Path, default=Path("docs/bench.png"))
+    args = parser.parse_args()
+    write(json.loads(args.results.read_text()), args.md, args.png)
+    print(table(json.loads(args.results.read_text())))
+
+
+if __name__ == "__main__":
+    main()

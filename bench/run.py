@@ -1,0 +1,175 @@
+"""Benchmark lsr against Go Litestream 0.3.13 side by side, in one run.
+
+    python bench/run.py            # full run (~10 min on 2 cores): docs/bench.md, docs/bench.png
+    python bench/run.py --quick    # smoke run (< 1 min, file replicas only), output in the work dir
+
+Every figure is printed for both tools with their ratio, the issue's target
+and lsr's verdict. Scenarios are in ``scenarios.py``; the method and its
+error bounds are written into the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import report
+import scenarios
+import workload
+from tools import Backend, Moto, Tool, find_tool
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = scenarios.Settings(steady=2.0, rate=100.0, burst=2.0, catchup_timeout=20.0, restore_mib=4.0,
+                           restore_segments=20, restore_repeats=1, idle_dbs=20, idle_seconds=2.0, idle_settle=1.0)
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    d = scenarios.Settings()
+    p.add_argument("--quick", action="store_true", help="tiny smoke run (defaults below become the QUICK ones)")
+    p.add_argument("--backends", default=None, help="comma-separated: file,s3 (default: both; --quick: file)")
+    p.add_argument("--tools", default="lsr,go", help="comma-separated: lsr,go")
+    p.add_argument("--only", default="replication,restore,idle", help="scenarios to run")
+    p.add_argument("--steady", type=float, help=f"seconds of steady writing (default {d.steady})")
+    p.add_argument("--rate", type=float, help=f"steady transactions per second (default {d.rate})")
+    p.add_argument("--burst", type=float, help=f"seconds of back-to-back writing (default {d.burst})")
+    p.add_argument("--restore-mib", type=float, help=f"restore database size (default {d.restore_mib})")
+    p.add_argument("--restore-segments", type=int, help=f"WAL segments to restore (default {d.restore_segments})")
+    p.add_argument("--restore-repeats", type=int, help=f"restores timed per tool (default {d.restore_repeats})")
+    p.add_argument("--idle-dbs", type=int, help=f"idle databases (default {d.idle_dbs})")
+    p.add_argument("--idle-seconds", type=float, help=f"idle CPU window (default {d.idle_seconds})")
+    p.add_argument("--s3-poll", type=float, help=f"S3 listing period in seconds (default {d.s3_poll})")
+    p.add_argument("--lsr", help="lsr executable (default: next to this Python)")
+    p.add_argument("--litestream", help="Go litestream 0.3.13 executable (default: next to this Python)")
+    p.add_argument("--md", type=Path, help="markdown output (default docs/bench.md; --quick: in the work dir)")
+    p.add_argument("--png", type=Path, help="plot output (default docs/bench.png; --quick: in the work dir)")
+    p.add_argument("--json", type=Path, help="also save the raw results here")
+    p.add_argument("--work", type=Path, help="working directory (default: a new temporary one)")
+    p.add_argument("--keep", action="store_true", help="keep the working directory")
+    return p.parse_args()
+
+
+def _settings(args: argparse.Namespace) -> scenarios.Settings:
+    base = QUICK if args.quick else scenarios.Settings()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(base)
+             if getattr(args, f.name, None) is not None}
+    s = dataclasses.replace(base, **given)
+    if s.restore_repeats < 1:
+        raise SystemExit("--restore-repeats must be at least 1")
+    return s
+
+
+def _machine() -> dict[str, Any]:
+    model = "?"
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "load_before": _load()}
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _attempt(results: dict[str, Any], where: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one scenario; a failure is recorded and reported, and the others still run."""
+    print(f"[{time.strftime('%H:%M:%S')}] {where} ...", flush=True)
+    t0 = time.monotonic()
+    try:
+        out = fn()
+    except Exception as exc:  # one broken run must not hide the rest of the figures
+        traceback.print_exc()
+        results["errors"].append(f"{where}: {type(exc).__name__}: {exc}"[:500])
+        out = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    print(f"[{time.strftime('%H:%M:%S')}] {where} done in {time.monotonic() - t0:.1f} s", flush=True)
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    s = _settings(args)
+    backends = (args.backends or ("file" if args.quick else "file,s3")).split(",")
+    only = set(args.only.split(","))
+    tools: list[Tool] = []
+    results: dict[str, Any] = {
+        "command": shlex.join(["python", "bench/run.py", *sys.argv[1:]]),
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "settings": dataclasses.asdict(s), "machine": _machine(), "tools": {}, "errors": [],
+        "alone": {}, "replication": {}, "restore": {}, "idle": {},
+    }
+    for name in args.tools.split(","):
+        tool = find_tool(name, args.lsr if name == "lsr" else args.litestream)
+        if tool is None:
+            results["errors"].append(f"{name}: executable not found, its column is empty")
+            continue
+        tools.append(tool)
+        results["tools"][name] = tool.exe
+    work = args.work or Path(tempfile.mkdtemp(prefix="lsr-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"working in {work}", flush=True)
+    t_start = time.monotonic()
+    moto = None
+    try:
+        if "s3" in backends:
+            moto = Moto(work)
+        for name in backends:
+            backend = Backend(name, moto if name == "s3" else None, s.s3_poll)
+            if "replication" in only:
+                results["alone"][name] = _attempt(results, f"writer alone ({name})",
+                                                  lambda: scenarios.alone(work / name, s))
+                results["replication"][name] = {
+                    t.name: _attempt(results, f"replication {name} {t.name}",
+                                     lambda t=t: scenarios.replication(t, backend, work, s)) for t in tools}
+        if "restore" in only:
+            large = work / "large.db"
+            print(f"building a {s.restore_mib:g} MiB database", flush=True)
+            workload.build_large(large, s.restore_mib)
+            for name in backends:
+                backend = Backend(name, moto if name == "s3" else None, s.s3_poll)
+                results["restore"][name] = {
+                    t.name: _attempt(results, f"restore {name} {t.name}",
+                                     lambda t=t: scenarios.restore(t, backend, work, large, s)) for t in tools}
+        if "idle" in only:
+            results["idle"] = {t.name: _attempt(results, f"idle {t.name}", lambda t=t: scenarios.idle(t, work, s))
+                               for t in tools}
+    finally:
+        if moto is not None:
+            moto.stop()
+        results["elapsed"] = time.monotonic() - t_start
+        results["machine"]["load_after"] = _load()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def main() -> None:
+    args = _parse()
+    results = run(args)
+    out_dir = (args.work or Path(tempfile.gettempdir())) if args.quick else ROOT / "docs"
+    md = args.md or out_dir / ("bench-quick.md" if args.quick else "bench.md")
+    png = args.png or md.with_suffix(".png")
+    md.parent.mkdir(parents=True, exist_ok=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    report.write(results, md, png)
+    print()
+    print(report.table(results))
+    print(f"\nwrote {md}" + (f" and {png}" if png.exists() else " (no plot: pip install matplotlib)"))
+    for error in results["errors"]:
+        print(f"error: {error}", file=sys.stderr)
+    sys.exit(1 if results["errors"] else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""The benchmark's scenarios; each returns a dict of plain numbers for the report.
+
+- ``replication``: one sidecar replicates an OpenWEC-like database while the
+  writer runs a steady phase (``rate`` txn/s) then a burst (back to back).
+  Gives commit->replica lag, catch-up after the final commit, sidecar CPU per
+  MiB of WAL, peak RSS, and the writer's throughput and longest transaction.
+- ``alone``: the same writer with no sidecar (the baseline for the ratios).
+- ``restore``: a ~100 MiB database with 300+ WAL segments on the replica,
+  restored by the tool that wrote it.
+- ``idle``: many idle databases in one ``replicate -config`` process.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import measure
+import workload
+from tools import Backend, Tool, log_problems, restore as run_restore, sidecar, write_config
+from watch import Watcher, segment_marker
+
+WRITER = Path(__file__).with_name("workload.py")
+READY_TIMEOUT = 300.0
+LAG_QUANTILES = np.linspace(0, 1, 101)
+
+
+@dataclass(frozen=True)
+class Settings:
+    steady: float = 25.0  # seconds at ``rate``
+    rate: float = 100.0  # transactions per second in the steady phase
+    burst: float = 15.0  # seconds back to back
+    catchup_timeout: float = 60.0
+    restore_mib: float = 100.0
+    restore_segments: int = 320
+    restore_repeats: int = 3
+    idle_dbs: int = 1000
+    idle_seconds: float = 20.0
+    idle_settle: float = 5.0
+    s3_poll: float = 0.005
+
+
+class Decoder:
+    """Each arrived segment's (marker, WAL bytes), read and decoded once."""
+
+    def __init__(self, watcher: Watcher) -> None:
+        self.watcher = watcher
+        self.cache: dict[str, tuple[int, int]] = {}
+
+    def get(self, key: str) -> tuple[int, int]:
+        if key not in self.cache:
+            self.cache[key] = segment_marker(self.watcher.read(key))
+        return self.cache[key]
+
+    def segments(self) -> list[measure.Segment]:
+        return [measure.Segment(a.t, *self.get(a.key)) for a in self.watcher.arrivals()]
+
+    def wait_for(self, seq: int, not_before: float, timeout: float) -> bool:
+        """Until a segment arrived after ``not_before`` carries commit ``seq``."""
+        deadline, seen = time.monotonic() + timeout, 0
+        while time.monotonic() < deadline:
+            arrivals = self.watcher.arrivals()
+            for a in arrivals[seen:]:
+                if a.t >= not_before and self.get(a.key)[0] >= seq:
+                    return True
+            seen = len(arrivals)
+            time.sleep(0.005)
+        return False
+
+
+def wait_ready(proc: subprocess.Popen[bytes], watcher: Watcher, log: Path, timeout: float = READY_TIMEOUT) -> float:
+    """Seconds until the replica has a snapshot; raises if the sidecar dies first."""
+    t0 = time.monotonic()
+    while not watcher.has_snapshot():
+        if proc.poll() is not None:
+            raise RuntimeError(f"sidecar exited {proc.returncode}: {log.read_text(errors='replace')[-1500:]}")
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"no snapshot on the replica after {timeout:.0f} s")
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
+def run_writer(db: Path, out: Path, phases: list[tuple[float, float]]) -> dict[str, np.ndarray]:
+    """The writer as its own process, so that it shares no interpreter with the watcher."""
+    args = [sys.executable, str(WRITER), str(db), str(out)]
+    for seconds, rate in phases:
+        args += ["--phase", f"{seconds}:{rate}"]
+    subprocess.run(args, check=True, timeout=sum(s for s, _ in phases) + 300)
+    with np.load(out) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _writer_figures(data: dict[str, np.ndarray], s: Settings) -> dict[str, float]:
+    burst = data["phase"] == 1
+    return {
+        "commits": int(len(data["t_commit"])),
+        "throughput": float(burst.sum() / s.burst),
+        "longest_txn": float(data["latency"][burst].max()),
+        "longest_txn_steady": float(data["latency"][~burst].max()),
+    }
+
+
+def _phases(s: Settings) -> list[tuple[float, float]]:
+    return [(s.steady, s.rate), (s.burst, 0.0)]
+
+
+def alone(work: Path, s: Settings) -> dict[str, object]:
+    d = work / "alone"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    db = d / "app.db"
+    workload.seed(db)
+    return _writer_figures(run_writer(db, d / "writer.npz", _phases(s)), s)
+
+
+def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[str, object]:
+    d = work / f"replication-{backend.name}-{tool.name}"
+    d.mkdir(parents=True)
+    db = d / "app.db"
+    workload.seed(db)
+    replica = backend.replica(d, "app")
+    config = write_config(d / "litestream.yml", [(db, replica, {})])
+    log = d / "sidecar.log"
+    watcher = backend.watcher(replica)
+    decoder = Decoder(watcher)
+    with sidecar(tool, config, log) as proc:
+        wait_ready(proc, watcher, log)
+        watcher.start()
+        try:
+            cpu0, t0 = measure.cpu_seconds(proc.pid), time.monotonic()
+            data = run_writer(db, d / "writer.npz", _phases(s))
+            first_seq, t_commit = int(data["first_seq"]), data["t_commit"]
+            final = first_seq + len(t_commit) - 1
+            caught_up = decoder.wait_for(final, t_commit[-1] - 1.0, s.catchup_timeout)
+            cpu = measure.cpu_seconds(proc.pid) - cpu0
+            peak_rss = measure.peak_rss_mib(proc.pid)
+        finally:
+            watcher.stop()
+    segments = decoder.segments()
+    lags = measure.commit_lags(first_seq, t_commit, segments)
+    steady = data["phase"] == 0
+    wal_mib = sum(seg.wal_bytes for seg in segments if seg.t >= t0) / measure.MIB
+    result: dict[str, object] = {
+        **_writer_figures(data, s),
+        "lag": measure.percentiles(lags[steady]),
+        "lag_burst": measure.percentiles(lags[~steady]),
+        "lag_quantiles": [float(q) for q in np.nanquantile(lags[steady], LAG_QUANTILES)],
+        "catch_up": float(lags[-1]) if caught_up else float("inf"),
+        "cpu_seconds": cpu,
+        "wal_mib": wal_mib,
+        "cpu_per_mib": cpu / wal_mib if wal_mib else float("nan"),
+        "peak_rss_mib": peak_rss,
+        "segments": len(segments),
+        "generations": len(watcher.generations()),
+        "lost_commits": int(np.isnan(lags).sum()),
+        "negative_lags": int((lags < 0).sum()),
+        "log_problems": log_problems(log),
+    }
+    if hasattr(watcher, "poll_periods"):
+        periods = np.array(watcher.poll_periods())
+        result["poll_period"] = {"p50": float(np.median(periods)), "max": float(periods.max())} if len(periods) else {}
+    return result
+
+
+def restore(tool: Tool, backend: Backend, work: Path, large_db: Path, s: Settings) -> dict[str, object]:
+    """Build a replica of ``large_db`` with >= restore_segments WAL segments, then time restores of it."""
+    d = work / f"restore-{backend.name}-{tool.name}"
+    d.mkdir(parents=True)
+    db = d / "big.db"
+    shutil.copyfile(large_db, db)
+    replica = {**backend.replica(d, "big"), "sync-interval": "10ms"}
+    config = write_config(d / "litestream.yml", [(db, replica, {"monitor-interval": "10ms"})])
+    log = d / "sidecar.log"
+    watcher = backend.watcher(replica)
+    decoder = Decoder(watcher)
+    t_build = time.monotonic()
+    with sidecar(tool, config, log) as proc:
+        snapshot_seconds = wait_ready(proc, watcher, log)
+        watcher.start()
+        conn = workload.open_app(db)
+        try:
+            seq = workload.current_seq(db)
+            rng = random.Random(7)
+            deadline = time.monotonic() + 600
+            while len(watcher.arrivals()) < s.restore_segments and time.monotonic() < deadline:
+                seq += 1
+                workload.touch_blobs(conn, seq, rng)
+                time.sleep(0.025)  # > sync-interval, so most commits land in a segment of their own
+            if not decoder.wait_for(seq, 0.0, s.catchup_timeout):
+                raise RuntimeError(f"the replica never received commit {seq}")
+        finally:
+            conn.close()
+            watcher.stop()
+    build_seconds = time.monotonic() - t_build
+    times = []
+    for i in range(s.restore_repeats):
+        out = d / f"restored-{i}.db"
+        times.append(run_restore(tool, config, db, out, d / "restore.log"))
+        if i == 0:
+            check = _check_restored(out, seq)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{out}{suffix}").unlink(missing_ok=True)
+    return {
+        "db_mib": os.path.getsize(db) / measure.MIB,
+        "segments": len(watcher.arrivals()),
+        "snapshot_seconds": snapshot_seconds,
+        "build_seconds": build_seconds,
+        "restore_seconds": float(np.median(times)),
+        "restore_all": times,
+        "check": check,
+        "log_problems": log_problems(log) + log_problems(d / "restore.log"),
+    }
+
+
+def _check_restored(path: Path, want_seq: int) -> str:
+    """"ok", or what is wrong with a restored database."""
+    conn = sqlite3.connect(str(path))
+    try:
+        quick = conn.execute("PRAGMA quick_check").fetchone()[0]
+        seq = conn.execute("SELECT seq FROM tick").fetchone()[0]
+    finally:
+        conn.close()
+    if quick != "ok":
+        return f"quick_check: {quick}"
+    return "ok" if seq == want_seq else f"restored through commit {seq}, want {want_seq}"
+
+
+def idle(tool: Tool, work: Path, s: Settings) -> dict[str, object]:
+    """``idle_dbs`` small databases with file replicas, in one process, doing nothing."""
+    d = work / f"idle-{tool.name}"
+    (d / "dbs").mkdir(parents=True)
+    dbs = []
+    for i in range(s.idle_dbs):
+        db = d / "dbs" / f"db{i:04d}.db"
+        workload.make_idle(db)
+        dbs.append((db, {"type": "file", "path": str(d / "replicas" / f"db{i:04d}")}, {}))
+    config = write_config(d / "litestream.yml", dbs)
+    log = d / "sidecar.log"
+    t0 = time.monotonic()
+    with sidecar(tool, config, log) as proc:
+        while True:
+            ready = len(list((d / "replicas").glob("*/generations/*/snapshots/*.snapshot.lz4")))
+            if ready >= s.idle_dbs:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"sidecar exited {proc.returncode}: {log.read_text(errors='replace')[-1500:]}")
+            if time.monotonic() - t0 > READY_TIMEOUT:
+                raise RuntimeError(f"only {ready} of {s.idle_dbs} replicas had a snapshot after {READY_TIMEOUT:.0f} s")
+            time.sleep(0.5)
+        ready_seconds = time.monotonic() - t0
+        time.sleep(s.idle_settle)
+        cpu0, w0 = measure.cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(s.idle_seconds)
+        cpu_pct = 100 * (measure.cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - w0)
+        rss, peak = measure.rss_mib(proc.pid), measure.peak_rss_mib(proc.pid)
+    return {"dbs": s.idle_dbs, "ready_seconds": ready_seconds, "cpu_percent": cpu_pct, "rss_mib": rss,
+            "peak_rss_mib": peak, "log_problems": log_problems(log)}

@@ -1,0 +1,183 @@
+"""The programs under test and the servers they need, each started and stopped by PID.
+
+``Tool`` is one implementation (lsr or Go Litestream 0.3.13): both take the same
+YAML config and the same ``replicate`` / ``restore`` arguments. ``Backend`` is
+where replicas go (a directory, or a bucket on a local moto server) and makes
+the matching config and watcher. Every process is started in its own session
+and stopped in a ``finally`` by its PID (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from watch import FileWatcher, S3Watcher, Watcher
+
+BIN_DIR = Path(sys.executable).parent
+STOP_TIMEOUT = 60.0
+ACCESS_KEY_ID = "LSRBENCHKEY"
+SECRET_ACCESS_KEY = "lsr-bench-secret"
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str  # "lsr" or "go"
+    exe: str
+
+    @property
+    def label(self) -> str:
+        return {"lsr": "lsr", "go": "Litestream 0.3.13"}.get(self.name, self.name)
+
+
+def find_tool(name: str, exe: str | None) -> Tool | None:
+    """The tool at ``exe``, or next to this Python, or on PATH; None if absent."""
+    default = {"lsr": "lsr", "go": "litestream"}[name]
+    for candidate in (exe, str(BIN_DIR / default), default):
+        if candidate and (os.access(candidate, os.X_OK) or _on_path(candidate)):
+            return Tool(name, candidate)
+    return None
+
+
+def _on_path(name: str) -> bool:
+    return "/" not in name and any(os.access(os.path.join(d, name), os.X_OK) for d in os.environ["PATH"].split(":"))
+
+
+def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int:
+    """SIGTERM the process (its own session), SIGKILL it if it has not exited in time."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return proc.wait()
+
+
+# -- where replicas go ----------------------------------------------------------------
+
+class Moto:
+    """moto's S3 server on a free port of 127.0.0.1; it accepts unsigned requests."""
+
+    def __init__(self, work: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log = work / "moto.log"
+        self.proc = _spawn([str(BIN_DIR / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)], self.log)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.endpoint + "/moto-api/data.json", timeout=1).close()
+                return
+            except (OSError, urllib.error.HTTPError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"moto did not start: {self.log.read_text(errors='replace')[-1000:]}")
+                time.sleep(0.1)
+
+    def create_bucket(self) -> str:
+        name = f"bench-{uuid.uuid4().hex[:12]}"
+        req = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
+        urllib.request.urlopen(req, timeout=30).close()
+        return name
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+@dataclass
+class Backend:
+    """A replica destination: ``file`` (a directory under work) or ``s3`` (a bucket on moto)."""
+
+    name: str
+    moto: Moto | None = None
+    s3_poll: float = 0.005
+
+    def replica(self, work: Path, db_name: str) -> dict[str, object]:
+        """A fresh, empty replica's YAML mapping."""
+        if self.name == "file":
+            path = work / f"{db_name}-replica"
+            return {"type": "file", "path": str(path)}
+        assert self.moto is not None
+        return {"type": "s3", "bucket": self.moto.create_bucket(), "path": db_name, "endpoint": self.moto.endpoint,
+                "region": "us-east-1", "force-path-style": True,
+                "access-key-id": ACCESS_KEY_ID, "secret-access-key": SECRET_ACCESS_KEY}
+
+    def watcher(self, replica: dict[str, object]) -> Watcher:
+        if replica["type"] == "file":
+            return FileWatcher(str(replica["path"]))
+        return S3Watcher(str(replica["endpoint"]), str(replica["bucket"]), str(replica["path"]), self.s3_poll)
+
+
+def write_config(path: Path, dbs: list[tuple[Path, dict[str, object], dict[str, object]]]) -> Path:
+    """A litestream.yml: (db path, replica mapping, extra db keys) per database."""
+    lines = ["dbs:"]
+    for db, replica, extra in dbs:
+        lines.append(f"  - path: {db}")
+        lines += [f"    {k}: {_yaml(v)}" for k, v in extra.items()]
+        lines.append("    replicas:")
+        first = True
+        for k, v in replica.items():
+            lines.append(f"      {'- ' if first else '  '}{k}: {_yaml(v)}")
+            first = False
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _yaml(v: object) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else f'"{v}"'
+
+
+# -- running the tools ----------------------------------------------------------------
+
+@contextmanager
+def sidecar(tool: Tool, config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``<tool> replicate -config CONFIG`` for the duration of the block."""
+    proc = _spawn([tool.exe, "replicate", "-config", str(config)], log)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def restore(tool: Tool, config: Path, db: Path, out: Path, log: Path) -> float:
+    """Seconds taken by ``<tool> restore -config CONFIG -o OUT DB``; raises if it fails."""
+    t0 = time.monotonic()
+    proc = _spawn([tool.exe, "restore", "-config", str(config), "-o", str(out), str(db)], log)
+    try:
+        code = proc.wait(timeout=600)
+    finally:
+        stop(proc)
+    elapsed = time.monotonic() - t0
+    if code != 0:
+        raise RuntimeError(f"{tool.name} restore exited {code}: {log.read_text(errors='replace')[-1000:]}")
+    return elapsed
+
+
+def log_problems(log: Path) -> list[str]:
+    """Lines of a tool's log that report an error or a traceback."""
+    if not log.exists():
+        return []
+    return [line for line in log.read_text(errors="replace").splitlines()
+            if any(w in line for w in ("ERROR", "level=ERROR", "Traceback", "CRITICAL", "panic:"))]
