@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -127,10 +128,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             backend = Backend(name, moto if name == "s3" else None, s.s3_poll)
             if "replication" in only:
                 results["alone"][name] = _attempt(results, f"writer alone ({name})",
-                                                  lambda: scenarios.alone(work / name, s))
+                                                  partial(scenarios.alone, work / name, s))
                 results["replication"][name] = {
                     t.name: _attempt(results, f"replication {name} {t.name}",
-                                     lambda t=t: scenarios.replication(t, backend, work, s)) for t in tools}
+                                     partial(scenarios.replication, t, backend, work, s)) for t in tools}
         if "restore" in only:
             large = work / "large.db"
             print(f"building a {s.restore_mib:g} MiB database", flush=True)
@@ -139,9 +140,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 backend = Backend(name, moto if name == "s3" else None, s.s3_poll)
                 results["restore"][name] = {
                     t.name: _attempt(results, f"restore {name} {t.name}",
-                                     lambda t=t: scenarios.restore(t, backend, work, large, s)) for t in tools}
+                                     partial(scenarios.restore, t, backend, work, large, s)) for t in tools}
         if "idle" in only:
-            results["idle"] = {t.name: _attempt(results, f"idle {t.name}", lambda t=t: scenarios.idle(t, work, s))
+            results["idle"] = {t.name: _attempt(results, f"idle {t.name}", partial(scenarios.idle, t, work, s))
                                for t in tools}
     finally:
         if moto is not None:

@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class Settings:
     idle_dbs: int = 1000
     idle_seconds: float = 20.0
     idle_settle: float = 5.0
-    s3_poll: float = 0.005
+    s3_poll: float = 0.02  # faster polling loads moto, on the same cores as the tools
 
 
 class Decoder:
@@ -99,7 +100,7 @@ def run_writer(db: Path, out: Path, phases: list[tuple[float, float]]) -> dict[s
         return {k: data[k] for k in data.files}
 
 
-def _writer_figures(data: dict[str, np.ndarray], s: Settings) -> dict[str, float]:
+def _writer_figures(data: dict[str, np.ndarray], s: Settings) -> dict[str, Any]:
     burst = data["phase"] == 1
     return {
         "commits": int(len(data["t_commit"])),
@@ -113,7 +114,7 @@ def _phases(s: Settings) -> list[tuple[float, float]]:
     return [(s.steady, s.rate), (s.burst, 0.0)]
 
 
-def alone(work: Path, s: Settings) -> dict[str, object]:
+def alone(work: Path, s: Settings) -> dict[str, Any]:
     d = work / "alone"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
@@ -122,7 +123,7 @@ def alone(work: Path, s: Settings) -> dict[str, object]:
     return _writer_figures(run_writer(db, d / "writer.npz", _phases(s)), s)
 
 
-def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[str, object]:
+def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[str, Any]:
     d = work / f"replication-{backend.name}-{tool.name}"
     d.mkdir(parents=True)
     db = d / "app.db"
@@ -149,7 +150,7 @@ def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[s
     lags = measure.commit_lags(first_seq, t_commit, segments)
     steady = data["phase"] == 0
     wal_mib = sum(seg.wal_bytes for seg in segments if seg.t >= t0) / measure.MIB
-    result: dict[str, object] = {
+    result: dict[str, Any] = {
         **_writer_figures(data, s),
         "lag": measure.percentiles(lags[steady]),
         "lag_burst": measure.percentiles(lags[~steady]),
@@ -171,13 +172,13 @@ def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[s
     return result
 
 
-def restore(tool: Tool, backend: Backend, work: Path, large_db: Path, s: Settings) -> dict[str, object]:
+def restore(tool: Tool, backend: Backend, work: Path, large_db: Path, s: Settings) -> dict[str, Any]:
     """Build a replica of ``large_db`` with >= restore_segments WAL segments, then time restores of it."""
     d = work / f"restore-{backend.name}-{tool.name}"
     d.mkdir(parents=True)
     db = d / "big.db"
     shutil.copyfile(large_db, db)
-    replica = {**backend.replica(d, "big"), "sync-interval": "10ms"}
+    replica: dict[str, object] = {**backend.replica(d, "big"), "sync-interval": "10ms"}
     config = write_config(d / "litestream.yml", [(db, replica, {"monitor-interval": "10ms"})])
     log = d / "sidecar.log"
     watcher = backend.watcher(replica)
@@ -234,11 +235,11 @@ def _check_restored(path: Path, want_seq: int) -> str:
     return "ok" if seq == want_seq else f"restored through commit {seq}, want {want_seq}"
 
 
-def idle(tool: Tool, work: Path, s: Settings) -> dict[str, object]:
+def idle(tool: Tool, work: Path, s: Settings) -> dict[str, Any]:
     """``idle_dbs`` small databases with file replicas, in one process, doing nothing."""
     d = work / f"idle-{tool.name}"
     (d / "dbs").mkdir(parents=True)
-    dbs = []
+    dbs: list[tuple[Path, dict[str, object], dict[str, object]]] = []
     for i in range(s.idle_dbs):
         db = d / "dbs" / f"db{i:04d}.db"
         workload.make_idle(db)

@@ -112,7 +112,7 @@ class Backend:
 
     name: str
     moto: Moto | None = None
-    s3_poll: float = 0.005
+    s3_poll: float = 0.02
 
     def replica(self, work: Path, db_name: str) -> dict[str, object]:
         """A fresh, empty replica's YAML mapping."""
@@ -127,7 +127,8 @@ class Backend:
     def watcher(self, replica: dict[str, object]) -> Watcher:
         if replica["type"] == "file":
             return FileWatcher(str(replica["path"]))
-        return S3Watcher(str(replica["endpoint"]), str(replica["bucket"]), str(replica["path"]), self.s3_poll)
+        return S3Watcher(str(replica["endpoint"]), str(replica["bucket"]), str(replica["path"]), self.s3_poll,
+                         (ACCESS_KEY_ID, SECRET_ACCESS_KEY))
 
 
 def write_config(path: Path, dbs: list[tuple[Path, dict[str, object], dict[str, object]]]) -> Path:

@@ -31,6 +31,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
+from typing import Any
 
 import lz4.frame
 
@@ -213,13 +214,15 @@ GENERATION_RESCAN = 1.0  # seconds between looks for a new generation
 class S3Watcher(Watcher):
     """Polls ``<path>/generations/<gen>/wal/`` on an S3 server that takes unsigned requests (moto)."""
 
-    def __init__(self, endpoint: str, bucket: str, path: str, interval: float) -> None:
+    def __init__(self, endpoint: str, bucket: str, path: str, interval: float, credentials: tuple[str, str]) -> None:
         super().__init__()
-        self.host = urllib.parse.urlsplit(endpoint).netloc
+        self.endpoint, self.host = endpoint, urllib.parse.urlsplit(endpoint).netloc
         self.bucket, self.prefix, self.interval = bucket, f"{path}/generations/", interval
+        self.credentials = credentials
         self._polls: list[float] = []
         self._conn = http.client.HTTPConnection(self.host, timeout=30)
         self._read_conn = http.client.HTTPConnection(self.host, timeout=60)
+        self._s3: Any = None
 
     def poll_periods(self) -> list[float]:
         """Time between the starts of consecutive polls, in seconds."""
@@ -247,7 +250,15 @@ class S3Watcher(Watcher):
             start_after = page[-1]
 
     def read(self, key: str) -> bytes:
-        return self._get(self._read_conn, f"/{self.bucket}/{urllib.parse.quote(self.prefix + key)}")
+        # moto lists for anonymous callers but reads objects only for signed requests.
+        if self._s3 is None:
+            import boto3
+            from botocore.config import Config
+
+            self._s3 = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                                    aws_access_key_id=self.credentials[0], aws_secret_access_key=self.credentials[1],
+                                    config=Config(s3={"addressing_style": "path"}))
+        return bytes(self._s3.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read())
 
     def has_snapshot(self) -> bool:
         query = urllib.parse.urlencode({"list-type": "2", "prefix": self.prefix})

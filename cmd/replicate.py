@@ -11,12 +11,12 @@ from types import FrameType
 import click
 
 from litestream_py.db import configure_process_for_sidecar
-from litestream_py.config import Config, DBConfig, ReplicaConfig, expand_path
+from litestream_py.config import Config, DBConfig, ReplicaConfig, default_config_path, expand_path, load_config
 from litestream_py.errors import ConfigError
 from litestream_py.factory import db_from_config
 from litestream_py.replicator import Replicator
 
-from .options import config_options, flag, log, read_config, run, setup_logging
+from .options import config_options, flag, log, run, setup_logging
 
 
 @click.command("replicate")
@@ -27,6 +27,8 @@ def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, args: t
     """Replicate databases continuously. With DB_PATH and replica URLs, no config file is read."""
 
     def body() -> int:
+        # Signals first: a SIGTERM during start-up still ends in a clean stop.
+        stop = StopSignal()
         if args:
             if config_path:
                 raise ConfigError("cannot use -config together with DB_PATH and replica URLs")
@@ -34,49 +36,59 @@ def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, args: t
                 raise ConfigError("cannot replicate: give DB_PATH followed by at least one REPLICA_URL")
             config = Config(dbs=[DBConfig(path=expand_path(args[0]),
                                           replicas=[ReplicaConfig(url=u) for u in args[1:]])])
-            setup_logging(config)
         else:
-            config = read_config(config_path, no_expand_env)
-            setup_logging(config)
-            for warning in config.warnings:
-                log.warning("%s", warning)
+            config = load_config(config_path or default_config_path(), expand=not no_expand_env)
+        setup_logging(config)
+        for warning in config.warnings:
+            log.warning("%s", warning)
         if not config.dbs:
             raise ConfigError("cannot replicate: no databases configured")
         configure_process_for_sidecar()
         dbs = [db_from_config(dbc) for dbc in config.dbs]
         replicator = Replicator(dbs)
-        replicator.start()
-        for db in dbs:
-            log.info("replicating %s to %s", db.path, ", ".join(r.client.describe() for r in db.replicas))
-        return wait_and_stop(replicator, exec_cmd or config.exec)
+        if not stop.is_set():
+            replicator.start()
+            for db in dbs:
+                log.info("replicating %s to %s", db.path, ", ".join(r.client.describe() for r in db.replicas))
+        return wait_and_stop(replicator, exec_cmd or config.exec, stop)
 
     raise SystemExit(run(body))
 
 
-def wait_and_stop(replicator: Replicator, exec_cmd: str) -> int:
-    """Block until a signal (or the -exec child exits), then stop with a final sync."""
-    stop = threading.Event()
-    received: list[int] = []
+class StopSignal(threading.Event):
+    """Set by SIGTERM or SIGINT; remembers which signal arrived."""
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)
-        stop.set()
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[int] = []
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.received.append(signum)
+        self.set()
+
+
+def wait_and_stop(replicator: Replicator, exec_cmd: str, stop: StopSignal) -> int:
+    """Block until a signal (or the -exec child exits), then stop with a final sync.
+
+    Exits non-zero when the final sync could not ship everything.
+    """
     child: subprocess.Popen[bytes] | None = None
     code = 0
-    if exec_cmd:
+    if exec_cmd and not stop.is_set():
         child = subprocess.Popen(shlex.split(exec_cmd))
         threading.Thread(target=lambda: (child.wait(), stop.set()), daemon=True).start()
     while not stop.wait(0.5):
         pass
     if child is not None:
-        if child.poll() is None and received:
-            child.send_signal(received[0])
+        if child.poll() is None and stop.received:
+            child.send_signal(stop.received[0])
         code = child.wait()
         log.info("subprocess exited with %d", code)
     log.info("shutting down: final sync")
-    replicator.stop()
+    if not replicator.stop():
+        log.error("final sync incomplete: some commits may not have reached every replica")
+        code = code or 1
     log.info("lsr shut down")
     return code

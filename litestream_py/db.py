@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Iterator
 import apsw
 
 from . import paths
-from .errors import DatabaseError
+from .errors import DatabaseBusyError, DatabaseError
 from .fsutil import atomic_write, fsync_dir
 from .pos import Pos
 from .wal import (
@@ -300,6 +300,12 @@ class DB:
                 return False
             try:
                 self._connect()
+            except (apsw.BusyError, apsw.LockedError) as exc:
+                self._disconnect()
+                raise DatabaseBusyError(f"cannot open database {self.path}: database is locked") from exc
+            except apsw.Error as exc:
+                self._disconnect()
+                raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
             except BaseException:
                 self._disconnect()
                 raise
@@ -352,12 +358,17 @@ class DB:
         os.makedirs(self.meta_path, mode=0o700, exist_ok=True)
         # The read lock is only ever taken under the write lock (module docstring).
         self._ensure_wal_exists()
-        with self._write_lock():
-            self._acquire_read_lock()
-        # Nothing proves the WAL kept continuity while lsr was not running:
-        # the first sync checks the shadow against the WAL byte for byte.
-        self._continuous = False
         self._truncate_shadow_tail()
+        self._continuous = False
+        with self._write_lock():
+            # Nothing proves the WAL kept continuity while lsr was not running,
+            # so check the shadow against the WAL byte for byte, and copy up to
+            # the WAL's end before the read lock starts (module docstring).
+            state = self._verify()
+            if not state.reason and not state.restart:
+                self._copy_to_shadow(state.generation, state.shadow_index)
+                self._continuous = True
+            self._acquire_read_lock()
         self._close_writer()
         log.info("%s: opened (page size %d)", self.path, self._page_size)
 
@@ -451,6 +462,7 @@ class DB:
         return changed
 
     def _sync(self) -> bool:
+        published = self._pos
         self._ensure_wal_exists()
         state = self._verify()
         changed = False
@@ -467,11 +479,12 @@ class DB:
             self._init_shadow_wal(state.generation, state.shadow_index)
             changed = True
 
-        before = self.shadow_wal_size(state.generation, state.shadow_index)
         after = self._copy_to_shadow(state.generation, state.shadow_index)
-        changed = changed or after != before
         self._continuous = True
         self._publish(state.generation, state.shadow_index)
+        # Frames may have been copied before this sync (at open): compare what
+        # replicas were last told, not what this call copied.
+        changed = changed or self._pos != published
 
         mode = self._checkpoint_due(after)
         if mode:

@@ -10,6 +10,7 @@ __all__ = [
     "LitestreamError",
     "ConfigError",
     "DatabaseError",
+    "DatabaseBusyError",
     "WALFormatError",
     "ChecksumMismatchError",
     "NoGenerationError",
@@ -35,6 +36,10 @@ class ConfigError(LitestreamError):
 
 class DatabaseError(LitestreamError):
     """The SQLite database cannot be replicated as it is (missing, not WAL, ...)."""
+
+
+class DatabaseBusyError(DatabaseError):
+    """The application held a lock past lsr's busy timeout; lsr retries."""
 
 
 class WALFormatError(LitestreamError):

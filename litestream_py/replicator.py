@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable
 
 from .db import DB
-from .errors import LitestreamError
+from .errors import DatabaseBusyError, LitestreamError
 from .replica import Replica
 from .verify import verify_database
 from .watch import WALWatcher
@@ -68,7 +68,10 @@ class Replicator:
         """Open every DB that exists (raising on one that cannot be replicated) and start."""
         for db in self.dbs:
             db.check_path()
-            db.open()
+            try:
+                db.open()
+            except DatabaseBusyError:
+                pass  # the monitor retries, and logs it once if it persists
         if self._watcher is not None:
             for db in self.dbs:
                 self._watcher.watch(db.path, self._wake[db.path])
@@ -83,8 +86,12 @@ class Replicator:
         t.start()
         self._threads.append(t)
 
-    def stop(self, final_sync: bool = True) -> None:
-        """Stop the threads, then sync every DB and replica one last time."""
+    def stop(self, final_sync: bool = True) -> bool:
+        """Stop the threads, then sync every DB and replica one last time.
+
+        Returns False if anything committed may not have reached a replica.
+        """
+        ok = True
         self._stop.set()
         for wake in self._wake.values():
             wake.set()
@@ -103,11 +110,14 @@ class Replicator:
                         try:
                             replica.sync()
                         except LitestreamError as exc:
+                            ok = False
                             log.error("%s: final sync of replica %s failed: %s", db.path, replica.name, exc)
             except LitestreamError as exc:
+                ok = False
                 log.error("%s: final sync failed: %s", db.path, exc)
             finally:
                 db.close()
+        return ok
 
     def _poll_interval(self, db: DB) -> float:
         """With inotify, polling is only a safety net; without it, it is the detector."""

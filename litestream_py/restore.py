@@ -31,7 +31,7 @@ from .errors import (
 from .fsutil import fsync_dir
 from .pos import Pos, SnapshotInfo, WALSegmentInfo
 from .replica_client import ReplicaClient
-from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, FrameHeader, WALHeader, checksum
+from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, FrameHeader, WALHeader, running_checksums
 
 __all__ = [
     "DEFAULT_RESTORE_PARALLELISM",
@@ -277,14 +277,13 @@ class _WALApplier:
         frame_size = WAL_FRAME_HEADER_SIZE + page_size
         if (len(data) - pos) % frame_size:
             raise WALFormatError(f"cannot apply wal segment {where}: {len(data)} bytes is not whole frames")
+        sums = running_checksums(view[pos:], header, self.checksum)
         s0, s1 = self.checksum
-        while pos < len(data):
+        for s0, s1 in sums:
             frame = view[pos : pos + frame_size]
             fh = FrameHeader.parse(frame)
             if (fh.salt1, fh.salt2) != (header.salt1, header.salt2):
                 raise WALFormatError(f"cannot apply wal segment {where}: salt mismatch at offset {seg.offset + pos}")
-            s0, s1 = checksum(header.big_endian, s0, s1, frame[:8])
-            s0, s1 = checksum(header.big_endian, s0, s1, frame[WAL_FRAME_HEADER_SIZE:])
             if (s0, s1) != (fh.checksum1, fh.checksum2):
                 raise WALFormatError(
                     f"cannot apply wal segment {where}: checksum mismatch at offset {seg.offset + pos}"

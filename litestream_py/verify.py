@@ -176,8 +176,11 @@ def verify_database(
     """
     with tempfile.TemporaryDirectory(prefix="lsr-verify-") as tmp:
         out = os.path.join(tmp, "restored.db")
-        with _live_read(db_path, meta_path, shm_fd) as (pos, reader):
-            live = logical_digest(reader)
+        try:
+            with _live_read(db_path, meta_path, shm_fd) as (pos, reader):
+                live = logical_digest(reader)
+        except apsw.Error as exc:
+            raise DatabaseError(f"cannot read database {db_path}: {exc}") from exc
         opts = RestoreOptions(output_path=out, generation=pos.generation, pos=pos)
         _restore_to_temp(client, opts, wait, catch_up)
         restored = _digest_file(out)

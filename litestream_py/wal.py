@@ -28,6 +28,7 @@ __all__ = [
     "frame_align",
     "wal_size",
     "scan_frames",
+    "running_checksums",
     "ScanResult",
 ]
 
@@ -183,6 +184,64 @@ class ScanResult:
     frames: int
 
 
+# Frames whose checksums are computed in one numpy pass (bounds temporary memory).
+CHECKSUM_BATCH_BYTES = 2 << 20
+
+
+_FRAME_WEIGHTS: dict[int, np.ndarray] = {}
+
+
+def _frame_weights(page_size: int) -> np.ndarray:
+    """Per-word weights W such that (frame words @ W) mod 2**32 is a frame's contribution r.
+
+    A frame's checksum covers words 0-1 of its header and its page (words 6 on);
+    step j reads words (a_j, b_j) and adds M^(n-j) (a_j, a_j + b_j), i.e.
+    a_j (M00+M01, M10+M11) + b_j (M01, M11) with M = M^(n-j).
+    """
+    weights = _FRAME_WEIGHTS.get(page_size)
+    if weights is None:
+        steps = (8 + page_size) // 8
+        powers = _matrix_powers()[:steps][::-1]  # M^(n-j) for j = 1..n
+        covered = np.empty((2 * steps, 2), dtype=np.uint64)
+        covered[0::2, 0] = (powers[:, 0, 0] + powers[:, 0, 1]) & _MASK32
+        covered[0::2, 1] = (powers[:, 1, 0] + powers[:, 1, 1]) & _MASK32
+        covered[1::2, 0] = powers[:, 0, 1]
+        covered[1::2, 1] = powers[:, 1, 1]
+        weights = np.zeros(((WAL_FRAME_HEADER_SIZE + page_size) // 4, 2), dtype=np.uint64)
+        weights[0:2] = covered[0:2]
+        weights[WAL_FRAME_HEADER_SIZE // 4 :] = covered[2:]
+        _FRAME_WEIGHTS[page_size] = weights
+    return weights
+
+
+def running_checksums(
+    data: bytes | memoryview, header: WALHeader, start_checksum: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """The cumulative checksum after each whole frame in ``data``, continuing from ``start_checksum``.
+
+    Frame k moves the checksum state by s -> M^n s + r_k, where r_k depends on
+    frame k alone; one matrix product gives every r_k of a batch, and only the
+    2x2 fold over frames runs in Python.
+    """
+    page_size = header.page_size
+    frame_size = WAL_FRAME_HEADER_SIZE + page_size
+    count = len(data) // frame_size
+    steps = (8 + page_size) // 8
+    mn = [[int(v) for v in row] for row in _matrix_powers()[steps]]
+    weights = _frame_weights(page_size)
+    dtype = ">u4" if header.big_endian else "<u4"
+    words = np.frombuffer(data, dtype=dtype, count=count * frame_size // 4).reshape(count, frame_size // 4)
+    batch = max(1, CHECKSUM_BATCH_BYTES // frame_size)
+    s0, s1 = start_checksum
+    out: list[tuple[int, int]] = []
+    for first in range(0, count, batch):
+        contributions = (words[first : first + batch].astype(np.uint64) @ weights) & _MASK32
+        for c0, c1 in contributions.tolist():
+            s0, s1 = (mn[0][0] * s0 + mn[0][1] * s1 + c0) & _MASK32, (mn[1][0] * s0 + mn[1][1] * s1 + c1) & _MASK32
+            out.append((s0, s1))
+    return out
+
+
 def scan_frames(
     data: bytes | memoryview,
     header: WALHeader,
@@ -195,33 +254,27 @@ def scan_frames(
     Stops at the first invalid frame (the end of the live WAL) unless ``strict``,
     where an invalid frame raises. Only bytes through the last commit frame count.
     """
-    page_size = header.page_size
-    frame_size = WAL_FRAME_HEADER_SIZE + page_size
-    s0, s1 = start_checksum
+    frame_size = WAL_FRAME_HEADER_SIZE + header.page_size
     committed, committed_sum = 0, start_checksum
     commits: list[int] = []
     view = memoryview(data)
-    offset = 0
     frames = 0
-    big = header.big_endian
-    while offset + frame_size <= len(view):
-        frame = view[offset : offset + frame_size]
-        fh = FrameHeader.parse(frame)
+    sums = running_checksums(view, header, start_checksum)
+    for k, (s0, s1) in enumerate(sums):
+        offset = k * frame_size
+        fh = FrameHeader.parse(view[offset : offset + WAL_FRAME_HEADER_SIZE])
         if (fh.salt1, fh.salt2) != (header.salt1, header.salt2):
             if strict:
                 raise WALFormatError(f"cannot verify wal frame at +{offset}: salt mismatch")
             break
-        s0, s1 = checksum(big, s0, s1, frame[:8])
-        s0, s1 = checksum(big, s0, s1, frame[WAL_FRAME_HEADER_SIZE:])
         if (s0, s1) != (fh.checksum1, fh.checksum2):
             if strict:
                 raise WALFormatError(f"cannot verify wal frame at +{offset}: checksum mismatch")
             break
-        offset += frame_size
         frames += 1
         if fh.commit_size:
-            committed, committed_sum = offset, (s0, s1)
-            commits.append(offset)
+            committed, committed_sum = offset + frame_size, (s0, s1)
+            commits.append(offset + frame_size)
     return ScanResult(committed, committed_sum, commits, frames)
 
 

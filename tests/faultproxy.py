@@ -73,15 +73,15 @@ def _reset(sock: socket.socket) -> None:
     shutdown(SHUT_RD) first wakes a thread blocked in recv() on this socket
     (close() alone does not on Linux), without sending a FIN.
     """
-    for step in (
-        lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)),
-        lambda: sock.shutdown(socket.SHUT_RD),
-        sock.close,
-    ):
-        try:
-            step()
-        except OSError:
-            pass
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 class _Reader:

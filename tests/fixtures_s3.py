@@ -115,7 +115,8 @@ def _wait_ready(server: S3Server, path: str = "/") -> None:
         except OSError:
             time.sleep(0.1)
     server.stop()
-    raise RuntimeError(f"{server.name} did not start on {server.endpoint}: {server.log_path.read_text(errors='replace')[-2000:]}")
+    log = server.log_path.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"{server.name} did not start on {server.endpoint}: {log}")
 
 
 def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -286,7 +286,7 @@ class _KnownObject(BaseSubscriber):  # type: ignore[misc]
 
     def on_queued(self, future: Any, **kwargs: Any) -> None:
         future.meta.provide_transfer_size(self.size)
-        if self.etag:
+        if self.etag and hasattr(future.meta, "provide_object_etag"):  # s3transfer >= 0.11
             future.meta.provide_object_etag(self.etag)
 
 
@@ -321,7 +321,9 @@ def translate_error(exc: BaseException, what: str, endpoint: str, secrets: Itera
         if code in _NO_BUCKET_CODES:
             return BucketNotFoundError(f"cannot {what}: bucket does not exist ({code})")
         if code in _ACCESS_CODES or status == 403:
-            return AccessDeniedError(f"cannot {what}: access denied ({detail}); check the credentials and bucket policy")
+            return AccessDeniedError(
+                f"cannot {what}: access denied ({detail}); check the credentials and bucket policy"
+            )
         if code in _THROTTLE_CODES or status == 429:
             return ThrottledError(f"cannot {what}: s3 kept throttling requests ({code}) through every retry")
         suffix = f" (HTTP {status})" if status else ""
@@ -355,7 +357,9 @@ class S3ReplicaClient:
         access_key_id: str = "",
         secret_access_key: str = "",
         *,
-        transfer_config: TransferConfig | None = None,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        multipart_chunksize: int = MULTIPART_CHUNKSIZE,
+        multipart_concurrency: int = MULTIPART_CONCURRENCY,
         max_attempts: int = MAX_ATTEMPTS,
         connect_timeout: timedelta = CONNECT_TIMEOUT,
         read_timeout: timedelta = READ_TIMEOUT,
@@ -365,10 +369,10 @@ class S3ReplicaClient:
         self.settings = settings
         self.bucket = settings.bucket
         self.path = settings.path
-        self._transfer = transfer_config or TransferConfig(
-            multipart_threshold=MULTIPART_THRESHOLD,
-            multipart_chunksize=MULTIPART_CHUNKSIZE,
-            max_concurrency=MULTIPART_CONCURRENCY,
+        self._transfer = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunksize,
+            max_concurrency=multipart_concurrency,
         )
         if not access_key_id and not secret_access_key:
             access_key_id, secret_access_key = _env_credentials()
@@ -395,7 +399,8 @@ class S3ReplicaClient:
                 config=config,
             )
         except (BotoCoreError, ValueError) as exc:
-            raise ConfigError(f"cannot create s3 replica {self.describe()}: {_redact(str(exc), self._secrets)}") from exc
+            detail = _redact(str(exc), self._secrets)
+            raise ConfigError(f"cannot create s3 replica {self.describe()}: {detail}") from exc
         self.endpoint = str(self._s3.meta.endpoint_url)
 
     @classmethod

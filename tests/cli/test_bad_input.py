@@ -83,8 +83,6 @@ def test_unknown_replica_url_scheme(tmp_path: Path, db_path: Path) -> None:
     assert not meta_dir(db_path).exists() and not (tmp_path / "out.db").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: replicate prints config warnings twice (stderr before "
-                   "logging is set up, then stdout); see report")
 def test_unknown_config_key_is_a_warning(tmp_path: Path, db_path: Path, procs: Processes) -> None:
     replica = tmp_path / "replica"
     cfg = config(tmp_path, db_path, f"      - url: file://{replica}\n        sync-intervall: 1s\n",
@@ -256,8 +254,6 @@ def test_sigterm_while_waiting_for_the_database(tmp_path: Path, procs: Processes
     assert not db.exists() and not (tmp_path / "replica").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: cmd/replicate.py installs its SIGTERM/SIGINT handlers only "
-                   "after Replicator.start() has logged and spawned threads; see report")
 def test_sigterm_during_start_up_exits_cleanly(tmp_path: Path, procs: Processes) -> None:
     """SIGTERM as soon as lsr prints anything: it must still exit 0 (Go installs its handler first)."""
     for attempt in range(3):

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from boto3.s3.transfer import TransferConfig
 
 from fixtures_s3 import S3Server, make_s3_client
 from litestream_py import paths
@@ -53,8 +52,8 @@ def _file_backend(tmp_path: Path) -> Backend:
 
 def _s3_backend(server: S3Server) -> Backend:
     bucket = server.create_bucket()
-    transfer = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=4)
-    client = make_s3_client(server, bucket, "replicas/app.db", transfer_config=transfer)
+    client = make_s3_client(server, bucket, "replicas/app.db", multipart_threshold=5 * MiB,
+                            multipart_chunksize=5 * MiB)
     raw = server.raw_client()
 
     def put_raw(rel: str, data: bytes) -> None:

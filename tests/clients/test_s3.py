@@ -7,7 +7,6 @@ import os
 
 import crc32c
 import pytest
-from boto3.s3.transfer import TransferConfig
 
 from faultproxy import FAULTS, FaultProxy
 from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client
@@ -33,11 +32,13 @@ GEN = "0123456789abcdef"
         ("my.bucket.example", ("my.bucket.example", "", "", False)),
         ("mybucket.localhost:9000", ("mybucket", "us-east-1", "http://localhost:9000", True)),
         ("localhost:9000", ("", "us-east-1", "http://localhost:9000", True)),
-        ("mybucket.s3.us-west-002.backblazeb2.com", ("mybucket", "us-west-002", "https://s3.us-west-002.backblazeb2.com", True)),
+        ("mybucket.s3.us-west-002.backblazeb2.com",
+         ("mybucket", "us-west-002", "https://s3.us-west-002.backblazeb2.com", True)),
         ("mybucket.s3.filebase.com", ("mybucket", "", "https://s3.filebase.com", True)),
         ("mybucket.nyc3.digitaloceanspaces.com", ("mybucket", "nyc3", "https://nyc3.digitaloceanspaces.com", True)),
         ("mybucket.s3.fr-par.scw.cloud", ("mybucket", "fr-par", "https://s3.fr-par.scw.cloud", True)),
-        ("mybucket.us-east-1.linodeobjects.com", ("mybucket", "us-east-1", "https://us-east-1.linodeobjects.com", True)),
+        ("mybucket.us-east-1.linodeobjects.com",
+         ("mybucket", "us-east-1", "https://us-east-1.linodeobjects.com", True)),
     ],
 )
 def test_parse_host_like_go(host: str, expected: tuple[str, str, str, bool]) -> None:
@@ -59,7 +60,8 @@ def test_url_query_extension() -> None:
     s = settings_from_config(ReplicaConfig(url="s3://mybucket/db?endpoint=http://127.0.0.1:9000&skip-verify=true"))
     assert (s.bucket, s.path, s.endpoint, s.region, s.force_path_style, s.skip_verify) == (
         "mybucket", "db", "http://127.0.0.1:9000", "us-east-1", True, True)
-    s = settings_from_config(ReplicaConfig(url="s3://b/db?endpoint=https://x.example&region=eu-west-1&forcePathStyle=false"))
+    s = settings_from_config(
+        ReplicaConfig(url="s3://b/db?endpoint=https://x.example&region=eu-west-1&forcePathStyle=false"))
     assert (s.region, s.force_path_style) == ("eu-west-1", False)
     with pytest.raises(ConfigError, match="not a boolean"):
         settings_from_config(ReplicaConfig(url="s3://b/db?force-path-style=maybe"))
@@ -153,8 +155,8 @@ def test_transfers_survive_a_flaky_network(s3_server: S3Server, s3_bucket: str) 
     operations are sequential and the proxy seeded, so the fault pattern repeats."""
     MiB = 1 << 20
     with FaultProxy(s3_server.port, seed=3) as proxy:
-        transfer = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=1)
-        client = make_s3_client(s3_server, s3_bucket, endpoint=proxy.endpoint, transfer_config=transfer)
+        client = make_s3_client(s3_server, s3_bucket, endpoint=proxy.endpoint, multipart_threshold=5 * MiB,
+                                multipart_chunksize=5 * MiB, multipart_concurrency=1)
         proxy.configure(ratio=0.2, faults=FAULTS, latency=0.02)
         big = os.urandom(11 * MiB)
         client.write_snapshot(GEN, 1, io.BytesIO(big))

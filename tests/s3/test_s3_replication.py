@@ -162,7 +162,8 @@ def test_url_commands_without_config(tmp_path: Path, procs: Processes, s3_server
         assert snaps.returncode == 0 and generation in snaps.stdout, snaps.stderr
         wal = run_lsr("wal", u, env=s3_env)
         assert wal.returncode == 0, wal.stderr
-        assert len([line for line in wal.stdout.splitlines() if generation in line]) == len(client.wal_segments(generation))
+        listed = [line for line in wal.stdout.splitlines() if generation in line]
+        assert len(listed) == len(client.wal_segments(generation))
         out = tmp_path / f"restored-{len(list(tmp_path.glob('restored-*')))}.db"
         lsr_restore_ok(db, u, out, s3_env)
 
