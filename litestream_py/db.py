@@ -72,7 +72,7 @@ FORCED_CHECKPOINT_RETRY = 0.01
 MAX_WAL_INDEX = 0x7FFFFFFF
 # Copy the WAL in bounded pieces so a WAL that grew while lsr was down does not
 # have to fit in memory at once.
-COPY_CHUNK_SIZE = 16 << 20
+COPY_CHUNK_SIZE = 4 << 20
 # The two copies of the WalIndexHdr and the checkpoint info at the start of -shm.
 WAL_INDEX_HEADER_SIZE = 136
 
@@ -604,10 +604,12 @@ class DB:
                 f.truncate(aligned)
                 os.fsync(f.fileno())
 
-    def _copy_to_shadow(self, generation: str, index: int) -> int:
+    def _copy_to_shadow(self, generation: str, index: int, durable: bool = True) -> int:
         """Append the WAL's newly committed, checksum-verified frames to the shadow.
 
         Reads only the bytes past the shadow's end. Returns the new shadow size.
+        With ``durable=False`` (under the write lock, where every millisecond
+        stalls the application) the caller fsyncs later with ``_make_durable``.
         """
         path = self.shadow_wal_path(generation, index)
         with open(path, "r+b") as shadow:
@@ -644,14 +646,27 @@ class DB:
                         chunk *= 2  # one transaction larger than the chunk
                         continue
                     break
-            if size != start:
+            if size != start and durable:
                 shadow.flush()
                 os.fsync(shadow.fileno())
         if commits:
-            self._record_commits(generation, index, commits)
+            self._record_commits(generation, index, commits, durable)
         return size
 
-    def _record_commits(self, generation: str, index: int, commits: list[tuple[int, int]]) -> None:
+    def _make_durable(self, generation: str, index: int) -> None:
+        for path in (self.shadow_wal_path(generation, index), self.commits_path(generation, index)):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _record_commits(
+        self, generation: str, index: int, commits: list[tuple[int, int]], durable: bool = True
+    ) -> None:
         """Append capture times to the index's .commits file (after the frames are synced).
 
         A crash between the two loses only times, never frames: a restore then
@@ -661,8 +676,9 @@ class DB:
         self._commit_times[(generation, index)].extend(commits)
         with open(self.commits_path(generation, index), "ab") as f:
             f.write(b"".join(_COMMIT_ENTRY.pack(o, t) for o, t in commits))
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
 
     def commit_times(self, generation: str, index: int, start: int, end: int) -> list[tuple[int, int]]:
         """(offset, capture ns) of the commits whose frames end within (start, end]."""
@@ -726,8 +742,10 @@ class DB:
 
     def _checkpoint_under_locks(self, generation: str, index: int, mode: str) -> None:
         writer = self._writer()
+        # Catch up first, so that under the write lock only a few frames remain.
+        self._copy_to_shadow(generation, index)
         with self._write_lock():
-            self._copy_to_shadow(generation, index)
+            self._copy_to_shadow(generation, index, durable=False)
             self._release_read_lock()
             self._acquire_read_lock()
         self._run_checkpoint(writer)
@@ -737,7 +755,7 @@ class DB:
         deadline = time.monotonic() + (BUSY_TIMEOUT.total_seconds() if mode != CHECKPOINT_PASSIVE else 0)
         while True:
             with self._write_lock():
-                self._copy_to_shadow(generation, index)
+                self._copy_to_shadow(generation, index, durable=False)
                 self._release_read_lock()
                 # The write connection is inside its transaction; checkpoint from
                 # the (now idle) read connection.
@@ -746,6 +764,7 @@ class DB:
             if (not busy and frames == backfilled) or time.monotonic() >= deadline:
                 break
             time.sleep(FORCED_CHECKPOINT_RETRY)
+        self._make_durable(generation, index)
         self._publish(generation, index)
         self._last_checkpoint = time.monotonic()
         if busy or frames != backfilled:

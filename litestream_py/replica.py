@@ -32,7 +32,7 @@ DEFAULT_RETENTION = timedelta(hours=24)
 DEFAULT_RETENTION_CHECK_INTERVAL = timedelta(hours=1)
 # Ship at most this much shadow WAL in one segment so a long backlog (after an
 # outage) goes out in bounded requests.
-MAX_SEGMENT_SIZE = 64 << 20
+MAX_SEGMENT_SIZE = 8 << 20
 
 
 def _now() -> datetime:
@@ -156,7 +156,8 @@ class Replica:
                 self._set_pos(Pos(pos.generation, pos.index + 1, 0))
                 return True
             return False
-        end = min(end, pos.offset + self._max_segment(path))
+        # Bound the segment's size, ending on a frame boundary (frames start after the header).
+        end = min(end, frame_align(pos.offset + self._max_segment(path), self._page_size(path)))
         with open(path, "rb") as f:
             f.seek(pos.offset)
             data = f.read(end - pos.offset)

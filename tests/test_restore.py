@@ -200,3 +200,25 @@ def test_verify_reports_ok_then_the_table_that_differs(tmp_path: Path, procs: Pr
     segment.write_bytes(codec.encode_segment(data[:-50] + b"x" * 50, commits))
     broken = run_lsr("verify", "-config", str(config), "-timeout", "5", str(db))
     assert broken.returncode == 1 and "checksum mismatch" in broken.stderr
+
+
+def test_large_backlog_ships_in_bounded_frame_aligned_segments(tmp_path: Path, engine, monkeypatch) -> None:
+    """A backlog larger than one segment goes out in several, each ending on a frame boundary."""
+    import litestream_py.replica as replica_module
+
+    app, db, client, replica = engine
+    monkeypatch.setattr(replica_module, "MAX_SEGMENT_SIZE", 64 * 1024)
+    app.execute("BEGIN")
+    for i in range(300):
+        app.execute("INSERT INTO t (v) VALUES (?)", ("x" * 1000 + str(i),))
+    app.execute("COMMIT")
+    db.sync()
+    replica.sync()
+    (generation,) = client.generations()
+    segments = client.wal_segments(generation)
+    assert len(segments) > 3
+    frame = WAL_FRAME_HEADER_SIZE + 4096
+    assert all((w.offset - WAL_HEADER_SIZE) % frame == 0 for w in segments if w.offset)
+    out = tmp_path / "out.db"
+    restore(client, RestoreOptions(output_path=str(out)))
+    assert rows(out, "SELECT count(*) FROM t") == [(300,)]
