@@ -1,0 +1,30 @@
+"""The benchmark's tiny smoke run: both tools, every scenario, no crash, every figure measured.
+
+Speed is judged by the full benchmark (bench/run.py, docs/bench.md), never here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_quick_runs_lsr_and_go_side_by_side(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--work", str(tmp_path), "--json", str(results)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = (tmp_path / "bench-quick.md").read_text()
+    assert "lag p50, steady" in table and "restore" in table and "idle" in table
+    data = json.loads(results.read_text())
+    assert data["errors"] == []
+    for scenario in ("replication", "restore"):
+        assert set(data[scenario]["file"]) >= {"lsr", "go"}, scenario
+    assert set(data["idle"]) >= {"lsr", "go"}
+    assert data["replication"]["file"]["lsr"]["lag"], "lsr's lag was not measured"
