@@ -222,3 +222,54 @@ def test_large_backlog_ships_in_bounded_frame_aligned_segments(tmp_path: Path, e
     out = tmp_path / "out.db"
     restore(client, RestoreOptions(output_path=str(out)))
     assert rows(out, "SELECT count(*) FROM t") == [(300,)]
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path, engine) -> None:
+    import pty
+    import subprocess
+
+    from conftest import LSR
+
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 20)
+    url = f"file://{tmp_path / 'replica'}"
+    piped = run_lsr("restore", "-o", str(tmp_path / "piped.db"), url)
+    assert piped.returncode == 0 and "restoring" not in piped.stdout
+    leader, follower = pty.openpty()
+    try:
+        p = subprocess.run([LSR, "restore", "-o", str(tmp_path / "tty.db"), url],
+                           stdout=follower, stderr=subprocess.DEVNULL, timeout=120)
+        os.close(follower)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(leader)
+    assert p.returncode == 0
+    assert b"restoring" in output and b"100%" in output
+
+
+def test_validation_interval_verifies_inside_the_sidecar(tmp_path: Path, procs: Processes) -> None:
+    import sqlite3
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    config = tmp_path / "lsr.yml"
+    config.write_text(
+        f"dbs:\n  - path: {db}\n    replicas:\n      - url: file://{tmp_path / 'replica'}\n"
+        "        validation-interval: 1s\n"
+    )
+    lsr = procs.lsr_replicate("-config", str(config))
+    for i in range(50):
+        conn.execute("INSERT INTO t (v) VALUES (?)", (f"v{i}",))
+    wait_for(lambda: "verified: OK" in procs.output(lsr), timeout=60, what="a validation in the sidecar")
+    assert procs.stop(lsr) == 0
+    assert "verification failed" not in procs.output(lsr)
