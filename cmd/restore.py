@@ -99,7 +99,6 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, out
                 result = restore(replica.client, opts)
         else:
             result = restore(replica.client, opts)
-        log.info("restored %s from replica %s, generation %s, through %s",
-                 result.output_path, replica.name, result.generation, result.pos)
+        log.debug("restored from replica %s", replica.name)
 
     run(body)

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from . import codec
-from .errors import LitestreamError
+from .errors import LitestreamError, StorageError
 from .pos import Pos, SnapshotInfo
 from .replica_client import ReplicaClient
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, frame_align
@@ -92,6 +92,11 @@ class Replica:
         with self._sync_lock:
             try:
                 return self._sync()
+            except StorageError:
+                # The position advances only after a successful write, so it
+                # stays valid: the failed upload is simply retried, without
+                # re-listing the replica (requests are billed on object stores).
+                raise
             except BaseException:
                 # Recompute the position from the replica itself next time.
                 self._set_pos(Pos())

@@ -245,18 +245,38 @@ def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def s3_replica_yaml(db_path: str | Path, bucket: str, endpoint: str, path: str = "db", **extra: Any) -> str:
-    """A litestream.yml with one S3 replica; credentials come from the environment."""
-    lines = [
-        "dbs:",
-        f"  - path: {db_path}",
+def write_s3_config(
+    tmp_path: Path,
+    db: Path,
+    bucket: str,
+    endpoint: str,
+    *,
+    name: str = "litestream.yml",
+    credentials: tuple[str, str] | None = None,
+    log_level: str = "info",
+    replica: dict[str, Any] | None = None,
+    **db_settings: Any,
+) -> Path:
+    """A litestream.yml (for lsr or Go litestream) with one S3 replica named ``s3`` under path ``db``.
+
+    Credentials come from the environment (``s3_env``) unless given; ``db_settings``
+    are DB keys (``monitor_interval="100ms"``), ``replica`` extra replica keys.
+    """
+    lines = [f"logging:\n  level: {log_level}", "dbs:", f"  - path: {db}"]
+    lines += [f"    {k.replace('_', '-')}: {v}" for k, v in db_settings.items()]
+    lines += [
         "    replicas:",
-        "      - type: s3",
+        "      - name: s3",
+        "        type: s3",
         f"        bucket: {bucket}",
-        f"        path: {path}",
+        "        path: db",
         f"        endpoint: {endpoint}",
         "        region: us-east-1",
         "        force-path-style: true",
     ]
-    lines += [f"        {k.replace('_', '-')}: {v}" for k, v in extra.items()]
-    return "\n".join(lines) + "\n"
+    if credentials:
+        lines += [f"        access-key-id: {credentials[0]}", f"        secret-access-key: {credentials[1]}"]
+    lines += [f"        {k}: {v}" for k, v in (replica or {}).items()]
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -15,13 +15,13 @@ import sqlite3
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
 from conftest import Processes, go_litestream_path, integrity_ok, open_app_db, run_lsr, wait_for
 from faultproxy import FAULTS, FaultProxy
-from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client
+from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client, write_s3_config
 from litestream_py.clients.s3 import S3ReplicaClient
 from litestream_py.errors import LitestreamError
 from litestream_py.restore import RestoreOptions, restore
@@ -45,29 +45,6 @@ def url(server: S3Server, bucket: str, path: str = "db", endpoint: str | None = 
 def go_url(server: S3Server, bucket: str, path: str = "db") -> str:
     """Go Litestream 0.3.13's URL form for a local server: bucket.localhost:PORT."""
     return f"s3://{bucket}.localhost:{server.port}/{path}"
-
-
-def write_config(tmp_path: Path, db: Path, bucket: str, endpoint: str, *, name: str = "litestream.yml",
-                 credentials: tuple[str, str] | None = None, log_level: str = "info",
-                 replica: dict[str, Any] | None = None, **db_settings: Any) -> Path:
-    lines = [f"logging:\n  level: {log_level}", "dbs:", f"  - path: {db}"]
-    lines += [f"    {k.replace('_', '-')}: {v}" for k, v in db_settings.items()]
-    lines += [
-        "    replicas:",
-        "      - name: s3",
-        "        type: s3",
-        f"        bucket: {bucket}",
-        "        path: db",
-        f"        endpoint: {endpoint}",
-        "        region: us-east-1",
-        "        force-path-style: true",
-    ]
-    if credentials:
-        lines += [f"        access-key-id: {credentials[0]}", f"        secret-access-key: {credentials[1]}"]
-    lines += [f"        {k}: {v}" for k, v in (replica or {}).items()]
-    path = tmp_path / name
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def new_db(tmp_path: Path, name: str = "app.db") -> tuple[Path, sqlite3.Connection]:
@@ -176,7 +153,7 @@ def test_faults_during_write_load(tmp_path: Path, procs: Processes, s3_server: S
     requests while the application writes: nothing is lost, and once the faults stop the
     replica catches up within seconds."""
     db, conn = new_db(tmp_path)
-    cfg = write_config(tmp_path, db, s3_bucket, proxy.endpoint, monitor_interval="100ms",
+    cfg = write_s3_config(tmp_path, db, s3_bucket, proxy.endpoint, monitor_interval="100ms",
                        min_checkpoint_page_count=200, replica={"sync-interval": "200ms"})
     p = procs.lsr_replicate("-config", str(cfg), env=s3_env)
     direct = make_s3_client(s3_server, s3_bucket)
@@ -208,7 +185,7 @@ def test_outage_keeps_shadow_wal_and_warns_once(tmp_path: Path, procs: Processes
     """The endpoint refuses connections for OUTAGE_SECONDS: the application keeps writing,
     lsr keeps the shadow WAL, logs one clear warning, and ships everything once it is back."""
     db, conn = new_db(tmp_path)
-    cfg = write_config(tmp_path, db, s3_bucket, proxy.endpoint, monitor_interval="200ms")
+    cfg = write_s3_config(tmp_path, db, s3_bucket, proxy.endpoint, monitor_interval="200ms")
     p = procs.lsr_replicate("-config", str(cfg), env=s3_env)
     direct = make_s3_client(s3_server, s3_bucket)
     wait_replica_ready(p, direct)
@@ -299,7 +276,7 @@ def test_credentials_never_logged(tmp_path: Path, procs: Processes, s3_server: S
     secrets = (ACCESS_KEY_ID, SECRET_ACCESS_KEY, WRONG_KEY_ID, WRONG_SECRET)
     env = {k: v for k, v in s3_env.items() if not k.startswith("LITESTREAM_")}
     db, conn = new_db(tmp_path)
-    cfg = write_config(tmp_path, db, s3_bucket, proxy.endpoint, credentials=(ACCESS_KEY_ID, SECRET_ACCESS_KEY),
+    cfg = write_s3_config(tmp_path, db, s3_bucket, proxy.endpoint, credentials=(ACCESS_KEY_ID, SECRET_ACCESS_KEY),
                        log_level="debug")
     p = procs.lsr_replicate("-config", str(cfg), env=env)
     direct = make_s3_client(s3_server, s3_bucket)
@@ -325,11 +302,11 @@ def test_credentials_never_logged(tmp_path: Path, procs: Processes, s3_server: S
     # Failing runs: wrong secret, unknown key id (nanio checks both; moto accepts any
     # key, so there the wrong keys meet a missing bucket instead), unreachable endpoint.
     bad = [
-        write_config(tmp_path, db, s3_bucket, s3_server.endpoint, name="bad1.yml",
+        write_s3_config(tmp_path, db, s3_bucket, s3_server.endpoint, name="bad1.yml",
                      credentials=(ACCESS_KEY_ID, WRONG_SECRET)),
-        write_config(tmp_path, db, "no-such-bucket-x", s3_server.endpoint, name="bad2.yml",
+        write_s3_config(tmp_path, db, "no-such-bucket-x", s3_server.endpoint, name="bad2.yml",
                      credentials=(WRONG_KEY_ID, WRONG_SECRET)),
-        write_config(tmp_path, db, s3_bucket, "http://127.0.0.1:9", name="bad3.yml",
+        write_s3_config(tmp_path, db, s3_bucket, "http://127.0.0.1:9", name="bad3.yml",
                      credentials=(WRONG_KEY_ID, WRONG_SECRET)),
     ]
     for n, cfg_bad in enumerate(bad):
@@ -370,7 +347,7 @@ def test_go_replicates_lsr_restores(tmp_path: Path, procs: Processes, s3_server:
     for i in range(10):
         insert(conn, i)
     # A low checkpoint threshold: the replica spans several WAL indexes.
-    cfg = write_config(tmp_path, db, s3_bucket, s3_server.endpoint, min_checkpoint_page_count=100)
+    cfg = write_s3_config(tmp_path, db, s3_bucket, s3_server.endpoint, min_checkpoint_page_count=100)
     p = procs.start([GO, "replicate", "-config", str(cfg)], "go-litestream", env=s3_env)
     client = make_s3_client(s3_server, s3_bucket)
     wait_replica_ready(p, client)
@@ -395,7 +372,7 @@ def test_lsr_replicates_go_restores(tmp_path: Path, procs: Processes, s3_server:
                                     s3_env: dict[str, str]) -> None:
     assert GO is not None
     db, conn = new_db(tmp_path)
-    cfg = write_config(tmp_path, db, s3_bucket, s3_server.endpoint, monitor_interval="100ms",
+    cfg = write_s3_config(tmp_path, db, s3_bucket, s3_server.endpoint, monitor_interval="100ms",
                        min_checkpoint_page_count=100)
     p = procs.lsr_replicate("-config", str(cfg), env=s3_env)
     client = make_s3_client(s3_server, s3_bucket)
