@@ -254,7 +254,3 @@ class Replica:
             if old_segments:
                 self.client.delete_wal_segments(old_segments)
                 log.info("%s: %d wal segments before index %08x deleted by retention", self.name, len(old_segments), oldest)
-
-    def latest_snapshot(self, generation: str) -> SnapshotInfo | None:
-        snaps = self.client.snapshots(generation)
-        return max(snaps, key=lambda s: s.index) if snaps else None

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Iterator
-
 import numpy as np
 
 from .errors import WALFormatError
@@ -276,11 +274,3 @@ def scan_frames(
             committed, committed_sum = offset + frame_size, (s0, s1)
             commits.append(offset + frame_size)
     return ScanResult(committed, committed_sum, commits, frames)
-
-
-def iter_frames(data: bytes | memoryview, page_size: int) -> Iterator[tuple[FrameHeader, memoryview]]:
-    """Frame headers and page images of already-verified WAL frames."""
-    view = memoryview(data)
-    frame_size = WAL_FRAME_HEADER_SIZE + page_size
-    for offset in range(0, len(view) - frame_size + 1, frame_size):
-        yield FrameHeader.parse(view[offset:]), view[offset + WAL_FRAME_HEADER_SIZE : offset + frame_size]
