@@ -68,11 +68,37 @@ DEFAULT_MAX_CHECKPOINT_PAGE_COUNT = 10000
 DEFAULT_TRUNCATE_PAGE_COUNT = 500_000
 BUSY_TIMEOUT = timedelta(seconds=1)
 FORCED_CHECKPOINT_RETRY = 0.01
+# Scheduled PASSIVE checkpoints are opportunistic: under a busy writer they give
+# up on the write lock quickly (instead of stalling every sync behind it) and
+# try again a little later; the forced modes wait the full busy timeout.
+OPPORTUNISTIC_LOCK_TIMEOUT = timedelta(milliseconds=20)
+OPPORTUNISTIC_RETRY_INTERVAL = 0.1
+# How often lsr's writer retries a busy write lock. SQLite's own busy timeout
+# sleeps ever longer (up to 100 ms) and rarely hits the short gaps between a
+# busy application's transactions; polling finds one within milliseconds.
+WRITE_LOCK_POLL = 0.0005
+
+
+class _PollingBusyHandler:
+    """A busy handler that retries every WRITE_LOCK_POLL for up to ``timeout``."""
+
+    def __init__(self, timeout: timedelta) -> None:
+        self.timeout = timeout.total_seconds()
+        self._since = 0.0
+
+    def __call__(self, prior_calls: int) -> bool:
+        now = time.monotonic()
+        if prior_calls == 0:
+            self._since = now
+        if now - self._since >= self.timeout:
+            return False
+        time.sleep(WRITE_LOCK_POLL)
+        return True
 # A WAL index lsr will not exceed within a generation (Litestream's MaxIndex).
 MAX_WAL_INDEX = 0x7FFFFFFF
 # Copy the WAL in bounded pieces so a WAL that grew while lsr was down does not
 # have to fit in memory at once.
-COPY_CHUNK_SIZE = 4 << 20
+COPY_CHUNK_SIZE = 256 << 10
 # The two copies of the WalIndexHdr and the checkpoint info at the start of -shm.
 WAL_INDEX_HEADER_SIZE = 136
 
@@ -169,6 +195,7 @@ class DB:
         # Writes and checkpoints; opened on demand and closed after each sync so
         # that an idle database costs one connection, not two.
         self._conn: apsw.Connection | None = None
+        self._write_busy = _PollingBusyHandler(BUSY_TIMEOUT)
         self._read_conn: apsw.Connection | None = None  # holds the read lock
         self._read_lock_held = False
         # True once the read lock has been held without a gap since the shadow
@@ -176,12 +203,20 @@ class DB:
         self._continuous = False
         self._page_size = 0
         self._last_checkpoint = time.monotonic()
+        # After an opportunistic checkpoint gave way to the application: when to
+        # try again (monotonic; 0 = nothing pending).
+        self._passive_retry_at = 0.0
         self._waiting_logged = False
         self._last_token: tuple[object, ...] = ()
         # (generation, index) -> [(shadow offset after a commit frame, capture ns)]
         self._commit_times: dict[tuple[str, int], list[tuple[int, int]]] = {}
         # Position published to replicas: only whole, synced transactions.
         self._pos = Pos()
+        # (generation, index) of the current shadow WAL as this process last
+        # wrote it, so that a sync needs no directory listing; None re-reads disk.
+        self._head: tuple[str, int] | None = None
+        self._cleaned: tuple[str, int] | None = None  # what _clean last saw shipped
+        self._path_cache: dict[tuple[str, int], str] = {}
         self._changed = threading.Condition()
         self._version = 0
 
@@ -201,7 +236,13 @@ class DB:
         return os.path.join(self.generation_path(generation), "wal")
 
     def shadow_wal_path(self, generation: str, index: int) -> str:
-        return os.path.join(self.shadow_wal_dir(generation), paths.format_shadow_wal_path(index))
+        path = self._path_cache.get((generation, index))
+        if path is None:
+            if len(self._path_cache) > 64:
+                self._path_cache.clear()
+            path = os.path.join(self.shadow_wal_dir(generation), paths.format_shadow_wal_path(index))
+            self._path_cache[(generation, index)] = path
+        return path
 
     def commits_path(self, generation: str, index: int) -> str:
         """Capture times of the commits in one shadow WAL index (see record_commits)."""
@@ -239,6 +280,18 @@ class DB:
     def current_shadow_index(self, generation: str) -> int:
         indexes = self.shadow_indexes(generation)
         return indexes[-1] if indexes else 0
+
+    def _current_head(self) -> tuple[str, int]:
+        """(generation, shadow index) now being written, from memory when possible."""
+        if self._head is None:
+            generation = self.current_generation()
+            if not generation:
+                return "", 0
+            indexes = self.shadow_indexes(generation)
+            if not indexes:
+                return generation, -1
+            self._head = (generation, indexes[-1])
+        return self._head
 
     def pos(self) -> Pos:
         """The last position copied into the shadow WAL and synced to disk."""
@@ -328,6 +381,7 @@ class DB:
             conn = self._new_connection()
             # lsr checkpoints on its own schedule, never as a side effect of its writes.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
+            conn.set_busy_handler(self._write_busy)
             self._conn = conn
         return self._conn
 
@@ -390,6 +444,7 @@ class DB:
                 os.close(fd)
         self._db_fd = self._shm_fd = -1
         self._continuous = False
+        self._head = self._cleaned = None
 
     # -- locks -------------------------------------------------------------
     def _acquire_read_lock(self) -> None:
@@ -446,7 +501,13 @@ class DB:
             # Taken before copying: a commit that lands during the copy changes
             # the fingerprint, so the next sync will not skip it.
             token = self._change_token()
-            if not force and token == self._last_token and self._continuous and not self._checkpoint_interval_due():
+            if (
+                not force
+                and token == self._last_token
+                and self._continuous
+                and not self._checkpoint_interval_due()
+                and not 0 < self._passive_retry_at <= time.monotonic()
+            ):
                 return False
             try:
                 changed = self._sync()
@@ -488,7 +549,7 @@ class DB:
 
         mode = self._checkpoint_due(after)
         if mode:
-            self._checkpoint(mode)
+            self._checkpoint(mode, opportunistic=mode == CHECKPOINT_PASSIVE)
             changed = True
         self._clean()
         return changed
@@ -526,15 +587,13 @@ class DB:
 
     def _verify(self) -> _SyncState:
         """Decide whether the shadow WAL still continues the real WAL."""
-        generation = self.current_generation()
+        generation, index = self._current_head()
         if not generation:
             return _SyncState(reason="no generation exists")
         state = _SyncState(generation)
-        indexes = self.shadow_indexes(generation)
-        if not indexes:
+        if index < 0:
             state.reason = "no shadow wal"
             return state
-        index = indexes[-1]
         if index >= MAX_WAL_INDEX:
             state.reason = "max wal index exceeded"
             return state
@@ -572,6 +631,7 @@ class DB:
         self._init_shadow_wal(generation, 0)
         with atomic_write(self.generation_name_path) as f:
             f.write(generation.encode() + b"\n")
+        self._head = (generation, 0)
         self._continuous = True
         self._clean()
         return generation
@@ -584,6 +644,8 @@ class DB:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         with atomic_write(path) as f:
             f.write(header.raw)
+        if self._head is not None and self._head[0] == generation:
+            self._head = (generation, index)
         self._copy_to_shadow(generation, index)
 
     def _truncate_shadow_tail(self) -> None:
@@ -626,6 +688,8 @@ class DB:
             start = size
             commits: list[tuple[int, int]] = []
             with open(self.wal_path, "rb") as wal:
+                # Start small: past the live end of a restarted WAL lie stale
+                # frames that every sync would otherwise read again.
                 chunk = max(COPY_CHUNK_SIZE // frame_size, 1) * frame_size
                 while True:
                     data = os.pread(wal.fileno(), chunk, size)
@@ -636,16 +700,14 @@ class DB:
                     result = scan_frames(data, header, (s0, s1))
                     if result.committed:
                         shadow.seek(size)
-                        shadow.write(data[: result.committed])
+                        shadow.write(memoryview(data)[: result.committed])
                         commits += [(size + end, captured) for end in result.commits]
                         size += result.committed
                         s0, s1 = result.checksum
-                        continue
-                    whole = len(data) - len(data) % frame_size
-                    if result.frames * frame_size == whole and len(data) == chunk:
+                    if len(data) < chunk or result.frames < len(data) // frame_size:
+                        break  # reached the end of the file or of the valid frames
+                    if not result.committed:
                         chunk *= 2  # one transaction larger than the chunk
-                        continue
-                    break
             if size != start and durable:
                 shadow.flush()
                 os.fsync(shadow.fileno())
@@ -705,6 +767,8 @@ class DB:
             return CHECKPOINT_TRUNCATE
         if self.max_checkpoint_page_count > 0 and shadow_size >= wal_size(ps, self.max_checkpoint_page_count):
             return CHECKPOINT_RESTART
+        if time.monotonic() < self._passive_retry_at:
+            return ""
         if shadow_size >= wal_size(ps, self.min_checkpoint_page_count):
             return CHECKPOINT_PASSIVE
         if self._checkpoint_interval_due():
@@ -720,7 +784,7 @@ class DB:
             self._checkpoint(mode)
         self._notify()
 
-    def _checkpoint(self, mode: str) -> None:
+    def _checkpoint(self, mode: str, opportunistic: bool = False) -> None:
         """Backfill the WAL into the database file and let the WAL restart, losing nothing.
 
         The bulk of the backfill runs while the application keeps writing; only
@@ -729,16 +793,21 @@ class DB:
         A restart then happens at lsr's next write to its own table; with
         ``TRUNCATE`` that write also shrinks the WAL file.
         """
-        generation = self.current_generation()
-        index = self.current_shadow_index(generation)
+        generation, index = self._current_head()
+        timeout = OPPORTUNISTIC_LOCK_TIMEOUT if opportunistic else BUSY_TIMEOUT
+        self._write_busy.timeout = timeout.total_seconds()
         try:
             self._checkpoint_under_locks(generation, index, mode)
         except apsw.BusyError:
-            # The application held its write lock past the busy timeout; the
-            # next sync tries again.
+            # The application held its write lock past the timeout; a later
+            # sync tries again.
             log.debug("%s: checkpoint %s skipped: database busy", self.path, mode)
+            if opportunistic:
+                self._retry_checkpoint_later()
             if not self._read_lock_held:
                 self._acquire_read_lock()
+        finally:
+            self._write_busy.timeout = BUSY_TIMEOUT.total_seconds()
 
     def _checkpoint_under_locks(self, generation: str, index: int, mode: str) -> None:
         writer = self._writer()
@@ -772,9 +841,27 @@ class DB:
             return
         limit = 0 if mode == CHECKPOINT_TRUNCATE else -1
         writer.execute(f"PRAGMA journal_size_limit = {limit}")
-        writer.execute(BUMP_SEQ_SQL)
-        writer.execute("PRAGMA journal_size_limit = -1")
+        try:
+            writer.execute(BUMP_SEQ_SQL)
+        except apsw.BusyError:
+            # The WAL is fully backfilled: the application's next write restarts it,
+            # or lsr's own retry does.
+            log.debug("%s: checkpoint %s done; wal restart deferred: database busy", self.path, mode)
+            self._retry_checkpoint_later()
+            return
+        finally:
+            writer.execute("PRAGMA journal_size_limit = -1")
+        self._passive_retry_at = 0.0
         log.debug("%s: checkpoint %s done (%d frames)", self.path, mode, frames)
+
+    def _retry_checkpoint_later(self) -> None:
+        self._passive_retry_at = time.monotonic() + OPPORTUNISTIC_RETRY_INTERVAL
+
+    def seconds_until_checkpoint_retry(self) -> float | None:
+        """When the monitor should sync again for a deferred checkpoint, even without writes."""
+        if not self._passive_retry_at:
+            return None
+        return max(self._passive_retry_at - time.monotonic(), 0.0)
 
     @staticmethod
     def _run_checkpoint(conn: apsw.Connection | None) -> tuple[int, int, int]:
@@ -785,7 +872,13 @@ class DB:
     # -- cleanup -------------------------------------------------------------
     def _clean(self) -> None:
         """Remove other generations and shadow WAL files every replica has shipped."""
-        generation = self.current_generation()
+        generation = self.current_generation() if self._head is None else self._head[0]
+        shipped = 0
+        if generation and self.replicas:
+            shipped = min((r.pos().index if r.pos().generation == generation else 0) for r in self.replicas)
+            if self._cleaned == (generation, shipped):
+                return  # nothing shipped since the last clean
+            self._cleaned = (generation, shipped)
         generations_dir = os.path.join(self.meta_path, "generations")
         try:
             names = os.listdir(generations_dir)
@@ -796,9 +889,6 @@ class DB:
                 shutil.rmtree(os.path.join(generations_dir, name), ignore_errors=True)
         if not generation or not self.replicas:
             return
-        shipped = min(
-            (r.pos().index if r.pos().generation == generation else 0) for r in self.replicas
-        )
         keep_from = shipped - 1  # keep one shipped index as a margin, like Litestream
         removed = False
         for index in self.shadow_indexes(generation):

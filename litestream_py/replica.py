@@ -13,7 +13,7 @@ from . import codec
 from .errors import LitestreamError, StorageError
 from .pos import Pos, SnapshotInfo
 from .replica_client import ReplicaClient
-from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, frame_align
+from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align, frame_headers
 
 if TYPE_CHECKING:
     from .db import DB
@@ -66,6 +66,7 @@ class Replica:
         self._mu = threading.Lock()
         # Only one sync or snapshot at a time per replica.
         self._sync_lock = threading.Lock()
+        self._header_cache: tuple[str, WALHeader] | None = None  # (shadow path, its header)
 
     @property
     def name(self) -> str:
@@ -178,29 +179,29 @@ class Replica:
         log.debug("%s: wal segment written %s (%d bytes)", self.name, pos, len(data))
         return True
 
-    @staticmethod
-    def _page_size(path: str) -> int:
-        with open(path, "rb") as f:
-            return int.from_bytes(f.read(WAL_HEADER_SIZE)[8:12], "big") or 65536
+    def _shadow_header(self, path: str) -> WALHeader:
+        """A shadow WAL's header; read once per file (a shadow's header never changes)."""
+        if self._header_cache is None or self._header_cache[0] != path:
+            with open(path, "rb") as f:
+                self._header_cache = (path, WALHeader.parse(f.read(WAL_HEADER_SIZE), verify=False))
+        return self._header_cache[1]
+
+    def _page_size(self, path: str) -> int:
+        return self._shadow_header(path).page_size
 
     def _max_segment(self, path: str) -> int:
         frame = WAL_FRAME_HEADER_SIZE + self._page_size(path)
         return max(MAX_SEGMENT_SIZE // frame, 1) * frame
 
-    @staticmethod
-    def _check_salt(path: str, offset: int, data: bytes) -> None:
+    def _check_salt(self, path: str, offset: int, data: bytes) -> None:
         """Refuse to ship frames whose salt differs from their WAL header's."""
-        with open(path, "rb") as f:
-            header = f.read(WAL_HEADER_SIZE)
-        page_size = int.from_bytes(header[8:12], "big") or 65536
-        salt = header[16:24]
-        start = 0
-        if offset == 0:
-            start = WAL_HEADER_SIZE
-        frame = WAL_FRAME_HEADER_SIZE + page_size
-        for i in range(start, len(data), frame):
-            if data[i + 8 : i + 16] != salt:
-                raise LitestreamError(f"cannot ship {path}: salt mismatch at offset {offset + i}")
+        header = self._shadow_header(path)
+        start = WAL_HEADER_SIZE if offset == 0 else 0
+        fields = frame_headers(memoryview(data)[start:], header.page_size)
+        wrong = (fields[:, 2] != header.salt1) | (fields[:, 3] != header.salt2)
+        if wrong.any():
+            at = offset + start + int(wrong.argmax()) * (WAL_FRAME_HEADER_SIZE + header.page_size)
+            raise LitestreamError(f"cannot ship {path}: salt mismatch at offset {at}")
 
     # -- snapshots -------------------------------------------------------------
     def snapshot(self) -> SnapshotInfo:

@@ -27,6 +27,8 @@ __all__ = [
     "wal_size",
     "scan_frames",
     "running_checksums",
+    "checksum_chain",
+    "frame_headers",
     "ScanResult",
 ]
 
@@ -69,6 +71,8 @@ def checksum(big_endian: bool, s0: int, s1: int, data: bytes | memoryview) -> tu
     """SQLite's WAL checksum of ``data`` (a multiple of 8 bytes), continuing from (s0, s1)."""
     if len(data) % 8:
         raise WALFormatError("cannot checksum wal data: length is not a multiple of 8")
+    if len(data) <= 64:  # headers: a few Python steps beat numpy's setup
+        return checksum_reference(big_endian, s0, s1, bytes(data))
     words = np.frombuffer(data, dtype=">u4" if big_endian else "<u4").astype(np.uint64)
     a, b = words[0::2], words[1::2]
     n = len(a)
@@ -212,32 +216,75 @@ def _frame_weights(page_size: int) -> np.ndarray:
     return weights
 
 
-def running_checksums(
-    data: bytes | memoryview, header: WALHeader, start_checksum: tuple[int, int]
-) -> list[tuple[int, int]]:
-    """The cumulative checksum after each whole frame in ``data``, continuing from ``start_checksum``.
+def checksum_chain(data: bytes | memoryview, header: WALHeader, start_checksum: tuple[int, int]) -> np.ndarray:
+    """The cumulative checksum after each whole frame in ``data``, as a (frames, 2) array.
 
-    Frame k moves the checksum state by s -> M^n s + r_k, where r_k depends on
-    frame k alone; one matrix product gives every r_k of a batch, and only the
-    2x2 fold over frames runs in Python.
+    Frame k moves the checksum state by s -> A s + r_k with A = M^n fixed and
+    r_k depending on frame k alone: one matrix product gives every r_k of a
+    batch, and a log-step prefix scan folds them (no per-frame Python).
     """
     page_size = header.page_size
     frame_size = WAL_FRAME_HEADER_SIZE + page_size
     count = len(data) // frame_size
     steps = (8 + page_size) // 8
-    mn = [[int(v) for v in row] for row in _matrix_powers()[steps]]
+    step_matrix = _matrix_powers()[steps]
     weights = _frame_weights(page_size)
     dtype = ">u4" if header.big_endian else "<u4"
     words = np.frombuffer(data, dtype=dtype, count=count * frame_size // 4).reshape(count, frame_size // 4)
     batch = max(1, CHECKSUM_BATCH_BYTES // frame_size)
-    s0, s1 = start_checksum
-    out: list[tuple[int, int]] = []
+    out = np.empty((count, 2), dtype=np.uint64)
+    state = start_checksum
     for first in range(0, count, batch):
-        contributions = (words[first : first + batch].astype(np.uint64) @ weights) & _MASK32
-        for c0, c1 in contributions.tolist():
-            s0, s1 = (mn[0][0] * s0 + mn[0][1] * s1 + c0) & _MASK32, (mn[1][0] * s0 + mn[1][1] * s1 + c1) & _MASK32
-            out.append((s0, s1))
+        sums = out[first : first + batch]
+        np.matmul(words[first : first + batch].astype(np.uint64), weights, out=sums)
+        sums &= _MASK32
+        _prefix_fold(sums, step_matrix, state)
+        state = (int(sums[-1, 0]), int(sums[-1, 1]))
     return out
+
+
+def _prefix_fold(sums: np.ndarray, step_matrix: np.ndarray, state: tuple[int, int]) -> None:
+    """In place: sums[k] := A sums[k-1] + sums[k] (mod 2**32), sums[-1] being ``state``.
+
+    Hillis-Steele scan: after the round with distance d, row k holds the fold of
+    rows k-2d+1..k, so log2(rows) vector rounds replace a per-row loop. uint64
+    products wrap mod 2**64, which keeps them right mod 2**32.
+    """
+    a = [[int(v) for v in row] for row in step_matrix]
+    s0, s1 = state
+    sums[0, 0] = (int(sums[0, 0]) + a[0][0] * s0 + a[0][1] * s1) & _MASK32
+    sums[0, 1] = (int(sums[0, 1]) + a[1][0] * s0 + a[1][1] * s1) & _MASK32
+    p, d = a, 1
+    while d < len(sums):
+        prev0, prev1 = sums[:-d, 0], sums[:-d, 1]
+        add0 = prev0 * np.uint64(p[0][0]) + prev1 * np.uint64(p[0][1])
+        add1 = prev0 * np.uint64(p[1][0]) + prev1 * np.uint64(p[1][1])
+        sums[d:, 0] += add0
+        sums[d:, 1] += add1
+        sums &= _MASK32
+        p = [
+            [(p[0][0] * p[0][0] + p[0][1] * p[1][0]) & _MASK32, (p[0][0] * p[0][1] + p[0][1] * p[1][1]) & _MASK32],
+            [(p[1][0] * p[0][0] + p[1][1] * p[1][0]) & _MASK32, (p[1][0] * p[0][1] + p[1][1] * p[1][1]) & _MASK32],
+        ]
+        d *= 2
+
+
+def running_checksums(
+    data: bytes | memoryview, header: WALHeader, start_checksum: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """``checksum_chain`` as a list of (s0, s1) tuples."""
+    return [(s0, s1) for s0, s1 in checksum_chain(data, header, start_checksum).tolist()]
+
+
+def frame_headers(data: bytes | memoryview, page_size: int) -> np.ndarray:
+    """The six header fields of each whole frame in ``data`` as a (frames, 6) view.
+
+    Frame headers are big-endian whatever the checksum byte order.
+    """
+    frame_size = WAL_FRAME_HEADER_SIZE + page_size
+    count = len(data) // frame_size
+    words = np.frombuffer(data, dtype=">u4", count=count * frame_size // 4).reshape(count, frame_size // 4)
+    return words[:, : WAL_FRAME_HEADER_SIZE // 4]
 
 
 def scan_frames(
@@ -251,26 +298,24 @@ def scan_frames(
 
     Stops at the first invalid frame (the end of the live WAL) unless ``strict``,
     where an invalid frame raises. Only bytes through the last commit frame count.
+    Salts are checked first, so stale frames left past the end of a restarted
+    WAL cost no checksum work.
     """
     frame_size = WAL_FRAME_HEADER_SIZE + header.page_size
-    committed, committed_sum = 0, start_checksum
-    commits: list[int] = []
-    view = memoryview(data)
-    frames = 0
-    sums = running_checksums(view, header, start_checksum)
-    for k, (s0, s1) in enumerate(sums):
-        offset = k * frame_size
-        fh = FrameHeader.parse(view[offset : offset + WAL_FRAME_HEADER_SIZE])
-        if (fh.salt1, fh.salt2) != (header.salt1, header.salt2):
-            if strict:
-                raise WALFormatError(f"cannot verify wal frame at +{offset}: salt mismatch")
-            break
-        if (s0, s1) != (fh.checksum1, fh.checksum2):
-            if strict:
-                raise WALFormatError(f"cannot verify wal frame at +{offset}: checksum mismatch")
-            break
-        frames += 1
-        if fh.commit_size:
-            committed, committed_sum = offset + frame_size, (s0, s1)
-            commits.append(offset + frame_size)
-    return ScanResult(committed, committed_sum, commits, frames)
+    fields = frame_headers(data, header.page_size)
+    salt_ok = (fields[:, 2] == header.salt1) & (fields[:, 3] == header.salt2)
+    valid = len(fields) if salt_ok.all() else int(salt_ok.argmin())
+    if valid < len(fields) and strict:
+        raise WALFormatError(f"cannot verify wal frame at +{valid * frame_size}: salt mismatch")
+    sums = checksum_chain(memoryview(data)[: valid * frame_size], header, start_checksum)
+    bad = (sums[:, 0] != fields[:valid, 4]) | (sums[:, 1] != fields[:valid, 5])
+    if bad.any():
+        valid = int(bad.argmax())
+        if strict:
+            raise WALFormatError(f"cannot verify wal frame at +{valid * frame_size}: checksum mismatch")
+    commit_frames = np.flatnonzero(fields[:valid, 1])
+    if len(commit_frames) == 0:
+        return ScanResult(0, start_checksum, [], valid)
+    last = int(commit_frames[-1])
+    commits = ((commit_frames + 1) * frame_size).tolist()
+    return ScanResult(commits[-1], (int(sums[last, 0]), int(sums[last, 1])), commits, valid)

@@ -1,63 +1,168 @@
 """Change detection: wake a DB's monitor as soon as its WAL is written (inotify via watchdog).
 
-One observer thread serves every database; each watched directory costs one
-inotify watch. Where inotify is unavailable the monitor falls back to polling.
+One inotify reader thread (watchdog's ``InotifyFD``) serves every database.
+Each WAL file has its own modify watch, so the kernel folds a burst of writes
+into one event; each directory has one watch for files appearing and
+disappearing, which (re)arms the WAL watch when SQLite creates the WAL again.
+The reader pauses briefly after each batch so that a busy writer costs a few
+hundred wakeups a second, not one per page write. Where inotify is
+unavailable the monitor falls back to polling.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
-
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
+import time
+from typing import Any
 
 __all__ = ["WALWatcher"]
 
 log = logging.getLogger(__name__)
 
+# Pause after each batch of events: bounds wakeups under load, adds at most this to the lag.
+COALESCE_SECONDS = 0.002
 
-class _Handler(FileSystemEventHandler):
-    def __init__(self) -> None:
-        self.targets: dict[str, threading.Event] = {}
+try:
+    from watchdog.observers.inotify_c import InotifyConstants as _IN, InotifyFD as _InotifyFD
+except (ImportError, OSError):  # not Linux: no inotify
+    _InotifyFD = None  # type: ignore[assignment, misc]
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        for path in (event.src_path, getattr(event, "dest_path", "")):
-            wake = self.targets.get(os.fsdecode(path)) if path else None
-            if wake is not None:
-                wake.set()
+if _InotifyFD is not None:
+    _FILE_MASK = _IN.IN_MODIFY
+    _DIR_MASK = _IN.IN_CREATE | _IN.IN_MOVED_TO | _IN.IN_DELETE | _IN.IN_MOVED_FROM
+    _APPEARED = _IN.IN_CREATE | _IN.IN_MOVED_TO
+
+    class _BatchingInotify(_InotifyFD):
+        def run(self) -> None:
+            while self.should_keep_running():
+                for event in self.read_events():
+                    self.handle_event(event)
+                # Repeated modify events of one file merge while they wait in the kernel.
+                time.sleep(COALESCE_SECONDS)
+
+
+class _Wake:
+    """An inotify callback that sets one DB's wake event."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        self.wake = wake
+
+    def on_event(self, event: Any) -> None:
+        self.wake.set()
+
+    def on_watch_deleted(self, wd: int) -> None:
+        pass  # the WAL went away; its directory's watch re-arms a new one
+
+    def on_queue_overflow(self) -> None:
+        self.wake.set()
+
+
+class _Directory:
+    """The callback for one directory: wakes a DB when its file or WAL appears or goes."""
+
+    def __init__(self, watcher: WALWatcher, directory: str) -> None:
+        self.watcher = watcher
+        self.directory = directory
+        self.targets: dict[str, threading.Event] = {}  # file name -> wake
+
+    def on_event(self, event: Any) -> None:
+        name = os.fsdecode(event.name)
+        wake = self.targets.get(name)
+        if wake is None:
+            return
+        if name.endswith("-wal") and event.mask & _APPEARED:
+            self.watcher.watch_file(os.path.join(self.directory, name), wake)
+        wake.set()
+
+    def on_watch_deleted(self, wd: int) -> None:
+        if self.watcher.stopping:
+            return
+        log.warning("stopped watching %s (removed): polling for its databases", self.directory)
+        self.watcher.lost(self.directory)
+        for wake in self.targets.values():
+            wake.set()
+
+    def on_queue_overflow(self) -> None:
+        for wake in self.targets.values():
+            wake.set()
 
 
 class WALWatcher:
-    """Sets a DB's wake event whenever its database or WAL file changes."""
+    """Sets a DB's wake event whenever its WAL is written, or its database or WAL appears."""
 
     def __init__(self) -> None:
-        self._observer = Observer()
-        self._handlers: dict[str, _Handler] = {}
-        self._started = False
+        self._inotify: Any = None
+        self.stopping = False  # closing the watches on shutdown is not a lost directory
+        self._directories: dict[str, _Directory] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._watched: set[str] = set()  # DB paths with a directory watch
+        self._unwatched: set[str] = set()  # WAL paths inotify refused to watch
 
     def watch(self, db_path: str, wake: threading.Event) -> None:
-        directory = os.path.dirname(db_path)
-        handler = self._handlers.get(directory)
-        if handler is None:
-            handler = self._handlers[directory] = _Handler()
-            self._observer.schedule(handler, directory, recursive=False)
-        for path in (db_path, db_path + "-wal"):
-            handler.targets[path] = wake
+        """Watch ``db_path``'s directory and WAL (see ``watching``)."""
+        if self._inotify is None:
+            return
+        directory = os.path.dirname(db_path) or "."
+        wal_path = db_path + "-wal"
+        with self._lock:
+            handler = self._directories.get(directory)
+            if handler is None:
+                handler = _Directory(self, directory)
+                try:
+                    self._add(directory, _DIR_MASK, handler)
+                except OSError as exc:
+                    log.warning("cannot watch %s (%s): polling for its databases", directory, exc)
+                    return
+                self._directories[directory] = handler
+            for path in (db_path, wal_path):
+                handler.targets[os.path.basename(path)] = wake
+            self._watched.add(db_path)
+        # After the directory watch: a WAL created in between is caught by it.
+        self.watch_file(wal_path, wake)
+
+    def watch_file(self, wal_path: str, wake: threading.Event) -> None:
+        try:
+            self._add(wal_path, _FILE_MASK, _Wake(wake))
+        except FileNotFoundError:
+            pass  # not there yet: the directory watch reports its creation
+        except OSError as exc:
+            if wal_path not in self._unwatched:
+                log.warning("cannot watch %s (%s): polling it instead", wal_path, exc)
+            self._unwatched.add(wal_path)
+
+    def lost(self, directory: str) -> None:
+        with self._lock:
+            self._directories.pop(directory, None)
+            self._watched = {p for p in self._watched if (os.path.dirname(p) or ".") != directory}
+
+    def watching(self, db_path: str) -> bool:
+        """Whether inotify reports every write to ``db_path``'s WAL (else poll it)."""
+        return db_path in self._watched and db_path + "-wal" not in self._unwatched
+
+    def _add(self, path: str, mask: int, callback: object) -> None:
+        self._inotify.add_callback(os.fsencode(path), mask, callback, next(self._ids))
 
     def start(self) -> bool:
         """Start watching; False (and polling only) if the platform refuses."""
+        if _InotifyFD is None:
+            log.warning("cannot watch for wal changes (no inotify): polling instead")
+            return False
         try:
-            self._observer.start()
+            self._inotify = _BatchingInotify()
+            self._inotify.start()
         except OSError as exc:
             log.warning("cannot watch for wal changes (%s): polling instead", exc)
+            self._inotify = None
             return False
-        self._started = True
         return True
 
     def stop(self) -> None:
-        if self._started:
-            self._observer.stop()
-            self._observer.join()
-            self._started = False
+        if self._inotify is not None:
+            self.stopping = True
+            self._inotify.stop()
+            self._inotify.join()
+            self._inotify = None
