@@ -1,0 +1,68 @@
+"""Change detection: inotify wakes a database's monitor on every WAL write, not a poll."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from conftest import Processes, open_app_db
+from litestream_py.watch import WALWatcher
+from test_replicate_e2e import start_lsr
+from workload import assert_same_data, restore, segment_count, stop_lsr, wait_ready
+
+WAKE_TIMEOUT = 5.0
+
+
+def test_watcher_follows_the_wal_through_creation_writes_and_recreation(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    wal = Path(str(db) + "-wal")
+    watcher = WALWatcher()
+    assert watcher.start()
+    try:
+        wake = threading.Event()
+        watcher.watch(str(db), wake)  # neither the database nor its WAL exists yet
+        assert watcher.watching(str(db))
+        app = open_app_db(db)
+        app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        assert wake.wait(WAKE_TIMEOUT), "no wake when the database and its WAL appeared"
+        for i in range(3):
+            time.sleep(0.05)
+            wake.clear()
+            app.execute("INSERT INTO t (v) VALUES (?)", (f"row {i}",))
+            assert wake.wait(WAKE_TIMEOUT), f"no wake for write {i}"
+        # The last connection to close checkpoints and deletes the WAL; the next
+        # one creates a new file, which must be watched in turn.
+        app.close()
+        assert not wal.exists()
+        app = open_app_db(db)
+        app.execute("INSERT INTO t (v) VALUES ('new wal')")
+        assert wal.exists()
+        time.sleep(0.2)  # let the creation's events go by
+        wake.clear()
+        app.execute("INSERT INTO t (v) VALUES ('written to the new wal')")
+        assert wake.wait(WAKE_TIMEOUT), "no wake for a write to the recreated WAL"
+        app.close()
+    finally:
+        watcher.stop()
+
+
+def test_commits_ship_without_waiting_for_the_poll(tmp_path: Path, procs: Processes) -> None:
+    """With an hour-long monitor interval only inotify can explain a commit reaching the replica."""
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    app = open_app_db(db)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    p = start_lsr(procs, tmp_path, db, replica, "config", **{"monitor-interval": "1h"})
+    wait_ready(p, replica)
+    for i in range(3):
+        shipped = segment_count(replica)
+        app.execute("INSERT INTO t (v) VALUES (?)", (f"row {i}",))
+        deadline = time.monotonic() + 10
+        while segment_count(replica) <= shipped:
+            assert time.monotonic() < deadline, f"commit {i} not shipped within 10 s: no inotify wake"
+            time.sleep(0.02)
+    stop_lsr(p)
+    app.close()
+    restored = tmp_path / "restored.db"
+    restore(f"file://{replica}", restored)
+    assert_same_data(db, restored)
