@@ -23,6 +23,8 @@ __all__ = [
 ]
 
 STREAM_CHUNK = 1 << 20
+# Compressed bytes fed to the decompressor at a time (its output is at most a few blocks).
+DECOMPRESS_CHUNK = 1 << 20
 
 
 def _compressor() -> lz4.frame.LZ4FrameCompressor:
@@ -79,13 +81,22 @@ def decompress_stream(src: BinaryIO, dst: BinaryIO, what: str = "object") -> int
     """
     read_snapshot_header(src)
     n = 0
+    decompressor = lz4.frame.LZ4FrameDecompressor()
     try:
-        with lz4.frame.open(src, mode="rb") as z:
-            while chunk := z.read(STREAM_CHUNK):
-                dst.write(chunk)
-                n += len(chunk)
-    except (RuntimeError, EOFError) as exc:
+        while not decompressor.eof:
+            chunk = b""
+            if decompressor.needs_input:
+                chunk = src.read(DECOMPRESS_CHUNK)
+                if not chunk:
+                    break
+            # Bounded output: a page of zeros compresses 250-fold.
+            out = decompressor.decompress(chunk, max_length=STREAM_CHUNK * 4)
+            dst.write(out)
+            n += len(out)
+    except RuntimeError as exc:
         raise ChecksumMismatchError(f"cannot decompress {what}: {exc}") from exc
+    if not decompressor.eof:
+        raise ChecksumMismatchError(f"cannot decompress {what}: truncated lz4 frame")
     return n
 
 

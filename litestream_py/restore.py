@@ -13,10 +13,11 @@ import logging
 import os
 import tempfile
 from collections import deque
+from contextlib import closing
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from . import codec
 from .errors import (
@@ -322,29 +323,35 @@ def _download(client: ReplicaClient, seg: WALSegmentInfo) -> Segment:
     return codec.decode_segment(client.read_wal_segment(seg.pos), where)
 
 
-def _in_order(
-    client: ReplicaClient, segments: list[WALSegmentInfo], parallelism: int
-) -> Iterable[tuple[WALSegmentInfo, Segment]]:
-    """Download segments in parallel, yielding them strictly in order with bounded read-ahead."""
-    window = max(parallelism, 1) * PREFETCH_PER_WORKER
-    with ThreadPoolExecutor(max_workers=max(parallelism, 1), thread_name_prefix="lsr-restore") as pool:
-        queue: deque[tuple[WALSegmentInfo, Future[Segment]]] = deque()
-        it = iter(segments)
-        try:
-            for seg in it:
-                queue.append((seg, pool.submit(_download, client, seg)))
-                if len(queue) >= window:
-                    break
-            while queue:
-                seg, fut = queue.popleft()
-                data = fut.result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    queue.append((nxt, pool.submit(_download, client, nxt)))
-                yield seg, data
-        finally:
-            for _, fut in queue:
-                fut.cancel()
+class _Prefetch:
+    """Segments downloaded in parallel, handed out strictly in order, with bounded read-ahead.
+
+    Downloads start on construction, so they overlap the snapshot's decompression.
+    """
+
+    def __init__(self, client: ReplicaClient, segments: list[WALSegmentInfo], parallelism: int) -> None:
+        self._client = client
+        self._window = max(parallelism, 1) * PREFETCH_PER_WORKER
+        self._pool = ThreadPoolExecutor(max_workers=max(parallelism, 1), thread_name_prefix="lsr-restore")
+        self._queue: deque[tuple[WALSegmentInfo, Future[Segment]]] = deque()
+        self._todo = iter(segments)
+        for seg in self._todo:
+            self._queue.append((seg, self._pool.submit(_download, client, seg)))
+            if len(self._queue) >= self._window:
+                break
+
+    def __iter__(self) -> Iterator[tuple[WALSegmentInfo, Segment]]:
+        while self._queue:
+            seg, fut = self._queue.popleft()
+            data = fut.result()
+            nxt = next(self._todo, None)
+            if nxt is not None:
+                self._queue.append((nxt, self._pool.submit(_download, self._client, nxt)))
+            yield seg, data
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._queue.clear()
 
 
 def restore(client: ReplicaClient, opts: RestoreOptions) -> RestoreResult:
@@ -378,12 +385,12 @@ def _restore_once(client: ReplicaClient, opts: RestoreOptions, output: str) -> R
     fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(output) + ".", suffix=".lsr-restore.tmp", dir=directory)
     cutoff = int(opts.timestamp.timestamp() * 1e9) if opts.timestamp is not None else None
     try:
-        with os.fdopen(fd, "r+b") as f:
+        with os.fdopen(fd, "r+b") as f, closing(_Prefetch(client, plan.segments, opts.parallelism)) as segments:
             with client.open_snapshot(generation, plan.snapshot.index) as src:
                 codec.decompress_stream(src, f, f"snapshot {generation}/{plan.snapshot.index:08x}")
             applier = _WALApplier(f, generation, cutoff, opts.pos)
             total = len(plan.segments)
-            for done, (seg, (data, times)) in enumerate(_in_order(client, plan.segments, opts.parallelism), 1):
+            for done, (seg, (data, times)) in enumerate(segments, 1):
                 applier.feed(seg, data, times)
                 if opts.progress:
                     opts.progress(done, total)

@@ -56,15 +56,34 @@ def _matrix_powers() -> np.ndarray:
     if _MATRIX_POWERS is None:
         n = (MAX_PAGE_SIZE + WAL_FRAME_HEADER_SIZE) // 8 + 2
         powers = np.empty((n, 2, 2), dtype=np.uint64)
-        m = ((1, 0), (0, 1))
-        for i in range(n):
-            powers[i] = m
-            m = (
-                ((m[0][0] + m[1][0]) & _MASK32, (m[0][1] + m[1][1]) & _MASK32),
-                ((m[0][0] + 2 * m[1][0]) & _MASK32, (m[0][1] + 2 * m[1][1]) & _MASK32),
-            )
+        powers[0] = ((1, 0), (0, 1))
+        powers[1] = ((1, 1), (1, 2))
+        # Doubling: M^(k+j) = M^j M^k for j < k, a whole block per round
+        # (uint64 products wrap mod 2**64, which keeps them right mod 2**32).
+        k = 2
+        while k < n:
+            count = min(k, n - k)
+            mk = [[int(v) for v in row] for row in _mat_mul(powers[k - 1], powers[1])]
+            lower = powers[:count]
+            block = powers[k : k + count]
+            block[:, 0, 0] = lower[:, 0, 0] * np.uint64(mk[0][0]) + lower[:, 0, 1] * np.uint64(mk[1][0])
+            block[:, 0, 1] = lower[:, 0, 0] * np.uint64(mk[0][1]) + lower[:, 0, 1] * np.uint64(mk[1][1])
+            block[:, 1, 0] = lower[:, 1, 0] * np.uint64(mk[0][0]) + lower[:, 1, 1] * np.uint64(mk[1][0])
+            block[:, 1, 1] = lower[:, 1, 0] * np.uint64(mk[0][1]) + lower[:, 1, 1] * np.uint64(mk[1][1])
+            block &= _MASK32
+            k += count
         _MATRIX_POWERS = powers
     return _MATRIX_POWERS
+
+
+def _mat_mul(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
+    """2x2 product mod 2**32, in Python integers."""
+    x = [[int(v) for v in row] for row in a]
+    y = [[int(v) for v in row] for row in b]
+    return [
+        [(x[i][0] * y[0][j] + x[i][1] * y[1][j]) & _MASK32 for j in range(2)]
+        for i in range(2)
+    ]
 
 
 def checksum(big_endian: bool, s0: int, s1: int, data: bytes | memoryview) -> tuple[int, int]:

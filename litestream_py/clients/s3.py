@@ -47,6 +47,8 @@ from botocore.exceptions import (
     SSLError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
+from urllib3.exceptions import ProtocolError, ReadTimeoutError as Urllib3ReadTimeoutError
 from s3transfer.exceptions import RetriesExceededError
 from s3transfer.subscribers import BaseSubscriber
 
@@ -86,6 +88,11 @@ MAX_KEYS_PER_DELETE = 1000
 # throttling, 5xx, 408/RequestTimeout and connection errors.
 RETRY_MODE = "standard"
 MAX_ATTEMPTS = 5
+# A response body that breaks off while being read (the request itself succeeded).
+_BODY_ERRORS = (
+    ProtocolError, Urllib3ReadTimeoutError, ResponseStreamingError, IncompleteReadError, ReadTimeoutError,
+    ConnectionError,
+)
 CONNECT_TIMEOUT = timedelta(seconds=5)
 # Per socket read, not per request: a slow but live transfer is not cut off.
 READ_TIMEOUT = timedelta(seconds=60)
@@ -369,6 +376,7 @@ class S3ReplicaClient:
         self.settings = settings
         self.bucket = settings.bucket
         self.path = settings.path
+        self._max_attempts = max_attempts
         self._transfer = TransferConfig(
             multipart_threshold=multipart_threshold,
             multipart_chunksize=multipart_chunksize,
@@ -478,10 +486,34 @@ class S3ReplicaClient:
             known = _KnownObject(int(head["ContentLength"]), head.get("ETag"))
             with create_transfer_manager(self._s3, self._transfer) as manager:
                 manager.download(self.bucket, key, dst, subscribers=[known]).result()
-        expected = (head.get("Metadata") or {}).get(CHECKSUM_METADATA_KEY)
+        self._check_crc(key, what, head.get("Metadata"), _file_crc(dst))
+
+    def _get(self, key: str, what: str) -> bytes:
+        """A small object in one GET (no HEAD, no transfer threads), CRC32C verified.
+
+        botocore retries the request but not a body cut off mid-read; that is
+        retried here, as s3transfer does for larger downloads.
+        """
+        with self._errors(f"read {what} {self._url(key)}"):
+            for attempt in range(1, self._max_attempts + 1):
+                response = self._s3.get_object(Bucket=self.bucket, Key=key)
+                try:
+                    with response["Body"] as body:
+                        data: bytes = body.read()
+                    break
+                except _BODY_ERRORS:
+                    if attempt == self._max_attempts:
+                        raise
+                    log.debug("read of %s cut off (attempt %d), retrying", self._url(key), attempt)
+        if len(data) != int(response["ContentLength"]):
+            raise StorageError(f"cannot read {what} {self._url(key)}: short read ({len(data)} bytes)")
+        self._check_crc(key, what, response.get("Metadata"), _format_crc(data))
+        return data
+
+    def _check_crc(self, key: str, what: str, metadata: dict[str, str] | None, actual: str) -> None:
+        expected = (metadata or {}).get(CHECKSUM_METADATA_KEY)
         if expected is None:
             return  # written by Go Litestream: no checksum to compare
-        actual = _file_crc(dst)
         if actual != expected.strip().lower():
             raise ChecksumMismatchError(
                 f"cannot read {what} {self._url(key)}: crc32c mismatch "
@@ -554,10 +586,8 @@ class S3ReplicaClient:
         return WALSegmentInfo(pos.generation, pos.index, pos.offset, len(data), created_at or _now())
 
     def read_wal_segment(self, pos: Pos) -> bytes:
-        key = paths.wal_segment_path(self.path, pos.generation, pos.index, pos.offset)
-        buf = io.BytesIO()
-        self._download(key, "wal segment", buf)
-        return buf.getvalue()
+        # Segments are at most a few MiB: one GET each (restores fetch hundreds).
+        return self._get(paths.wal_segment_path(self.path, pos.generation, pos.index, pos.offset), "wal segment")
 
     def delete_wal_segments(self, positions: Iterable[Pos]) -> None:
         keys = [paths.wal_segment_path(self.path, p.generation, p.index, p.offset) for p in positions]
