@@ -346,7 +346,7 @@ def translate_error(exc: BaseException, what: str, endpoint: str, secrets: Itera
         return StorageError(f"cannot reach s3 endpoint {endpoint}: TLS handshake failed (see skip-verify)")
     if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError)):
         return StorageError(f"cannot reach s3 endpoint {endpoint}: connection failed")
-    if isinstance(exc, (HTTPClientError, BotoConnectionError, ConnectionError, TimeoutError)):
+    if isinstance(exc, (HTTPClientError, BotoConnectionError, ConnectionError, TimeoutError, *_BODY_ERRORS)):
         return StorageError(f"cannot reach s3 endpoint {endpoint}: connection lost or timed out")
     if isinstance(exc, BotoCoreError):
         return StorageError(f"cannot {what}: {_redact(str(exc), secrets)}")

@@ -155,7 +155,7 @@ def test_forbidden_head_is_access_denied(s3_servers: dict[str, S3Server]) -> Non
     server = s3_servers["nanio"]
     client = make_s3_client(server, server.create_bucket(), secret_access_key=WRONG_SECRET)
     with pytest.raises(AccessDeniedError, match="403"):
-        client.read_wal_segment(Pos(GEN, 1, 0))
+        client.open_snapshot(GEN, 1)  # snapshots are fetched after a HEAD (segments in one GET)
 
 
 def test_no_credentials_is_access_denied(s3_server: S3Server, s3_bucket: str, s3_env: dict[str, str],
