@@ -1,8 +1,9 @@
 """The replicate service: background threads that keep every DB's replicas current.
 
-Each DB gets a monitor thread that copies the WAL into the shadow WAL; each
-replica gets a shipper thread that writes new segments as soon as the shadow
-WAL changes (at most once per ``sync-interval``), and runs retention and
+Each DB gets a monitor thread that copies the WAL into the shadow WAL when
+inotify reports a write; each replica gets a shipper thread that writes new
+segments as soon as the shadow WAL changes (at most once per ``sync-interval``,
+and never more often than MIN_SYNC_SPACING), and runs retention and
 scheduled snapshots. ``stop()`` ends the threads, then runs one final sync of
 every DB and replica so that nothing committed before shutdown stays behind.
 """
