@@ -78,22 +78,6 @@ OPPORTUNISTIC_RETRY_INTERVAL = 0.1
 # busy application's transactions; polling finds one within milliseconds.
 WRITE_LOCK_POLL = 0.0005
 
-
-class _PollingBusyHandler:
-    """A busy handler that retries every WRITE_LOCK_POLL for up to ``timeout``."""
-
-    def __init__(self, timeout: timedelta) -> None:
-        self.timeout = timeout.total_seconds()
-        self._since = 0.0
-
-    def __call__(self, prior_calls: int) -> bool:
-        now = time.monotonic()
-        if prior_calls == 0:
-            self._since = now
-        if now - self._since >= self.timeout:
-            return False
-        time.sleep(WRITE_LOCK_POLL)
-        return True
 # A WAL index lsr will not exceed within a generation (Litestream's MaxIndex).
 MAX_WAL_INDEX = 0x7FFFFFFF
 # Copy the WAL in bounded pieces so a WAL that grew while lsr was down does not
@@ -143,6 +127,23 @@ def configure_process_for_sidecar() -> None:
         pass
     # Sidecar threads run shallow code; the default 8 MiB stacks only cost memory.
     threading.stack_size(SIDECAR_THREAD_STACK_SIZE)
+
+
+class _PollingBusyHandler:
+    """A busy handler that retries every WRITE_LOCK_POLL for up to ``timeout``."""
+
+    def __init__(self, timeout: timedelta) -> None:
+        self.timeout = timeout.total_seconds()
+        self._since = 0.0
+
+    def __call__(self, prior_calls: int) -> bool:
+        now = time.monotonic()
+        if prior_calls == 0:
+            self._since = now
+        if now - self._since >= self.timeout:
+            return False
+        time.sleep(WRITE_LOCK_POLL)
+        return True
 
 
 def _int(value: object) -> int:
@@ -216,7 +217,6 @@ class DB:
         # wrote it, so that a sync needs no directory listing; None re-reads disk.
         self._head: tuple[str, int] | None = None
         self._cleaned: tuple[str, int] | None = None  # what _clean last saw shipped
-        self._path_cache: dict[tuple[str, int], str] = {}
         self._changed = threading.Condition()
         self._version = 0
 
@@ -236,13 +236,7 @@ class DB:
         return os.path.join(self.generation_path(generation), "wal")
 
     def shadow_wal_path(self, generation: str, index: int) -> str:
-        path = self._path_cache.get((generation, index))
-        if path is None:
-            if len(self._path_cache) > 64:
-                self._path_cache.clear()
-            path = os.path.join(self.shadow_wal_dir(generation), paths.format_shadow_wal_path(index))
-            self._path_cache[(generation, index)] = path
-        return path
+        return os.path.join(self.shadow_wal_dir(generation), paths.format_shadow_wal_path(index))
 
     def commits_path(self, generation: str, index: int) -> str:
         """Capture times of the commits in one shadow WAL index (see record_commits)."""
@@ -872,7 +866,7 @@ class DB:
     # -- cleanup -------------------------------------------------------------
     def _clean(self) -> None:
         """Remove other generations and shadow WAL files every replica has shipped."""
-        generation = self.current_generation() if self._head is None else self._head[0]
+        generation = self._current_head()[0]
         shipped = 0
         if generation and self.replicas:
             shipped = min((r.pos().index if r.pos().generation == generation else 0) for r in self.replicas)

@@ -32,7 +32,7 @@ from .errors import (
 from .fsutil import fsync_dir
 from .pos import Pos, SnapshotInfo, WALSegmentInfo
 from .replica_client import ReplicaClient
-from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, FrameHeader, WALHeader, running_checksums
+from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, check_frames
 
 __all__ = [
     "DEFAULT_RESTORE_PARALLELISM",
@@ -278,30 +278,25 @@ class _WALApplier:
         frame_size = WAL_FRAME_HEADER_SIZE + page_size
         if (len(data) - pos) % frame_size:
             raise WALFormatError(f"cannot apply wal segment {where}: {len(data)} bytes is not whole frames")
-        sums = running_checksums(view[pos:], header, self.checksum)
+        check = check_frames(view[pos:], header, self.checksum)
         s0, s1 = self.checksum
-        for s0, s1 in sums:
-            frame = view[pos : pos + frame_size]
-            fh = FrameHeader.parse(frame)
-            if (fh.salt1, fh.salt2) != (header.salt1, header.salt2):
-                raise WALFormatError(f"cannot apply wal segment {where}: salt mismatch at offset {seg.offset + pos}")
-            if (s0, s1) != (fh.checksum1, fh.checksum2):
-                raise WALFormatError(
-                    f"cannot apply wal segment {where}: checksum mismatch at offset {seg.offset + pos}"
-                )
-            self.pending[fh.pgno] = bytes(frame[WAL_FRAME_HEADER_SIZE:])
+        for (pgno, commit_size), (s0, s1) in zip(check.fields[:, :2].tolist(), check.sums.tolist()):
+            self.pending[pgno] = bytes(view[pos + WAL_FRAME_HEADER_SIZE : pos + frame_size])
             pos += frame_size
-            if fh.commit_size:
+            if commit_size:
                 end = seg.offset + pos
                 if self.cutoff_ns is not None and times.get(end, fallback_ns) > self.cutoff_ns:
                     self.pending.clear()
                     self.done = True
                     return
-                self._commit(fh.commit_size, page_size)
+                self._commit(commit_size, page_size)
                 self.last_commit = Pos(self.generation, seg.index, end)
                 if self.end is not None and self.last_commit >= self.end:
                     self.done = True
                     return
+        if check.problem:
+            # Frames before it were applied: a target reached there still restores.
+            raise WALFormatError(f"cannot apply wal segment {where}: {check.problem} at offset {seg.offset + pos}")
         self.checksum = (s0, s1)
         self.offset = seg.offset + len(data)
 

@@ -26,7 +26,8 @@ __all__ = [
     "frame_align",
     "wal_size",
     "scan_frames",
-    "running_checksums",
+    "check_frames",
+    "FrameCheck",
     "checksum_chain",
     "frame_headers",
     "ScanResult",
@@ -288,13 +289,6 @@ def _prefix_fold(sums: np.ndarray, step_matrix: np.ndarray, state: tuple[int, in
         d *= 2
 
 
-def running_checksums(
-    data: bytes | memoryview, header: WALHeader, start_checksum: tuple[int, int]
-) -> list[tuple[int, int]]:
-    """``checksum_chain`` as a list of (s0, s1) tuples."""
-    return [(s0, s1) for s0, s1 in checksum_chain(data, header, start_checksum).tolist()]
-
-
 def frame_headers(data: bytes | memoryview, page_size: int) -> np.ndarray:
     """The six header fields of each whole frame in ``data`` as a (frames, 6) view.
 
@@ -304,6 +298,42 @@ def frame_headers(data: bytes | memoryview, page_size: int) -> np.ndarray:
     count = len(data) // frame_size
     words = np.frombuffer(data, dtype=">u4", count=count * frame_size // 4).reshape(count, frame_size // 4)
     return words[:, : WAL_FRAME_HEADER_SIZE // 4]
+
+
+@dataclass
+class FrameCheck:
+    """Frames of ``data`` up to the first one whose salt or checksum is wrong.
+
+    ``fields`` are the valid frames' header words (see ``frame_headers``),
+    ``sums`` the cumulative checksum after each of them; ``problem`` names what
+    is wrong with the frame right after them ("" when every frame is valid).
+    """
+
+    fields: np.ndarray
+    sums: np.ndarray
+    problem: str
+
+    @property
+    def valid(self) -> int:
+        return len(self.fields)
+
+
+def check_frames(data: bytes | memoryview, header: WALHeader, start_checksum: tuple[int, int]) -> FrameCheck:
+    """Verify salts and the checksum chain of every whole frame in ``data``.
+
+    Salts are checked first, so stale frames left past the end of a restarted
+    WAL cost no checksum work.
+    """
+    frame_size = WAL_FRAME_HEADER_SIZE + header.page_size
+    fields = frame_headers(data, header.page_size)
+    salt_ok = (fields[:, 2] == header.salt1) & (fields[:, 3] == header.salt2)
+    valid = len(fields) if salt_ok.all() else int(salt_ok.argmin())
+    problem = "salt mismatch" if valid < len(fields) else ""
+    sums = checksum_chain(memoryview(data)[: valid * frame_size], header, start_checksum)
+    bad = (sums[:, 0] != fields[:valid, 4]) | (sums[:, 1] != fields[:valid, 5])
+    if bad.any():
+        valid, problem = int(bad.argmax()), "checksum mismatch"
+    return FrameCheck(fields[:valid], sums[:valid], problem)
 
 
 def scan_frames(
@@ -317,24 +347,14 @@ def scan_frames(
 
     Stops at the first invalid frame (the end of the live WAL) unless ``strict``,
     where an invalid frame raises. Only bytes through the last commit frame count.
-    Salts are checked first, so stale frames left past the end of a restarted
-    WAL cost no checksum work.
     """
     frame_size = WAL_FRAME_HEADER_SIZE + header.page_size
-    fields = frame_headers(data, header.page_size)
-    salt_ok = (fields[:, 2] == header.salt1) & (fields[:, 3] == header.salt2)
-    valid = len(fields) if salt_ok.all() else int(salt_ok.argmin())
-    if valid < len(fields) and strict:
-        raise WALFormatError(f"cannot verify wal frame at +{valid * frame_size}: salt mismatch")
-    sums = checksum_chain(memoryview(data)[: valid * frame_size], header, start_checksum)
-    bad = (sums[:, 0] != fields[:valid, 4]) | (sums[:, 1] != fields[:valid, 5])
-    if bad.any():
-        valid = int(bad.argmax())
-        if strict:
-            raise WALFormatError(f"cannot verify wal frame at +{valid * frame_size}: checksum mismatch")
-    commit_frames = np.flatnonzero(fields[:valid, 1])
+    check = check_frames(data, header, start_checksum)
+    if check.problem and strict:
+        raise WALFormatError(f"cannot verify wal frame at +{check.valid * frame_size}: {check.problem}")
+    commit_frames = np.flatnonzero(check.fields[:, 1])
     if len(commit_frames) == 0:
-        return ScanResult(0, start_checksum, [], valid)
+        return ScanResult(0, start_checksum, [], check.valid)
     last = int(commit_frames[-1])
     commits = ((commit_frames + 1) * frame_size).tolist()
-    return ScanResult(commits[-1], (int(sums[last, 0]), int(sums[last, 1])), commits, valid)
+    return ScanResult(commits[-1], (int(check.sums[last, 0]), int(check.sums[last, 1])), commits, check.valid)
