@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-import click
+import importlib
 
-from . import databases, generations, replicate, restore, snapshots, verify, version, wal
+import click
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "-help", "--help"]}
 
+# Each subcommand's module is imported only when it runs: `lsr restore` need not
+# pay for the replication machinery's imports (watchdog, the replicator).
+SUBCOMMANDS = ("databases", "generations", "replicate", "restore", "snapshots", "verify", "version", "wal")
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in SUBCOMMANDS:
+            return None
+        command: click.Command = importlib.import_module(f"{__package__}.{cmd_name}").command
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings=CONTEXT_SETTINGS)
 def cli() -> None:
     """lsr replicates SQLite databases to file and S3 replicas (Litestream 0.3.13 format)."""
-
-
-for module in (databases, generations, replicate, restore, snapshots, verify, version, wal):
-    cli.add_command(module.command)
 
 
 def main() -> None:

@@ -78,7 +78,12 @@ def wait_and_stop(replicator: Replicator, exec_cmd: str, stop: StopSignal) -> in
     code = 0
     if exec_cmd and not stop.is_set():
         child = subprocess.Popen(shlex.split(exec_cmd))
-        threading.Thread(target=lambda: (child.wait(), stop.set()), daemon=True).start()
+
+        def stop_when_child_exits(proc: subprocess.Popen[bytes]) -> None:
+            proc.wait()
+            stop.set()
+
+        threading.Thread(target=stop_when_child_exits, args=(child,), daemon=True).start()
     while not stop.wait(0.5):
         pass
     if child is not None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO, Iterable
-
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO, Iterable
 
 import lz4.frame
 
@@ -23,8 +23,10 @@ __all__ = [
 ]
 
 STREAM_CHUNK = 1 << 20
-# Compressed bytes fed to the decompressor at a time (its output is at most a few blocks).
-DECOMPRESS_CHUNK = 1 << 20
+# Compressed bytes fed to the decompressor at a time, and the most it may
+# return per call: big chunks mean few GIL hand-offs while other threads run.
+DECOMPRESS_CHUNK = 4 << 20
+DECOMPRESS_OUTPUT = 16 << 20
 
 
 # Independent 4 MiB blocks with a content checksum: a standard LZ4 frame that
@@ -70,24 +72,32 @@ def compress_stream(src: BinaryIO, dst: BinaryIO) -> int:
 def decompress_stream(src: BinaryIO, dst: BinaryIO, what: str = "object") -> int:
     """Decompress an LZ4 frame from ``src`` into ``dst``; returns bytes written.
 
-    A leading skippable frame (lsr's snapshot header) is passed over.
+    A leading skippable frame (lsr's snapshot header) is passed over. Writing a
+    chunk overlaps decompressing the next (both release the GIL).
     """
     read_snapshot_header(src)
     n = 0
     decompressor = lz4.frame.LZ4FrameDecompressor()
-    try:
-        while not decompressor.eof:
-            chunk = b""
-            if decompressor.needs_input:
-                chunk = src.read(DECOMPRESS_CHUNK)
-                if not chunk:
-                    break
-            # Bounded output: a page of zeros compresses 250-fold.
-            out = decompressor.decompress(chunk, max_length=STREAM_CHUNK * 4)
-            dst.write(out)
-            n += len(out)
-    except RuntimeError as exc:
-        raise ChecksumMismatchError(f"cannot decompress {what}: {exc}") from exc
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsr-write") as writer:
+        written: Future[int | None] | None = None
+        try:
+            while not decompressor.eof:
+                chunk = b""
+                if decompressor.needs_input:
+                    chunk = src.read(DECOMPRESS_CHUNK)
+                    if not chunk:
+                        break
+                # Bounded output: a page of zeros compresses 250-fold.
+                out = decompressor.decompress(chunk, max_length=DECOMPRESS_OUTPUT)
+                if written is not None:
+                    written.result()
+                written = writer.submit(dst.write, out)
+                n += len(out)
+        except RuntimeError as exc:
+            raise ChecksumMismatchError(f"cannot decompress {what}: {exc}") from exc
+        finally:
+            if written is not None:
+                written.result()
     if not decompressor.eof:
         raise ChecksumMismatchError(f"cannot decompress {what}: truncated lz4 frame")
     return n

@@ -9,9 +9,17 @@ A frame whose "db size after commit" field is non-zero ends a transaction.
 
 from __future__ import annotations
 
+import importlib
 import struct
+import threading
 from dataclasses import dataclass
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported where it is used, not here: its import costs ~0.15 s, which
+# a restore hides behind the snapshot download (see import_numpy_in_background).
 
 from .errors import WALFormatError
 
@@ -42,6 +50,13 @@ WAL_MAGIC_LE = 0x377F0682
 WAL_MAGIC_BE = 0x377F0683
 MAX_PAGE_SIZE = 65536
 
+def import_numpy_in_background() -> threading.Thread:
+    """Start importing numpy on another thread; later imports wait for it to finish."""
+    thread = threading.Thread(target=importlib.import_module, args=("numpy",), name="lsr-import-numpy")
+    thread.start()
+    return thread
+
+
 _MASK32 = 0xFFFFFFFF
 _MATRIX_POWERS: np.ndarray | None = None
 
@@ -53,6 +68,8 @@ def _matrix_powers() -> np.ndarray:
     i.e. s' = M s + (a, a + b) with M = [[1, 1], [1, 2]]. After n steps
     s_n = M^n s_0 + sum_k M^(n-k) u_k, which numpy evaluates in one pass.
     """
+    import numpy as np
+
     global _MATRIX_POWERS
     if _MATRIX_POWERS is None:
         n = (MAX_PAGE_SIZE + WAL_FRAME_HEADER_SIZE) // 8 + 2
@@ -89,6 +106,8 @@ def _mat_mul(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
 
 def checksum(big_endian: bool, s0: int, s1: int, data: bytes | memoryview) -> tuple[int, int]:
     """SQLite's WAL checksum of ``data`` (a multiple of 8 bytes), continuing from (s0, s1)."""
+    import numpy as np
+
     if len(data) % 8:
         raise WALFormatError("cannot checksum wal data: length is not a multiple of 8")
     if len(data) <= 64:  # headers: a few Python steps beat numpy's setup
@@ -220,6 +239,8 @@ def _frame_weights(page_size: int) -> np.ndarray:
     step j reads words (a_j, b_j) and adds M^(n-j) (a_j, a_j + b_j), i.e.
     a_j (M00+M01, M10+M11) + b_j (M01, M11) with M = M^(n-j).
     """
+    import numpy as np
+
     weights = _FRAME_WEIGHTS.get(page_size)
     if weights is None:
         steps = (8 + page_size) // 8
@@ -243,6 +264,8 @@ def checksum_chain(data: bytes | memoryview, header: WALHeader, start_checksum: 
     r_k depending on frame k alone: one matrix product gives every r_k of a
     batch, and a log-step prefix scan folds them (no per-frame Python).
     """
+    import numpy as np
+
     page_size = header.page_size
     frame_size = WAL_FRAME_HEADER_SIZE + page_size
     count = len(data) // frame_size
@@ -270,6 +293,8 @@ def _prefix_fold(sums: np.ndarray, step_matrix: np.ndarray, state: tuple[int, in
     rows k-2d+1..k, so log2(rows) vector rounds replace a per-row loop. uint64
     products wrap mod 2**64, which keeps them right mod 2**32.
     """
+    import numpy as np
+
     a = [[int(v) for v in row] for row in step_matrix]
     s0, s1 = state
     sums[0, 0] = (int(sums[0, 0]) + a[0][0] * s0 + a[0][1] * s1) & _MASK32
@@ -294,6 +319,8 @@ def frame_headers(data: bytes | memoryview, page_size: int) -> np.ndarray:
 
     Frame headers are big-endian whatever the checksum byte order.
     """
+    import numpy as np
+
     frame_size = WAL_FRAME_HEADER_SIZE + page_size
     count = len(data) // frame_size
     words = np.frombuffer(data, dtype=">u4", count=count * frame_size // 4).reshape(count, frame_size // 4)
@@ -348,6 +375,8 @@ def scan_frames(
     Stops at the first invalid frame (the end of the live WAL) unless ``strict``,
     where an invalid frame raises. Only bytes through the last commit frame count.
     """
+    import numpy as np
+
     frame_size = WAL_FRAME_HEADER_SIZE + header.page_size
     check = check_frames(data, header, start_checksum)
     if check.problem and strict:

@@ -323,6 +323,31 @@ def test_missing_database_is_waited_for(tmp_path: Path, procs: Processes) -> Non
     assert_same_data(db, restored)
 
 
+def test_exec_runs_the_application_and_stops_with_it(tmp_path: Path) -> None:
+    """-exec: lsr runs the command, and when it exits ships its last commit and exits with its code."""
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    app = open_app_db(db)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    app.close()
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import sqlite3, sys, time\n"
+        f"conn = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "for i in range(50):\n"
+        "    conn.execute('INSERT INTO t (v) VALUES (?)', (str(i),))\n"
+        "    time.sleep(0.01)\n"
+        "conn.close()\n"
+        "sys.exit(3)\n"
+    )
+    res = run_lsr("replicate", "-exec", f"{sys.executable} {script}", str(db), f"file://{replica}", timeout=60)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "subprocess exited with 3" in res.stdout + res.stderr
+    restored = tmp_path / "restored.db"
+    restore(f"file://{replica}", restored)
+    assert rows(restored, "SELECT COUNT(*) FROM t") == [(50,)]
+    assert_same_data(db, restored)
+
+
 def test_missing_parent_directory_is_an_error(tmp_path: Path) -> None:
     db = tmp_path / "no-such-dir" / "app.db"
     res = run_lsr("replicate", str(db), f"file://{tmp_path / 'replica'}", timeout=30)

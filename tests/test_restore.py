@@ -8,6 +8,8 @@ libraries in one process would not see each other's POSIX locks).
 from __future__ import annotations
 
 import os
+import struct
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import apsw
@@ -17,10 +19,10 @@ from conftest import Processes, integrity_ok, rows, run_lsr, wait_for
 from litestream_py import codec
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.db import DB
-from litestream_py.errors import RestoreGapError
-from litestream_py.pos import Pos
+from litestream_py.errors import RestoreGapError, WALFormatError
+from litestream_py.pos import Pos, WALSegmentInfo
 from litestream_py.replica import Replica
-from litestream_py.restore import RestoreOptions, restore
+from litestream_py.restore import RestoreOptions, _WALApplier, restore
 from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, checksum
 
 
@@ -273,3 +275,82 @@ def test_validation_interval_verifies_inside_the_sidecar(tmp_path: Path, procs: 
     wait_for(lambda: "verified: OK" in procs.output(lsr), timeout=60, what="a validation in the sidecar")
     assert procs.stop(lsr) == 0
     assert "verification failed" not in procs.output(lsr)
+
+
+def split_at_commits(wal: bytes) -> list[tuple[int, bytes]]:
+    """(offset, bytes) of one segment per transaction, the first carrying the WAL header."""
+    frame = WAL_FRAME_HEADER_SIZE + WALHeader.parse(wal).page_size
+    segments, start = [], 0
+    for off in range(WAL_HEADER_SIZE, len(wal) - frame + 1, frame):
+        if struct.unpack_from(">I", wal, off + 4)[0]:  # commit frame
+            segments.append((start, wal[start : off + frame]))
+            start = off + frame
+    return segments
+
+
+def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path) -> None:
+    """Contiguous segments are verified in one pass, yet each keeps its own time and name."""
+    from test_wal import write_wal
+
+    _, wal = write_wal(tmp_path, 4096, transactions=4)
+    pieces = split_at_commits(wal)
+    assert len(pieces) == 5  # CREATE TABLE, then four transactions
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def run(data: list[tuple[int, bytes]]) -> list[tuple[WALSegmentInfo, tuple[bytes, list[tuple[int, int]]]]]:
+        # No recorded commit times: each commit is dated by its segment, as for Go's segments.
+        return [(WALSegmentInfo("g", 0, off, len(d), t0 + timedelta(seconds=i)), (d, [])) for i, (off, d) in enumerate(data)]
+
+    cutoff = int((t0 + timedelta(seconds=2.5)).timestamp() * 1e9)
+    with open(tmp_path / "a.db", "w+b") as f:
+        applier = _WALApplier(f, "g", cutoff_ns=cutoff)
+        applier.feed(run(pieces))
+    assert applier.transactions == 3 and applier.done
+    assert applier.last_commit == Pos("g", 0, pieces[3][0])
+
+    broken = list(pieces)
+    off, data = broken[3]
+    broken[3] = (off, data[:200] + bytes([data[200] ^ 0xFF]) + data[201:])
+    with open(tmp_path / "b.db", "w+b") as f:
+        applier = _WALApplier(f, "g")
+        with pytest.raises(WALFormatError, match=f"wal segment g/00000000_{off:08x}: checksum mismatch at offset {off}"):
+            applier.feed(run(broken))
+    assert applier.transactions == 3  # everything before the bad segment was applied
+
+
+@pytest.mark.parametrize("dirty_bytes", [1, 64 << 20], ids=["flush-every-commit", "flush-at-end"])
+def test_applied_wal_matches_sqlites_own_checkpoint(tmp_path: Path, dirty_bytes: int, monkeypatch) -> None:
+    """Growth, a VACUUM that shrinks the file, then growth again: byte for byte what SQLite checkpoints."""
+    import sqlite3
+
+    db = tmp_path / "src.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    base = db.read_bytes()
+    for i in range(40):
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO t (v) VALUES (?)", [(os.urandom(1500),) for _ in range(10)])
+        conn.execute("COMMIT")
+    conn.execute("DELETE FROM t WHERE id % 7 != 0")
+    conn.execute("VACUUM")
+    conn.executemany("INSERT INTO t (v) VALUES (?)", [(os.urandom(3000),) for _ in range(30)])
+    wal = Path(f"{db}-wal").read_bytes()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    want = db.read_bytes()
+    conn.close()
+
+    monkeypatch.setattr(_WALApplier, "DIRTY_PAGE_BYTES", dirty_bytes)
+    out = tmp_path / "out.db"
+    out.write_bytes(base)
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with open(out, "r+b") as f:
+        applier = _WALApplier(f, "g")
+        applier.feed([(WALSegmentInfo("g", 0, off, len(d), t0), (d, [])) for off, d in split_at_commits(wal)])
+        applier.flush()
+    assert applier.transactions == 40 + 2 + 30  # the last 30 inserts autocommit one by one
+    assert len(want) < 400 * 1500  # the VACUUM did shrink it
+    assert out.read_bytes() == want
+    assert integrity_ok(out)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from litestream_py.cmd.main import cli
 
-COMMANDS = sorted(cli.commands)
+COMMANDS = sorted(cli.list_commands(click.Context(cli)))  # subcommands load lazily
 
 
 def test_all_litestream_commands_exist() -> None:
@@ -29,7 +30,7 @@ def test_command_help(name: str, flag: str) -> None:
     assert result.exit_code == 0, result.output
     assert result.output.startswith("Usage: ")
     assert f" {name} " in result.output.splitlines()[0] + " "
-    command = cli.commands[name]
+    command = cli.get_command(click.Context(cli), name)
     assert command.help and command.help.strip(), f"{name} has no description"
     for param in command.params:
         if param.param_type_name == "option" and not getattr(param, "hidden", False):
@@ -39,7 +40,7 @@ def test_command_help(name: str, flag: str) -> None:
 @pytest.mark.parametrize("name", [n for n in COMMANDS if n != "version"])
 def test_flags_have_one_and_two_dash_spellings(name: str) -> None:
     """Litestream spells flags -config; lsr accepts that and --config."""
-    for param in cli.commands[name].params:
+    for param in cli.get_command(click.Context(cli), name).params:
         if param.param_type_name != "option" or param.name == "help":
             continue
         longs = [o for o in param.opts if o.startswith("--")]
