@@ -6,17 +6,21 @@ import shlex
 import signal
 import subprocess
 import threading
+import time
 from types import FrameType
 
 import click
 
-from litestream_py.db import configure_process_for_sidecar
+from litestream_py.db import configure_process_for_sidecar, release_free_memory
 from litestream_py.config import Config, DBConfig, ReplicaConfig, default_config_path, expand_path, load_config
 from litestream_py.errors import ConfigError
 from litestream_py.factory import db_from_config
 from litestream_py.replicator import Replicator
 
 from .options import config_options, flag, log, run, setup_logging
+
+# How often the sidecar hands freed heap memory back to the OS (a sub-millisecond call).
+RELEASE_MEMORY_INTERVAL = 10.0
 
 
 @click.command("replicate")
@@ -84,8 +88,11 @@ def wait_and_stop(replicator: Replicator, exec_cmd: str, stop: StopSignal) -> in
             stop.set()
 
         threading.Thread(target=stop_when_child_exits, args=(child,), daemon=True).start()
+    last_release = time.monotonic()
     while not stop.wait(0.5):
-        pass
+        if time.monotonic() - last_release >= RELEASE_MEMORY_INTERVAL:
+            release_free_memory()
+            last_release = time.monotonic()
     if child is not None:
         if child.poll() is None and stop.received:
             child.send_signal(stop.received[0])
