@@ -178,8 +178,9 @@ def plan_restore(
     ]
     candidates.sort(key=lambda s: s.index, reverse=True)
     if timestamp is not None:
-        # Listings are coarse (whole seconds, upload time): check each candidate's own capture time.
-        candidates = [s for s in candidates if _snapshot_time(client, s) <= timestamp][:1]
+        # The newest candidate captured by the timestamp (reading at most the few near it).
+        chosen = next((s for s in candidates if _captured_by(client, s, timestamp)), None)
+        candidates = [chosen] if chosen is not None else []
     if not candidates:
         if timestamp is not None:
             raise TimestampOutOfRangeError(
@@ -205,6 +206,18 @@ def plan_restore(
             )
     _check_chain(generation, snapshot, segments)
     return RestorePlan(generation, snapshot, segments)
+
+
+def _captured_by(client: ReplicaClient, snapshot: SnapshotInfo, timestamp: datetime) -> bool:
+    """Whether the snapshot's database state was taken at or before ``timestamp``.
+
+    Listings are coarse (whole seconds, upload time). A snapshot listed well
+    before the timestamp was captured before it too; only one listed near it
+    is opened (on S3, downloaded) to read the capture time it records.
+    """
+    if snapshot.created_at <= timestamp - LISTING_TIME_SLACK:
+        return True
+    return _snapshot_time(client, snapshot) <= timestamp
 
 
 def _snapshot_time(client: ReplicaClient, snapshot: SnapshotInfo) -> datetime:

@@ -160,3 +160,27 @@ def test_segments_carry_commit_times_and_go_still_restores(tmp_path: Path, repli
     assert r.returncode == 0, r.stdout + r.stderr
     assert rows(out, "SELECT * FROM event ORDER BY id") == rows(db, "SELECT * FROM event ORDER BY id")
     assert integrity_ok(out)
+
+
+def test_timestamp_restore_downloads_the_snapshot_once(tmp_path: Path, replicated_events) -> None:
+    """A snapshot listed well before the timestamp is not opened just to read its capture time
+    (on S3 every open downloads the whole snapshot)."""
+    from litestream_py.clients.file import FileReplicaClient
+    from litestream_py.restore import RestoreOptions, restore
+
+    db, replica, windows = replicated_events
+    client = FileReplicaClient(replica[len("file://"):])
+    opened: list[int] = []
+    real_open = client.open_snapshot
+
+    def counting_open(generation: str, index: int):  # instrumentation: every call reaches the real client
+        opened.append(index)
+        return real_open(generation, index)
+
+    client.open_snapshot = counting_open  # type: ignore[method-assign]
+    t = windows[-1][1] + GUARD  # seconds after the snapshot (taken before the first event)
+    out = tmp_path / "late.db"
+    restore(client, RestoreOptions(output_path=str(out), timestamp=datetime.fromtimestamp(t, timezone.utc)))
+    assert len(opened) == 1, opened
+    assert rows(out, "SELECT COUNT(*) FROM event") == [(EVENTS,)]
+    assert integrity_ok(out)
