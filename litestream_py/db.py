@@ -370,9 +370,9 @@ class DB:
                 raise
             return True
 
-    def _new_connection(self) -> apsw.Connection:
+    def _new_connection(self, statement_cache: int = 32) -> apsw.Connection:
         try:
-            conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+            conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE, statementcachesize=statement_cache)
         except apsw.Error as exc:
             raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
         conn.set_busy_timeout(int(BUSY_TIMEOUT.total_seconds() * 1000))
@@ -412,7 +412,9 @@ class DB:
         conn.execute("CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)")
         conn.execute("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)")
         self._page_size = _int(conn.execute("PRAGMA page_size").fetchall()[0][0])
-        self._read_conn = self._new_connection()
+        # It stays open as long as lsr runs, for three statements that rarely
+        # run: caching them would cost ~6 KiB per database.
+        self._read_conn = self._new_connection(statement_cache=0)
         self._db_fd = os.open(self.path, os.O_RDONLY)
         self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
         os.makedirs(self.meta_path, mode=0o700, exist_ok=True)
