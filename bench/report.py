@@ -37,7 +37,8 @@ METHOD = """\
   includes the commit's own duration.
 - **Catch-up** is the lag of the burst's final commit. **Throughput** is the
   burst's transactions per second with the sidecar divided by the same
-  writer's without one (on a fresh database, same phases). **Longest txn** is
+  writer's without one (on a fresh database, same phases, run just before that
+  tool's run: the machine's speed drifts over minutes). **Longest txn** is
   the burst's longest `BEGIN IMMEDIATE`..`COMMIT`, waits for locks included.
 - **CPU** is the sidecar process tree's utime+stime from the writer's start to
   catch-up, divided by the MiB of WAL (decompressed segment bytes) that
@@ -157,12 +158,18 @@ def _row(fig: Figure, backend: str, lsr: float | None, go: float | None, label: 
     return Row(label or fig.label, backend, fig.unit, lsr, go, target, fig.at_least, text, issue_go)
 
 
+def _baseline(results: Result, backend: str, tool: str) -> Result:
+    """The writer-alone run measured before ``tool``'s (saved results may hold one per backend)."""
+    alone: Result = results.get("alone", {}).get(backend, {})
+    return alone if "throughput" in alone or "error" in alone else alone.get(tool, {})
+
+
 def rows(results: Result) -> list[Row]:
     out = []
     for backend, by_tool in results.get("replication", {}).items():
-        base = results.get("alone", {}).get(backend, {})
         for fig in REPLICATION:
-            out.append(_row(fig, backend, _value(fig, by_tool.get("lsr"), base), _value(fig, by_tool.get("go"), base)))
+            out.append(_row(fig, backend, _value(fig, by_tool.get("lsr"), _baseline(results, backend, "lsr")),
+                            _value(fig, by_tool.get("go"), _baseline(results, backend, "go"))))
     settings = results.get("settings", {})
     for backend, by_tool in results.get("restore", {}).items():
         for fig in RESTORE:
@@ -200,8 +207,8 @@ def _details(results: Result) -> str:
            "| WAL MiB | generations | commits never seen | negative lags | S3 poll p50/max (ms) |",
            "|" + "---|" * 11]
     for backend, by_tool in results.get("replication", {}).items():
-        base = results.get("alone", {}).get(backend, {})
         for tool, r in by_tool.items():
+            base = _baseline(results, backend, tool)
             if "error" in r:
                 out.append(f"| {backend} {tool} | error: {r['error']} |" + " |" * 9)
                 continue

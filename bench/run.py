@@ -140,11 +140,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name in backends:
             backend = Backend(name, moto if name == "s3" else None, s.s3_poll)
             if "replication" in only:
-                results["alone"][name] = _attempt(results, f"writer alone ({name})",
-                                                  partial(scenarios.alone, work / name, s))
-                results["replication"][name] = {
-                    t.name: _attempt(results, f"replication {name} {t.name}",
-                                     partial(scenarios.replication, t, backend, work, s)) for t in tools}
+                # Each tool's baseline is measured right before its run: the
+                # machine's speed drifts over minutes, and the ratio is to that.
+                results["alone"][name], results["replication"][name] = {}, {}
+                for t in tools:
+                    results["alone"][name][t.name] = _attempt(results, f"writer alone ({name}, before {t.name})",
+                                                              partial(scenarios.alone, work / name, s))
+                    results["replication"][name][t.name] = _attempt(results, f"replication {name} {t.name}",
+                                                                    partial(scenarios.replication, t, backend, work, s))
         if "restore" in only:
             large = work / "large.db"
             print(f"building a {s.restore_mib:g} MiB database", flush=True)
