@@ -15,13 +15,12 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import numpy as np
+from .errors import WALFormatError
 
 # numpy is imported where it is used, not here: its import costs ~0.15 s, which
 # a restore hides behind the snapshot download (see import_numpy_in_background).
-
-from .errors import WALFormatError
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "WAL_HEADER_SIZE",
@@ -39,6 +38,7 @@ __all__ = [
     "checksum_chain",
     "frame_headers",
     "ScanResult",
+    "import_numpy_in_background",
 ]
 
 WAL_HEADER_SIZE = 32
@@ -49,6 +49,7 @@ WAL_FRAME_CHECKSUM_OFFSET = 16
 WAL_MAGIC_LE = 0x377F0682
 WAL_MAGIC_BE = 0x377F0683
 MAX_PAGE_SIZE = 65536
+
 
 def import_numpy_in_background() -> threading.Thread:
     """Start importing numpy on another thread; later imports wait for it to finish."""
@@ -106,12 +107,12 @@ def _mat_mul(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
 
 def checksum(big_endian: bool, s0: int, s1: int, data: bytes | memoryview) -> tuple[int, int]:
     """SQLite's WAL checksum of ``data`` (a multiple of 8 bytes), continuing from (s0, s1)."""
-    import numpy as np
-
     if len(data) % 8:
         raise WALFormatError("cannot checksum wal data: length is not a multiple of 8")
     if len(data) <= 64:  # headers: a few Python steps beat numpy's setup
         return checksum_reference(big_endian, s0, s1, bytes(data))
+    import numpy as np
+
     words = np.frombuffer(data, dtype=">u4" if big_endian else "<u4").astype(np.uint64)
     a, b = words[0::2], words[1::2]
     n = len(a)
