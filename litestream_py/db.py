@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import apsw
 
@@ -87,7 +87,11 @@ COPY_CHUNK_SIZE = 256 << 10
 WAL_INDEX_HEADER_SIZE = 136
 
 SIDECAR_THREAD_STACK_SIZE = 512 * 1024
-M_ARENA_MAX = -8  # glibc mallopt parameter
+M_ARENA_MAX = -8  # glibc mallopt parameters
+M_MMAP_THRESHOLD = -3
+# Buffers this large (WAL chunks, compressed segments) get their own mapping,
+# returned to the OS when freed, whichever worker thread and arena they came from.
+SIDECAR_MMAP_THRESHOLD = 256 * 1024
 COMMITS_EXT = ".commits"
 _COMMIT_ENTRY = struct.Struct("<QQ")
 
@@ -122,7 +126,9 @@ def configure_process_for_sidecar() -> None:
     # glibc gives busy threads their own malloc arenas, which keep freed memory;
     # two thousand mostly idle threads need no more than a couple.
     try:
-        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_ARENA_MAX, 2)
+        libc.mallopt(M_MMAP_THRESHOLD, SIDECAR_MMAP_THRESHOLD)
     except (OSError, AttributeError):
         pass
     # Sidecar threads run shallow code; the default 8 MiB stacks only cost memory.
@@ -229,8 +235,7 @@ class DB:
         # wrote it, so that a sync needs no directory listing; None re-reads disk.
         self._head: tuple[str, int] | None = None
         self._cleaned: tuple[str, int] | None = None  # what _clean last saw shipped
-        self._changed = threading.Condition()
-        self._version = 0
+        self._change_listeners: list[Callable[[], None]] = []
 
     # -- paths -------------------------------------------------------------
     @property
@@ -311,25 +316,13 @@ class DB:
             return 0
         return frame_align(size, self._page_size) if self._page_size else size
 
-    def wait_for_change(self, version: int, timeout: float) -> int:
-        """Block until the shadow WAL changes past ``version`` or ``timeout`` passes."""
-        with self._changed:
-            if self._version == version:
-                self._changed.wait(timeout)
-            return self._version
-
-    @property
-    def version(self) -> int:
-        return self._version
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the syncing thread) whenever the shadow WAL changes."""
+        self._change_listeners.append(listener)
 
     def _notify(self) -> None:
-        with self._changed:
-            self._version += 1
-            self._changed.notify_all()
-
-    def wake_waiters(self) -> None:
-        """Wake every thread blocked in wait_for_change (used at shutdown)."""
-        self._notify()
+        for listener in self._change_listeners:
+            listener()
 
     # -- opening -----------------------------------------------------------
     def check_path(self) -> None:

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["WALWatcher"]
 
@@ -45,19 +45,19 @@ if _InotifyFD is not None:
 
 
 class _Wake:
-    """An inotify callback that sets one DB's wake event."""
+    """An inotify callback that wakes one DB."""
 
-    def __init__(self, wake: threading.Event) -> None:
+    def __init__(self, wake: Callable[[], None]) -> None:
         self.wake = wake
 
     def on_event(self, event: Any) -> None:
-        self.wake.set()
+        self.wake()
 
     def on_watch_deleted(self, wd: int) -> None:
         pass  # the WAL went away; its directory's watch re-arms a new one
 
     def on_queue_overflow(self) -> None:
-        self.wake.set()
+        self.wake()
 
 
 class _Directory:
@@ -66,7 +66,7 @@ class _Directory:
     def __init__(self, watcher: WALWatcher, directory: str) -> None:
         self.watcher = watcher
         self.directory = directory
-        self.targets: dict[str, threading.Event] = {}  # file name -> wake
+        self.targets: dict[str, Callable[[], None]] = {}  # file name -> wake
 
     def on_event(self, event: Any) -> None:
         name = os.fsdecode(event.name)
@@ -75,7 +75,7 @@ class _Directory:
             return
         if name.endswith("-wal") and event.mask & _APPEARED:
             self.watcher.watch_file(os.path.join(self.directory, name), wake)
-        wake.set()
+        wake()
 
     def on_watch_deleted(self, wd: int) -> None:
         if self.watcher.stopping:
@@ -83,15 +83,15 @@ class _Directory:
         log.warning("stopped watching %s (removed): polling for its databases", self.directory)
         self.watcher.lost(self.directory)
         for wake in self.targets.values():
-            wake.set()
+            wake()
 
     def on_queue_overflow(self) -> None:
         for wake in self.targets.values():
-            wake.set()
+            wake()
 
 
 class WALWatcher:
-    """Sets a DB's wake event whenever its WAL is written, or its database or WAL appears."""
+    """Wakes a DB whenever its WAL is written, or its database or WAL appears."""
 
     def __init__(self) -> None:
         self._inotify: Any = None
@@ -102,7 +102,7 @@ class WALWatcher:
         self._watched: set[str] = set()  # DB paths with a directory watch
         self._unwatched: set[str] = set()  # WAL paths inotify refused to watch
 
-    def watch(self, db_path: str, wake: threading.Event) -> None:
+    def watch(self, db_path: str, wake: Callable[[], None]) -> None:
         """Watch ``db_path``'s directory and WAL (see ``watching``)."""
         if self._inotify is None:
             return
@@ -124,7 +124,7 @@ class WALWatcher:
         # After the directory watch: a WAL created in between is caught by it.
         self.watch_file(wal_path, wake)
 
-    def watch_file(self, wal_path: str, wake: threading.Event) -> None:
+    def watch_file(self, wal_path: str, wake: Callable[[], None]) -> None:
         try:
             self._add(wal_path, _FILE_MASK, _Wake(wake))
         except FileNotFoundError:

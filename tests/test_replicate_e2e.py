@@ -566,6 +566,44 @@ def test_several_databases_and_disaster_recovery(tmp_path: Path, procs: Processe
     assert run_lsr("restore", "-config", str(cfg), "-if-db-not-exists", str(dbs[0])).returncode == 0
 
 
+def _threads_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+
+
+def test_many_databases_share_a_small_pool_of_threads(tmp_path: Path, procs: Processes) -> None:
+    """40 databases with a replica each run on a bounded pool of threads (not two per
+    database: that cost ~55 MiB per 1,000), and every one is still replicated in full."""
+    from litestream_py.replicator import MAX_WORKERS
+
+    dbs = [tmp_path / "dbs" / f"db{i:02d}.db" for i in range(40)]
+    (tmp_path / "dbs").mkdir()
+    cfg = tmp_path / "litestream.yml"
+    cfg.write_text("dbs:\n" + "".join(
+        f"  - path: {db}\n    replicas:\n      - url: file://{tmp_path / 'backups' / db.stem}\n" for db in dbs))
+    for i, db in enumerate(dbs):
+        app = open_app_db(db)
+        app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        app.execute("INSERT INTO t (v) VALUES (?)", (f"before {i}",))
+        app.commit()
+        app.close()
+    p = procs.lsr_replicate("-config", str(cfg))
+    for db in dbs:
+        wait_ready(p, tmp_path / "backups" / db.stem)
+    # main, timers, inotify reader, and the workers
+    assert _threads_of(p.pid) <= MAX_WORKERS + 4
+    for i, db in enumerate(dbs):
+        app = open_app_db(db)
+        app.execute("INSERT INTO t (v) VALUES (?)", (f"after {i}",))
+        app.commit()
+        app.close()
+    stop_lsr(p)
+    for i, db in enumerate(dbs):
+        out = tmp_path / "restored" / db.name
+        restore(f"file://{tmp_path / 'backups' / db.stem}", out)
+        assert rows(out, "SELECT v FROM t ORDER BY id") == [(f"before {i}",), (f"after {i}",)]
+
+
 # -- 9. a database past SQLite's lock-byte page ----------------------------------
 
 LOCK_BYTE_OFFSET = 1 << 30

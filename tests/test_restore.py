@@ -185,20 +185,26 @@ def test_verify_reports_ok_then_the_table_that_differs(tmp_path: Path, procs: Pr
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stdout
     procs.stop(lsr)
-    # Forge the last segment: same structure, valid checksums, one changed value.
-    segment = max((tmp_path / "replica").glob("generations/*/wal/*.wal.lz4"))
-    data, commits = codec.decode_segment(segment.read_bytes())
+    # Forge the last WAL index: same structure, valid checksums, one changed value.
+    # (How its frames were split into segments depends on timing: reseal them together.)
+    segments = sorted((tmp_path / "replica").glob("generations/*/wal/*.wal.lz4"))
+    segments = [s for s in segments if s.name[:8] == segments[-1].name[:8]]
+    decoded = [codec.decode_segment(s.read_bytes()) for s in segments]
 
     def flip(buf: bytearray) -> None:
         i = bytes(buf).rfind(b"value-0199")
         assert i > 0
         buf[i : i + 10] = b"value-XXXX"
 
-    segment.write_bytes(codec.encode_segment(reseal(data, flip), commits))
+    forged = reseal(b"".join(data for data, _ in decoded), flip)
+    for segment, (data, commits) in zip(segments, decoded):
+        segment.write_bytes(codec.encode_segment(forged[: len(data)], commits))
+        forged = forged[len(data) :]
     bad = run_lsr("verify", "-config", str(config), "-timeout", "5", str(db))
     assert bad.returncode == 1
     assert "MISMATCH" in bad.stdout and "table t differs" in bad.stdout
     # A forged segment that breaks the checksum chain fails verify too.
+    segment, (data, commits) = segments[-1], decoded[-1]
     segment.write_bytes(codec.encode_segment(data[:-50] + b"x" * 50, commits))
     broken = run_lsr("verify", "-config", str(config), "-timeout", "5", str(db))
     assert broken.returncode == 1 and "checksum mismatch" in broken.stderr

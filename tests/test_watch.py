@@ -21,7 +21,7 @@ def test_watcher_follows_the_wal_through_creation_writes_and_recreation(tmp_path
     assert watcher.start()
     try:
         wake = threading.Event()
-        watcher.watch(str(db), wake)  # neither the database nor its WAL exists yet
+        watcher.watch(str(db), wake.set)  # neither the database nor its WAL exists yet
         assert watcher.watching(str(db))
         app = open_app_db(db)
         app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")

@@ -1,0 +1,182 @@
+"""The replicator's worker pool, driven with real threads and real clocks.
+
+Each task here is a plain function: what is under test is when and where the
+pool runs it (never twice at once, woken promptly, timers kept, a blocked
+step holding up no one), which a database cannot be made to show on demand.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from litestream_py.replicator import MAX_WORKERS, _Pool, _Task
+
+WAIT = 5.0
+
+
+class Recorder:
+    """A step that records when it runs, optionally blocking until released."""
+
+    def __init__(self, name: str, delay: float = 60.0, block: threading.Event | None = None) -> None:
+        self.name = name
+        self.delay = delay
+        self.block = block
+        self.runs: list[float] = []
+        self.active = 0
+        self.overlaps = 0
+        self.ran = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self.task = _Task(name, self.step)
+
+    def step(self) -> float:
+        with self._lock:
+            self.active += 1
+            if self.active > 1:
+                self.overlaps += 1
+        self.runs.append(time.monotonic())
+        if self.block is not None:
+            self.block.wait(WAIT)
+        time.sleep(0.01)
+        with self._lock:
+            self.active -= 1
+        self.ran.release()
+        return self.delay
+
+
+def started(*recorders: Recorder) -> _Pool:
+    pool = _Pool()
+    for r in recorders:
+        pool.add(r.task)
+    pool.start()
+    return pool
+
+
+def test_added_tasks_run_once_then_wait_for_a_wake() -> None:
+    r = Recorder("a")
+    pool = started(r)
+    try:
+        assert r.ran.acquire(timeout=WAIT)
+        assert not r.ran.acquire(timeout=0.3), "ran again without a wake or a due timer"
+        pool.wake(r.task)
+        assert r.ran.acquire(timeout=WAIT)
+    finally:
+        pool.stop()
+    assert len(r.runs) == 2
+
+
+def test_wakes_during_a_step_run_it_again_once_and_never_concurrently() -> None:
+    release = threading.Event()
+    r = Recorder("a", block=release)
+    pool = started(r)
+    try:
+        deadline = time.monotonic() + WAIT
+        while not r.runs and time.monotonic() < deadline:
+            time.sleep(0.005)
+        for _ in range(20):  # all while the first step blocks
+            pool.wake(r.task)
+        release.set()
+        assert r.ran.acquire(timeout=WAIT) and r.ran.acquire(timeout=WAIT)
+        assert not r.ran.acquire(timeout=0.3), "twenty wakes during one step ran it more than once after"
+    finally:
+        pool.stop()
+    assert r.overlaps == 0
+    assert len(r.runs) == 2
+
+
+def test_timer_reruns_a_task_and_a_wake_comes_before_a_long_timer() -> None:
+    ticking = Recorder("ticking", delay=0.05)
+    sleepy = Recorder("sleepy", delay=60.0)
+    pool = started(ticking, sleepy)
+    try:
+        for _ in range(5):
+            assert ticking.ran.acquire(timeout=WAIT)
+        assert sleepy.ran.acquire(timeout=WAIT)
+        woken_at = time.monotonic()
+        pool.wake(sleepy.task)
+        assert sleepy.ran.acquire(timeout=WAIT)
+        assert sleepy.runs[-1] - woken_at < 1.0
+    finally:
+        pool.stop()
+    gaps = [b - a for a, b in zip(ticking.runs, ticking.runs[1:])]
+    assert min(gaps) >= 0.05
+
+
+def test_a_blocked_step_holds_up_no_other_task() -> None:
+    release = threading.Event()
+    stuck = [Recorder(f"stuck{i}", block=release) for i in range(3)]
+    free = Recorder("free")
+    pool = started(*stuck)
+    try:
+        deadline = time.monotonic() + WAIT
+        while not all(s.runs for s in stuck) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert all(s.runs for s in stuck)
+        pool.add(free.task)
+        assert free.ran.acquire(timeout=WAIT), "a free task waited for blocked ones"
+        release.set()
+    finally:
+        pool.stop()
+
+
+def test_workers_are_bounded_and_stop_waits_for_running_steps() -> None:
+    release = threading.Event()
+    tasks = [Recorder(f"t{i}", block=release) for i in range(MAX_WORKERS + 10)]
+    pool = started(*tasks)
+    before = threading.active_count()
+    time.sleep(0.3)
+    running = sum(1 for t in tasks if t.active)
+    assert running == MAX_WORKERS
+    stopper = threading.Thread(target=pool.stop)
+    stopper.start()
+    time.sleep(0.2)
+    assert stopper.is_alive(), "stop() returned while steps were still running"
+    release.set()
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    assert sum(1 for t in tasks if t.runs) == MAX_WORKERS, "a step started after stop()"
+    assert all(t.active == 0 for t in tasks)
+    assert threading.active_count() < before
+
+
+def test_many_quick_tasks_all_run_and_long_timers_share_whole_second_ticks() -> None:
+    quick = [Recorder(f"q{i}") for i in range(300)]
+    pool = started(*quick)
+    try:
+        for r in quick:
+            assert r.ran.acquire(timeout=WAIT), f"{r.name} never ran"
+    finally:
+        pool.stop()
+    assert all(len(r.runs) == 1 for r in quick)
+    # A 12.3 s timer lands on a whole second, at most one tick late; a short one is exact.
+    idle = _Pool()
+    long_task, short_task = _Task("long", lambda: 0.0), _Task("short", lambda: 0.0)
+    with idle._work_cv:
+        before = time.monotonic()
+        idle._set_timer(long_task, 12.3)
+        idle._set_timer(short_task, 0.25)
+        after = time.monotonic()
+    assert long_task.due == int(long_task.due)
+    assert before + 12.3 <= long_task.due < after + 13.3
+    assert before + 0.25 <= short_task.due <= after + 0.25
+
+
+def test_spacing_batches_wakes_unless_urgent() -> None:
+    r = Recorder("spaced")
+    r.task.spacing = 0.3
+    pool = started(r)
+    try:
+        assert r.ran.acquire(timeout=WAIT)
+        for _ in range(10):  # a burst of wakes inside the spacing
+            pool.wake(r.task)
+            time.sleep(0.01)
+        assert r.ran.acquire(timeout=WAIT)
+        assert r.runs[1] - r.runs[0] >= 0.3
+        assert not r.ran.acquire(timeout=0.4), "a burst of wakes ran the step more than once"
+        pool.wake(r.task)  # spacing since the last start has passed: at once
+        assert r.ran.acquire(timeout=WAIT)
+        pool.wake(r.task, urgent=True)  # inside the spacing, but urgent
+        assert r.ran.acquire(timeout=WAIT)
+        assert r.runs[3] - r.runs[2] < 0.3
+    finally:
+        pool.stop()
