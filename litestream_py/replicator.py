@@ -20,7 +20,8 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable
 
 from .db import DB
@@ -111,18 +112,15 @@ class _Pool:
         self._timers: list[tuple[float, int, _Task]] = []  # heap; superseded entries are skipped
         self._order = itertools.count()
         self._ready: collections.deque[_Task] = collections.deque()
-        self._threads: list[threading.Thread] = []
-        self._workers = 0
+        self._timer_thread: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         self._idle = 0  # workers waiting for a task
         self._waking = 0  # workers called for a task that have not reached the queue yet
         self._stopping = False
 
     def start(self) -> None:
-        with self._work_cv:
-            self._spawn(self._run_timers, "lsr-timers")
-
-    def add(self, task: _Task) -> None:
-        self.wake(task)
+        self._timer_thread = threading.Thread(target=self._run_timers, name="lsr-timers", daemon=True)
+        self._timer_thread.start()
 
     def wake(self, task: _Task, urgent: bool = False) -> None:
         """Run ``task`` as soon as its spacing allows (``urgent``: now), or after its current step."""
@@ -135,15 +133,13 @@ class _Pool:
             self._stopping = True
             self._work_cv.notify_all()
             self._timer_cv.notify_all()
-            threads = list(self._threads)
+            threads = list(self._workers)
+        if self._timer_thread is not None:
+            threads.append(self._timer_thread)
         for thread in threads:
             thread.join()
 
     # The methods below run with the lock held.
-    def _spawn(self, target: Callable[[], None], name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        self._threads.append(thread)
-        thread.start()
 
     def _wake(self, task: _Task, urgent: bool) -> None:
         if task.running:
@@ -167,10 +163,11 @@ class _Pool:
         if self._idle > self._waking:
             self._waking += 1
             self._work_cv.notify()
-        elif self._workers < MAX_WORKERS and not self._stopping:
-            self._workers += 1
+        elif len(self._workers) < MAX_WORKERS and not self._stopping:
             self._waking += 1
-            self._spawn(self._work, "lsr-worker")
+            worker = threading.Thread(target=self._work, name="lsr-worker", daemon=True)
+            self._workers.append(worker)
+            worker.start()
 
     def _set_timer(self, task: _Task, delay: float) -> None:
         when = time.monotonic() + max(delay, 0.0)
@@ -226,12 +223,27 @@ class _Pool:
                     self._set_timer(task, delay)
 
 
+class _Periodic:
+    """A replica's job that runs every ``interval`` (never, if it has none)."""
+
+    def __init__(self, interval: timedelta | None) -> None:
+        self.seconds = interval.total_seconds() if interval else 0.0
+        self.due = time.monotonic() + self.seconds if self.seconds > 0 else math.inf
+
+    def take(self, now: float) -> bool:
+        """Whether the job is due at ``now``; if so, its next run is one interval later."""
+        if now < self.due:
+            return False
+        self.due = now + self.seconds
+        return True
+
+
 @dataclass
 class _ShipState:
     errors: _ErrorLog
-    last_retention: float = field(default_factory=time.monotonic)
-    last_snapshot: float = field(default_factory=time.monotonic)
-    last_validation: float = field(default_factory=time.monotonic)
+    snapshot: _Periodic
+    retention: _Periodic
+    validation: _Periodic
 
 
 class Replicator:
@@ -250,16 +262,16 @@ class Replicator:
                 db.open()
             except DatabaseBusyError:
                 pass  # the monitor retries, and logs it once if it persists
-        watching = self._watcher is not None and self._watcher.start()
+        watcher = self._watcher if self._watcher is not None and self._watcher.start() else None
         for db in self.dbs:
             monitor = self._monitor_task(db)
-            if watching and self._watcher is not None:
-                self._watcher.watch(db.path, functools.partial(self._pool.wake, monitor))
+            if watcher is not None:
+                watcher.watch(db.path, functools.partial(self._pool.wake, monitor))
             for replica in db.replicas:
                 shipper = self._ship_task(replica)
-                db.on_change(functools.partial(self._shadow_changed, replica, shipper))
-                self._pool.add(shipper)
-            self._pool.add(monitor)
+                db.on_change(functools.partial(self._shadow_changed, db, replica, shipper))
+                self._pool.wake(shipper)
+            self._pool.wake(monitor)
         self._pool.start()
 
     def stop(self, final_sync: bool = True) -> bool:
@@ -288,10 +300,9 @@ class Replicator:
                 db.close()
         return ok
 
-    def _shadow_changed(self, replica: Replica, shipper: _Task) -> None:
+    def _shadow_changed(self, db: DB, replica: Replica, shipper: _Task) -> None:
         # A new generation's snapshot goes out at once, whatever the sync-interval.
-        assert replica.db is not None
-        self._pool.wake(shipper, urgent=replica.pos().generation != replica.db.pos().generation)
+        self._pool.wake(shipper, urgent=replica.pos().generation != db.pos().generation)
 
     def _poll_interval(self, db: DB) -> float:
         """With inotify, polling is only a safety net; without it, it is the detector."""
@@ -324,7 +335,13 @@ class Replicator:
     def _ship_task(self, replica: Replica) -> _Task:
         db = replica.db
         assert db is not None
-        state = _ShipState(_ErrorLog(f"{db.path}: replica {replica.name}"))
+        retention_check = min(replica.retention_check_interval, replica.retention)
+        state = _ShipState(
+            _ErrorLog(f"{db.path}: replica {replica.name}"),
+            snapshot=_Periodic(replica.snapshot_interval),
+            retention=_Periodic(retention_check if replica.retention.total_seconds() > 0 else None),
+            validation=_Periodic(replica.validation_interval),
+        )
         # sync-interval bounds the request rate (object stores bill per PUT).
         spacing = max(replica.sync_interval.total_seconds(), MIN_SYNC_SPACING)
         return _Task(f"{db.path}: replica {replica.name}", lambda: self._ship_step(replica, db, state), spacing)
@@ -333,16 +350,11 @@ class Replicator:
         try:
             replica.sync()
             now = time.monotonic()
-            if replica.snapshot_interval and now - state.last_snapshot >= replica.snapshot_interval.total_seconds():
+            if state.snapshot.take(now):
                 replica.snapshot()
-                state.last_snapshot = now
-            if replica.retention.total_seconds() > 0:
-                check = min(replica.retention_check_interval, replica.retention).total_seconds()
-                if now - state.last_retention >= check:
-                    replica.enforce_retention()
-                    state.last_retention = now
-            if replica.validation_interval and now - state.last_validation >= replica.validation_interval.total_seconds():
-                state.last_validation = now
+            if state.retention.take(now):
+                replica.enforce_retention()
+            if state.validation.take(now):
                 self._validate(replica)
             state.errors.ok()
         except LitestreamError as exc:
@@ -350,23 +362,12 @@ class Replicator:
         except Exception as exc:
             log.exception("%s: unexpected failure in replica %s", db.path, replica.name)
             state.errors.failed(exc)
-        return self._next_ship_timer(replica, state)
-
-    @staticmethod
-    def _next_ship_timer(replica: Replica, state: _ShipState) -> float:
-        """Seconds until the replica's next scheduled work (it is woken for new WAL)."""
+        # Until the next scheduled job; new WAL wakes the shipper sooner.
         now = time.monotonic()
-        timers = [IDLE_WAKE_INTERVAL]
-        if replica.validation_interval:
-            timers.append(state.last_validation + replica.validation_interval.total_seconds() - now)
-        if replica.snapshot_interval:
-            timers.append(state.last_snapshot + replica.snapshot_interval.total_seconds() - now)
-        if replica.retention.total_seconds() > 0:
-            check = min(replica.retention_check_interval, replica.retention).total_seconds()
-            timers.append(state.last_retention + check - now)
+        wait = min(IDLE_WAKE_INTERVAL, *(job.due - now for job in (state.snapshot, state.retention, state.validation)))
         if state.errors.last:
-            timers.append(RETRY_INTERVAL)
-        return max(min(timers), 0.0)
+            wait = min(wait, RETRY_INTERVAL)
+        return max(wait, 0.0)
 
     @staticmethod
     def _validate(replica: Replica) -> None:

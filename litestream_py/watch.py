@@ -18,7 +18,10 @@ import threading
 import time
 from typing import Any, Callable
 
-__all__ = ["WALWatcher"]
+__all__ = ["WALWatcher", "Wake"]
+
+# What a watch calls when its DB should sync (thread-safe, returns at once).
+Wake = Callable[[], None]
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +47,10 @@ if _InotifyFD is not None:
                 time.sleep(COALESCE_SECONDS)
 
 
-class _Wake:
+class _WakeOnWrite:
     """An inotify callback that wakes one DB."""
 
-    def __init__(self, wake: Callable[[], None]) -> None:
+    def __init__(self, wake: Wake) -> None:
         self.wake = wake
 
     def on_event(self, event: Any) -> None:
@@ -66,7 +69,7 @@ class _Directory:
     def __init__(self, watcher: WALWatcher, directory: str) -> None:
         self.watcher = watcher
         self.directory = directory
-        self.targets: dict[str, Callable[[], None]] = {}  # file name -> wake
+        self.targets: dict[str, Wake] = {}  # file name -> wake
 
     def on_event(self, event: Any) -> None:
         name = os.fsdecode(event.name)
@@ -102,7 +105,7 @@ class WALWatcher:
         self._watched: set[str] = set()  # DB paths with a directory watch
         self._unwatched: set[str] = set()  # WAL paths inotify refused to watch
 
-    def watch(self, db_path: str, wake: Callable[[], None]) -> None:
+    def watch(self, db_path: str, wake: Wake) -> None:
         """Watch ``db_path``'s directory and WAL (see ``watching``)."""
         if self._inotify is None:
             return
@@ -124,9 +127,9 @@ class WALWatcher:
         # After the directory watch: a WAL created in between is caught by it.
         self.watch_file(wal_path, wake)
 
-    def watch_file(self, wal_path: str, wake: Callable[[], None]) -> None:
+    def watch_file(self, wal_path: str, wake: Wake) -> None:
         try:
-            self._add(wal_path, _FILE_MASK, _Wake(wake))
+            self._add(wal_path, _FILE_MASK, _WakeOnWrite(wake))
         except FileNotFoundError:
             pass  # not there yet: the directory watch reports its creation
         except OSError as exc:

@@ -47,7 +47,7 @@ class Recorder:
 def started(*recorders: Recorder) -> _Pool:
     pool = _Pool()
     for r in recorders:
-        pool.add(r.task)
+        pool.wake(r.task)
     pool.start()
     return pool
 
@@ -112,7 +112,7 @@ def test_a_blocked_step_holds_up_no_other_task() -> None:
         while not all(s.runs for s in stuck) and time.monotonic() < deadline:
             time.sleep(0.005)
         assert all(s.runs for s in stuck)
-        pool.add(free.task)
+        pool.wake(free.task)
         assert free.ran.acquire(timeout=WAIT), "a free task waited for blocked ones"
         release.set()
     finally:

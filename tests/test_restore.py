@@ -283,6 +283,39 @@ def test_validation_interval_verifies_inside_the_sidecar(tmp_path: Path, procs: 
     assert "verification failed" not in procs.output(lsr)
 
 
+def test_snapshot_interval_and_retention_run_inside_the_sidecar(tmp_path: Path, procs: Processes) -> None:
+    """Scheduled snapshots keep coming, and retention removes the expired ones, while lsr runs."""
+    import sqlite3
+
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    replica = tmp_path / "replica"
+    config = tmp_path / "lsr.yml"
+    config.write_text(
+        f"dbs:\n  - path: {db}\n    replicas:\n      - url: file://{replica}\n"
+        "        snapshot-interval: 1s\n        retention: 3s\n        retention-check-interval: 1s\n"
+    )
+    lsr = procs.lsr_replicate("-config", str(config))
+    seen: set[str] = set()
+
+    def snapshots() -> set[str]:
+        return {p.name for p in replica.glob("generations/*/snapshots/*.snapshot.lz4")}
+
+    def expired_one_gone() -> bool:
+        conn.execute("INSERT INTO t (v) VALUES ('x')")
+        now = snapshots()
+        seen.update(now)
+        return len(seen) >= 4 and bool(seen - now)
+
+    wait_for(expired_one_gone, timeout=30, interval=0.2, what="four scheduled snapshots, the oldest removed")
+    assert procs.stop(lsr) == 0
+    out = tmp_path / "out.db"
+    assert run_lsr("restore", "-o", str(out), f"file://{replica}").returncode == 0
+    assert rows(out, "SELECT count(*) FROM t") == rows(db, "SELECT count(*) FROM t")
+
+
 def split_at_commits(wal: bytes) -> list[tuple[int, bytes]]:
     """(offset, bytes) of one segment per transaction, the first carrying the WAL header."""
     frame = WAL_FRAME_HEADER_SIZE + WALHeader.parse(wal).page_size
