@@ -147,6 +147,18 @@ def release_free_memory() -> None:
         pass
 
 
+def _valid_commit_entries(raw: bytes) -> list[tuple[int, int]]:
+    """The (offset, capture ns) entries of a .commits file, up to the first that
+    is torn or out of order (offsets only grow within one shadow index)."""
+    entries: list[tuple[int, int]] = []
+    for i in range(0, len(raw) - _COMMIT_ENTRY.size + 1, _COMMIT_ENTRY.size):
+        offset, captured = _COMMIT_ENTRY.unpack_from(raw, i)
+        if captured == 0 or (entries and offset <= entries[-1][0]):
+            break
+        entries.append((offset, captured))
+    return entries
+
+
 class _PollingBusyHandler:
     """A busy handler that retries every WRITE_LOCK_POLL for up to ``timeout``."""
 
@@ -713,35 +725,35 @@ class DB:
                 shadow.flush()
                 os.fsync(shadow.fileno())
         if commits:
-            self._record_commits(generation, index, commits, durable)
+            self._record_commits(generation, index, commits)
         return size
 
     def _make_durable(self, generation: str, index: int) -> None:
-        for path in (self.shadow_wal_path(generation, index), self.commits_path(generation, index)):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        try:
+            fd = os.open(self.shadow_wal_path(generation, index), os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
-    def _record_commits(
-        self, generation: str, index: int, commits: list[tuple[int, int]], durable: bool = True
-    ) -> None:
-        """Append capture times to the index's .commits file (after the frames are synced).
+    def _record_commits(self, generation: str, index: int, commits: list[tuple[int, int]]) -> None:
+        """Append capture times to the index's .commits file, for a restart of lsr.
 
-        A crash between the two loses only times, never frames: a restore then
-        falls back to the segment's own timestamp.
+        Not fsynced: the file only outlives the process for times, never for
+        frames. After a power loss its tail may be missing or torn (the loader
+        keeps the valid prefix) and a segment falls back to its own timestamp.
         """
         self.commit_times(generation, index, 0, 0)  # load what earlier runs recorded
-        self._commit_times[(generation, index)].extend(commits)
+        times = self._commit_times[(generation, index)]
         with open(self.commits_path(generation, index), "ab") as f:
+            if times and times[-1][0] >= commits[0][0]:
+                # Times of frames a power loss took from the shadow: theirs no longer.
+                del times[bisect.bisect_left(times, (commits[0][0], 0)) :]
+                f.truncate(len(times) * _COMMIT_ENTRY.size)
             f.write(b"".join(_COMMIT_ENTRY.pack(o, t) for o, t in commits))
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
+        times.extend(commits)
 
     def commit_times(self, generation: str, index: int, start: int, end: int) -> list[tuple[int, int]]:
         """(offset, capture ns) of the commits whose frames end within (start, end]."""
@@ -753,8 +765,11 @@ class DB:
                     raw = f.read()
             except FileNotFoundError:
                 raw = b""
-            whole = len(raw) - len(raw) % _COMMIT_ENTRY.size
-            times = [_COMMIT_ENTRY.unpack_from(raw, i) for i in range(0, whole, _COMMIT_ENTRY.size)]
+            times = _valid_commit_entries(raw)
+            if len(times) * _COMMIT_ENTRY.size != len(raw):
+                # A torn tail (power loss): cut it, or later appends would be misread.
+                with open(self.commits_path(generation, index), "r+b") as f:
+                    f.truncate(len(times) * _COMMIT_ENTRY.size)
             self._commit_times[key] = times
         lo = bisect.bisect_right(times, (start, 2**64))
         hi = bisect.bisect_right(times, (end, 2**64))

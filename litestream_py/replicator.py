@@ -3,7 +3,8 @@
 Each DB has a monitor task that copies the WAL into the shadow WAL when
 inotify reports a write; each replica has a shipper task that writes new
 segments as soon as the shadow WAL changes (at most once per ``sync-interval``,
-and never more often than MIN_SYNC_SPACING), and runs retention and
+never more often than MIN_SYNC_SPACING, and less often while each step is
+slow: see BUSY_SPACING_FACTOR), and runs retention and
 scheduled snapshots. A task is a step that runs when it is woken or its timer
 is due, never on two threads at once. ``stop()`` ends the pool, then runs one
 final sync of every DB and replica so that nothing committed before shutdown
@@ -42,6 +43,11 @@ IDLE_WAKE_INTERVAL = 60.0
 # replica: a busy writer's commits go out in batches, bounding the per-sync and
 # per-segment overhead (files, fsyncs, requests) at a few ms of added lag.
 MIN_SYNC_SPACING = 0.015
+# A step that took t seconds starts again no sooner than BUSY_SPACING_FACTOR * t
+# after it began (at most MAX_BUSY_SPACING): under a saturated writer each
+# sync carries more commits, so fixed per-sync costs shrink per MiB of WAL.
+BUSY_SPACING_FACTOR = 8.0
+MAX_BUSY_SPACING = 0.1
 # After a failed sync, try again this soon even without new writes.
 RETRY_INTERVAL = 1.0
 # Workers are added while every one is busy, up to this many.
@@ -204,7 +210,8 @@ class _Pool:
                     continue
                 task = self._ready.popleft()
                 task.ready, task.running = False, True
-                task.earliest = time.monotonic() + task.spacing
+                started = time.monotonic()
+                task.earliest = started + task.spacing
                 if self._ready and not self._waking:
                     self._call_worker()  # this step may block: the rest go to another worker
                 self._work_cv.release()
@@ -216,6 +223,8 @@ class _Pool:
                 finally:
                     self._work_cv.acquire()
                 task.running = False
+                busy = (time.monotonic() - started) * BUSY_SPACING_FACTOR
+                task.earliest = max(task.earliest, started + min(busy, MAX_BUSY_SPACING))
                 if task.woken:
                     urgent, task.woken, task.urgent = task.urgent, False, False
                     self._wake(task, urgent)

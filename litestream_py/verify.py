@@ -23,7 +23,7 @@ import apsw
 
 from . import paths
 from .db import BUMP_SEQ_SQL
-from .errors import DatabaseError, LitestreamError, RestoreGapError
+from .errors import DatabaseError, LitestreamError, NoSnapshotError, RestoreGapError
 from .pos import Pos
 from .replica_client import ReplicaClient
 from .restore import RestoreOptions, calc_restore_target, restore
@@ -154,8 +154,9 @@ def _restore_to_temp(client: ReplicaClient, opts: RestoreOptions, wait: float,
         try:
             restore(client, opts)
             return
-        except RestoreGapError:
-            # The replica has not caught up with the position yet.
+        except (RestoreGapError, NoSnapshotError):
+            # The replica has not caught up with the position yet (or, for a
+            # generation the sidecar has just begun, not even its snapshot).
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)

@@ -226,15 +226,11 @@ class ScanResult:
     frames: int
 
 
-# Frames whose checksums are computed in one numpy pass (bounds temporary memory).
-CHECKSUM_BATCH_BYTES = 2 << 20
-
-
 _FRAME_WEIGHTS: dict[int, np.ndarray] = {}
 
 
 def _frame_weights(page_size: int) -> np.ndarray:
-    """Per-word weights W such that (frame words @ W) mod 2**32 is a frame's contribution r.
+    """Per-word uint32 weights W such that (frame words @ W) mod 2**32 is a frame's contribution r.
 
     A frame's checksum covers words 0-1 of its header and its page (words 6 on);
     step j reads words (a_j, b_j) and adds M^(n-j) (a_j, a_j + b_j), i.e.
@@ -251,7 +247,7 @@ def _frame_weights(page_size: int) -> np.ndarray:
         covered[0::2, 1] = (powers[:, 1, 0] + powers[:, 1, 1]) & _MASK32
         covered[1::2, 0] = powers[:, 0, 1]
         covered[1::2, 1] = powers[:, 1, 1]
-        weights = np.zeros(((WAL_FRAME_HEADER_SIZE + page_size) // 4, 2), dtype=np.uint64)
+        weights = np.zeros(((WAL_FRAME_HEADER_SIZE + page_size) // 4, 2), dtype=np.uint32)
         weights[0:2] = covered[0:2]
         weights[WAL_FRAME_HEADER_SIZE // 4 :] = covered[2:]
         _FRAME_WEIGHTS[page_size] = weights
@@ -259,43 +255,39 @@ def _frame_weights(page_size: int) -> np.ndarray:
 
 
 def checksum_chain(data: bytes | memoryview, header: WALHeader, start_checksum: tuple[int, int]) -> np.ndarray:
-    """The cumulative checksum after each whole frame in ``data``, as a (frames, 2) array.
+    """The cumulative checksum after each whole frame in ``data``, as a (frames, 2) uint32 array.
 
     Frame k moves the checksum state by s -> A s + r_k with A = M^n fixed and
-    r_k depending on frame k alone: one matrix product gives every r_k of a
-    batch, and a log-step prefix scan folds them (no per-frame Python).
+    r_k depending on frame k alone: one matrix product gives every r_k, and a
+    log-step prefix scan folds them (no per-frame Python). All of it is done
+    in uint32, whose wrap-around is the checksum's own mod 2**32: no wider
+    copy of the frames is made.
     """
     import numpy as np
 
     page_size = header.page_size
     frame_size = WAL_FRAME_HEADER_SIZE + page_size
     count = len(data) // frame_size
-    steps = (8 + page_size) // 8
-    step_matrix = _matrix_powers()[steps]
-    weights = _frame_weights(page_size)
     dtype = ">u4" if header.big_endian else "<u4"
     words = np.frombuffer(data, dtype=dtype, count=count * frame_size // 4).reshape(count, frame_size // 4)
-    batch = max(1, CHECKSUM_BATCH_BYTES // frame_size)
-    out = np.empty((count, 2), dtype=np.uint64)
-    state = start_checksum
-    for first in range(0, count, batch):
-        sums = out[first : first + batch]
-        np.matmul(words[first : first + batch].astype(np.uint64), weights, out=sums)
-        sums &= _MASK32
-        _prefix_fold(sums, step_matrix, state)
-        state = (int(sums[-1, 0]), int(sums[-1, 1]))
-    return out
+    if not words.dtype.isnative:
+        words = words.astype(np.uint32)
+    sums: np.ndarray = np.matmul(words, _frame_weights(page_size))
+    _prefix_fold(sums, _matrix_powers()[(8 + page_size) // 8], start_checksum)
+    return sums
 
 
 def _prefix_fold(sums: np.ndarray, step_matrix: np.ndarray, state: tuple[int, int]) -> None:
     """In place: sums[k] := A sums[k-1] + sums[k] (mod 2**32), sums[-1] being ``state``.
 
     Hillis-Steele scan: after the round with distance d, row k holds the fold of
-    rows k-2d+1..k, so log2(rows) vector rounds replace a per-row loop. uint64
-    products wrap mod 2**64, which keeps them right mod 2**32.
+    rows k-2d+1..k, so log2(rows) vector rounds replace a per-row loop. ``sums``
+    is uint32, so every product and sum wraps mod 2**32 as it should.
     """
     import numpy as np
 
+    if not len(sums):
+        return
     a = [[int(v) for v in row] for row in step_matrix]
     s0, s1 = state
     sums[0, 0] = (int(sums[0, 0]) + a[0][0] * s0 + a[0][1] * s1) & _MASK32
@@ -303,11 +295,10 @@ def _prefix_fold(sums: np.ndarray, step_matrix: np.ndarray, state: tuple[int, in
     p, d = a, 1
     while d < len(sums):
         prev0, prev1 = sums[:-d, 0], sums[:-d, 1]
-        add0 = prev0 * np.uint64(p[0][0]) + prev1 * np.uint64(p[0][1])
-        add1 = prev0 * np.uint64(p[1][0]) + prev1 * np.uint64(p[1][1])
+        add0 = prev0 * np.uint32(p[0][0]) + prev1 * np.uint32(p[0][1])
+        add1 = prev0 * np.uint32(p[1][0]) + prev1 * np.uint32(p[1][1])
         sums[d:, 0] += add0
         sums[d:, 1] += add1
-        sums &= _MASK32
         p = [
             [(p[0][0] * p[0][0] + p[0][1] * p[1][0]) & _MASK32, (p[0][0] * p[0][1] + p[0][1] * p[1][1]) & _MASK32],
             [(p[1][0] * p[0][0] + p[1][1] * p[1][0]) & _MASK32, (p[1][0] * p[0][1] + p[1][1] * p[1][1]) & _MASK32],

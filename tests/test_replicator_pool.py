@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from litestream_py.replicator import MAX_WORKERS, _Pool, _Task
+from litestream_py.replicator import BUSY_SPACING_FACTOR, MAX_BUSY_SPACING, MAX_WORKERS, _Pool, _Task
 
 WAIT = 5.0
 
@@ -18,8 +18,9 @@ WAIT = 5.0
 class Recorder:
     """A step that records when it runs, optionally blocking until released."""
 
-    def __init__(self, name: str, delay: float = 60.0, block: threading.Event | None = None) -> None:
+    def __init__(self, name: str, delay: float = 60.0, block: threading.Event | None = None, work: float = 0.01) -> None:
         self.name = name
+        self.work = work
         self.delay = delay
         self.block = block
         self.runs: list[float] = []
@@ -37,7 +38,7 @@ class Recorder:
         self.runs.append(time.monotonic())
         if self.block is not None:
             self.block.wait(WAIT)
-        time.sleep(0.01)
+        time.sleep(self.work)
         with self._lock:
             self.active -= 1
         self.ran.release()
@@ -180,3 +181,24 @@ def test_spacing_batches_wakes_unless_urgent() -> None:
         assert r.runs[3] - r.runs[2] < 0.3
     finally:
         pool.stop()
+
+
+def test_a_slow_step_spaces_out_its_next_runs() -> None:
+    """Woken without pause, a step of t seconds starts again no sooner than
+    BUSY_SPACING_FACTOR * t later (at most MAX_BUSY_SPACING): a saturated
+    writer's commits go out in fewer, larger syncs."""
+    slow, quick = Recorder("slow", work=0.03), Recorder("quick", work=0.002)
+    pool = started(slow, quick)
+    try:
+        end = time.monotonic() + 0.8
+        while time.monotonic() < end:
+            pool.wake(slow.task)
+            pool.wake(quick.task)
+            time.sleep(0.003)
+    finally:
+        pool.stop()
+    slow_gaps = [b - a for a, b in zip(slow.runs, slow.runs[1:])]
+    assert len(slow_gaps) >= 3 and min(slow_gaps) >= min(0.03 * BUSY_SPACING_FACTOR, MAX_BUSY_SPACING) - 0.005
+    quick_gaps = [b - a for a, b in zip(quick.runs, quick.runs[1:])]
+    assert min(quick_gaps) >= 0.002 * BUSY_SPACING_FACTOR - 0.005
+    assert len(quick.runs) > 2 * len(slow.runs), (len(quick.runs), len(slow.runs))

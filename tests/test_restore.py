@@ -393,3 +393,25 @@ def test_applied_wal_matches_sqlites_own_checkpoint(tmp_path: Path, dirty_bytes:
     assert len(want) < 400 * 1500  # the VACUUM did shrink it
     assert out.read_bytes() == want
     assert integrity_ok(out)
+
+
+def test_verify_waits_for_the_snapshot_of_a_generation_just_begun(tmp_path: Path, engine) -> None:
+    """Right after the sidecar starts a generation, its replica has no snapshot yet:
+    verify waits for it (as for any position not shipped yet) instead of failing."""
+    from litestream_py.verify import verify_database
+
+    app, db, client, replica = engine
+    for i in range(20):
+        app.execute("INSERT INTO t (v) VALUES (?)", (f"row-{i}",))
+    db.sync()  # the shadow WAL has a generation; the replica has nothing yet
+    assert client.snapshots(db.pos().generation) == []
+    calls = []
+
+    def ship_on_second_call() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            replica.sync()
+
+    result = verify_database(db.path, client, wait=10, shm_fd=db.shm_fd, catch_up=ship_on_second_call)
+    assert result.ok, result.describe()
+    assert len(calls) >= 2

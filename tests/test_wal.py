@@ -19,6 +19,7 @@ from litestream_py.wal import (
     FrameHeader,
     WALHeader,
     checksum,
+    checksum_chain,
     checksum_reference,
     frame_align,
     scan_frames,
@@ -97,6 +98,24 @@ def test_vectorised_checksum_matches_reference() -> None:
         data = os.urandom(n)
         for big in (False, True):
             assert checksum(big, 7, 11, data) == checksum_reference(big, 7, 11, data)
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_checksum_chain_matches_reference_frame_by_frame(big: bool) -> None:
+    """Every cumulative sum of a long run of random frames (wrapping uint32 arithmetic, many scan rounds)."""
+    page_size = 1024
+    frame = WAL_FRAME_HEADER_SIZE + page_size
+    count = 300
+    data = os.urandom(count * frame)
+    magic = WAL_MAGIC_BE if big else WAL_MAGIC_LE
+    header = WALHeader.parse(struct.pack(">IIIIII", magic, 3007000, page_size, 0, 1, 2) + b"\0" * 8, verify=False)
+    sums = checksum_chain(data, header, (0xDEADBEEF, 0xFFFFFFFF))
+    s0, s1 = 0xDEADBEEF, 0xFFFFFFFF
+    for k in range(count):
+        start = k * frame
+        s0, s1 = checksum_reference(big, s0, s1, data[start : start + 8])
+        s0, s1 = checksum_reference(big, s0, s1, data[start + WAL_FRAME_HEADER_SIZE : start + frame])
+        assert (int(sums[k, 0]), int(sums[k, 1])) == (s0, s1), f"frame {k}"
 
 
 def test_scan_stops_at_corrupt_frame(tmp_path: Path) -> None:

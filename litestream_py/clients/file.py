@@ -92,10 +92,12 @@ class FileReplicaClient:
                     f.write(src)
                 else:
                     shutil.copyfileobj(src, f, 1 << 20)
-            if created_at is not None:
-                ts = created_at.timestamp()
-                os.utime(path, (ts, ts))
-            return os.stat(path)
+                f.flush()
+                if created_at is not None:
+                    # Before the rename: the file never appears with another time.
+                    ts = created_at.timestamp()
+                    os.utime(f.fileno(), (ts, ts))
+                return os.fstat(f.fileno())
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
 
