@@ -247,6 +247,9 @@ class DB:
         # wrote it, so that a sync needs no directory listing; None re-reads disk.
         self._head: tuple[str, int] | None = None
         self._cleaned: tuple[str, int] | None = None  # what _clean last saw shipped
+        # (generation, index, size): shadow bytes known to be on disk (see make_durable).
+        self._durable = ("", -1, 0)
+        self._durable_lock = threading.Lock()
         self._change_listeners: list[Callable[[], None]] = []
 
     # -- paths -------------------------------------------------------------
@@ -679,12 +682,13 @@ class DB:
                 f.truncate(aligned)
                 os.fsync(f.fileno())
 
-    def _copy_to_shadow(self, generation: str, index: int, durable: bool = True) -> int:
+    def _copy_to_shadow(self, generation: str, index: int) -> int:
         """Append the WAL's newly committed, checksum-verified frames to the shadow.
 
         Reads only the bytes past the shadow's end. Returns the new shadow size.
-        With ``durable=False`` (under the write lock, where every millisecond
-        stalls the application) the caller fsyncs later with ``_make_durable``.
+        Not fsynced here: a replica makes what it ships durable first
+        (``make_durable``), so a busy WAL costs one fsync per shipment, not one
+        per sync, and none while the write lock is held.
         """
         path = self.shadow_wal_path(generation, index)
         with open(path, "r+b") as shadow:
@@ -698,7 +702,6 @@ class DB:
                 s0, s1 = int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:], "big")
             else:
                 s0, s1 = header.checksum1, header.checksum2
-            start = size
             commits: list[tuple[int, int]] = []
             with open(self.wal_path, "rb") as wal:
                 # Start small: past the live end of a restarted WAL lie stale
@@ -721,22 +724,27 @@ class DB:
                         break  # reached the end of the file or of the valid frames
                     if not result.committed:
                         chunk *= 2  # one transaction larger than the chunk
-            if size != start and durable:
-                shadow.flush()
-                os.fsync(shadow.fileno())
         if commits:
             self._record_commits(generation, index, commits)
         return size
 
-    def _make_durable(self, generation: str, index: int) -> None:
-        try:
+    def make_durable(self, generation: str, index: int, end: int) -> None:
+        """fsync shadow index ``index`` if its first ``end`` bytes may not be on disk yet.
+
+        Called before they are shipped: a replica must never hold frames that a
+        power loss could take from the shadow, or lsr would resume behind it.
+        """
+        with self._durable_lock:
+            g, i, size = self._durable
+            if (g, i) == (generation, index) and end <= size:
+                return
             fd = os.open(self.shadow_wal_path(generation, index), os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            try:
+                size = os.fstat(fd).st_size  # all of it: what a sync appends meanwhile waits
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._durable = (generation, index, size)
 
     def _record_commits(self, generation: str, index: int, commits: list[tuple[int, int]]) -> None:
         """Append capture times to the index's .commits file, for a restart of lsr.
@@ -830,7 +838,7 @@ class DB:
         # Catch up first, so that under the write lock only a few frames remain.
         self._copy_to_shadow(generation, index)
         with self._write_lock():
-            self._copy_to_shadow(generation, index, durable=False)
+            self._copy_to_shadow(generation, index)
             self._release_read_lock()
             self._acquire_read_lock()
         self._run_checkpoint(writer)
@@ -840,7 +848,7 @@ class DB:
         deadline = time.monotonic() + (BUSY_TIMEOUT.total_seconds() if mode != CHECKPOINT_PASSIVE else 0)
         while True:
             with self._write_lock():
-                self._copy_to_shadow(generation, index, durable=False)
+                self._copy_to_shadow(generation, index)
                 self._release_read_lock()
                 # The write connection is inside its transaction; checkpoint from
                 # the (now idle) read connection.
@@ -849,7 +857,6 @@ class DB:
             if (not busy and frames == backfilled) or time.monotonic() >= deadline:
                 break
             time.sleep(FORCED_CHECKPOINT_RETRY)
-        self._make_durable(generation, index)
         self._publish(generation, index)
         self._last_checkpoint = time.monotonic()
         if busy or frames != backfilled:

@@ -164,6 +164,7 @@ class Replica:
             return False
         # Bound the segment's size, ending on a frame boundary (frames start after the header).
         end = min(end, frame_align(pos.offset + self._max_segment(path), self._page_size(path)))
+        self.db.make_durable(pos.generation, pos.index, end)
         with open(path, "rb") as f:
             f.seek(pos.offset)
             data = f.read(end - pos.offset)

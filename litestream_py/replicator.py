@@ -1,10 +1,10 @@
 """The replicate service: keeps every DB's replicas current from a small pool of threads.
 
 Each DB has a monitor task that copies the WAL into the shadow WAL when
-inotify reports a write; each replica has a shipper task that writes new
-segments as soon as the shadow WAL changes (at most once per ``sync-interval``,
-never more often than MIN_SYNC_SPACING, and less often while each step is
-slow: see BUSY_SPACING_FACTOR), and runs retention and
+inotify reports a write (at most every MIN_SYNC_SPACING, and less often while
+its syncs are slow: see BUSY_SPACING_FACTOR); each replica has a shipper task
+that writes new segments as soon as the shadow WAL changes (at most once per
+``sync-interval``, never more often than MIN_SYNC_SPACING), and runs retention and
 scheduled snapshots. A task is a step that runs when it is woken or its timer
 is due, never on two threads at once. ``stop()`` ends the pool, then runs one
 final sync of every DB and replica so that nothing committed before shutdown
@@ -43,9 +43,10 @@ IDLE_WAKE_INTERVAL = 60.0
 # replica: a busy writer's commits go out in batches, bounding the per-sync and
 # per-segment overhead (files, fsyncs, requests) at a few ms of added lag.
 MIN_SYNC_SPACING = 0.015
-# A step that took t seconds starts again no sooner than BUSY_SPACING_FACTOR * t
-# after it began (at most MAX_BUSY_SPACING): under a saturated writer each
-# sync carries more commits, so fixed per-sync costs shrink per MiB of WAL.
+# A DB's sync that took t seconds starts again no sooner than BUSY_SPACING_FACTOR * t
+# after it began (at most MAX_BUSY_SPACING): under a saturated writer each sync,
+# and so each segment, carries more commits, so fixed per-sync costs shrink per
+# MiB of WAL. (Shippers follow the syncs; they need no factor of their own.)
 BUSY_SPACING_FACTOR = 8.0
 MAX_BUSY_SPACING = 0.1
 # After a failed sync, try again this soon even without new writes.
@@ -85,15 +86,18 @@ class _Task:
     returns the seconds until it wants to run again, unless woken sooner.
 
     Two steps start at least ``spacing`` seconds apart, however often the task
-    is woken, unless a wake is urgent.
+    is woken, unless a wake is urgent; with a ``busy_factor``, a step that took
+    t seconds also starts again no sooner than busy_factor * t after it began
+    (at most MAX_BUSY_SPACING).
     """
 
-    __slots__ = ("name", "step", "spacing", "earliest", "due", "ready", "running", "woken", "urgent")
+    __slots__ = ("name", "step", "spacing", "busy_factor", "earliest", "due", "ready", "running", "woken", "urgent")
 
-    def __init__(self, name: str, step: Callable[[], float], spacing: float = 0.0) -> None:
+    def __init__(self, name: str, step: Callable[[], float], spacing: float = 0.0, busy_factor: float = 0.0) -> None:
         self.name = name
         self.step = step
         self.spacing = spacing
+        self.busy_factor = busy_factor
         self.earliest = 0.0  # the next step starts no sooner (unless urgent)
         self.due = math.inf  # when its timer fires; inf: no timer pending
         self.ready = False  # queued for a worker
@@ -223,7 +227,7 @@ class _Pool:
                 finally:
                     self._work_cv.acquire()
                 task.running = False
-                busy = (time.monotonic() - started) * BUSY_SPACING_FACTOR
+                busy = (time.monotonic() - started) * task.busy_factor
                 task.earliest = max(task.earliest, started + min(busy, MAX_BUSY_SPACING))
                 if task.woken:
                     urgent, task.woken, task.urgent = task.urgent, False, False
@@ -322,7 +326,7 @@ class Replicator:
     def _monitor_task(self, db: DB) -> _Task:
         errors = _ErrorLog(f"{db.path}: sync")
         # A busy writer's commits are copied in batches, not one sync each.
-        return _Task(f"{db.path}: sync", lambda: self._monitor_step(db, errors), spacing=MIN_SYNC_SPACING)
+        return _Task(f"{db.path}: sync", lambda: self._monitor_step(db, errors), MIN_SYNC_SPACING, BUSY_SPACING_FACTOR)
 
     def _monitor_step(self, db: DB, errors: _ErrorLog) -> float:
         try:

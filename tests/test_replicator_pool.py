@@ -188,6 +188,7 @@ def test_a_slow_step_spaces_out_its_next_runs() -> None:
     BUSY_SPACING_FACTOR * t later (at most MAX_BUSY_SPACING): a saturated
     writer's commits go out in fewer, larger syncs."""
     slow, quick = Recorder("slow", work=0.03), Recorder("quick", work=0.002)
+    slow.task.busy_factor = quick.task.busy_factor = BUSY_SPACING_FACTOR
     pool = started(slow, quick)
     try:
         end = time.monotonic() + 0.8

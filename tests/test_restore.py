@@ -415,3 +415,43 @@ def test_verify_waits_for_the_snapshot_of_a_generation_just_begun(tmp_path: Path
     result = verify_database(db.path, client, wait=10, shm_fd=db.shm_fd, catch_up=ship_on_second_call)
     assert result.ok, result.describe()
     assert len(calls) >= 2
+
+
+def test_shadow_frames_are_on_disk_before_they_are_shipped(tmp_path: Path, engine, monkeypatch) -> None:
+    """A replica must never hold frames that a power loss could take from the shadow WAL.
+
+    A power loss cannot be produced here, so this spies on the real os.fsync and
+    segment writes (both still run) and checks their order: every shipped byte
+    of a shadow index was fsynced before its segment was written.
+    """
+    app, db, client, replica = engine
+    events: list[tuple[str, str, int]] = []
+    real_fsync = os.fsync
+
+    def spy_fsync(fd: int) -> None:
+        real_fsync(fd)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path.endswith(".wal"):
+            events.append(("fsync", path, os.fstat(fd).st_size))
+
+    real_write = client.write_wal_segment
+
+    def spy_write(pos: Pos, data: bytes, created_at: datetime | None = None) -> WALSegmentInfo:
+        end = pos.offset + len(codec.decode_segment(data)[0])
+        events.append(("ship", db.shadow_wal_path(pos.generation, pos.index), end))
+        return real_write(pos, data, created_at)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(client, "write_wal_segment", spy_write)
+    commit_and_ship(app, db, replica, 30)
+    db.checkpoint("RESTART")  # the WAL restarts: later frames go to a new shadow index
+    commit_and_ship(app, db, replica, 5, start=30)
+    durable: dict[str, int] = {}
+    shipped = set()
+    for kind, path, size in events:
+        if kind == "fsync":
+            durable[path] = max(durable.get(path, 0), size)
+        else:
+            assert durable.get(path, 0) >= size, f"{path} shipped through {size} with only {durable.get(path, 0)} on disk"
+            shipped.add(path)
+    assert len(shipped) >= 2, shipped  # more than one shadow index was shipped
