@@ -51,7 +51,7 @@ BUSY_SPACING_FACTOR = 8.0
 MAX_BUSY_SPACING = 0.1
 # After a failed sync, try again this soon even without new writes.
 RETRY_INTERVAL = 1.0
-# Workers are added while every one is busy, up to this many.
+# Workers are added while every one is busy, up to this many per pool.
 MAX_WORKERS = 32
 # Timers of ten seconds or more (safety-net polls, idle wakes) fire on
 # whole-second ticks: an idle process with a thousand databases wakes once a
@@ -115,7 +115,8 @@ class _Pool:
     slow upload must not hold up other databases), up to MAX_WORKERS.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name  # of its threads
         lock = threading.Lock()
         self._timer_cv = threading.Condition(lock)
         self._work_cv = threading.Condition(lock)
@@ -129,7 +130,7 @@ class _Pool:
         self._stopping = False
 
     def start(self) -> None:
-        self._timer_thread = threading.Thread(target=self._run_timers, name="lsr-timers", daemon=True)
+        self._timer_thread = threading.Thread(target=self._run_timers, name=f"{self.name}-timers", daemon=True)
         self._timer_thread.start()
 
     def wake(self, task: _Task, urgent: bool = False) -> None:
@@ -175,7 +176,7 @@ class _Pool:
             self._work_cv.notify()
         elif len(self._workers) < MAX_WORKERS and not self._stopping:
             self._waking += 1
-            worker = threading.Thread(target=self._work, name="lsr-worker", daemon=True)
+            worker = threading.Thread(target=self._work, name=self.name, daemon=True)
             self._workers.append(worker)
             worker.start()
 
@@ -264,7 +265,11 @@ class Replicator:
 
     def __init__(self, dbs: list[DB], *, watch: bool = True) -> None:
         self.dbs = dbs
-        self._pool = _Pool()
+        # A pool each: shipments waiting on a slow or dead endpoint (up to the
+        # client's timeouts and retries) may take every shipper thread, never a
+        # monitor's, so every WAL is still copied and checkpointed meanwhile.
+        self._monitors = _Pool("lsr-sync")
+        self._shippers = _Pool("lsr-ship")
         self._watcher: WALWatcher | None = WALWatcher() if watch else None
 
     def start(self) -> None:
@@ -279,13 +284,14 @@ class Replicator:
         for db in self.dbs:
             monitor = self._monitor_task(db)
             if watcher is not None:
-                watcher.watch(db.path, functools.partial(self._pool.wake, monitor))
+                watcher.watch(db.path, functools.partial(self._monitors.wake, monitor))
             for replica in db.replicas:
                 shipper = self._ship_task(replica)
                 db.on_change(functools.partial(self._shadow_changed, db, replica, shipper))
-                self._pool.wake(shipper)
-            self._pool.wake(monitor)
-        self._pool.start()
+                self._shippers.wake(shipper)
+            self._monitors.wake(monitor)
+        self._monitors.start()
+        self._shippers.start()
 
     def stop(self, final_sync: bool = True) -> bool:
         """Stop the pool, then sync every DB and replica one last time.
@@ -295,7 +301,8 @@ class Replicator:
         ok = True
         if self._watcher is not None:
             self._watcher.stop()
-        self._pool.stop()
+        self._monitors.stop()
+        self._shippers.stop()
         for db in self.dbs:
             try:
                 if final_sync:
@@ -315,7 +322,7 @@ class Replicator:
 
     def _shadow_changed(self, db: DB, replica: Replica, shipper: _Task) -> None:
         # A new generation's snapshot goes out at once, whatever the sync-interval.
-        self._pool.wake(shipper, urgent=replica.pos().generation != db.pos().generation)
+        self._shippers.wake(shipper, urgent=replica.pos().generation != db.pos().generation)
 
     def _poll_interval(self, db: DB) -> float:
         """With inotify, polling is only a safety net; without it, it is the detector."""

@@ -46,7 +46,7 @@ class Recorder:
 
 
 def started(*recorders: Recorder) -> _Pool:
-    pool = _Pool()
+    pool = _Pool("test")
     for r in recorders:
         pool.wake(r.task)
     pool.start()
@@ -150,7 +150,7 @@ def test_many_quick_tasks_all_run_and_long_timers_share_whole_second_ticks() -> 
         pool.stop()
     assert all(len(r.runs) == 1 for r in quick)
     # A 12.3 s timer lands on a whole second, at most one tick late; a short one is exact.
-    idle = _Pool()
+    idle = _Pool("test")
     long_task, short_task = _Task("long", lambda: 0.0), _Task("short", lambda: 0.0)
     with idle._work_cv:
         before = time.monotonic()

@@ -391,3 +391,44 @@ def test_lsr_replicates_go_restores(tmp_path: Path, procs: Processes, s3_server:
         assert res.returncode == 0, f"go restore failed:\n{res.stdout}\n{res.stderr}"
         assert integrity_ok(out)
         assert_same_data(db, out)
+
+
+# -- 7. a slow endpoint holds up shipments, never the local syncs -------------------------
+
+def test_replicas_stuck_on_a_slow_endpoint_do_not_hold_up_local_syncs(
+        tmp_path: Path, s3_servers: dict[str, S3Server]) -> None:
+    """More replicas than worker threads wait on an endpoint that answers after 30 s.
+    Every database's WAL is still copied to its shadow WAL (and so can still be
+    checkpointed): the shippers' waits never take the monitors' threads."""
+    from litestream_py.db import DB
+    from litestream_py.replica import Replica
+    from litestream_py.replicator import MAX_WORKERS, Replicator
+
+    server = s3_servers["moto"]
+    bucket = server.create_bucket()
+    with FaultProxy(server.port, seed=9) as slow:
+        slow.configure(ratio=1.0, faults=["latency"], latency=30.0)
+        dbs, conns = [], []
+        for k in range(MAX_WORKERS + 4):
+            path, conn = new_db(tmp_path, f"app{k}.db")
+            db = DB(str(path))
+            client = make_s3_client(server, bucket, f"db{k}", endpoint=slow.endpoint)
+            db.replicas.append(Replica(db, client, "s3"))
+            dbs.append(db)
+            conns.append(conn)
+        replicator = Replicator(dbs)
+        replicator.start()
+        try:
+            wait_for(lambda: all(not db.pos().is_zero() for db in dbs), 20, what="every generation")
+            # Every shipper has now asked the endpoint about its new generation and waits.
+            wait_for(lambda: slow.stats["latency"] >= MAX_WORKERS, 20, what="shippers waiting on the endpoint")
+            before = [db.pos() for db in dbs]
+            for i, conn in enumerate(conns):
+                insert(conn, i)
+            wait_for(lambda: all(db.pos().offset > b.offset for db, b in zip(dbs, before)), 10,
+                     what="every commit copied to its shadow WAL")
+        finally:
+            slow.stop()  # the waiting requests fail at once
+            replicator.stop(final_sync=False)
+            for conn in conns:
+                conn.close()
