@@ -738,12 +738,16 @@ class DB:
             g, i, size = self._durable
             if (g, i) == (generation, index) and end <= size:
                 return
-            fd = os.open(self.shadow_wal_path(generation, index), os.O_RDONLY)
+            path = self.shadow_wal_path(generation, index)
             try:
-                size = os.fstat(fd).st_size  # all of it: what a sync appends meanwhile waits
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    size = os.fstat(fd).st_size  # all of it: what a sync appends meanwhile waits
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise DatabaseError(f"cannot sync shadow wal {path}: {exc.strerror}") from exc
             self._durable = (generation, index, size)
 
     def _record_commits(self, generation: str, index: int, commits: list[tuple[int, int]]) -> None:
