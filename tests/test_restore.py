@@ -8,7 +8,9 @@ libraries in one process would not see each other's POSIX locks).
 from __future__ import annotations
 
 import os
+import sqlite3
 import struct
+import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -234,7 +236,6 @@ def test_large_backlog_ships_in_bounded_frame_aligned_segments(tmp_path: Path, e
 
 def test_progress_bar_only_on_a_terminal(tmp_path: Path, engine) -> None:
     import pty
-    import subprocess
 
     from conftest import LSR
 
@@ -263,19 +264,24 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path, engine) -> None:
     assert b"restoring" in output and b"100%" in output
 
 
-def test_validation_interval_verifies_inside_the_sidecar(tmp_path: Path, procs: Processes) -> None:
-    import sqlite3
-
+def sidecar_on_new_db(
+    tmp_path: Path, procs: Processes, replica_settings: str
+) -> tuple[sqlite3.Connection, Path, subprocess.Popen[bytes]]:
+    """A WAL-mode app.db with table t, replicated by `lsr replicate` to a file replica in
+    tmp_path/replica configured with ``replica_settings`` (YAML lines). Returns (conn, db, lsr)."""
     db = tmp_path / "app.db"
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
     config = tmp_path / "lsr.yml"
     config.write_text(
-        f"dbs:\n  - path: {db}\n    replicas:\n      - url: file://{tmp_path / 'replica'}\n"
-        "        validation-interval: 1s\n"
+        f"dbs:\n  - path: {db}\n    replicas:\n      - url: file://{tmp_path / 'replica'}\n" + replica_settings
     )
-    lsr = procs.lsr_replicate("-config", str(config))
+    return conn, db, procs.lsr_replicate("-config", str(config))
+
+
+def test_validation_interval_verifies_inside_the_sidecar(tmp_path: Path, procs: Processes) -> None:
+    conn, _, lsr = sidecar_on_new_db(tmp_path, procs, "        validation-interval: 1s\n")
     for i in range(50):
         conn.execute("INSERT INTO t (v) VALUES (?)", (f"v{i}",))
     wait_for(lambda: "verified: OK" in procs.output(lsr), timeout=60, what="a validation in the sidecar")
@@ -285,19 +291,10 @@ def test_validation_interval_verifies_inside_the_sidecar(tmp_path: Path, procs: 
 
 def test_snapshot_interval_and_retention_run_inside_the_sidecar(tmp_path: Path, procs: Processes) -> None:
     """Scheduled snapshots keep coming, and retention removes the expired ones, while lsr runs."""
-    import sqlite3
-
-    db = tmp_path / "app.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-    replica = tmp_path / "replica"
-    config = tmp_path / "lsr.yml"
-    config.write_text(
-        f"dbs:\n  - path: {db}\n    replicas:\n      - url: file://{replica}\n"
-        "        snapshot-interval: 1s\n        retention: 3s\n        retention-check-interval: 1s\n"
+    conn, db, lsr = sidecar_on_new_db(
+        tmp_path, procs, "        snapshot-interval: 1s\n        retention: 3s\n        retention-check-interval: 1s\n"
     )
-    lsr = procs.lsr_replicate("-config", str(config))
+    replica = tmp_path / "replica"
     seen: set[str] = set()
 
     def snapshots() -> set[str]:
@@ -360,8 +357,6 @@ def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dirty_bytes", [1, 64 << 20], ids=["flush-every-commit", "flush-at-end"])
 def test_applied_wal_matches_sqlites_own_checkpoint(tmp_path: Path, dirty_bytes: int, monkeypatch) -> None:
     """Growth, a VACUUM that shrinks the file, then growth again: byte for byte what SQLite checkpoints."""
-    import sqlite3
-
     db = tmp_path / "src.db"
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
