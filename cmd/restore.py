@@ -11,7 +11,7 @@ import click
 
 from litestream_py.errors import ConfigError, OutputExistsError
 from litestream_py.restore import (
-    DEFAULT_RESTORE_PARALLELISM, RestoreOptions, calc_restore_target, check_timestamp, restore,
+    CachedListing, DEFAULT_RESTORE_PARALLELISM, RestoreOptions, calc_restore_target, check_timestamp, restore,
 )
 
 from .options import config_options, flag, log, replica_option, resolve_target, run, setup_logging
@@ -78,9 +78,10 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, out
             raise OutputExistsError(f"cannot restore to {out}: file already exists (remove it or pass -o)")
         best: Any = None
         for replica in t.replicas:
-            g, updated = calc_restore_target(replica.client, generation, ts)
-            if g and (best is None or updated > best[2]):
-                best = (replica, g, updated)
+            listing = CachedListing(replica.client)  # the restore reuses what choosing it listed
+            g, updated = calc_restore_target(listing, generation, ts)
+            if g and (best is None or updated > best[3]):
+                best = (replica, listing, g, updated)
         if best is None:
             if ts is not None and t.replicas:
                 check_timestamp(t.replicas[0].client, ts)  # names the range the replica holds
@@ -88,7 +89,7 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, out
                 log.info("no matching backups found")
                 return
             raise ConfigError("cannot restore: no matching backups found on the replica(s)")
-        replica, g, _ = best
+        replica, listing, g, _ = best
         opts = RestoreOptions(output_path=out, generation=g, index=idx, timestamp=ts, parallelism=parallelism)
         if sys.stdout.isatty():
             with click.progressbar(length=1, label="restoring", file=sys.stdout) as bar:
@@ -96,9 +97,9 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, out
                     bar.length = max(total, 1)
                     bar.update(done - bar.pos)
                 opts.progress = progress
-                result = restore(replica.client, opts)
+                result = restore(listing, opts)
         else:
-            result = restore(replica.client, opts)
+            result = restore(listing, opts)
         log.debug("restored from replica %s", replica.name)
 
     run(body)

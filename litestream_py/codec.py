@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Iterable, Protocol
 
 import lz4.frame
 
@@ -21,6 +21,10 @@ __all__ = [
     "snapshot_header",
     "read_snapshot_header",
 ]
+
+class Writer(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
 
 STREAM_CHUNK = 1 << 20
 # Compressed bytes fed to the decompressor at a time, and the most it may
@@ -69,7 +73,7 @@ def compress_stream(src: BinaryIO, dst: BinaryIO) -> int:
     return compress_chunks(iter(lambda: src.read(STREAM_CHUNK), b""), dst)
 
 
-def decompress_stream(src: BinaryIO, dst: BinaryIO, what: str = "object") -> int:
+def decompress_stream(src: BinaryIO, dst: Writer, what: str = "object") -> int:
     """Decompress an LZ4 frame from ``src`` into ``dst``; returns bytes written.
 
     A leading skippable frame (lsr's snapshot header) is passed over. Writing a

@@ -13,6 +13,7 @@ import bisect
 import logging
 import os
 import tempfile
+import threading
 from collections import deque
 from contextlib import closing
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +38,7 @@ from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, check_frames
 
 __all__ = [
     "DEFAULT_RESTORE_PARALLELISM",
+    "CachedListing",
     "RestoreOptions",
     "RestorePlan",
     "RestoreResult",
@@ -51,8 +53,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_RESTORE_PARALLELISM = 8
-# How many downloaded-but-unapplied segments may wait in memory per worker.
-PREFETCH_PER_WORKER = 4
+# Decoded WAL that may wait in memory, downloaded but not applied yet. Enough
+# that downloads run on through the snapshot's restore instead of idling.
+PREFETCH_BYTES = 64 << 20
+# Snapshot bytes written between two write-back syncs.
+WRITE_BEHIND_BYTES = 16 << 20
+# The most WAL checked and applied in one pass.
+MAX_RUN_BYTES = 16 << 20
 RESTORE_ATTEMPTS = 3
 try:
     _IOV_MAX = max(os.sysconf("SC_IOV_MAX"), 16)  # buffers per pwritev call (1024 on Linux)
@@ -89,6 +96,77 @@ class RestoreResult:
     snapshot_index: int
     pos: Pos  # the last position applied
     transactions: int
+
+
+class CachedListing:
+    """A replica client whose listings are read once: choosing a generation and
+    planning its restore then cost one LIST each instead of two.
+
+    Reads of objects go straight to the client; a write or delete through it
+    forgets the listings, as does ``clear()`` (for a restore that starts over
+    because the replica changed under it).
+    """
+
+    def __init__(self, client: ReplicaClient) -> None:
+        self.client = client
+        self._generations: list[str] | None = None
+        self._snapshots: dict[str, list[SnapshotInfo]] = {}
+        self._segments: dict[str, list[WALSegmentInfo]] = {}
+
+    def clear(self) -> None:
+        self._generations = None
+        self._snapshots.clear()
+        self._segments.clear()
+
+    @property
+    def type(self) -> str:
+        return self.client.type
+
+    def describe(self) -> str:
+        return self.client.describe()
+
+    def generations(self) -> list[str]:
+        if self._generations is None:
+            self._generations = self.client.generations()
+        return list(self._generations)
+
+    def snapshots(self, generation: str) -> list[SnapshotInfo]:
+        if generation not in self._snapshots:
+            self._snapshots[generation] = self.client.snapshots(generation)
+        return list(self._snapshots[generation])
+
+    def wal_segments(self, generation: str) -> list[WALSegmentInfo]:
+        if generation not in self._segments:
+            self._segments[generation] = self.client.wal_segments(generation)
+        return list(self._segments[generation])
+
+    def open_snapshot(self, generation: str, index: int) -> BinaryIO:
+        return self.client.open_snapshot(generation, index)
+
+    def read_wal_segment(self, pos: Pos) -> bytes:
+        return self.client.read_wal_segment(pos)
+
+    def delete_generation(self, generation: str) -> None:
+        self.clear()
+        self.client.delete_generation(generation)
+
+    def write_snapshot(
+        self, generation: str, index: int, data: BinaryIO, created_at: datetime | None = None
+    ) -> SnapshotInfo:
+        self.clear()
+        return self.client.write_snapshot(generation, index, data, created_at)
+
+    def delete_snapshot(self, generation: str, index: int) -> None:
+        self.clear()
+        self.client.delete_snapshot(generation, index)
+
+    def write_wal_segment(self, pos: Pos, data: bytes, created_at: datetime | None = None) -> WALSegmentInfo:
+        self.clear()
+        return self.client.write_wal_segment(pos, data, created_at)
+
+    def delete_wal_segments(self, positions: Iterable[Pos]) -> None:
+        self.clear()
+        self.client.delete_wal_segments(positions)
 
 
 def generation_time_bounds(client: ReplicaClient, generation: str) -> tuple[datetime | None, datetime | None]:
@@ -419,19 +497,46 @@ def _download(client: ReplicaClient, seg: WALSegmentInfo) -> Segment:
 class _Prefetch:
     """Segments downloaded in parallel, handed out strictly in order, with bounded read-ahead.
 
-    Downloads start on construction, so they overlap the snapshot's decompression.
+    Downloads start on construction and run ahead while the snapshot is
+    restored, up to PREFETCH_BYTES of decoded WAL waiting to be applied.
     """
 
     def __init__(self, client: ReplicaClient, segments: list[WALSegmentInfo], parallelism: int) -> None:
         self._client = client
-        self._window = max(parallelism, 1) * PREFETCH_PER_WORKER
-        self._pool = ThreadPoolExecutor(max_workers=max(parallelism, 1), thread_name_prefix="lsr-restore")
-        self._queue: deque[tuple[WALSegmentInfo, Future[Segment]]] = deque()
+        self._workers = max(parallelism, 1)
+        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="lsr-restore")
+        self._lock = threading.Lock()
+        self._queue: deque[_Download] = deque()
         self._todo = iter(segments)
-        for seg in self._todo:
-            self._queue.append((seg, self._pool.submit(_download, client, seg)))
-            if len(self._queue) >= self._window:
-                break
+        self._running = 0  # downloads not finished yet
+        self._held = 0  # decoded bytes downloaded and not taken yet
+        self._closed = False
+        with self._lock:
+            self._fill()
+
+    def _fill(self) -> None:
+        """Start downloads while a worker is free and the read-ahead has room (lock held)."""
+        while not self._closed and self._running < self._workers and self._held < PREFETCH_BYTES:
+            seg = next(self._todo, None)
+            if seg is None:
+                return
+            d = _Download(seg)
+            d.future = self._pool.submit(self._fetch, d)
+            self._queue.append(d)
+            self._running += 1
+
+    def _fetch(self, d: _Download) -> Segment:
+        size = 0
+        try:
+            segment = _download(self._client, d.seg)
+            size = len(segment[0])
+            return segment
+        finally:
+            with self._lock:
+                self._running -= 1
+                d.size = size
+                self._held += size
+                self._fill()
 
     def __iter__(self) -> Iterator[list[tuple[WALSegmentInfo, Segment]]]:
         """Runs of segments: the next one, and those after it already downloaded.
@@ -441,41 +546,91 @@ class _Prefetch:
         """
         while self._queue:
             run = [self._take()]
-            while self._queue and self._queue[0][1].done() and self._queue[0][1].exception() is None:
+            size = len(run[0][1][0])
+            while self._queue and size < MAX_RUN_BYTES:
+                fut = self._queue[0].future
+                if not fut.done() or fut.exception() is not None:
+                    break
                 run.append(self._take())
+                size += len(run[-1][1][0])
             yield run
 
     def _take(self) -> tuple[WALSegmentInfo, Segment]:
-        seg, fut = self._queue.popleft()
-        data = fut.result()
-        nxt = next(self._todo, None)
-        if nxt is not None:
-            self._queue.append((nxt, self._pool.submit(_download, self._client, nxt)))
-        return seg, data
+        d = self._queue.popleft()
+        segment = d.future.result()
+        with self._lock:
+            self._held -= d.size
+            self._fill()
+        return d.seg, segment
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._queue.clear()
+
+
+class _Download:
+    def __init__(self, seg: WALSegmentInfo) -> None:
+        self.seg = seg
+        self.future: Future[Segment]
+        self.size = 0  # decoded bytes, once downloaded
+
+
+class _WriteBehind:
+    """Writes the snapshot and has its pages written back to disk as it goes.
+
+    An fdatasync runs on another thread every WRITE_BEHIND_BYTES, so the disk
+    works while decompression goes on, and the final fsync finds little left
+    to write. Each sync's result is checked in ``wait()``: a write-back error
+    is reported to one sync only, and must not be lost.
+    """
+
+    def __init__(self, f: BinaryIO, syncer: ThreadPoolExecutor) -> None:
+        self._f = f
+        self._syncer = syncer
+        self._syncs: list[Future[None]] = []
+        self._unsynced = 0
+
+    def write(self, data: bytes) -> int:
+        n = self._f.write(data)
+        self._unsynced += len(data)
+        if self._unsynced >= WRITE_BEHIND_BYTES and (not self._syncs or self._syncs[-1].done()):
+            self.sync()
+        return n
+
+    def sync(self) -> None:
+        """Start writing back what was written so far."""
+        self._f.flush()
+        self._syncs.append(self._syncer.submit(os.fdatasync, self._f.fileno()))
+        self._unsynced = 0
+
+    def wait(self) -> None:
+        for done in self._syncs:
+            done.result()
 
 
 def restore(client: ReplicaClient, opts: RestoreOptions) -> RestoreResult:
     """Restore ``opts.generation`` (or the best one) of ``client`` into ``opts.output_path``.
 
     If an object of the plan disappears mid-restore (retention ran meanwhile),
-    the restore starts over from a fresh listing, a few times at most.
+    the restore starts over from a fresh listing, a few times at most. Pass a
+    ``CachedListing`` to reuse the listings read while choosing the generation.
     """
     output = os.path.abspath(opts.output_path)
     if os.path.lexists(output):
         raise OutputExistsError(f"cannot restore to {output}: file already exists")
+    listing = client if isinstance(client, CachedListing) else CachedListing(client)
     if opts.timestamp is not None:
-        check_timestamp(client, opts.timestamp)
+        check_timestamp(listing, opts.timestamp)
     for attempt in range(1, RESTORE_ATTEMPTS + 1):
         try:
-            return _restore_once(client, opts, output)
+            return _restore_once(listing, opts, output)
         except NotFoundError as exc:
             if attempt == RESTORE_ATTEMPTS:
                 raise
             log.warning("restore: %s; the replica changed during the restore, starting over", exc)
+            listing.clear()
     raise AssertionError("unreachable")
 
 
@@ -491,9 +646,15 @@ def _restore_once(client: ReplicaClient, opts: RestoreOptions, output: str) -> R
     if plan.segments:
         import_numpy_in_background()  # the frame checks need it; the snapshot hides its import
     try:
-        with os.fdopen(fd, "r+b") as f, closing(_Prefetch(client, plan.segments, opts.parallelism)) as segments:
+        with (
+            os.fdopen(fd, "r+b") as f,
+            closing(_Prefetch(client, plan.segments, opts.parallelism)) as segments,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsr-restore-sync") as syncer,
+        ):
+            write_behind = _WriteBehind(f, syncer)
             with client.open_snapshot(generation, plan.snapshot.index) as src:
-                codec.decompress_stream(src, f, f"snapshot {generation}/{plan.snapshot.index:08x}")
+                codec.decompress_stream(src, write_behind, f"snapshot {generation}/{plan.snapshot.index:08x}")
+            write_behind.sync()
             applier = _WALApplier(f, generation, cutoff, opts.pos)
             total, done = len(plan.segments), 0
             for run in segments:
@@ -506,6 +667,7 @@ def _restore_once(client: ReplicaClient, opts: RestoreOptions, output: str) -> R
             if opts.pos is not None and applier.last_commit < opts.pos and opts.pos.offset > WAL_HEADER_SIZE:
                 raise RestoreGapError(f"cannot restore through {opts.pos}: the replica ends at {applier.last_commit}")
             applier.flush()
+            write_behind.wait()
             os.fsync(f.fileno())
         try:
             # link() never replaces an existing file, unlike rename().

@@ -10,6 +10,7 @@ A frame whose "db size after commit" field is non-zero ends a transaction.
 from __future__ import annotations
 
 import importlib
+import os
 import struct
 import threading
 from dataclasses import dataclass
@@ -21,6 +22,11 @@ from .errors import WALFormatError
 # a restore hides behind the snapshot download (see import_numpy_in_background).
 if TYPE_CHECKING:
     import numpy as np
+
+# numpy's bundled OpenBLAS starts a worker per core at import, and they spin
+# while waiting for work. lsr never calls BLAS (its matmuls are on integers),
+# so one thread, the caller's, is all it needs; a user's own setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 __all__ = [
     "WAL_HEADER_SIZE",

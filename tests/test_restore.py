@@ -7,12 +7,16 @@ libraries in one process would not see each other's POSIX locks).
 
 from __future__ import annotations
 
+import errno
+import importlib
 import os
 import sqlite3
 import struct
 import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 import apsw
 import pytest
@@ -22,10 +26,12 @@ from litestream_py import codec
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.db import DB
 from litestream_py.errors import RestoreGapError, WALFormatError
-from litestream_py.pos import Pos, WALSegmentInfo
+from litestream_py.pos import Pos, SnapshotInfo, WALSegmentInfo
 from litestream_py.replica import Replica
-from litestream_py.restore import RestoreOptions, _WALApplier, restore
+from litestream_py.restore import CachedListing, RestoreOptions, _WALApplier, calc_restore_target, restore
 from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, checksum
+
+restore_module = importlib.import_module("litestream_py.restore")  # the package exports a function of that name
 
 
 def app_connection(path: Path) -> apsw.Connection:
@@ -450,3 +456,106 @@ def test_shadow_frames_are_on_disk_before_they_are_shipped(tmp_path: Path, engin
             assert durable.get(path, 0) >= size, f"{path} shipped through {size} with only {durable.get(path, 0)} on disk"
             shipped.add(path)
     assert len(shipped) >= 2, shipped  # more than one shadow index was shipped
+
+
+class CountingClient(FileReplicaClient):
+    """A real file client that counts its listings and segment reads."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.listings: list[str] = []
+        self.reads = 0
+
+    def generations(self) -> list[str]:
+        self.listings.append("generations")
+        return super().generations()
+
+    def snapshots(self, generation: str) -> list[SnapshotInfo]:
+        self.listings.append("snapshots")
+        return super().snapshots(generation)
+
+    def wal_segments(self, generation: str) -> list[WALSegmentInfo]:
+        self.listings.append("wal")
+        return super().wal_segments(generation)
+
+    def read_wal_segment(self, pos: Pos) -> bytes:
+        self.reads += 1
+        return super().read_wal_segment(pos)
+
+
+def test_choosing_and_restoring_a_generation_lists_the_replica_once(tmp_path: Path, engine) -> None:
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 10)
+    counting = CountingClient(client.root)
+    listing = CachedListing(counting)
+    generation, _ = calc_restore_target(listing)
+    restore(listing, RestoreOptions(output_path=str(tmp_path / "out.db"), generation=generation))
+    assert sorted(counting.listings) == ["generations", "snapshots", "wal"]
+    assert rows(tmp_path / "out.db", "SELECT count(*) FROM t") == [(10,)]
+
+
+def test_segments_download_while_the_snapshot_restores_within_a_byte_budget(
+    tmp_path: Path, engine, monkeypatch
+) -> None:
+    """Downloads run ahead of the snapshot (not a fixed handful of segments), but
+    never hold more than the read-ahead budget (plus one segment per worker)."""
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 120)
+    (generation,) = client.generations()
+    segments = client.wal_segments(generation)
+    assert {s.index for s in segments} == {0} and len(segments) == 120  # one index: sizes known below
+    decoded = [len(codec.decode_segment(client.read_wal_segment(s.pos))[0]) for s in segments]
+    budget = sum(decoded[:60])
+    monkeypatch.setattr(restore_module, "PREFETCH_BYTES", budget)
+    workers = 4
+    applied = [0]
+    ahead: list[int] = []  # segments downloaded and not yet applied, at each download
+
+    class SlowSnapshot(CountingClient):
+        def read_wal_segment(self, pos: Pos) -> bytes:
+            data = super().read_wal_segment(pos)
+            ahead.append(self.reads - applied[0])
+            return data
+
+        def open_snapshot(self, generation: str, index: int) -> BinaryIO:
+            # The snapshot "downloads" until the segments have run well ahead.
+            wait_for(lambda: self.reads >= 50, timeout=10)
+            return super().open_snapshot(generation, index)
+
+    slow = SlowSnapshot(client.root)
+    out = tmp_path / "out.db"
+
+    def progress(done: int, total: int) -> None:
+        applied[0] = done
+
+    restore(slow, RestoreOptions(output_path=str(out), parallelism=workers, progress=progress))
+    assert rows(out, "SELECT count(*) FROM t") == [(120,)]
+    assert slow.reads == 120
+    most = max(ahead)
+    assert most >= 50  # far past the old fixed window of 4 per worker
+    assert most <= 60 + workers + 1, ahead
+
+
+def test_a_failed_write_back_of_the_snapshot_fails_the_restore(tmp_path: Path, engine, monkeypatch) -> None:
+    """A disk that fails to write the snapshot back reports it to one fdatasync only;
+    that error must fail the restore. A real disk cannot be made to fail here, so
+    fdatasync is replaced by one that reports EIO."""
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 10)
+
+    def failing_fdatasync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(restore_module.os, "fdatasync", failing_fdatasync)
+    out = tmp_path / "out.db"
+    with pytest.raises(OSError, match="Input/output error"):
+        restore(client, RestoreOptions(output_path=str(out)))
+    assert not list(tmp_path.glob("out.db*"))
+
+
+def test_numpy_starts_no_blas_threads(tmp_path: Path) -> None:
+    """OpenBLAS would start a spinning thread per core; lsr never calls BLAS."""
+    code = "import os, litestream_py.wal, numpy; print(len(os.listdir('/proc/self/task')))"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
