@@ -20,9 +20,13 @@ __all__ = [
     "decode_segment",
     "snapshot_header",
     "read_snapshot_header",
+    "Writer",
 ]
 
+
 class Writer(Protocol):
+    """Where ``decompress_stream`` puts its output: a file, or anything with ``write``."""
+
     def write(self, data: bytes, /) -> int: ...
 
 

@@ -13,11 +13,35 @@ from typing import BinaryIO, Iterable, Protocol, runtime_checkable
 
 from .pos import Pos, SnapshotInfo, WALSegmentInfo
 
-__all__ = ["ReplicaClient"]
+__all__ = ["ReplicaClient", "ReplicaReader"]
+
+
+class ReplicaReader(Protocol):
+    """The read side of a replica: all that listing and restoring need."""
+
+    def generations(self) -> list[str]:
+        """Names of the generations on the replica, sorted."""
+        ...
+
+    def snapshots(self, generation: str) -> list[SnapshotInfo]:
+        """Snapshots of one generation, sorted by index."""
+        ...
+
+    def open_snapshot(self, generation: str, index: int) -> BinaryIO:
+        """A readable stream of the compressed snapshot; the caller closes it."""
+        ...
+
+    def wal_segments(self, generation: str) -> list[WALSegmentInfo]:
+        """WAL segments of one generation, sorted by (index, offset)."""
+        ...
+
+    def read_wal_segment(self, pos: Pos) -> bytes:
+        """The compressed bytes of one segment."""
+        ...
 
 
 @runtime_checkable
-class ReplicaClient(Protocol):
+class ReplicaClient(ReplicaReader, Protocol):
     """Storage for one replica: generations of snapshots and WAL segments."""
 
     @property
@@ -29,15 +53,7 @@ class ReplicaClient(Protocol):
         """Where the replica lives, for messages (never includes credentials)."""
         ...
 
-    def generations(self) -> list[str]:
-        """Names of the generations on the replica, sorted."""
-        ...
-
     def delete_generation(self, generation: str) -> None: ...
-
-    def snapshots(self, generation: str) -> list[SnapshotInfo]:
-        """Snapshots of one generation, sorted by index."""
-        ...
 
     def write_snapshot(
         self, generation: str, index: int, data: BinaryIO, created_at: datetime | None = None
@@ -45,24 +61,12 @@ class ReplicaClient(Protocol):
         """Store compressed snapshot bytes read from ``data`` (a seekable file at 0)."""
         ...
 
-    def open_snapshot(self, generation: str, index: int) -> BinaryIO:
-        """A readable stream of the compressed snapshot; the caller closes it."""
-        ...
-
     def delete_snapshot(self, generation: str, index: int) -> None: ...
-
-    def wal_segments(self, generation: str) -> list[WALSegmentInfo]:
-        """WAL segments of one generation, sorted by (index, offset)."""
-        ...
 
     def write_wal_segment(
         self, pos: Pos, data: bytes, created_at: datetime | None = None
     ) -> WALSegmentInfo:
         """Store compressed segment bytes; ``created_at`` becomes its timestamp where the backend allows."""
-        ...
-
-    def read_wal_segment(self, pos: Pos) -> bytes:
-        """The compressed bytes of one segment."""
         ...
 
     def delete_wal_segments(self, positions: Iterable[Pos]) -> None: ...

@@ -33,7 +33,7 @@ from .errors import (
 )
 from .fsutil import fsync_dir
 from .pos import Pos, SnapshotInfo, WALSegmentInfo
-from .replica_client import ReplicaClient
+from .replica_client import ReplicaReader
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, check_frames, import_numpy_in_background
 
 __all__ = [
@@ -99,15 +99,14 @@ class RestoreResult:
 
 
 class CachedListing:
-    """A replica client whose listings are read once: choosing a generation and
+    """A replica reader whose listings are read once: choosing a generation and
     planning its restore then cost one LIST each instead of two.
 
-    Reads of objects go straight to the client; a write or delete through it
-    forgets the listings, as does ``clear()`` (for a restore that starts over
-    because the replica changed under it).
+    Objects are read straight from the client. ``clear()`` forgets the
+    listings, for a restore that starts over because the replica changed.
     """
 
-    def __init__(self, client: ReplicaClient) -> None:
+    def __init__(self, client: ReplicaReader) -> None:
         self.client = client
         self._generations: list[str] | None = None
         self._snapshots: dict[str, list[SnapshotInfo]] = {}
@@ -117,13 +116,6 @@ class CachedListing:
         self._generations = None
         self._snapshots.clear()
         self._segments.clear()
-
-    @property
-    def type(self) -> str:
-        return self.client.type
-
-    def describe(self) -> str:
-        return self.client.describe()
 
     def generations(self) -> list[str]:
         if self._generations is None:
@@ -146,30 +138,8 @@ class CachedListing:
     def read_wal_segment(self, pos: Pos) -> bytes:
         return self.client.read_wal_segment(pos)
 
-    def delete_generation(self, generation: str) -> None:
-        self.clear()
-        self.client.delete_generation(generation)
 
-    def write_snapshot(
-        self, generation: str, index: int, data: BinaryIO, created_at: datetime | None = None
-    ) -> SnapshotInfo:
-        self.clear()
-        return self.client.write_snapshot(generation, index, data, created_at)
-
-    def delete_snapshot(self, generation: str, index: int) -> None:
-        self.clear()
-        self.client.delete_snapshot(generation, index)
-
-    def write_wal_segment(self, pos: Pos, data: bytes, created_at: datetime | None = None) -> WALSegmentInfo:
-        self.clear()
-        return self.client.write_wal_segment(pos, data, created_at)
-
-    def delete_wal_segments(self, positions: Iterable[Pos]) -> None:
-        self.clear()
-        self.client.delete_wal_segments(positions)
-
-
-def generation_time_bounds(client: ReplicaClient, generation: str) -> tuple[datetime | None, datetime | None]:
+def generation_time_bounds(client: ReplicaReader, generation: str) -> tuple[datetime | None, datetime | None]:
     """Earliest and latest timestamps of a generation's snapshots and segments."""
     times = [s.created_at for s in client.snapshots(generation)]
     times += [w.created_at for w in client.wal_segments(generation)]
@@ -179,7 +149,7 @@ def generation_time_bounds(client: ReplicaClient, generation: str) -> tuple[date
 
 
 def calc_restore_target(
-    client: ReplicaClient, generation: str = "", timestamp: datetime | None = None
+    client: ReplicaReader, generation: str = "", timestamp: datetime | None = None
 ) -> tuple[str, datetime | None]:
     """The generation with the latest data (optionally one that covers ``timestamp``)."""
     best, best_updated = "", None
@@ -196,7 +166,7 @@ def calc_restore_target(
     return best, best_updated
 
 
-def timestamp_bounds(client: ReplicaClient) -> tuple[datetime | None, datetime | None]:
+def timestamp_bounds(client: ReplicaReader) -> tuple[datetime | None, datetime | None]:
     """The earliest snapshot and the latest capture on a replica, over all generations."""
     first: datetime | None = None
     last: datetime | None = None
@@ -211,7 +181,7 @@ def timestamp_bounds(client: ReplicaClient) -> tuple[datetime | None, datetime |
     return first, last
 
 
-def check_timestamp(client: ReplicaClient, timestamp: datetime) -> None:
+def check_timestamp(client: ReplicaReader, timestamp: datetime) -> None:
     """Fail with one clear line when ``timestamp`` lies outside what the replica holds."""
     first, last = timestamp_bounds(client)
     if first is None or last is None:
@@ -229,7 +199,7 @@ def check_timestamp(client: ReplicaClient, timestamp: datetime) -> None:
 
 
 def plan_restore(
-    client: ReplicaClient,
+    client: ReplicaReader,
     generation: str,
     index: int | None = None,
     timestamp: datetime | None = None,
@@ -286,7 +256,7 @@ def plan_restore(
     return RestorePlan(generation, snapshot, segments)
 
 
-def _captured_by(client: ReplicaClient, snapshot: SnapshotInfo, timestamp: datetime) -> bool:
+def _captured_by(client: ReplicaReader, snapshot: SnapshotInfo, timestamp: datetime) -> bool:
     """Whether the snapshot's database state was taken at or before ``timestamp``.
 
     Listings are coarse (whole seconds, upload time). A snapshot listed well
@@ -298,7 +268,7 @@ def _captured_by(client: ReplicaClient, snapshot: SnapshotInfo, timestamp: datet
     return _snapshot_time(client, snapshot) <= timestamp
 
 
-def _snapshot_time(client: ReplicaClient, snapshot: SnapshotInfo) -> datetime:
+def _snapshot_time(client: ReplicaReader, snapshot: SnapshotInfo) -> datetime:
     """The capture time recorded in an lsr snapshot, else the listing's time."""
     with client.open_snapshot(snapshot.generation, snapshot.index) as src:
         ns = codec.read_snapshot_header(src)
@@ -489,7 +459,7 @@ def _write_at(fd: int, buffers: list[bytes], offset: int) -> None:
 Segment = tuple[bytes, list[tuple[int, int]]]
 
 
-def _download(client: ReplicaClient, seg: WALSegmentInfo) -> Segment:
+def _download(client: ReplicaReader, seg: WALSegmentInfo) -> Segment:
     where = f"wal segment {seg.generation}/{seg.index:08x}_{seg.offset:08x}"
     return codec.decode_segment(client.read_wal_segment(seg.pos), where)
 
@@ -501,7 +471,7 @@ class _Prefetch:
     restored, up to PREFETCH_BYTES of decoded WAL waiting to be applied.
     """
 
-    def __init__(self, client: ReplicaClient, segments: list[WALSegmentInfo], parallelism: int) -> None:
+    def __init__(self, client: ReplicaReader, segments: list[WALSegmentInfo], parallelism: int) -> None:
         self._client = client
         self._workers = max(parallelism, 1)
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="lsr-restore")
@@ -610,7 +580,7 @@ class _WriteBehind:
             done.result()
 
 
-def restore(client: ReplicaClient, opts: RestoreOptions) -> RestoreResult:
+def restore(client: ReplicaReader, opts: RestoreOptions) -> RestoreResult:
     """Restore ``opts.generation`` (or the best one) of ``client`` into ``opts.output_path``.
 
     If an object of the plan disappears mid-restore (retention ran meanwhile),
@@ -634,7 +604,7 @@ def restore(client: ReplicaClient, opts: RestoreOptions) -> RestoreResult:
     raise AssertionError("unreachable")
 
 
-def _restore_once(client: ReplicaClient, opts: RestoreOptions, output: str) -> RestoreResult:
+def _restore_once(client: ReplicaReader, opts: RestoreOptions, output: str) -> RestoreResult:
     generation = opts.generation
     if not generation:
         generation, _ = calc_restore_target(client, timestamp=opts.timestamp)
