@@ -119,7 +119,7 @@ COMMIT_TIMES_TAG = b"LSRT\x01"
 _ENTRY = struct.Struct("<QQ")  # shadow WAL offset just past the commit frame, capture time (ns)
 
 
-def encode_segment(data: bytes, commits: list[tuple[int, int]]) -> bytes:
+def encode_segment(data: bytes | memoryview, commits: list[tuple[int, int]]) -> bytes:
     """LZ4-compress WAL bytes, prefixed with the commits' capture times."""
     body = compress(data)
     if not commits:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from . import codec
 from .errors import LitestreamError, StorageError
+from .fsutil import read_buffers
 from .pos import Pos, SnapshotInfo
 from .replica_client import ReplicaClient
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align, frame_headers
@@ -32,7 +33,7 @@ DEFAULT_RETENTION = timedelta(hours=24)
 DEFAULT_RETENTION_CHECK_INTERVAL = timedelta(hours=1)
 # Ship at most this much shadow WAL in one segment so a long backlog (after an
 # outage) goes out in bounded requests.
-MAX_SEGMENT_SIZE = 8 << 20
+MAX_SEGMENT_SIZE = 4 << 20
 
 
 def _now() -> datetime:
@@ -165,19 +166,22 @@ class Replica:
         # Bound the segment's size, ending on a frame boundary (frames start after the header).
         end = min(end, frame_align(pos.offset + self._max_segment(path), self._page_size(path)))
         self.db.make_durable(pos.generation, pos.index, end)
-        with open(path, "rb") as f:
-            f.seek(pos.offset)
-            data = f.read(end - pos.offset)
-        if len(data) != end - pos.offset:
-            raise LitestreamError(f"cannot read shadow wal {path}: short read at {pos.offset}")
-        self._check_salt(path, pos.offset, data)
         commits = self.db.commit_times(pos.generation, pos.index, pos.offset, end)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with read_buffers.pread(fd, end - pos.offset, pos.offset) as data:
+                if len(data) != end - pos.offset:
+                    raise LitestreamError(f"cannot read shadow wal {path}: short read at {pos.offset}")
+                self._check_salt(path, pos.offset, data)
+                segment = codec.encode_segment(data, commits)
+        finally:
+            os.close(fd)
         # The segment's timestamp is its last commit's capture time, so even
         # Go Litestream's timestamp rule (file mtime) lands close to exact.
         created_at = datetime.fromtimestamp(commits[-1][1] / 1e9, timezone.utc) if commits else _now()
-        self.client.write_wal_segment(pos, codec.encode_segment(data, commits), created_at)
+        self.client.write_wal_segment(pos, segment, created_at)
         self._set_pos(Pos(pos.generation, pos.index, end))
-        log.debug("%s: wal segment written %s (%d bytes)", self.name, pos, len(data))
+        log.debug("%s: wal segment written %s (%d bytes)", self.name, pos, end - pos.offset)
         return True
 
     def _shadow_header(self, path: str) -> WALHeader:
@@ -194,7 +198,7 @@ class Replica:
         frame = WAL_FRAME_HEADER_SIZE + self._page_size(path)
         return max(MAX_SEGMENT_SIZE // frame, 1) * frame
 
-    def _check_salt(self, path: str, offset: int, data: bytes) -> None:
+    def _check_salt(self, path: str, offset: int, data: bytes | memoryview) -> None:
         """Refuse to ship frames whose salt differs from their WAL header's."""
         header = self._shadow_header(path)
         start = WAL_HEADER_SIZE if offset == 0 else 0

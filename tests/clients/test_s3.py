@@ -176,7 +176,7 @@ def test_reading_the_snapshot_header_downloads_one_range(s3_server: S3Server, s3
         assert proxy.stats["forwarded"] - before == 1
         with client.open_snapshot(GEN, 1) as f:
             assert f.read() == data
-        assert proxy.stats["forwarded"] - before == 1 + 2  # the first 1 MiB, then an 8 MiB range
+        assert proxy.stats["forwarded"] - before == 1 + 2  # the first 1 MiB, then the rest in one 8 MiB range
 
 
 def test_snapshot_replaced_while_read_is_not_found(s3_server: S3Server, s3_bucket: str) -> None:
