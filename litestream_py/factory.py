@@ -8,7 +8,7 @@ from .clients import new_client
 from .config import DBConfig, ReplicaConfig
 from .db import DB
 from .errors import ConfigError
-from .replica import Replica
+from .replica import OBJECT_STORE_MAX_SEGMENT_SIZE, Replica
 
 __all__ = ["db_from_config", "replica_from_config"]
 
@@ -22,6 +22,8 @@ def replica_from_config(rc: ReplicaConfig, db: DB | None) -> Replica:
         # A local directory costs nothing per write: ship each commit at once.
         # Object stores keep Litestream's one second, since they bill per PUT.
         replica.sync_interval = timedelta(0)
+    if client.type != "file":
+        replica.max_segment_size = OBJECT_STORE_MAX_SEGMENT_SIZE
     if rc.retention is not None:
         replica.retention = rc.retention
     if rc.retention_check_interval is not None:

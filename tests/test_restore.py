@@ -23,9 +23,12 @@ import pytest
 
 from conftest import Processes, integrity_ok, rows, run_lsr, wait_for
 from litestream_py import codec
+from fixtures_s3 import S3Server
 from litestream_py.clients.file import FileReplicaClient
+from litestream_py.config import ReplicaConfig
 from litestream_py.db import DB
 from litestream_py.errors import RestoreGapError, WALFormatError
+from litestream_py.factory import replica_from_config
 from litestream_py.pos import Pos, SnapshotInfo, WALSegmentInfo
 from litestream_py.replica import Replica
 from litestream_py.restore import CachedListing, RestoreOptions, _WALApplier, calc_restore_target, restore
@@ -218,12 +221,46 @@ def test_verify_reports_ok_then_the_table_that_differs(tmp_path: Path, procs: Pr
     assert broken.returncode == 1 and "checksum mismatch" in broken.stderr
 
 
-def test_large_backlog_ships_in_bounded_frame_aligned_segments(tmp_path: Path, engine, monkeypatch) -> None:
-    """A backlog larger than one segment goes out in several, each ending on a frame boundary."""
-    import litestream_py.replica as replica_module
+@pytest.mark.parametrize("kind, cap_mib", [("file", 4), ("s3", 8)])
+def test_segment_cap_depends_on_the_replica_type(tmp_path: Path, kind: str, cap_mib: int,
+                                                 s3_servers: dict[str, S3Server]) -> None:
+    """A 20 MiB backlog: file replicas get segments of at most 4 MiB (a small reused
+    read buffer keeps the sidecar's RSS down), object stores 8 MiB (fewer PUTs)."""
+    path = tmp_path / "app.db"
+    app = app_connection(path)
+    if kind == "file":
+        rc = ReplicaConfig(type="file", path=str(tmp_path / "replica"))
+    else:
+        server = s3_servers["moto"]
+        rc = ReplicaConfig(type="s3", bucket=server.create_bucket(), path="db", endpoint=server.endpoint,
+                           region="us-east-1", access_key_id=server.access_key_id,
+                           secret_access_key=server.secret_access_key)
+    db = DB(str(path))
+    replica = replica_from_config(rc, db)
+    db.replicas.append(replica)
+    try:
+        db.sync()
+        replica.sync()  # the generation's snapshot: what follows goes out as segments
+        app.execute("BEGIN")
+        for i in range(5000):
+            app.execute("INSERT INTO t (v) VALUES (?)", (os.urandom(2000).hex() + str(i),))
+        app.execute("COMMIT")
+        db.sync()
+        replica.sync()
+        (generation,) = replica.client.generations()
+        sizes = [len(codec.decode_segment(replica.client.read_wal_segment(w.pos))[0])
+                 for w in replica.client.wal_segments(generation)]
+        assert sum(sizes) > 16 << 20
+        assert (cap_mib - 1) << 20 < max(sizes) <= cap_mib << 20
+    finally:
+        db.close()
+        app.close()
 
+
+def test_large_backlog_ships_in_bounded_frame_aligned_segments(tmp_path: Path, engine) -> None:
+    """A backlog larger than one segment goes out in several, each ending on a frame boundary."""
     app, db, client, replica = engine
-    monkeypatch.setattr(replica_module, "MAX_SEGMENT_SIZE", 64 * 1024)
+    replica.max_segment_size = 64 * 1024
     app.execute("BEGIN")
     for i in range(300):
         app.execute("INSERT INTO t (v) VALUES (?)", ("x" * 1000 + str(i),))
