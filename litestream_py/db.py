@@ -183,9 +183,16 @@ def _int(value: object) -> int:
 
 
 def _read_at(path: str, offset: int, size: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
+    return _read_pieces(path, (offset, size))[0]
+
+
+def _read_pieces(path: str, *pieces: tuple[int, int]) -> list[bytes]:
+    """The bytes at each (offset, size) of ``path`` (fewer at its end), through one open."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return [os.pread(fd, size, offset) for offset, size in pieces]
+    finally:
+        os.close(fd)
 
 
 class DB:
@@ -246,6 +253,7 @@ class DB:
         # (generation, index) of the current shadow WAL as this process last
         # wrote it, so that a sync needs no directory listing; None re-reads disk.
         self._head: tuple[str, int] | None = None
+        self._shadow_paths: dict[tuple[str, int], str] = {}  # a sync needs one several times
         self._cleaned: tuple[str, int] | None = None  # what _clean last saw shipped
         # (generation, index, size): shadow bytes known to be on disk (see make_durable).
         self._durable = ("", -1, 0)
@@ -268,7 +276,13 @@ class DB:
         return os.path.join(self.generation_path(generation), "wal")
 
     def shadow_wal_path(self, generation: str, index: int) -> str:
-        return os.path.join(self.shadow_wal_dir(generation), paths.format_shadow_wal_path(index))
+        path = self._shadow_paths.get((generation, index))
+        if path is None:
+            if len(self._shadow_paths) >= 16:
+                self._shadow_paths.clear()
+            path = os.path.join(self.shadow_wal_dir(generation), paths.format_shadow_wal_path(index))
+            self._shadow_paths[(generation, index)] = path
+        return path
 
     def commits_path(self, generation: str, index: int) -> str:
         """Capture times of the commits in one shadow WAL index (see record_commits)."""
@@ -621,8 +635,13 @@ class DB:
             state.reason = "short shadow wal"
             return state
         wal_file_size = frame_align(os.path.getsize(self.wal_path), self._page_size)
-        wal_header = _read_at(self.wal_path, 0, WAL_HEADER_SIZE)
-        shadow_header = _read_at(shadow_path, 0, WAL_HEADER_SIZE)
+        # The header and the last frame of each: one open per file per sync.
+        frame = WAL_FRAME_HEADER_SIZE + self._page_size
+        pieces = [(0, WAL_HEADER_SIZE)]
+        if shadow_size > WAL_HEADER_SIZE:
+            pieces.append((shadow_size - frame, frame))
+        wal_header, *wal_last = _read_pieces(self.wal_path, *pieces)
+        shadow_header, *shadow_last = _read_pieces(shadow_path, *pieces)
         if wal_header != shadow_header:
             if self._continuous:
                 state.restart = True
@@ -633,12 +652,9 @@ class DB:
             # Same header but a shorter WAL: truncated and rewritten behind us.
             state.reason = "wal truncated by another process"
             return state
-        if shadow_size > WAL_HEADER_SIZE:
-            frame = WAL_FRAME_HEADER_SIZE + self._page_size
-            offset = shadow_size - frame
-            if _read_at(self.wal_path, offset, frame) != _read_at(shadow_path, offset, frame):
-                state.reason = "wal overwritten by another process"
-                return state
+        if wal_last != shadow_last:
+            state.reason = "wal overwritten by another process"
+            return state
         return state
 
     def _create_generation(self) -> str:

@@ -155,6 +155,22 @@ def test_retention_keeps_newest_snapshot_and_its_wal(tmp_path: Path, engine) -> 
     assert rows(out, "SELECT count(*) FROM t") == [(40,)]
 
 
+def test_last_frame_rewritten_behind_lsr_starts_a_new_generation(engine, caplog) -> None:
+    """Each sync checks that the shadow still continues the WAL, down to the bytes of
+    the last frame it copied: one rewritten behind lsr's back ends the generation."""
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 3)
+    before = db.pos()
+    wal = Path(db.wal_path)
+    data = bytearray(wal.read_bytes())
+    data[before.offset - 10] ^= 0xFF  # in the page of the last frame copied
+    wal.write_bytes(bytes(data))
+    with caplog.at_level("INFO", logger="litestream_py.db"):
+        db.sync()
+    assert db.pos().generation != before.generation
+    assert "wal overwritten by another process" in caplog.text
+
+
 def test_second_snapshot_never_overwrites_the_first_of_its_index(tmp_path: Path, engine) -> None:
     app, db, client, replica = engine
     commit_and_ship(app, db, replica, 5)
