@@ -253,7 +253,6 @@ class DB:
         # (generation, index) of the current shadow WAL as this process last
         # wrote it, so that a sync needs no directory listing; None re-reads disk.
         self._head: tuple[str, int] | None = None
-        self._shadow_paths: dict[tuple[str, int], str] = {}  # a sync needs one several times
         self._cleaned: tuple[str, int] | None = None  # what _clean last saw shipped
         # (generation, index, size): shadow bytes known to be on disk (see make_durable).
         self._durable = ("", -1, 0)
@@ -276,13 +275,7 @@ class DB:
         return os.path.join(self.generation_path(generation), "wal")
 
     def shadow_wal_path(self, generation: str, index: int) -> str:
-        path = self._shadow_paths.get((generation, index))
-        if path is None:
-            if len(self._shadow_paths) >= 16:
-                self._shadow_paths.clear()
-            path = os.path.join(self.shadow_wal_dir(generation), paths.format_shadow_wal_path(index))
-            self._shadow_paths[(generation, index)] = path
-        return path
+        return os.path.join(self.shadow_wal_dir(generation), paths.format_shadow_wal_path(index))
 
     def commits_path(self, generation: str, index: int) -> str:
         """Capture times of the commits in one shadow WAL index (see record_commits)."""

@@ -63,12 +63,14 @@ class ReadBuffers:
     allocations on their own), and the kernel faults in each of its 4 KiB
     pages as the read fills it: about a tenth of the sidecar's CPU in a
     write burst.
-    Up to ``keep`` buffers of at most ``max_kept`` bytes wait for reuse.
+    One buffer of at most ``max_kept`` bytes waits for reuse: the sidecar
+    ships one segment at a time per replica, and a concurrent read allocates
+    its own.
     """
 
-    def __init__(self, keep: int = 1, max_kept: int = 16 << 20) -> None:
-        self._keep, self._max_kept = keep, max_kept
-        self._free: list[bytearray] = []
+    def __init__(self, max_kept: int = 16 << 20) -> None:
+        self._max_kept = max_kept
+        self._free: bytearray | None = None
         self._lock = threading.Lock()
 
     @contextmanager
@@ -95,18 +97,17 @@ class ReadBuffers:
 
     def _take(self, size: int) -> bytearray:
         with self._lock:
-            fitting = [i for i, b in enumerate(self._free) if len(b) >= size]
-            if fitting:
-                return self._free.pop(min(fitting, key=lambda i: len(self._free[i])))
+            if self._free is not None and len(self._free) >= size:
+                buf, self._free = self._free, None
+                return buf
         return bytearray(size)
 
     def _give(self, buf: bytearray) -> None:
         if len(buf) > self._max_kept:
             return
         with self._lock:
-            self._free.append(buf)
-            self._free.sort(key=len, reverse=True)
-            del self._free[self._keep :]  # keep the largest
+            if self._free is None or len(buf) > len(self._free):
+                self._free = buf  # the larger one serves more reads
 
 
 def _exported(buf: bytearray) -> bool:

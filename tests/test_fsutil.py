@@ -37,7 +37,7 @@ def test_reads_exact_bytes_and_fewer_at_the_end(data_fd: tuple[int, bytes]) -> N
 def test_one_buffer_serves_consecutive_reads(data_fd: tuple[int, bytes]) -> None:
     """The point of the pool: no fresh multi-MiB allocation (and page faults) per read."""
     fd, data = data_fd
-    buffers = ReadBuffers(keep=1)
+    buffers = ReadBuffers()
     seen = set()
     for offset in (0, MiB, 7, 2 * MiB):
         with buffers.pread(fd, MiB, offset) as view:
@@ -48,7 +48,7 @@ def test_one_buffer_serves_consecutive_reads(data_fd: tuple[int, bytes]) -> None
 
 def test_concurrent_reads_get_their_own_buffers(data_fd: tuple[int, bytes]) -> None:
     fd, data = data_fd
-    buffers = ReadBuffers(keep=1)
+    buffers = ReadBuffers()
     inside = threading.Barrier(2)
     errors: list[BaseException] = []
 
@@ -70,7 +70,7 @@ def test_concurrent_reads_get_their_own_buffers(data_fd: tuple[int, bytes]) -> N
 
 def test_views_die_with_the_block_and_huge_buffers_are_not_kept(data_fd: tuple[int, bytes]) -> None:
     fd, _ = data_fd
-    buffers = ReadBuffers(keep=1, max_kept=MiB)
+    buffers = ReadBuffers(max_kept=MiB)
     with buffers.pread(fd, 2 * MiB, 0) as view:
         big = view.obj
     with pytest.raises(ValueError):
@@ -84,7 +84,7 @@ def test_a_buffer_still_in_use_is_not_reused(data_fd: tuple[int, bytes]) -> None
     one) does not mask the block's own error, and its buffer is never handed out again."""
     np = pytest.importorskip("numpy")
     fd, data = data_fd
-    buffers = ReadBuffers(keep=1)
+    buffers = ReadBuffers()
     with pytest.raises(KeyError):
         with buffers.pread(fd, MiB, 0) as view:
             kept = np.frombuffer(view, dtype=np.uint8)

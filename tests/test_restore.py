@@ -16,7 +16,8 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import BinaryIO
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Callable, Iterator
 
 import apsw
 import pytest
@@ -53,17 +54,27 @@ def commit_and_ship(app: apsw.Connection, db: DB, replica: Replica, n: int, star
         replica.sync()
 
 
+@contextmanager
+def replicated_app(path: Path, make_replica: Callable[[DB], Replica],
+                   **db_options: Any) -> Iterator[tuple[apsw.Connection, DB, Replica]]:
+    """The application's connection to ``path``, lsr's DB of it and one replica."""
+    app = app_connection(path)
+    db = DB(str(path), **db_options)
+    replica = make_replica(db)
+    db.replicas.append(replica)
+    try:
+        yield app, db, replica
+    finally:
+        db.close()
+        app.close()
+
+
 @pytest.fixture
 def engine(tmp_path: Path):
-    path = tmp_path / "app.db"
-    app = app_connection(path)
-    db = DB(str(path), min_checkpoint_page_count=200, max_checkpoint_page_count=400)
     client = FileReplicaClient(str(tmp_path / "replica"))
-    replica = Replica(db, client, "file")
-    db.replicas.append(replica)
-    yield app, db, client, replica
-    db.close()
-    app.close()
+    with replicated_app(tmp_path / "app.db", lambda db: Replica(db, client, "file"),
+                        min_checkpoint_page_count=200, max_checkpoint_page_count=400) as (app, db, replica):
+        yield app, db, client, replica
 
 
 def test_restore_over_a_thousand_segments_in_parallel(tmp_path: Path, engine) -> None:
@@ -243,12 +254,7 @@ def test_restore_streams_a_snapshot_of_many_ranges_from_s3(tmp_path: Path, s3_se
     server = s3_servers["moto"]
     client = make_s3_client(server, server.create_bucket(), multipart_chunksize=256 * 1024,
                             multipart_concurrency=3)
-    path = tmp_path / "app.db"
-    app = app_connection(path)
-    db = DB(str(path))
-    replica = Replica(db, client, "s3")
-    db.replicas.append(replica)
-    try:
+    with replicated_app(tmp_path / "app.db", lambda db: Replica(db, client, "s3")) as (app, db, replica):
         app.execute("BEGIN")
         for _ in range(3000):
             app.execute("INSERT INTO t (v) VALUES (?)", (os.urandom(1000).hex(),))
@@ -265,9 +271,6 @@ def test_restore_streams_a_snapshot_of_many_ranges_from_s3(tmp_path: Path, s3_se
         assert len(expected) == 3020
         assert rows(out, "SELECT id, v FROM t ORDER BY id") == expected
         assert integrity_ok(out)
-    finally:
-        db.close()
-        app.close()
 
 
 @pytest.mark.parametrize("kind, cap_mib", [("file", 4), ("s3", 8)])
@@ -275,8 +278,6 @@ def test_segment_cap_depends_on_the_replica_type(tmp_path: Path, kind: str, cap_
                                                  s3_servers: dict[str, S3Server]) -> None:
     """A 20 MiB backlog: file replicas get segments of at most 4 MiB (a small reused
     read buffer keeps the sidecar's RSS down), object stores 8 MiB (fewer PUTs)."""
-    path = tmp_path / "app.db"
-    app = app_connection(path)
     if kind == "file":
         rc = ReplicaConfig(type="file", path=str(tmp_path / "replica"))
     else:
@@ -284,10 +285,7 @@ def test_segment_cap_depends_on_the_replica_type(tmp_path: Path, kind: str, cap_
         rc = ReplicaConfig(type="s3", bucket=server.create_bucket(), path="db", endpoint=server.endpoint,
                            region="us-east-1", access_key_id=server.access_key_id,
                            secret_access_key=server.secret_access_key)
-    db = DB(str(path))
-    replica = replica_from_config(rc, db)
-    db.replicas.append(replica)
-    try:
+    with replicated_app(tmp_path / "app.db", lambda db: replica_from_config(rc, db)) as (app, db, replica):
         db.sync()
         replica.sync()  # the generation's snapshot: what follows goes out as segments
         app.execute("BEGIN")
@@ -301,9 +299,6 @@ def test_segment_cap_depends_on_the_replica_type(tmp_path: Path, kind: str, cap_
                  for w in replica.client.wal_segments(generation)]
         assert sum(sizes) > 16 << 20
         assert (cap_mib - 1) << 20 < max(sizes) <= cap_mib << 20
-    finally:
-        db.close()
-        app.close()
 
 
 def test_large_backlog_ships_in_bounded_frame_aligned_segments(tmp_path: Path, engine) -> None:
