@@ -20,8 +20,11 @@ def replica_from_config(rc: ReplicaConfig, db: DB | None) -> Replica:
         replica.sync_interval = rc.sync_interval
     elif client.type == "file":
         # A local directory costs nothing per write: ship each commit at once.
-        # Object stores keep Litestream's one second, since they bill per PUT.
         replica.sync_interval = timedelta(0)
+    else:
+        # Object stores bill per PUT: Litestream's one second, plus early
+        # shipments when the writer pauses or a full segment waits.
+        replica.ships_early = True
     if client.type != "file":
         replica.max_segment_size = OBJECT_STORE_MAX_SEGMENT_SIZE
     if rc.retention is not None:

@@ -37,6 +37,13 @@ DEFAULT_RETENTION_CHECK_INTERVAL = timedelta(hours=1)
 # larger segments: fewer round trips (and billed PUTs) for a burst's backlog.
 MAX_SEGMENT_SIZE = 4 << 20
 OBJECT_STORE_MAX_SEGMENT_SIZE = 8 << 20
+# A replica that ships early (an object store whose sync-interval the user left
+# unset) ships before its interval is up once the writer has paused this long
+# (at most once per interval) or when a full segment, or a WAL index the DB has
+# moved past, waits: the last commits before a pause need not wait out the
+# second, and a burst's backlog never piles up. PUTs stay within two per
+# interval plus one per full segment or index.
+QUIET_FLUSH = timedelta(milliseconds=100)
 
 
 def _now() -> datetime:
@@ -67,6 +74,7 @@ class Replica:
         self.snapshot_interval = snapshot_interval
         self.validation_interval = validation_interval
         self.max_segment_size = MAX_SEGMENT_SIZE
+        self.ships_early = False  # see QUIET_FLUSH
         self._pos = Pos()
         self._mu = threading.Lock()
         # Only one sync or snapshot at a time per replica.
@@ -89,6 +97,12 @@ class Replica:
             self._pos = pos
 
     # -- shipping -------------------------------------------------------------
+    def backlog_full(self) -> bool:
+        """Whether the DB's shadow WAL holds a full segment, or a finished WAL index, not shipped yet."""
+        assert self.db is not None
+        dpos, rpos = self.db.pos(), self.pos()
+        return dpos.index != rpos.index or dpos.offset - rpos.offset >= self.max_segment_size
+
     def sync(self) -> bool:
         """Ship everything the DB's shadow WAL holds beyond this replica's position.
 

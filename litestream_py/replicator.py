@@ -4,7 +4,9 @@ Each DB has a monitor task that copies the WAL into the shadow WAL when
 inotify reports a write (at most every MIN_SYNC_SPACING, and less often while
 its syncs are slow: see BUSY_SPACING_FACTOR); each replica has a shipper task
 that writes new segments as soon as the shadow WAL changes (at most once per
-``sync-interval``, never more often than MIN_SYNC_SPACING), and runs retention and
+``sync-interval``, never more often than MIN_SYNC_SPACING; an object store left
+at its default interval also ships when the writer pauses or a full segment
+waits: see replica.QUIET_FLUSH), and runs retention and
 scheduled snapshots. A task is a step that runs when it is woken or its timer
 is due, never on two threads at once. ``stop()`` ends the pool, then runs one
 final sync of every DB and replica so that nothing committed before shutdown
@@ -27,7 +29,7 @@ from typing import Callable
 
 from .db import DB
 from .errors import DatabaseBusyError, LitestreamError
-from .replica import Replica
+from .replica import QUIET_FLUSH, Replica
 from .verify import verify_database
 from .watch import WALWatcher
 
@@ -90,18 +92,37 @@ class _Task:
     Two steps start at least ``spacing`` seconds apart, however often the task
     is woken, unless a wake is urgent; with a ``busy_factor``, a step that took
     t seconds also starts again no sooner than busy_factor * t after it began
-    (at most MAX_BUSY_SPACING).
+    (at most MAX_BUSY_SPACING). With ``settle``, a task woken inside its
+    spacing and then left alone for ``settle`` seconds runs at that point,
+    at most once per spacing, if ``quiet()`` agrees that what wakes it has
+    stopped: the trailing edge of a burst of wakes goes out at once instead of
+    waiting out the spacing.
     """
 
-    __slots__ = ("name", "step", "spacing", "busy_factor", "earliest", "due", "ready", "running", "woken", "urgent")
+    __slots__ = (
+        "name", "step", "spacing", "busy_factor", "settle", "quiet", "earliest", "due", "settle_due", "settled_at",
+        "ready", "running", "woken", "urgent",
+    )
 
-    def __init__(self, name: str, step: Callable[[], float], spacing: float = 0.0, busy_factor: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], float],
+        spacing: float = 0.0,
+        busy_factor: float = 0.0,
+        settle: float = 0.0,
+        quiet: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.name = name
         self.step = step
         self.spacing = spacing
         self.busy_factor = busy_factor
+        self.settle = settle
+        self.quiet = quiet  # called with the pool's lock held: must not block
         self.earliest = 0.0  # the next step starts no sooner (unless urgent)
         self.due = math.inf  # when its timer fires; inf: no timer pending
+        self.settle_due = math.inf  # when it runs if not woken again before; inf: not settling
+        self.settled_at = -math.inf  # when a settle last ran it
         self.ready = False  # queued for a worker
         self.running = False
         self.woken = False  # woken while its step ran: run again after it
@@ -160,14 +181,20 @@ class _Pool:
             task.urgent = task.urgent or urgent
         elif task.ready:
             pass
-        elif urgent or task.earliest <= time.monotonic():
+        elif urgent or task.earliest <= (now := time.monotonic()):
             self._make_ready(task)
-        elif task.due > task.earliest:
-            self._set_timer_at(task, task.earliest)
+        else:
+            if task.due > task.earliest:
+                self._set_timer_at(task, task.earliest)
+            settle_due = now + task.settle
+            if task.settle and settle_due < task.earliest and now - task.settled_at >= task.spacing:
+                # Each wake moves the deadline: it passes only once the wakes pause.
+                task.settle_due = settle_due
+                self._push_timer(settle_due, task)
 
     def _make_ready(self, task: _Task) -> None:
         task.ready = True
-        task.due = math.inf
+        task.due = task.settle_due = math.inf
         self._ready.append(task)
         if not self._waking:  # else the worker on its way takes it, or calls the next
             self._call_worker()
@@ -190,6 +217,9 @@ class _Pool:
 
     def _set_timer_at(self, task: _Task, when: float) -> None:
         task.due = when
+        self._push_timer(when, task)
+
+    def _push_timer(self, when: float, task: _Task) -> None:
         heapq.heappush(self._timers, (when, next(self._order), task))
         if self._timers[0][2] is task:
             self._timer_cv.notify()
@@ -200,7 +230,12 @@ class _Pool:
                 now = time.monotonic()
                 while self._timers and self._timers[0][0] <= now:
                     due, _, task = heapq.heappop(self._timers)
-                    if due == task.due:
+                    if due == task.settle_due:
+                        task.settle_due = math.inf
+                        if task.quiet():  # else its next wake arms the settle again
+                            task.settled_at = now
+                            self._wake(task, urgent=True)
+                    elif due == task.due:
                         task.due = math.inf
                         self._wake(task, urgent=False)
                 self._timer_cv.wait(self._timers[0][0] - now if self._timers else None)
@@ -273,6 +308,8 @@ class Replicator:
         self._monitors = _Pool("lsr-sync")
         self._shippers = _Pool("lsr-ship")
         self._watcher: WALWatcher | None = WALWatcher() if watch else None
+        # DBs whose WAL inotify saw written since their last sync began: not quiet.
+        self._unsynced: set[DB] = set()
 
     def start(self) -> None:
         """Open every DB that exists (raising on one that cannot be replicated) and start."""
@@ -286,7 +323,7 @@ class Replicator:
         for db in self.dbs:
             monitor = self._monitor_task(db)
             if watcher is not None:
-                watcher.watch(db.path, functools.partial(self._monitors.wake, monitor))
+                watcher.watch(db.path, functools.partial(self._wal_written, db, monitor))
             for replica in db.replicas:
                 shipper = self._ship_task(replica)
                 db.on_change(functools.partial(self._shadow_changed, db, replica, shipper))
@@ -322,9 +359,14 @@ class Replicator:
                 db.close()
         return ok
 
+    def _wal_written(self, db: DB, monitor: _Task) -> None:
+        self._unsynced.add(db)
+        self._monitors.wake(monitor)
+
     def _shadow_changed(self, db: DB, replica: Replica, shipper: _Task) -> None:
         # A new generation's snapshot goes out at once, whatever the sync-interval.
-        self._shippers.wake(shipper, urgent=replica.pos().generation != db.pos().generation)
+        urgent = replica.pos().generation != db.pos().generation or (replica.ships_early and replica.backlog_full())
+        self._shippers.wake(shipper, urgent=urgent)
 
     def _poll_interval(self, db: DB) -> float:
         """With inotify, polling is only a safety net; without it, it is the detector."""
@@ -338,6 +380,7 @@ class Replicator:
         return _Task(f"{db.path}: sync", lambda: self._monitor_step(db, errors), MIN_SYNC_SPACING, BUSY_SPACING_FACTOR)
 
     def _monitor_step(self, db: DB, errors: _ErrorLog) -> float:
+        self._unsynced.discard(db)  # before the sync: a write during it marks the DB again
         try:
             db.sync()
             errors.ok()
@@ -366,7 +409,9 @@ class Replicator:
         )
         # sync-interval bounds the request rate (object stores bill per PUT).
         spacing = max(replica.sync_interval.total_seconds(), MIN_SYNC_SPACING)
-        return _Task(f"{db.path}: replica {replica.name}", lambda: self._ship_step(replica, db, state), spacing)
+        settle = QUIET_FLUSH.total_seconds() if replica.ships_early else 0.0
+        return _Task(f"{db.path}: replica {replica.name}", lambda: self._ship_step(replica, db, state), spacing,
+                     settle=settle, quiet=lambda: db not in self._unsynced)
 
     def _ship_step(self, replica: Replica, db: DB, state: _ShipState) -> float:
         try:

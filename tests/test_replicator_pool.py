@@ -183,6 +183,45 @@ def test_spacing_batches_wakes_unless_urgent() -> None:
         pool.stop()
 
 
+def test_settle_runs_the_trailing_edge_of_a_burst_once_per_spacing() -> None:
+    """With ``settle``, a burst of wakes inside the spacing runs the step once the
+    wakes pause for ``settle`` seconds, not at the end of the spacing; and only
+    once per spacing: the next pause waits the spacing out."""
+    r = Recorder("settling")
+    r.task.spacing, r.task.settle = 1.0, 0.15
+    pool = started(r)
+    try:
+        assert r.ran.acquire(timeout=WAIT)
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:  # wakes closer together than settle: no pause yet
+            pool.wake(r.task)
+            last_wake = time.monotonic()
+            time.sleep(0.02)
+        assert len(r.runs) == 1, "ran before the wakes paused"
+        assert r.ran.acquire(timeout=WAIT)
+        assert 0.15 <= r.runs[1] - last_wake < 0.45
+        pool.wake(r.task)  # a second pause inside the spacing
+        assert r.ran.acquire(timeout=WAIT)
+        assert r.runs[2] - r.runs[1] >= 0.95
+    finally:
+        pool.stop()
+
+
+def test_settle_waits_while_the_source_is_not_quiet() -> None:
+    """A settle deadline that passes while ``quiet()`` says no (the WAL was written and
+    not yet copied) does not run the step: the spacing still holds."""
+    r = Recorder("busy source")
+    r.task.spacing, r.task.settle, r.task.quiet = 0.6, 0.1, lambda: False
+    pool = started(r)
+    try:
+        assert r.ran.acquire(timeout=WAIT)
+        pool.wake(r.task)
+        assert r.ran.acquire(timeout=WAIT)
+        assert r.runs[1] - r.runs[0] >= 0.55
+    finally:
+        pool.stop()
+
+
 def test_a_slow_step_spaces_out_its_next_runs() -> None:
     """Woken without pause, a step of t seconds starts again no sooner than
     BUSY_SPACING_FACTOR * t later (at most MAX_BUSY_SPACING): a saturated

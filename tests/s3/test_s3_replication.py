@@ -9,10 +9,13 @@ integrity_check.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import re
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -23,7 +26,9 @@ from conftest import Processes, go_litestream_path, integrity_ok, open_app_db, r
 from faultproxy import FAULTS, FaultProxy
 from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client, write_s3_config
 from litestream_py.clients.s3 import S3ReplicaClient
+from litestream_py import codec
 from litestream_py.errors import LitestreamError
+from litestream_py.pos import Pos, WALSegmentInfo
 from litestream_py.restore import RestoreOptions, restore
 from workload import Writer, assert_same_data, dump, stop_lsr
 
@@ -432,3 +437,109 @@ def test_replicas_stuck_on_a_slow_endpoint_do_not_hold_up_local_syncs(
             replicator.stop(final_sync=False)
             for conn in conns:
                 conn.close()
+
+
+class SegmentArrivals:
+    """Lists the replica's WAL segments every few ms from a thread, noting when each appears."""
+
+    def __init__(self, client: S3ReplicaClient, generation: str) -> None:
+        self.client, self.generation = client, generation
+        self.arrivals: list[tuple[float, WALSegmentInfo]] = []
+        self._seen: set[tuple[int, int]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SegmentArrivals:
+        self._poll(arrived=-math.inf)  # what is there already
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self._poll(time.monotonic())
+
+    def _poll(self, arrived: float) -> None:
+        for seg in self.client.wal_segments(self.generation):
+            if (seg.index, seg.offset) not in self._seen:
+                self._seen.add((seg.index, seg.offset))
+                self.arrivals.append((arrived, seg))
+
+    def shipments(self, since: float = 0.0) -> list[float]:
+        """When each shipment began to arrive: one shipment may be several segments."""
+        times = [t for t, _ in list(self.arrivals) if t >= since]
+        return [t for k, t in enumerate(times) if k == 0 or t - times[k - 1] > 0.15]
+
+    def end(self) -> int:
+        """The WAL offset that the latest segment ends at (index 0)."""
+        seg = max((s for _, s in list(self.arrivals)), key=lambda s: (s.index, s.offset))
+        assert seg.index == 0, "a checkpoint restarted the WAL: offsets no longer compare"
+        frames, _ = codec.decode_segment(self.client.read_wal_segment(Pos(seg.generation, seg.index, seg.offset)))
+        return seg.offset + len(frames)
+
+
+@contextlib.contextmanager
+def default_s3_replication(tmp_path: Path, procs: Processes, server: S3Server,
+                           s3_env: dict[str, str]) -> Iterator[tuple[Path, sqlite3.Connection, SegmentArrivals]]:
+    """``lsr replicate`` with an S3 replica left at its defaults, and no checkpoints (the
+    WAL's offsets stay comparable); yields once the generation's snapshot is on S3."""
+    path, conn = new_db(tmp_path)
+    bucket = server.create_bucket()
+    cfg = write_s3_config(tmp_path, path, bucket, server.endpoint, min_checkpoint_page_count=1_000_000,
+                          max_checkpoint_page_count=1_000_000)
+    p = procs.lsr_replicate("-config", str(cfg), env=s3_env)
+    client = make_s3_client(server, bucket)
+    wait_replica_ready(p, client)
+    try:
+        with SegmentArrivals(client, client.generations()[0]) as arrivals:
+            yield path, conn, arrivals
+        assert "Traceback" not in stop_lsr(p)
+    finally:
+        conn.close()
+
+
+def test_default_s3_replica_ships_the_last_commits_once_the_writer_pauses(
+        tmp_path: Path, procs: Processes, s3_servers: dict[str, S3Server], s3_env: dict[str, str]) -> None:
+    """Left at its default, an S3 replica ships about once a second while the writer
+    is busy, and once more as soon as the writer pauses: commits made just after a
+    shipment reach S3 in well under the second they would otherwise wait."""
+    with default_s3_replication(tmp_path, procs, s3_servers["moto"], s3_env) as (path, conn, arrivals):
+        i, busy_from = 0, time.monotonic()
+        # Commits every ~20 ms, until three shipments have arrived, the last just now.
+        while len(arrivals.shipments(busy_from)) < 3 or time.monotonic() - arrivals.arrivals[-1][0] > 0.05:
+            i += 1
+            insert(conn, i)
+            time.sleep(0.02)
+            assert i < 500, "fewer than three shipments in 10 s of commits"
+        busy = arrivals.shipments(busy_from)
+        for _ in range(3):  # just after a shipment: the next is a second away
+            i += 1
+            insert(conn, i)
+            time.sleep(0.02)
+        final_commit = time.monotonic()
+        wal_end = Path(f"{path}-wal").stat().st_size
+        wait_for(lambda: arrivals.end() >= wal_end, 5, interval=0.005, what="the last commits on S3")
+        caught_up = time.monotonic() - final_commit
+    assert caught_up < 0.6, f"the last commits took {caught_up:.2f} s to reach S3"
+    assert all(b - a > 0.9 for a, b in zip(busy, busy[1:])), f"shipments while busy at {busy}"
+
+
+def test_default_s3_replica_ships_a_full_segment_at_once(
+        tmp_path: Path, procs: Processes, s3_servers: dict[str, S3Server], s3_env: dict[str, str]) -> None:
+    """Under a heavy writer, a default S3 replica ships each full segment (8 MiB) as it
+    fills: the replica never goes a second without news, as with ticks alone."""
+    with default_s3_replication(tmp_path, procs, s3_servers["moto"], s3_env) as (path, conn, arrivals):
+        start, i = time.monotonic(), 0
+        while time.monotonic() - start < 3.0:  # ~0.5 MiB commits back to back: tens of MiB a second
+            i += 1
+            insert(conn, i, rows=100, size=5000)
+        end = time.monotonic()
+        wal_mib = Path(f"{path}-wal").stat().st_size / (1 << 20)
+    # After the first half second (the first segment filling up), until the writer stops.
+    times = [start + 0.5] + [t for t, _ in arrivals.arrivals if start + 0.5 < t < end] + [end]
+    longest = max(b - a for a, b in zip(times, times[1:]))
+    assert wal_mib > 60, f"the writer made only {wal_mib:.1f} MiB of WAL in 3 s"
+    assert longest < 0.6, f"{wal_mib:.0f} MiB of WAL in 3 s, yet {longest:.2f} s without a segment on S3"
