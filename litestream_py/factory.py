@@ -22,8 +22,8 @@ def replica_from_config(rc: ReplicaConfig, db: DB | None) -> Replica:
         # A local directory costs nothing per write: ship each commit at once.
         replica.sync_interval = timedelta(0)
     else:
-        # Object stores bill per PUT: Litestream's one second, plus early
-        # shipments when the writer pauses or a full segment waits.
+        # Object stores bill per PUT: Litestream's one second, plus one early
+        # shipment when the writer pauses.
         replica.ships_early = True
     if client.type != "file":
         replica.max_segment_size = OBJECT_STORE_MAX_SEGMENT_SIZE

@@ -5,8 +5,8 @@ inotify reports a write (at most every MIN_SYNC_SPACING, and less often while
 its syncs are slow: see BUSY_SPACING_FACTOR); each replica has a shipper task
 that writes new segments as soon as the shadow WAL changes (at most once per
 ``sync-interval``, never more often than MIN_SYNC_SPACING; an object store left
-at its default interval also ships when the writer pauses or a full segment
-waits: see replica.QUIET_FLUSH), and runs retention and
+at its default interval also ships when the writer pauses: see
+replica.QUIET_FLUSH), and runs retention and
 scheduled snapshots. A task is a step that runs when it is woken or its timer
 is due, never on two threads at once. ``stop()`` ends the pool, then runs one
 final sync of every DB and replica so that nothing committed before shutdown
@@ -365,8 +365,7 @@ class Replicator:
 
     def _shadow_changed(self, db: DB, replica: Replica, shipper: _Task) -> None:
         # A new generation's snapshot goes out at once, whatever the sync-interval.
-        urgent = replica.pos().generation != db.pos().generation or (replica.ships_early and replica.backlog_full())
-        self._shippers.wake(shipper, urgent=urgent)
+        self._shippers.wake(shipper, urgent=replica.pos().generation != db.pos().generation)
 
     def _poll_interval(self, db: DB) -> float:
         """With inotify, polling is only a safety net; without it, it is the detector."""
