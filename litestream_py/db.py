@@ -18,12 +18,10 @@ while lsr was down) lsr starts a new generation.
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import logging
 import os
 import shutil
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import apsw
 
 from . import paths
+from .commits import COMMITS_EXT, CommitLog
 from .errors import DatabaseBusyError, DatabaseError
 from .fsutil import atomic_write, fsync_dir
 from .pos import Pos
@@ -92,8 +91,6 @@ M_MMAP_THRESHOLD = -3
 # Buffers this large (WAL chunks, compressed segments) get their own mapping,
 # returned to the OS when freed, whichever worker thread and arena they came from.
 SIDECAR_MMAP_THRESHOLD = 256 * 1024
-COMMITS_EXT = ".commits"
-_COMMIT_ENTRY = struct.Struct("<QQ")
 
 CHECKPOINT_PASSIVE = "PASSIVE"
 CHECKPOINT_RESTART = "RESTART"
@@ -145,18 +142,6 @@ def release_free_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _valid_commit_entries(raw: bytes) -> list[tuple[int, int]]:
-    """The (offset, capture ns) entries of a .commits file, up to the first that
-    is torn or out of order (offsets only grow within one shadow index)."""
-    entries: list[tuple[int, int]] = []
-    for i in range(0, len(raw) - _COMMIT_ENTRY.size + 1, _COMMIT_ENTRY.size):
-        offset, captured = _COMMIT_ENTRY.unpack_from(raw, i)
-        if captured == 0 or (entries and offset <= entries[-1][0]):
-            break
-        entries.append((offset, captured))
-    return entries
 
 
 class _PollingBusyHandler:
@@ -246,8 +231,7 @@ class DB:
         self._passive_retry_at = 0.0
         self._waiting_logged = False
         self._last_token: tuple[object, ...] = ()
-        # (generation, index) -> [(shadow offset after a commit frame, capture ns)]
-        self._commit_times: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        self.commit_log = CommitLog(self.commits_path)
         # Position published to replicas: only whole, synced transactions.
         self._pos = Pos()
         # (generation, index) of the current shadow WAL as this process last
@@ -278,7 +262,7 @@ class DB:
         return os.path.join(self.shadow_wal_dir(generation), paths.format_shadow_wal_path(index))
 
     def commits_path(self, generation: str, index: int) -> str:
-        """Capture times of the commits in one shadow WAL index (see record_commits)."""
+        """Capture times of the commits in one shadow WAL index (see commits.CommitLog)."""
         return os.path.join(self.shadow_wal_dir(generation), f"{index:08x}{COMMITS_EXT}")
 
     @property
@@ -734,7 +718,7 @@ class DB:
                     if not result.committed:
                         chunk *= 2  # one transaction larger than the chunk
         if commits:
-            self._record_commits(generation, index, commits)
+            self.commit_log.record(generation, index, commits)
         return size
 
     def make_durable(self, generation: str, index: int, end: int) -> None:
@@ -758,43 +742,6 @@ class DB:
             except OSError as exc:
                 raise DatabaseError(f"cannot sync shadow wal {path}: {exc.strerror}") from exc
             self._durable = (generation, index, size)
-
-    def _record_commits(self, generation: str, index: int, commits: list[tuple[int, int]]) -> None:
-        """Append capture times to the index's .commits file, for a restart of lsr.
-
-        Not fsynced: the file only outlives the process for times, never for
-        frames. After a power loss its tail may be missing or torn (the loader
-        keeps the valid prefix) and a segment falls back to its own timestamp.
-        """
-        self.commit_times(generation, index, 0, 0)  # load what earlier runs recorded
-        times = self._commit_times[(generation, index)]
-        with open(self.commits_path(generation, index), "ab") as f:
-            if times and times[-1][0] >= commits[0][0]:
-                # Times of frames a power loss took from the shadow: theirs no longer.
-                del times[bisect.bisect_left(times, (commits[0][0], 0)) :]
-                f.truncate(len(times) * _COMMIT_ENTRY.size)
-            f.write(b"".join(_COMMIT_ENTRY.pack(o, t) for o, t in commits))
-        times.extend(commits)
-
-    def commit_times(self, generation: str, index: int, start: int, end: int) -> list[tuple[int, int]]:
-        """(offset, capture ns) of the commits whose frames end within (start, end]."""
-        key = (generation, index)
-        times = self._commit_times.get(key)
-        if times is None:
-            try:
-                with open(self.commits_path(generation, index), "rb") as f:
-                    raw = f.read()
-            except FileNotFoundError:
-                raw = b""
-            times = _valid_commit_entries(raw)
-            if len(times) * _COMMIT_ENTRY.size != len(raw):
-                # A torn tail (power loss): cut it, or later appends would be misread.
-                with open(self.commits_path(generation, index), "r+b") as f:
-                    f.truncate(len(times) * _COMMIT_ENTRY.size)
-            self._commit_times[key] = times
-        lo = bisect.bisect_right(times, (start, 2**64))
-        hi = bisect.bisect_right(times, (end, 2**64))
-        return times[lo:hi]
 
     # -- checkpoints -----------------------------------------------------------
     def _checkpoint_due(self, shadow_size: int) -> str:
@@ -935,7 +882,7 @@ class DB:
                         removed = True
                     except FileNotFoundError:
                         pass
-                self._commit_times.pop((generation, index), None)
+                self.commit_log.forget(generation, index)
         if removed:
             fsync_dir(self.shadow_wal_dir(generation))
 

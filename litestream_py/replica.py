@@ -179,7 +179,7 @@ class Replica:
         # Bound the segment's size, ending on a frame boundary (frames start after the header).
         end = min(end, frame_align(pos.offset + self._max_segment(path), self._page_size(path)))
         self.db.make_durable(pos.generation, pos.index, end)
-        commits = self.db.commit_times(pos.generation, pos.index, pos.offset, end)
+        commits = self.db.commit_log.between(pos.generation, pos.index, pos.offset, end)
         fd = os.open(path, os.O_RDONLY)
         try:
             with read_buffers.pread(fd, end - pos.offset, pos.offset) as data:
