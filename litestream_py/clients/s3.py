@@ -32,10 +32,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO, Iterable, Iterator, cast
 from urllib.parse import parse_qs, urlparse
 
-import boto3
 import botocore.session
 import crc32c
-from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.utils import parse_timestamp
 from botocore.config import Config
 from botocore.exceptions import (
@@ -54,7 +52,6 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
 from urllib3.exceptions import ProtocolError, ReadTimeoutError as Urllib3ReadTimeoutError
-from s3transfer.exceptions import RetriesExceededError
 
 from .. import paths
 from ..config import ReplicaConfig, parse_replica_url
@@ -271,7 +268,7 @@ def _env_credentials() -> tuple[str, str]:
     """LITESTREAM_ACCESS_KEY_ID / LITESTREAM_SECRET_ACCESS_KEY, unless AWS_* are set.
 
     Go's applyLitestreamEnv copies them to AWS_* only when those are unset; when
-    AWS_* are set, boto3's own chain reads them (with AWS_SESSION_TOKEN).
+    AWS_* are set, botocore's own chain reads them (with AWS_SESSION_TOKEN).
     """
     if "AWS_ACCESS_KEY_ID" in os.environ or "AWS_SECRET_ACCESS_KEY" in os.environ:
         return "", ""
@@ -333,8 +330,6 @@ def translate_error(exc: BaseException, what: str, endpoint: str, secrets: Itera
     """
     if isinstance(exc, LitestreamError):
         return exc
-    if isinstance(exc, RetriesExceededError) and isinstance(exc.last_exception, BaseException):
-        return translate_error(exc.last_exception, what, endpoint, secrets)
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {}) or {}
         meta = exc.response.get("ResponseMetadata", {}) or {}
@@ -399,23 +394,20 @@ class S3ReplicaClient:
         self.bucket = settings.bucket
         self.path = settings.path
         self._max_attempts = max_attempts
-        self._transfer = TransferConfig(
-            multipart_threshold=multipart_threshold,
-            multipart_chunksize=multipart_chunksize,
-            max_concurrency=multipart_concurrency,
-        )
+        self._multipart_threshold = multipart_threshold
+        self._multipart_chunksize = multipart_chunksize
+        self._multipart_concurrency = multipart_concurrency
         if not access_key_id and not secret_access_key:
             access_key_id, secret_access_key = _env_credentials()
         # Kept only to scrub them from any text that reaches a message.
         self._secrets = tuple(s for s in (secret_access_key, access_key_id) if s)
-        core = botocore.session.Session()
-        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
-        session = boto3.session.Session(
-            aws_access_key_id=access_key_id or None,
-            aws_secret_access_key=secret_access_key or None,
-            botocore_session=core,
-        )
-        region = settings.region or session.region_name or DEFAULT_REGION
+        # botocore's own session, not boto3's: importing boto3 imports s3transfer
+        # too (~0.15 s at every start), which only a multipart upload needs.
+        session = botocore.session.Session()
+        session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
+        if access_key_id or secret_access_key:
+            session.set_credentials(access_key_id or None, secret_access_key or None)
+        region = settings.region or session.get_config_variable("region") or DEFAULT_REGION
         config = Config(
             region_name=region,
             retries={"mode": RETRY_MODE, "total_max_attempts": max_attempts},
@@ -425,7 +417,7 @@ class S3ReplicaClient:
             s3={"addressing_style": "path" if settings.force_path_style else "auto"},
         )
         try:
-            self._s3: Any = session.client(
+            self._s3: Any = session.create_client(
                 "s3",
                 endpoint_url=settings.endpoint or None,
                 verify=not settings.skip_verify,
@@ -496,11 +488,16 @@ class S3ReplicaClient:
         """One PUT for a small object, a multipart upload from the threshold on."""
         metadata = {CHECKSUM_METADATA_KEY: crc}
         with self._errors(f"write {what} {self._url(key)}"):
-            if size < self._transfer.multipart_threshold:
+            if size < self._multipart_threshold:
                 # The body is seekable, so botocore rewinds it for each retry.
                 self._s3.put_object(Bucket=self.bucket, Key=key, Body=f, Metadata=metadata)
             else:
-                with create_transfer_manager(self._s3, self._transfer) as manager:
+                from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+                config = TransferConfig(multipart_threshold=self._multipart_threshold,
+                                        multipart_chunksize=self._multipart_chunksize,
+                                        max_concurrency=self._multipart_concurrency)
+                with create_transfer_manager(self._s3, config) as manager:
                     manager.upload(f, self.bucket, key, extra_args={"Metadata": metadata}).result()
         log.debug("wrote %s (%d bytes, crc32c %s)", self._url(key), size, crc)
 
@@ -586,8 +583,7 @@ class S3ReplicaClient:
     def open_snapshot(self, generation: str, index: int) -> BinaryIO:
         """The snapshot as a stream, downloaded while it is read (see ``_ObjectStream``)."""
         key = paths.snapshot_path(self.path, generation, index)
-        stream = _ObjectStream(self, key, "snapshot", self._transfer.multipart_chunksize,
-                               self._transfer.max_request_concurrency)
+        stream = _ObjectStream(self, key, "snapshot", self._multipart_chunksize, self._multipart_concurrency)
         return cast(BinaryIO, stream)
 
     def delete_snapshot(self, generation: str, index: int) -> None:

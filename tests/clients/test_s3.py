@@ -208,7 +208,7 @@ def test_corrupt_bytes_on_nanio_disk_detected(s3_servers: dict[str, S3Server]) -
 
 def test_transfers_survive_a_flaky_network(s3_server: S3Server, s3_bucket: str) -> None:
     """20 % of requests fail (resets mid-upload and mid-download, 500, 503, 408, latency):
-    botocore's retries and s3transfer's download retries absorb all of it. The
+    botocore's retries and lsr's retries of cut-off bodies absorb all of it. The
     operations are sequential and the proxy seeded, so the fault pattern repeats."""
     MiB = 1 << 20
     with FaultProxy(s3_server.port, seed=3) as proxy:

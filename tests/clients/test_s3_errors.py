@@ -226,7 +226,7 @@ def test_read_timeout_is_storage_error(s3_server: S3Server, s3_bucket: str, prox
 
 
 def test_download_broken_every_time_is_storage_error(s3_server: S3Server, s3_bucket: str, proxy: FaultProxy) -> None:
-    """Every GET is cut off midway: s3transfer retries, then gives up (RetriesExceededError)."""
+    """Every GET is cut off midway: lsr retries the broken body, then gives up."""
     client = _proxied(s3_server, proxy, s3_bucket)
     client.write_wal_segment(Pos(GEN, 1, 0), os.urandom(2000))
     proxy.configure(ratio=1.0, faults=["reset_download"])
