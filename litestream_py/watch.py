@@ -4,9 +4,10 @@ One inotify reader thread (watchdog's ``InotifyFD``) serves every database.
 Each WAL file has its own modify watch, so the kernel folds a burst of writes
 into one event; each directory has one watch for files appearing and
 disappearing, which (re)arms the WAL watch when SQLite creates the WAL again.
-The reader pauses briefly after each batch so that a busy writer costs a few
-hundred wakeups a second, not one per page write. Where inotify is
-unavailable the monitor falls back to polling.
+The reader pauses after each batch so that a busy writer costs a few dozen
+wakeups a second, not one per page write: at least COALESCE_SECONDS, and as
+long as its owner says events may wait (no monitor could start sooner anyway).
+Where inotify is unavailable the monitor falls back to polling.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ import threading
 import time
 from typing import Any, Callable
 
-__all__ = ["WALWatcher", "Wake"]
+__all__ = ["WALWatcher", "Wake", "Pause"]
 
 # What a watch calls when its DB should sync (thread-safe, returns at once).
 Wake = Callable[[], None]
 
 log = logging.getLogger(__name__)
 
-# Pause after each batch of events: bounds wakeups under load, adds at most this to the lag.
+# Shortest pause after each batch of events: bounds wakeups under load, adds at most this to the lag.
 COALESCE_SECONDS = 0.002
+# How long events may wait in the kernel before the reader wakes for them (see WALWatcher).
+Pause = Callable[[], float]
 
 try:
     from watchdog.observers.inotify_c import InotifyConstants as _IN, InotifyFD as _InotifyFD
@@ -39,12 +42,16 @@ if _InotifyFD is not None:
     _APPEARED = _IN.IN_CREATE | _IN.IN_MOVED_TO
 
     class _BatchingInotify(_InotifyFD):
+        def __init__(self, pause: Pause) -> None:
+            super().__init__()
+            self.pause = pause
+
         def run(self) -> None:
             while self.should_keep_running():
                 for event in self.read_events():
                     self.handle_event(event)
                 # Repeated modify events of one file merge while they wait in the kernel.
-                time.sleep(COALESCE_SECONDS)
+                time.sleep(max(self.pause(), COALESCE_SECONDS))
 
 
 class _WakeOnWrite:
@@ -94,9 +101,14 @@ class _Directory:
 
 
 class WALWatcher:
-    """Wakes a DB whenever its WAL is written, or its database or WAL appears."""
+    """Wakes a DB whenever its WAL is written, or its database or WAL appears.
 
-    def __init__(self) -> None:
+    ``pause`` says how long new events may wait before the reader wakes for
+    them (a monitor still inside its spacing would only be scheduled anyway).
+    """
+
+    def __init__(self, pause: Pause = lambda: 0.0) -> None:
+        self._pause = pause
         self._inotify: Any = None
         self.stopping = False  # closing the watches on shutdown is not a lost directory
         self._directories: dict[str, _Directory] = {}
@@ -155,7 +167,7 @@ class WALWatcher:
             log.warning("cannot watch for wal changes (no inotify): polling instead")
             return False
         try:
-            self._inotify = _BatchingInotify()
+            self._inotify = _BatchingInotify(self._pause)
             self._inotify.start()
         except OSError as exc:
             log.warning("cannot watch for wal changes (%s): polling instead", exc)

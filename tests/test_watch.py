@@ -47,6 +47,32 @@ def test_watcher_follows_the_wal_through_creation_writes_and_recreation(tmp_path
         watcher.stop()
 
 
+def test_a_pause_batches_a_burst_of_writes_but_not_the_first(tmp_path: Path) -> None:
+    """While its owner says events may wait (no monitor could start sooner), the
+    reader lets a burst of writes pile up in the kernel: a few wakes, not one per
+    commit. The first write after a quiet spell still wakes at once."""
+    db = tmp_path / "app.db"
+    app = open_app_db(db)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    wakes: list[float] = []
+    watcher = WALWatcher(pause=lambda: 0.25)
+    assert watcher.start()
+    try:
+        watcher.watch(str(db), lambda: wakes.append(time.monotonic()))
+        time.sleep(0.5)  # past the pause that the table's creation started
+        wakes.clear()
+        start = time.monotonic()
+        while time.monotonic() - start < 1.0:  # 100 commits in a second
+            app.execute("INSERT INTO t (v) VALUES ('x')")
+            time.sleep(0.01)
+        time.sleep(0.3)
+    finally:
+        watcher.stop()
+        app.close()
+    assert wakes and wakes[0] - start < 0.1, "the first write after a quiet spell waited"
+    assert 3 <= len(wakes) <= 7, f"{len(wakes)} wakes for 100 commits in 1 s with a 0.25 s pause"
+
+
 def test_commits_ship_without_waiting_for_the_poll(tmp_path: Path, procs: Processes) -> None:
     """With an hour-long monitor interval only inotify can explain a commit reaching the replica."""
     db, replica = tmp_path / "app.db", tmp_path / "replica"
