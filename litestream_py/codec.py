@@ -8,6 +8,7 @@ from typing import BinaryIO, Iterable, Protocol
 
 import lz4.frame
 
+from .commits import COMMIT_ENTRY
 from .errors import ChecksumMismatchError
 
 __all__ = [
@@ -116,7 +117,6 @@ def decompress_stream(src: BinaryIO, dst: Writer, what: str = "object") -> int:
 # included) skip such frames, so the segment stays a valid Litestream segment.
 SKIPPABLE_MAGIC = 0x184D2A5C
 COMMIT_TIMES_TAG = b"LSRT\x01"
-_ENTRY = struct.Struct("<QQ")  # shadow WAL offset just past the commit frame, capture time (ns)
 
 
 def encode_segment(data: bytes | memoryview, commits: list[tuple[int, int]]) -> bytes:
@@ -124,7 +124,8 @@ def encode_segment(data: bytes | memoryview, commits: list[tuple[int, int]]) -> 
     body = compress(data)
     if not commits:
         return body
-    payload = COMMIT_TIMES_TAG + struct.pack("<I", len(commits)) + b"".join(_ENTRY.pack(o, t) for o, t in commits)
+    entries = b"".join(COMMIT_ENTRY.pack(o, t) for o, t in commits)
+    payload = COMMIT_TIMES_TAG + struct.pack("<I", len(commits)) + entries
     return struct.pack("<II", SKIPPABLE_MAGIC, len(payload)) + payload + body
 
 
@@ -140,9 +141,9 @@ def decode_segment(blob: bytes, what: str = "wal segment") -> tuple[bytes, list[
         if payload.startswith(COMMIT_TIMES_TAG) and len(payload) >= len(COMMIT_TIMES_TAG) + 4:
             (count,) = struct.unpack_from("<I", payload, len(COMMIT_TIMES_TAG))
             base = len(COMMIT_TIMES_TAG) + 4
-            if len(payload) < base + count * _ENTRY.size:
+            if len(payload) < base + count * COMMIT_ENTRY.size:
                 raise ChecksumMismatchError(f"cannot decode {what}: truncated commit times")
-            commits = [_ENTRY.unpack_from(payload, base + i * _ENTRY.size) for i in range(count)]
+            commits = [COMMIT_ENTRY.unpack_from(payload, base + i * COMMIT_ENTRY.size) for i in range(count)]
         start += 8 + size
     return decompress(blob[start:], what), commits
 

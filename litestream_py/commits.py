@@ -16,19 +16,20 @@ import os
 import struct
 from typing import Callable
 
-__all__ = ["CommitLog", "COMMITS_EXT"]
+__all__ = ["CommitLog", "COMMITS_EXT", "COMMIT_ENTRY"]
 
 COMMITS_EXT = ".commits"
-# (shadow offset just past a commit frame, capture time in ns), little-endian.
-_ENTRY = struct.Struct("<QQ")
+# One commit's (shadow WAL offset just past its commit frame, capture time in
+# ns), little-endian: the record of a .commits file and of a segment's times (codec).
+COMMIT_ENTRY = struct.Struct("<QQ")
 
 
 def _valid_entries(raw: bytes) -> list[tuple[int, int]]:
     """The entries of a .commits file, up to the first that is torn or out of
     order (offsets only grow within one shadow index)."""
     entries: list[tuple[int, int]] = []
-    for i in range(0, len(raw) - _ENTRY.size + 1, _ENTRY.size):
-        offset, captured = _ENTRY.unpack_from(raw, i)
+    for i in range(0, len(raw) - COMMIT_ENTRY.size + 1, COMMIT_ENTRY.size):
+        offset, captured = COMMIT_ENTRY.unpack_from(raw, i)
         if captured == 0 or (entries and offset <= entries[-1][0]):
             break
         entries.append((offset, captured))
@@ -49,8 +50,8 @@ class CommitLog:
             if times and times[-1][0] >= commits[0][0]:
                 # Times of frames a power loss took from the shadow: theirs no longer.
                 del times[bisect.bisect_left(times, (commits[0][0], 0)) :]
-                f.truncate(len(times) * _ENTRY.size)
-            f.write(b"".join(_ENTRY.pack(o, t) for o, t in commits))
+                f.truncate(len(times) * COMMIT_ENTRY.size)
+            f.write(b"".join(COMMIT_ENTRY.pack(o, t) for o, t in commits))
         times.extend(commits)
 
     def between(self, generation: str, index: int, start: int, end: int) -> list[tuple[int, int]]:
@@ -75,9 +76,9 @@ class CommitLog:
             except FileNotFoundError:
                 raw = b""
             times = _valid_entries(raw)
-            if len(times) * _ENTRY.size != len(raw):
+            if len(times) * COMMIT_ENTRY.size != len(raw):
                 # A torn tail (power loss): cut it, or later appends would be misread.
                 with open(path, "r+b") as f:
-                    f.truncate(len(times) * _ENTRY.size)
+                    f.truncate(len(times) * COMMIT_ENTRY.size)
             self._times[key] = times
         return times
