@@ -231,6 +231,7 @@ class DB:
         self._passive_retry_at = 0.0
         self._waiting_logged = False
         self._last_token: tuple[object, ...] = ()
+        self._last_token_at = 0.0  # when it was taken (monotonic)
         self.commit_log = CommitLog(self.commits_path)
         # Position published to replicas: only whole, synced transactions.
         self._pos = Pos()
@@ -248,22 +249,24 @@ class DB:
     def wal_path(self) -> str:
         return self.path + "-wal"
 
+    # Plain formatting, not os.path.join: several of these are built per sync
+    # (meta_path is absolute and normalized).
     @property
     def generation_name_path(self) -> str:
-        return os.path.join(self.meta_path, "generation")
+        return f"{self.meta_path}/generation"
 
     def generation_path(self, generation: str) -> str:
-        return os.path.join(self.meta_path, "generations", generation)
+        return f"{self.meta_path}/generations/{generation}"
 
     def shadow_wal_dir(self, generation: str) -> str:
-        return os.path.join(self.generation_path(generation), "wal")
+        return f"{self.meta_path}/generations/{generation}/wal"
 
     def shadow_wal_path(self, generation: str, index: int) -> str:
-        return os.path.join(self.shadow_wal_dir(generation), paths.format_shadow_wal_path(index))
+        return f"{self.meta_path}/generations/{generation}/wal/{paths.format_shadow_wal_path(index)}"
 
     def commits_path(self, generation: str, index: int) -> str:
         """Capture times of the commits in one shadow WAL index (see commits.CommitLog)."""
-        return os.path.join(self.shadow_wal_dir(generation), f"{index:08x}{COMMITS_EXT}")
+        return f"{self.meta_path}/generations/{generation}/wal/{index:08x}{COMMITS_EXT}"
 
     @property
     def page_size(self) -> int:
@@ -507,7 +510,7 @@ class DB:
                 return False
             # Taken before copying: a commit that lands during the copy changes
             # the fingerprint, so the next sync will not skip it.
-            token = self._change_token()
+            token, token_at = self._change_token(), time.monotonic()
             if (
                 not force
                 and token == self._last_token
@@ -517,8 +520,7 @@ class DB:
             ):
                 return False
             try:
-                changed = self._sync()
-                self._last_token = token
+                changed = self._sync((token, token_at))
                 self._close_writer()
             except apsw.Error as exc:
                 # A broken connection is reopened by the next sync; the gap in
@@ -529,37 +531,52 @@ class DB:
             self._notify()
         return changed
 
-    def _sync(self) -> bool:
+    def _sync(self, token: tuple[tuple[object, ...], float] | None = None) -> bool:
+        """Copy the WAL's new frames to the shadow WAL, then checkpoint when due.
+
+        ``token``: the WAL's fingerprint taken before this sync began, and when.
+        """
         published = self._pos
+        after = self._copy_new_frames(token)
+        # Frames may have been copied before this sync (at open): compare what
+        # replicas were last told, not what this call copied.
+        changed = self._pos != published
+        mode = self._checkpoint_due(after)
+        if mode:
+            if changed:
+                self._notify()  # replicas ship what was copied while the checkpoint runs
+            self._checkpoint(mode, opportunistic=mode == CHECKPOINT_PASSIVE)
+            # The write with which lsr restarted the WAL opens the next shadow
+            # index now, not at the next wake: until it is copied, the WAL looks
+            # written to (unwritten_for), and a paused writer's S3 replica would
+            # wait one more sync for its flush.
+            self._copy_new_frames((self._change_token(), time.monotonic()) if token is not None else None)
+            changed = True
+        self._clean()
+        return changed
+
+    def _copy_new_frames(self, token: tuple[tuple[object, ...], float] | None) -> int:
+        """Copy what the WAL committed since the last copy and publish the new
+        position; a WAL that no longer continues the shadow starts a new index
+        (restarted) or a new generation. Returns the shadow's size."""
         self._ensure_wal_exists()
         state = self._verify()
-        changed = False
         if state.reason:
             generation = self._create_generation()
             log.info("%s: new generation %s (%s)", self.path, generation, state.reason)
             state = _SyncState(generation, shadow_index=0, shadow_size=WAL_HEADER_SIZE)
-            changed = True
         elif state.restart:
             # The WAL was restarted after a full copy; close the old index and
             # carry on in the next one.
             self._copy_to_shadow(state.generation, state.shadow_index)
             state.shadow_index += 1
             self._init_shadow_wal(state.generation, state.shadow_index)
-            changed = True
-
         after = self._copy_to_shadow(state.generation, state.shadow_index)
         self._continuous = True
         self._publish(state.generation, state.shadow_index)
-        # Frames may have been copied before this sync (at open): compare what
-        # replicas were last told, not what this call copied.
-        changed = changed or self._pos != published
-
-        mode = self._checkpoint_due(after)
-        if mode:
-            self._checkpoint(mode, opportunistic=mode == CHECKPOINT_PASSIVE)
-            changed = True
-        self._clean()
-        return changed
+        if token is not None:
+            self._last_token, self._last_token_at = token
+        return after
 
     def _change_token(self) -> tuple[object, ...]:
         """Cheap fingerprint of the WAL: file identity and size, plus the wal-index header.
@@ -573,6 +590,17 @@ class DB:
             return ()
         shm = os.pread(self._shm_fd, WAL_INDEX_HEADER_SIZE, 0) if self._shm_fd >= 0 else b""
         return (st.st_ino, st.st_size, st.st_mtime_ns, shm)
+
+    def unwritten_for(self) -> float:
+        """Seconds for which the WAL has certainly not been written: since the
+        last sync began if no commit landed after that, else 0. A stat and a
+        136-byte read, cheap enough to ask from any thread at any time."""
+        try:
+            if self._change_token() != self._last_token:
+                return 0.0
+        except OSError:  # closed meanwhile
+            return 0.0
+        return time.monotonic() - self._last_token_at
 
     def _checkpoint_interval_due(self) -> bool:
         interval = self.checkpoint_interval.total_seconds()

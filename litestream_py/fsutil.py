@@ -3,9 +3,9 @@ and reusable buffers for the sidecar's large reads."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
-import tempfile
 import threading
 from contextlib import contextmanager
 from typing import BinaryIO, Iterator
@@ -24,15 +24,40 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+_temp_names = itertools.count()
+
+
+def _create_temp(path: str, dir_mode: int | None) -> tuple[int, str]:
+    """A new, empty temp file next to ``path``: (fd, its name).
+
+    Unique by process and counter (O_EXCL skips a leftover of an earlier
+    process with the same pid). A sidecar writes a segment every few ms, and
+    ``tempfile.mkstemp``'s random names cost more than the write itself.
+    With ``dir_mode``, a missing directory is created (with that mode) first.
+    """
+    while True:
+        tmp = f"{path}.{os.getpid()}-{next(_temp_names)}{TMP_SUFFIX}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), tmp
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            if dir_mode is None:
+                raise
+            os.makedirs(os.path.dirname(path) or ".", mode=dir_mode, exist_ok=True)
+            dir_mode = None
+
+
 @contextmanager
-def atomic_write(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
+def atomic_write(path: str, mode: int = 0o600, dir_mode: int | None = None) -> Iterator[BinaryIO]:
     """Yield a file that appears at ``path`` only once fully written and synced.
 
     The temp file sits next to ``path`` (same file system, so rename is atomic)
-    and is removed if the body raises.
+    and is removed if the body raises. With ``dir_mode``, a missing directory
+    of ``path`` is created with that mode.
     """
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=TMP_SUFFIX, dir=directory)
+    fd, tmp = _create_temp(path, dir_mode)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:

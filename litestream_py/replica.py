@@ -43,8 +43,10 @@ OBJECT_STORE_MAX_SEGMENT_SIZE = 8 << 20
 # wait out the second, and PUTs stay within two per interval. (Shipping each
 # finished WAL index at once as well cut a heavy writer's throughput on S3 by
 # a third in the benchmark; a burst's backlog already goes out back to back,
-# as each upload outlasts the interval.)
-QUIET_FLUSH = timedelta(milliseconds=100)
+# as each upload outlasts the interval.) "Paused" is read from the WAL itself
+# (DB.unwritten_for), so a busy writer's syncs, up to 100 ms apart, are never
+# taken for a pause.
+QUIET_FLUSH = timedelta(milliseconds=50)
 
 
 def _now() -> datetime:

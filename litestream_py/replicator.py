@@ -44,9 +44,10 @@ IDLE_WAKE_INTERVAL = 60.0
 # Shortest time between two syncs of one DB, and between two shipments of one
 # replica: a busy writer's commits go out in batches, bounding the per-sync and
 # per-segment overhead (a new file, fsyncs, requests) at a few ms of added lag.
-# 35 ms keeps the median lag of commits every 10 ms near 22 ms (the target is
-# 35 ms) with a fifth less steady-state CPU than 25 ms (17 ms) gave.
-MIN_SYNC_SPACING = 0.035
+# Under commits every 10 ms, 50 ms gives a median lag near 29 ms (the target
+# is 35 ms) for a quarter less steady-state CPU than 35 ms (22 ms) took; in
+# this Python sidecar, each sync and segment costs ~3 ms of CPU.
+MIN_SYNC_SPACING = 0.05
 # A DB's sync that took t seconds starts again no sooner than BUSY_SPACING_FACTOR * t
 # after it began (at most MAX_BUSY_SPACING): under a saturated writer each sync,
 # and so each segment, carries more commits, so fixed per-sync costs shrink per
@@ -93,7 +94,8 @@ class _Task:
     is woken, unless a wake is urgent; with a ``busy_factor``, a step that took
     t seconds also starts again no sooner than busy_factor * t after it began
     (at most MAX_BUSY_SPACING). With ``settle``, a task woken inside its
-    spacing and then left alone for ``settle`` seconds runs at that point,
+    spacing and then left alone for ``settle`` seconds (counted from the wake,
+    even one that came while its step ran) runs at that point,
     at most once per spacing, if ``quiet()`` agrees that what wakes it has
     stopped: the trailing edge of a burst of wakes goes out at once instead of
     waiting out the spacing.
@@ -101,7 +103,7 @@ class _Task:
 
     __slots__ = (
         "name", "step", "spacing", "busy_factor", "settle", "quiet", "earliest", "due", "settle_due", "settled_at",
-        "ready", "running", "woken", "urgent",
+        "ready", "running", "woken", "woken_at", "urgent",
     )
 
     def __init__(
@@ -126,6 +128,7 @@ class _Task:
         self.ready = False  # queued for a worker
         self.running = False
         self.woken = False  # woken while its step ran: run again after it
+        self.woken_at = 0.0  # when, last
         self.urgent = False
 
 
@@ -175,18 +178,21 @@ class _Pool:
 
     # The methods below run with the lock held.
 
-    def _wake(self, task: _Task, urgent: bool) -> None:
+    def _wake(self, task: _Task, urgent: bool, at: float | None = None) -> None:
+        """``at``: when the wake happened, if before now (it came during a step)."""
+        now = time.monotonic()
         if task.running:
             task.woken = True
+            task.woken_at = now
             task.urgent = task.urgent or urgent
         elif task.ready:
             pass
-        elif urgent or task.earliest <= (now := time.monotonic()):
+        elif urgent or task.earliest <= now:
             self._make_ready(task)
         else:
             if task.due > task.earliest:
                 self._set_timer_at(task, task.earliest)
-            settle_due = now + task.settle
+            settle_due = (now if at is None else at) + task.settle
             if task.settle and settle_due < task.earliest and now - task.settled_at >= task.spacing:
                 # Each wake moves the deadline: it passes only once the wakes pause.
                 task.settle_due = settle_due
@@ -269,7 +275,7 @@ class _Pool:
                 task.earliest = max(task.earliest, started + min(busy, MAX_BUSY_SPACING))
                 if task.woken:
                     urgent, task.woken, task.urgent = task.urgent, False, False
-                    self._wake(task, urgent)
+                    self._wake(task, urgent, at=task.woken_at)
                 else:
                     self._set_timer(task, delay)
 
@@ -309,8 +315,6 @@ class Replicator:
         self._shippers = _Pool("lsr-ship")
         self._monitor_tasks: list[_Task] = []
         self._watcher: WALWatcher | None = WALWatcher(self._events_may_wait) if watch else None
-        # DBs whose WAL inotify saw written since their last sync began: not quiet.
-        self._unsynced: set[DB] = set()
 
     def start(self) -> None:
         """Open every DB that exists (raising on one that cannot be replicated) and start."""
@@ -325,7 +329,7 @@ class Replicator:
             monitor = self._monitor_task(db)
             self._monitor_tasks.append(monitor)
             if watcher is not None:
-                watcher.watch(db.path, functools.partial(self._wal_written, db, monitor))
+                watcher.watch(db.path, functools.partial(self._monitors.wake, monitor))
             for replica in db.replicas:
                 shipper = self._ship_task(replica)
                 db.on_change(functools.partial(self._shadow_changed, db, replica, shipper))
@@ -369,10 +373,6 @@ class Replicator:
         soonest = min((task.earliest for task in self._monitor_tasks), default=now)
         return min(soonest - now, MAX_BUSY_SPACING)
 
-    def _wal_written(self, db: DB, monitor: _Task) -> None:
-        self._unsynced.add(db)
-        self._monitors.wake(monitor)
-
     def _shadow_changed(self, db: DB, replica: Replica, shipper: _Task) -> None:
         # A new generation's snapshot goes out at once, whatever the sync-interval.
         self._shippers.wake(shipper, urgent=replica.pos().generation != db.pos().generation)
@@ -389,7 +389,6 @@ class Replicator:
         return _Task(f"{db.path}: sync", lambda: self._monitor_step(db, errors), MIN_SYNC_SPACING, BUSY_SPACING_FACTOR)
 
     def _monitor_step(self, db: DB, errors: _ErrorLog) -> float:
-        self._unsynced.discard(db)  # before the sync: a write during it marks the DB again
         try:
             db.sync()
             errors.ok()
@@ -420,7 +419,7 @@ class Replicator:
         spacing = max(replica.sync_interval.total_seconds(), MIN_SYNC_SPACING)
         settle = QUIET_FLUSH.total_seconds() if replica.ships_early else 0.0
         return _Task(f"{db.path}: replica {replica.name}", lambda: self._ship_step(replica, db, state), spacing,
-                     settle=settle, quiet=lambda: db not in self._unsynced)
+                     settle=settle, quiet=lambda: db.unwritten_for() >= settle)
 
     def _ship_step(self, replica: Replica, db: DB, state: _ShipState) -> float:
         try:

@@ -207,6 +207,24 @@ def test_settle_runs_the_trailing_edge_of_a_burst_once_per_spacing() -> None:
         pool.stop()
 
 
+def test_settle_counts_from_a_wake_that_came_during_a_step() -> None:
+    """A wake that arrives while the step runs, and is the last one, starts the
+    settle then: a step longer than ``settle`` is followed at once by the next
+    run, not ``settle`` after it ended."""
+    r = Recorder("long step", work=0.4)
+    r.task.spacing, r.task.settle = 5.0, 0.2
+    pool = started(r)
+    try:
+        time.sleep(0.05)  # the first step is running
+        pool.wake(r.task)
+        assert r.ran.acquire(timeout=WAIT)
+        first_done = time.monotonic()
+        assert r.ran.acquire(timeout=WAIT)
+        assert r.runs[1] - first_done < 0.1, "the settle restarted when the step ended"
+    finally:
+        pool.stop()
+
+
 def test_settle_waits_while_the_source_is_not_quiet() -> None:
     """A settle deadline that passes while ``quiet()`` says no (the WAL was written and
     not yet copied) does not run the step: the spacing still holds."""

@@ -92,3 +92,34 @@ def test_commits_ship_without_waiting_for_the_poll(tmp_path: Path, procs: Proces
     restored = tmp_path / "restored.db"
     restore(f"file://{replica}", restored)
     assert_same_data(db, restored)
+
+
+def test_unwritten_for_counts_from_the_last_sync_and_ignores_lsrs_checkpoints(tmp_path: Path) -> None:
+    """``DB.unwritten_for`` (how an S3 replica tells a paused writer from a busy
+    one) is 0 once a commit lands after a sync began, and otherwise grows from
+    that sync's start. A sync's checkpoint, with the write by which lsr restarts
+    the WAL, does not count: that write is copied within the same sync. (The
+    app's writes here never overlap lsr's work: two SQLite copies in one process
+    do not see each other's locks.)"""
+    from litestream_py.db import DB
+
+    path = tmp_path / "app.db"
+    app = open_app_db(path)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    db = DB(str(path), min_checkpoint_page_count=1)  # every sync checkpoints
+    try:
+        db.open()
+        db.sync()
+        time.sleep(0.1)
+        assert db.unwritten_for() >= 0.1
+        for i in range(2):
+            app.execute("INSERT INTO t (v) VALUES (?)", (f"commit {i}",))
+            assert db.unwritten_for() == 0.0
+            index = db.pos().index
+            db.sync()
+            assert db.pos().index == index + 1, "the sync did not checkpoint and restart the WAL"
+            time.sleep(0.06)
+            assert db.unwritten_for() >= 0.06, "lsr's own checkpoint counted as a write"
+    finally:
+        db.close()
+        app.close()

@@ -49,12 +49,6 @@ class FileReplicaClient:
     def describe(self) -> str:
         return f"file://{self.root}"
 
-    def _mkdirs(self, path: str) -> None:
-        try:
-            os.makedirs(path, mode=DIR_MODE, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create replica directory {path}: {exc.strerror}") from exc
-
     def _listdir(self, path: str) -> list[os.DirEntry[str]]:
         try:
             with os.scandir(path) as it:
@@ -85,9 +79,9 @@ class FileReplicaClient:
         return sorted(infos, key=lambda i: i.index)
 
     def _write(self, path: str, src: BinaryIO | bytes, created_at: datetime | None) -> os.stat_result:
-        self._mkdirs(os.path.dirname(path))
         try:
-            with atomic_write(path, FILE_MODE) as f:
+            # Directories are made when missing, not checked before every write.
+            with atomic_write(path, FILE_MODE, dir_mode=DIR_MODE) as f:
                 if isinstance(src, bytes):
                     f.write(src)
                 else:

@@ -511,25 +511,47 @@ def default_s3_replication(tmp_path: Path, procs: Processes, server: S3Server,
         conn.close()
 
 
+# Commits every 10 ms until a line arrives on stdin, then prints the monotonic
+# time of its last commit. A process of its own: the test's S3 polling thread
+# would stall commits made from the test's interpreter by tens of ms, and lsr
+# takes a 50 ms gap between commits for a pause.
+BUSY_WRITER = """
+import sqlite3, sys, threading, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+i = 0
+while not stop.is_set():
+    i += 1
+    conn.execute("INSERT INTO t (v, n) VALUES (?, ?)", ("x" * 200, i))
+    last = time.monotonic()
+    time.sleep(0.01)
+print(last, flush=True)
+"""
+
+
 def test_default_s3_replica_ships_the_last_commits_once_the_writer_pauses(
         tmp_path: Path, procs: Processes, s3_servers: dict[str, S3Server], s3_env: dict[str, str]) -> None:
     """Left at its default, an S3 replica ships about once a second while the writer
     is busy, and once more as soon as the writer pauses: commits made just after a
     shipment reach S3 in well under the second they would otherwise wait."""
     with default_s3_replication(tmp_path, procs, s3_servers["moto"], s3_env) as (path, conn, arrivals):
-        i, busy_from = 0, time.monotonic()
-        # Commits every ~20 ms, until three shipments have arrived, the last just now.
-        while len(arrivals.shipments(busy_from)) < 3 or time.monotonic() - arrivals.arrivals[-1][0] > 0.05:
-            i += 1
-            insert(conn, i)
-            time.sleep(0.02)
-            assert i < 500, "fewer than three shipments in 10 s of commits"
-        busy = arrivals.shipments(busy_from)
-        for _ in range(3):  # just after a shipment: the next is a second away
-            i += 1
-            insert(conn, i)
-            time.sleep(0.02)
-        final_commit = time.monotonic()
+        busy_from = time.monotonic()
+        writer = subprocess.Popen([sys.executable, "-c", BUSY_WRITER, str(path)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            # Until five shipments have arrived, the last one just now.
+            deadline = busy_from + 15
+            while len(arrivals.shipments(busy_from)) < 5 or time.monotonic() - arrivals.arrivals[-1][0] > 0.05:
+                assert time.monotonic() < deadline, "fewer than five shipments in 15 s of commits"
+                time.sleep(0.005)
+            busy = arrivals.shipments(busy_from)
+            time.sleep(0.03)  # a few commits just after a shipment: the next is a second away
+            out, _ = writer.communicate("stop\n", timeout=10)
+        finally:
+            writer.kill()
+            writer.wait()
+        final_commit = float(out)
         wal_end = Path(f"{path}-wal").stat().st_size
         wait_for(lambda: arrivals.end() >= wal_end, 5, interval=0.005, what="the last commits on S3")
         caught_up = time.monotonic() - final_commit
