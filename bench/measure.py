@@ -11,6 +11,8 @@ times. Read both before the sidecar is stopped: an exited process has no
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,3 +103,38 @@ def percentiles(values: np.ndarray) -> dict[str, float]:
     if not len(v):
         return {"p50": float("nan"), "p90": float("nan"), "max": float("nan")}
     return {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)), "max": float(v.max())}
+
+
+class CpuSampler:
+    """Samples a process tree's CPU seconds every ``period`` on a thread of its
+    own, so that a run's CPU can be split at a moment known only afterwards
+    (the writer's switch from its steady phase to its burst)."""
+
+    def __init__(self, pid: int, period: float = 0.25) -> None:
+        self.pid = pid
+        self.period = period
+        self.samples: list[tuple[float, float]] = []  # (monotonic time, CPU seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _sample(self) -> None:
+        self.samples.append((time.monotonic(), cpu_seconds(self.pid)))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self._sample()
+
+    def at(self, t: float) -> float:
+        """CPU seconds at time ``t``, interpolated between samples."""
+        times, cpu = zip(*self.samples)
+        return float(np.interp(t, times, cpu))

@@ -37,12 +37,16 @@ METHOD = """\
   includes the commit's own duration.
 - **Catch-up** is the lag of the burst's final commit. **Throughput** is the
   burst's transactions per second with the sidecar divided by the same
-  writer's without one (on a fresh database, same phases, run just before that
-  tool's run: the machine's speed drifts over minutes). **Longest txn** is
+  writer's without one: the mean of a run on a fresh database with the same
+  phases just before that tool's run and a burst alone just after it (the
+  machine's speed drifts by tens of percent over minutes). **Longest txn** is
   the burst's longest `BEGIN IMMEDIATE`..`COMMIT`, waits for locks included.
 - **CPU** is the sidecar process tree's utime+stime from the writer's start to
   catch-up, divided by the MiB of WAL (decompressed segment bytes) that
-  arrived in that time. **Peak RSS** is the sum of VmHWM over the tree.
+  arrived in that time. Sampled every 0.25 s, it is also split at the burst's
+  first commit: a share of a core through the steady phase (a cost per sync,
+  so per second) and CPU seconds per MiB through the burst and catch-up.
+  **Peak RSS** is the sum of VmHWM over the tree.
 - **Restore**: a copy of one ~100 MiB database (half-random BLOB rows) is
   replicated with `sync-interval` and `monitor-interval` at 10 ms while small
   commits are made until 300+ WAL segments exist; then the same tool's
@@ -83,6 +87,9 @@ REPLICATION = [
            at_least=True, issue_go="0.80"),
     Figure("longest txn with sidecar", "s", lambda r, b: r["longest_txn"], 0.30, issue_go="1.84 (0.27 alone)"),
     Figure("sidecar CPU per MiB of WAL", "CPU s/MiB", lambda r, b: r["cpu_per_mib"], vs_go=1.0),
+    # The two parts of that figure: per second of the steady phase, per MiB of the burst.
+    Figure("sidecar CPU in the steady phase", "% of a core", lambda r, b: r.get("steady_cpu_percent", math.nan)),
+    Figure("sidecar CPU per MiB in the burst", "CPU s/MiB", lambda r, b: r.get("burst_cpu_per_mib", math.nan)),
     Figure("sidecar peak RSS", "MiB", lambda r, b: r["peak_rss_mib"], 60),
 ]
 RESTORE = [Figure("restore {restore_mib:g} MiB, {restore_segments}+ WAL segments", "s",
@@ -162,9 +169,15 @@ def _row(fig: Figure, backend: str, lsr: float | None, go: float | None, label: 
 
 
 def _baseline(results: Result, backend: str, tool: str) -> Result:
-    """The writer-alone run measured before ``tool``'s (saved results may hold one per backend)."""
+    """The writer-alone run measured before ``tool``'s (saved results may hold one
+    per backend), its throughput averaged with the burst run right after it."""
     alone: Result = results.get("alone", {}).get(backend, {})
-    return alone if "throughput" in alone or "error" in alone else alone.get(tool, {})
+    before: Result = alone if "throughput" in alone or "error" in alone else alone.get(tool, {})
+    after: Result = results.get("alone_after", {}).get(backend, {}).get(tool, {})
+    if "throughput" not in before or "throughput" not in after:
+        return before
+    return {**before, "throughput": (before["throughput"] + after["throughput"]) / 2,
+            "throughput_before": before["throughput"], "throughput_after": after["throughput"]}
 
 
 def rows(results: Result) -> list[Row]:
@@ -206,8 +219,8 @@ def table(results: Result) -> str:
 
 
 def _details(results: Result) -> str:
-    out = ["| run | writer alone txn/s | longest txn alone (s) | with sidecar txn/s | commits | segments "
-           "| WAL MiB | generations | commits never seen | negative lags | S3 poll p50/max (ms) |",
+    out = ["| run | writer alone txn/s (before / after) | longest txn alone (s) | with sidecar txn/s | commits "
+           "| segments | WAL MiB | generations | commits never seen | negative lags | S3 poll p50/max (ms) |",
            "|" + "---|" * 11]
     for backend, by_tool in results.get("replication", {}).items():
         for tool, r in by_tool.items():
@@ -217,8 +230,11 @@ def _details(results: Result) -> str:
                 continue
             poll = r.get("poll_period") or {}
             poll_text = f"{poll['p50'] * 1000:.1f} / {poll['max'] * 1000:.0f}" if poll else "-"
+            alone = _num(base.get("throughput"))
+            if "throughput_after" in base:
+                alone += f" ({_num(base['throughput_before'])} / {_num(base['throughput_after'])})"
             out.append(
-                f"| {backend} {tool} | {_num(base.get('throughput'))} | {_num(base.get('longest_txn'))} "
+                f"| {backend} {tool} | {alone} | {_num(base.get('longest_txn'))} "
                 f"| {_num(r['throughput'])} | {r['commits']:,} | {r['segments']:,} | {_num(r['wal_mib'])} "
                 f"| {r['generations']} | {r['lost_commits']} | {r['negative_lags']} | {poll_text} |")
     restore = results.get("restore", {})

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": shlex.join(["python", "bench/run.py", *sys.argv[1:]]),
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": dataclasses.asdict(s), "machine": _machine(), "tools": {}, "errors": [],
-        "alone": {}, "replication": {}, "restore": {}, "idle": {},
+        "alone": {}, "replication": {}, "alone_after": {}, "restore": {}, "idle": {},
     }
     for name in args.tools.split(","):
         tool = find_tool(name, args.lsr if name == "lsr" else args.litestream)
@@ -140,14 +140,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name in backends:
             backend = Backend(name, moto if name == "s3" else None, s.s3_poll)
             if "replication" in only:
-                # Each tool's baseline is measured right before its run: the
-                # machine's speed drifts over minutes, and the ratio is to that.
-                results["alone"][name], results["replication"][name] = {}, {}
+                # Each tool's baseline is measured right before its run, and its
+                # burst again right after: the machine's speed drifts over
+                # minutes, and the ratio is to the mean of the two.
+                results["alone"][name], results["replication"][name], results["alone_after"][name] = {}, {}, {}
                 for t in tools:
                     results["alone"][name][t.name] = _attempt(results, f"writer alone ({name}, before {t.name})",
                                                               partial(scenarios.alone, work / name, s))
                     results["replication"][name][t.name] = _attempt(results, f"replication {name} {t.name}",
                                                                     partial(scenarios.replication, t, backend, work, s))
+                    results["alone_after"][name][t.name] = _attempt(
+                        results, f"writer burst alone ({name}, after {t.name})",
+                        partial(scenarios.alone_burst, work / name, s))
         if "restore" in only:
             large = work / "large.db"
             print(f"building a {s.restore_mib:g} MiB database", flush=True)

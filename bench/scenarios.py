@@ -123,6 +123,19 @@ def alone(work: Path, s: Settings) -> dict[str, Any]:
     return _writer_figures(run_writer(db, d / "writer.npz", _phases(s)), s)
 
 
+def alone_burst(work: Path, s: Settings) -> dict[str, Any]:
+    """The writer's burst alone again, right after a tool's run: the throughput
+    baseline is the mean of the runs before and after it, as the machine's own
+    speed drifts by tens of percent over minutes."""
+    d = work / "alone-burst"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    db = d / "app.db"
+    workload.seed(db)
+    data = run_writer(db, d / "writer.npz", [(s.burst, 0.0)])
+    return {"throughput": float(len(data["t_commit"]) / s.burst), "longest_txn": float(data["latency"].max())}
+
+
 def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[str, Any]:
     d = work / f"replication-{backend.name}-{tool.name}"
     d.mkdir(parents=True)
@@ -137,19 +150,25 @@ def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[s
         wait_ready(proc, watcher, log)
         watcher.start()
         try:
-            cpu0, t0 = measure.cpu_seconds(proc.pid), time.monotonic()
-            data = run_writer(db, d / "writer.npz", _phases(s))
-            first_seq, t_commit = int(data["first_seq"]), data["t_commit"]
-            final = first_seq + len(t_commit) - 1
-            caught_up = decoder.wait_for(final, t_commit[-1] - 1.0, s.catchup_timeout)
-            cpu = measure.cpu_seconds(proc.pid) - cpu0
+            with measure.CpuSampler(proc.pid) as cpu_log:
+                cpu0, t0 = measure.cpu_seconds(proc.pid), time.monotonic()
+                data = run_writer(db, d / "writer.npz", _phases(s))
+                first_seq, t_commit = int(data["first_seq"]), data["t_commit"]
+                final = first_seq + len(t_commit) - 1
+                caught_up = decoder.wait_for(final, t_commit[-1] - 1.0, s.catchup_timeout)
+                cpu = measure.cpu_seconds(proc.pid) - cpu0
             peak_rss = measure.peak_rss_mib(proc.pid)
         finally:
             watcher.stop()
     segments = decoder.segments()
-    lags = measure.commit_lags(first_seq, t_commit, segments)
     steady = data["phase"] == 0
+    lags = measure.commit_lags(first_seq, t_commit, segments)
     wal_mib = sum(seg.wal_bytes for seg in segments if seg.t >= t0) / measure.MIB
+    # Where the CPU goes: the steady phase (a cost per second, mostly per sync)
+    # and the burst (a cost per MiB).
+    t_burst = float(t_commit[~steady][0])
+    steady_cpu = cpu_log.at(t_burst) - cpu_log.at(float(t_commit[0]))
+    burst_mib = sum(seg.wal_bytes for seg in segments if seg.t >= t_burst) / measure.MIB
     result: dict[str, Any] = {
         **_writer_figures(data, s),
         "lag": measure.percentiles(lags[steady]),
@@ -159,6 +178,8 @@ def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[s
         "cpu_seconds": cpu,
         "wal_mib": wal_mib,
         "cpu_per_mib": cpu / wal_mib if wal_mib else float("nan"),
+        "steady_cpu_percent": 100 * steady_cpu / (t_burst - float(t_commit[0])),
+        "burst_cpu_per_mib": (cpu - steady_cpu) / burst_mib if burst_mib else float("nan"),
         "peak_rss_mib": peak_rss,
         "segments": len(segments),
         "generations": len(watcher.generations()),
