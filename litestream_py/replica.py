@@ -38,13 +38,13 @@ DEFAULT_RETENTION_CHECK_INTERVAL = timedelta(hours=1)
 MAX_SEGMENT_SIZE = 4 << 20
 OBJECT_STORE_MAX_SEGMENT_SIZE = 8 << 20
 # A replica that ships early (an object store whose sync-interval the user left
-# unset) also ships before its interval is up once the writer has paused this
-# long, at most once per interval: the last commits before a pause need not
-# wait out the second, and PUTs stay within two per interval. (Shipping each
-# finished WAL index at once as well cut a heavy writer's throughput on S3 by
-# a third in the benchmark; a burst's backlog already goes out back to back,
-# as each upload outlasts the interval.) "Paused" is read from the WAL itself
-# (DB.unwritten_for), so a busy writer's syncs, up to 100 ms apart, are never
+# unset) ships before its interval is up in two cases that add no requests of
+# their own: the pieces every shipment would cut anyway (a full segment, the
+# rest of a finished WAL index) go out as soon as they exist, so a burst's
+# backlog never grows past about one segment; and once the writer has paused
+# this long, the rest goes out too, at most once per interval, so the last
+# commits need not wait out the second. "Paused" is read from the WAL itself
+# (DB.unwritten_for): a busy writer's syncs, up to 100 ms apart, are never
 # taken for a pause.
 QUIET_FLUSH = timedelta(milliseconds=50)
 
@@ -100,15 +100,17 @@ class Replica:
             self._pos = pos
 
     # -- shipping -------------------------------------------------------------
-    def sync(self) -> bool:
-        """Ship everything the DB's shadow WAL holds beyond this replica's position.
+    def sync(self, whole: bool = True) -> bool:
+        """Ship everything the DB's shadow WAL holds beyond this replica's position
+        (``whole=False``: only full segments and the ends of finished indexes,
+        leaving the current index's last, partial segment for later).
 
         Returns True when anything was written.
         """
         assert self.db is not None
         with self._sync_lock:
             try:
-                return self._sync()
+                return self._sync(whole)
             except StorageError:
                 # The position advances only after a successful write, so it
                 # stays valid: the failed upload is simply retried, without
@@ -119,7 +121,7 @@ class Replica:
                 self._set_pos(Pos())
                 raise
 
-    def _sync(self) -> bool:
+    def _sync(self, whole: bool = True) -> bool:
         assert self.db is not None
         dpos = self.db.pos()
         if dpos.is_zero():
@@ -133,7 +135,7 @@ class Replica:
                     return wrote  # a new generation began meanwhile; next sync
             self._set_pos(self._calc_pos(dpos.generation))
         while True:
-            shipped = self._ship_next()
+            shipped = self._ship_next(whole)
             if not shipped:
                 return wrote
             wrote = True
@@ -151,8 +153,17 @@ class Replica:
         data, _ = codec.decode_segment(self.client.read_wal_segment(last.pos), f"wal segment {last.pos}")
         return Pos(generation, last.index, last.offset + len(data))
 
-    def _ship_next(self) -> bool:
-        """Write one WAL segment, or move to the next shadow index. False when caught up."""
+    def has_full_segment(self) -> bool:
+        """Whether a full segment, or the rest of a finished shadow index, waits to be shipped."""
+        assert self.db is not None
+        pos, dpos = self.pos(), self.db.pos()
+        if pos.generation != dpos.generation or pos.is_zero():
+            return False
+        return pos.index < dpos.index or dpos.offset - pos.offset >= self.max_segment_size
+
+    def _ship_next(self, whole: bool = True) -> bool:
+        """Write one WAL segment, or move to the next shadow index. False when caught up
+        (``whole=False``: when only a partial segment of the current index is left)."""
         assert self.db is not None
         pos = self.pos()
         dpos = self.db.pos()
@@ -179,7 +190,10 @@ class Replica:
                 return True
             return False
         # Bound the segment's size, ending on a frame boundary (frames start after the header).
-        end = min(end, frame_align(pos.offset + self._max_segment(path), self._page_size(path)))
+        full = frame_align(pos.offset + self._max_segment(path), self._page_size(path))
+        if not whole and pos.index == dpos.index and end < full:
+            return False
+        end = min(end, full)
         self.db.make_durable(pos.generation, pos.index, end)
         commits = self.db.commit_log.between(pos.generation, pos.index, pos.offset, end)
         fd = os.open(path, os.O_RDONLY)

@@ -5,8 +5,8 @@ inotify reports a write (at most every MIN_SYNC_SPACING, and less often while
 its syncs are slow: see BUSY_SPACING_FACTOR); each replica has a shipper task
 that writes new segments as soon as the shadow WAL changes (at most once per
 ``sync-interval``, never more often than MIN_SYNC_SPACING; an object store left
-at its default interval also ships when the writer pauses: see
-replica.QUIET_FLUSH), and runs retention and
+at its default interval also ships full segments at once, and the rest when
+the writer pauses: see replica.QUIET_FLUSH), and runs retention and
 scheduled snapshots. A task is a step that runs when it is woken or its timer
 is due, never on two threads at once. ``stop()`` ends the pool, then runs one
 final sync of every DB and replica so that nothing committed before shutdown
@@ -281,15 +281,19 @@ class _Pool:
 
 
 class _Periodic:
-    """A replica's job that runs every ``interval`` (never, if it has none)."""
+    """A replica's job that runs every ``interval`` (never, if it has none), the
+    first time one interval after it is made, or at once if ``now``; ``slack``
+    lets a run count as due that much early (the pool's timer starts steps at
+    the interval, and a step reads the clock a moment after it starts)."""
 
-    def __init__(self, interval: timedelta | None) -> None:
+    def __init__(self, interval: timedelta | None, now: bool = False, slack: float = 0.0) -> None:
         self.seconds = interval.total_seconds() if interval else 0.0
-        self.due = time.monotonic() + self.seconds if self.seconds > 0 else math.inf
+        self.slack = slack
+        self.due = math.inf if self.seconds <= 0 else time.monotonic() + (0.0 if now else self.seconds)
 
     def take(self, now: float) -> bool:
         """Whether the job is due at ``now``; if so, its next run is one interval later."""
-        if now < self.due:
+        if now < self.due - self.slack:
             return False
         self.due = now + self.seconds
         return True
@@ -301,6 +305,7 @@ class _ShipState:
     snapshot: _Periodic
     retention: _Periodic
     validation: _Periodic
+    whole: _Periodic  # shipping everything, partial segment included
 
 
 class Replicator:
@@ -374,8 +379,11 @@ class Replicator:
         return min(soonest - now, MAX_BUSY_SPACING)
 
     def _shadow_changed(self, db: DB, replica: Replica, shipper: _Task) -> None:
-        # A new generation's snapshot goes out at once, whatever the sync-interval.
-        self._shippers.wake(shipper, urgent=replica.pos().generation != db.pos().generation)
+        # A new generation's snapshot goes out at once, whatever the sync-interval,
+        # and so do the full segments of a replica that ships early.
+        urgent = replica.pos().generation != db.pos().generation
+        urgent = urgent or (replica.ships_early and replica.has_full_segment())
+        self._shippers.wake(shipper, urgent=urgent)
 
     def _poll_interval(self, db: DB) -> float:
         """With inotify, polling is only a safety net; without it, it is the detector."""
@@ -414,16 +422,27 @@ class Replicator:
             snapshot=_Periodic(replica.snapshot_interval),
             retention=_Periodic(retention_check if replica.retention.total_seconds() > 0 else None),
             validation=_Periodic(replica.validation_interval),
+            whole=_Periodic(replica.sync_interval, now=True, slack=MIN_SYNC_SPACING),
         )
         # sync-interval bounds the request rate (object stores bill per PUT).
         spacing = max(replica.sync_interval.total_seconds(), MIN_SYNC_SPACING)
         settle = QUIET_FLUSH.total_seconds() if replica.ships_early else 0.0
-        return _Task(f"{db.path}: replica {replica.name}", lambda: self._ship_step(replica, db, state), spacing,
+        task = _Task(f"{db.path}: replica {replica.name}", lambda: self._ship_step(replica, db, state, task), spacing,
                      settle=settle, quiet=lambda: db.unwritten_for() >= settle)
+        return task
 
-    def _ship_step(self, replica: Replica, db: DB, state: _ShipState) -> float:
+    def _ship_step(self, replica: Replica, db: DB, state: _ShipState, task: _Task) -> float:
         try:
-            replica.sync()
+            now = time.monotonic()
+            # An early run (full segments pending, the interval not yet up) ships
+            # only those; once per interval, or after a pause, everything goes.
+            whole = not replica.ships_early or state.whole.take(now)
+            whole = whole or db.unwritten_for() >= QUIET_FLUSH.total_seconds()
+            replica.sync(whole)
+            if not whole and replica.pos() != db.pos():
+                # What is left goes at the pause or at the interval, whichever
+                # comes first: the wakes that would bring it may all be spent.
+                self._shippers.wake(task)
             now = time.monotonic()
             if state.snapshot.take(now):
                 replica.snapshot()

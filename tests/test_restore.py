@@ -321,6 +321,36 @@ def test_large_backlog_ships_in_bounded_frame_aligned_segments(tmp_path: Path, e
     assert rows(out, "SELECT count(*) FROM t") == [(300,)]
 
 
+def test_an_early_shipment_leaves_the_partial_segment_for_later(tmp_path: Path, engine) -> None:
+    """``sync(whole=False)``, an S3 replica's shipment before its interval is up,
+    writes only full segments (what any shipment would cut anyway); the partial
+    one at the end waits for the next whole shipment."""
+    app, db, client, replica = engine
+    replica.max_segment_size = 64 * 1024
+    db.sync()
+    replica.sync()  # the generation's snapshot, and what the WAL held then
+    (generation,) = client.generations()
+    before = {w.pos for w in client.wal_segments(generation)}
+    app.execute("BEGIN")
+    for i in range(200):
+        app.execute("INSERT INTO t (v) VALUES (?)", ("x" * 1000 + str(i),))
+    app.execute("COMMIT")
+    db.sync()
+    assert replica.has_full_segment()
+    assert replica.sync(whole=False)
+    full = (64 * 1024 // (WAL_FRAME_HEADER_SIZE + 4096)) * (WAL_FRAME_HEADER_SIZE + 4096)
+    sizes = [len(codec.decode_segment(client.read_wal_segment(w.pos))[0])
+             for w in client.wal_segments(generation) if w.pos not in before]
+    assert len(sizes) >= 3 and all(size >= full for size in sizes), sizes
+    left = db.pos().offset - replica.pos().offset
+    assert 0 < left < full and not replica.has_full_segment()
+    assert not replica.sync(whole=False)
+    assert replica.sync() and replica.pos() == db.pos()
+    out = tmp_path / "out.db"
+    restore(client, RestoreOptions(output_path=str(out)))
+    assert rows(out, "SELECT count(*) FROM t") == [(200,)]
+
+
 def test_progress_bar_only_on_a_terminal(tmp_path: Path, engine) -> None:
     import pty
 
