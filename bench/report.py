@@ -90,7 +90,7 @@ REPLICATION = [
     # The two parts of that figure: per second of the steady phase, per MiB of the burst.
     Figure("sidecar CPU in the steady phase", "% of a core", lambda r, b: r.get("steady_cpu_percent", math.nan)),
     Figure("sidecar CPU per MiB in the burst", "CPU s/MiB", lambda r, b: r.get("burst_cpu_per_mib", math.nan)),
-    Figure("sidecar peak RSS", "MiB", lambda r, b: r["peak_rss_mib"], 60),
+    Figure("sidecar peak RSS", "MiB", lambda r, b: r["peak_rss_mib"], 60, backends=("file",)),
 ]
 RESTORE = [Figure("restore {restore_mib:g} MiB, {restore_segments}+ WAL segments", "s",
                   lambda r, b: r["restore_seconds"], vs_go=0.8)]
