@@ -114,13 +114,18 @@ def _phases(s: Settings) -> list[tuple[float, float]]:
     return [(s.steady, s.rate), (s.burst, 0.0)]
 
 
-def alone(work: Path, s: Settings) -> dict[str, Any]:
-    d = work / "alone"
+def _fresh_db(d: Path) -> Path:
+    """A newly seeded database in an emptied directory ``d``."""
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     db = d / "app.db"
     workload.seed(db)
-    return _writer_figures(run_writer(db, d / "writer.npz", _phases(s)), s)
+    return db
+
+
+def alone(work: Path, s: Settings) -> dict[str, Any]:
+    d = work / "alone"
+    return _writer_figures(run_writer(_fresh_db(d), d / "writer.npz", _phases(s)), s)
 
 
 def alone_burst(work: Path, s: Settings) -> dict[str, Any]:
@@ -128,11 +133,7 @@ def alone_burst(work: Path, s: Settings) -> dict[str, Any]:
     baseline is the mean of the runs before and after it, as the machine's own
     speed drifts by tens of percent over minutes."""
     d = work / "alone-burst"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    db = d / "app.db"
-    workload.seed(db)
-    data = run_writer(db, d / "writer.npz", [(s.burst, 0.0)])
+    data = run_writer(_fresh_db(d), d / "writer.npz", [(s.burst, 0.0)])
     return {"throughput": float(len(data["t_commit"]) / s.burst), "longest_txn": float(data["latency"].max())}
 
 
@@ -151,7 +152,7 @@ def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[s
         watcher.start()
         try:
             with measure.CpuSampler(proc.pid) as cpu_log:
-                cpu0, t0 = measure.cpu_seconds(proc.pid), time.monotonic()
+                t0, cpu0 = cpu_log.samples[0]
                 data = run_writer(db, d / "writer.npz", _phases(s))
                 first_seq, t_commit = int(data["first_seq"]), data["t_commit"]
                 final = first_seq + len(t_commit) - 1

@@ -436,8 +436,7 @@ class Replicator:
             now = time.monotonic()
             # An early run (full segments pending, the interval not yet up) ships
             # only those; once per interval, or after a pause, everything goes.
-            whole = not replica.ships_early or state.whole.take(now)
-            whole = whole or db.unwritten_for() >= QUIET_FLUSH.total_seconds()
+            whole = not replica.ships_early or state.whole.take(now) or task.quiet()
             replica.sync(whole)
             if not whole and replica.pos() != db.pos():
                 # What is left goes at the pause or at the interval, whichever
