@@ -159,7 +159,18 @@ class Replica:
         pos, dpos = self.pos(), self.db.pos()
         if pos.generation != dpos.generation or pos.is_zero():
             return False
-        return pos.index < dpos.index or dpos.offset - pos.offset >= self.max_segment_size
+        if pos.index < dpos.index:
+            return True
+        try:
+            return dpos.offset >= self._full_segment_end(pos)
+        except FileNotFoundError:  # the generation moved on meanwhile: the shipper will see
+            return False
+
+    def _full_segment_end(self, pos: Pos) -> int:
+        """Where a segment starting at ``pos`` ends once it is full (a frame boundary)."""
+        assert self.db is not None
+        path = self.db.shadow_wal_path(pos.generation, pos.index)
+        return frame_align(pos.offset + self._max_segment(path), self._page_size(path))
 
     def _ship_next(self, whole: bool = True) -> bool:
         """Write one WAL segment, or move to the next shadow index. False when caught up
@@ -189,8 +200,7 @@ class Replica:
                 self._set_pos(Pos(pos.generation, pos.index + 1, 0))
                 return True
             return False
-        # Bound the segment's size, ending on a frame boundary (frames start after the header).
-        full = frame_align(pos.offset + self._max_segment(path), self._page_size(path))
+        full = self._full_segment_end(pos)
         if not whole and pos.index == dpos.index and end < full:
             return False
         end = min(end, full)

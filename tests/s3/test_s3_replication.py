@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -483,6 +483,14 @@ class SegmentArrivals:
         times = [t for t, _ in list(self.arrivals) if t >= since]
         return [t for k, t in enumerate(times) if k == 0 or t - times[k - 1] > 0.15]
 
+    def wait_just_after_shipment(self, since: float, count: int) -> list[float]:
+        """Until ``count`` shipments have arrived since ``since``, the last one just now."""
+        deadline = since + 15
+        while len(self.shipments(since)) < count or time.monotonic() - self.arrivals[-1][0] > 0.05:
+            assert time.monotonic() < deadline, f"fewer than {count} shipments in 15 s of commits"
+            time.sleep(0.005)
+        return self.shipments(since)
+
     def end(self) -> int:
         """The WAL offset that the latest segment ends at (index 0)."""
         seg = max((s for _, s in list(self.arrivals)), key=lambda s: (s.index, s.offset))
@@ -530,6 +538,19 @@ print(last, flush=True)
 """
 
 
+@contextlib.contextmanager
+def busy_writer(path: Path) -> Iterator[Callable[[], float]]:
+    """Runs BUSY_WRITER on ``path``; yields the function that stops it and returns
+    the monotonic time of its last commit."""
+    writer = subprocess.Popen([sys.executable, "-c", BUSY_WRITER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        yield lambda: float(writer.communicate("stop\n", timeout=10)[0])
+    finally:
+        writer.kill()
+        writer.wait()
+
+
 def test_default_s3_replica_ships_the_last_commits_once_the_writer_pauses(
         tmp_path: Path, procs: Processes, s3_servers: dict[str, S3Server], s3_env: dict[str, str]) -> None:
     """Left at its default, an S3 replica ships about once a second while the writer
@@ -537,21 +558,10 @@ def test_default_s3_replica_ships_the_last_commits_once_the_writer_pauses(
     shipment reach S3 in well under the second they would otherwise wait."""
     with default_s3_replication(tmp_path, procs, s3_servers["moto"], s3_env) as (path, conn, arrivals):
         busy_from = time.monotonic()
-        writer = subprocess.Popen([sys.executable, "-c", BUSY_WRITER, str(path)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
-        try:
-            # Until five shipments have arrived, the last one just now.
-            deadline = busy_from + 15
-            while len(arrivals.shipments(busy_from)) < 5 or time.monotonic() - arrivals.arrivals[-1][0] > 0.05:
-                assert time.monotonic() < deadline, "fewer than five shipments in 15 s of commits"
-                time.sleep(0.005)
-            busy = arrivals.shipments(busy_from)
+        with busy_writer(path) as stop_writer:
+            busy = arrivals.wait_just_after_shipment(busy_from, 5)
             time.sleep(0.03)  # a few commits just after a shipment: the next is a second away
-            out, _ = writer.communicate("stop\n", timeout=10)
-        finally:
-            writer.kill()
-            writer.wait()
-        final_commit = float(out)
+            final_commit = stop_writer()
         wal_end = Path(f"{path}-wal").stat().st_size
         wait_for(lambda: arrivals.end() >= wal_end, 5, interval=0.005, what="the last commits on S3")
         caught_up = time.monotonic() - final_commit
@@ -579,3 +589,27 @@ def test_default_s3_replica_ships_a_big_commit_right_after_a_shipment(
         wait_for(lambda: arrivals.end() >= wal_end, 10, interval=0.005, what="the big commit on S3")
         took = time.monotonic() - committed
     assert took < 2.5, f"the big commit took {took:.2f} s to reach S3"
+
+
+def test_default_s3_replica_ships_a_full_segment_without_waiting_for_its_interval(
+        tmp_path: Path, procs: Processes, s3_servers: dict[str, S3Server], s3_env: dict[str, str]) -> None:
+    """While the writer is busy an S3 replica left at its default ships once a second,
+    but a full segment goes as soon as it is copied: a big commit made just after a
+    shipment does not wait most of a second for the next."""
+    rows = [(os.urandom(100_000).hex(), i) for i in range(60)]  # ~12 MiB: one full segment and more
+    with default_s3_replication(tmp_path, procs, s3_servers["moto"], s3_env) as (path, conn, arrivals):
+        conn.execute("PRAGMA busy_timeout = 10000")
+        with busy_writer(path) as stop_writer:
+            arrivals.wait_just_after_shipment(time.monotonic(), 2)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO t (v, n) VALUES (?, ?)", rows)
+            conn.execute("COMMIT")
+            committed = time.monotonic()
+
+            def full_segments() -> list[float]:
+                return [t for t, seg in list(arrivals.arrivals) if t >= committed and seg.size >= 4 << 20]
+
+            wait_for(lambda: bool(full_segments()), 10, interval=0.005, what="the full segment on S3")
+            took = full_segments()[0] - committed
+            stop_writer()
+    assert took < 0.7, f"the full segment took {took:.2f} s to reach S3"
