@@ -109,6 +109,28 @@ def _attempt(results: dict[str, Any], where: str, fn: Callable[[], dict[str, Any
     return out
 
 
+def _restores(results: dict[str, Any], backend: Backend, work: Path, large: Path, tools: list[Tool],
+              s: scenarios.Settings) -> dict[str, Any]:
+    """Each tool's replica of ``large``, then restores of them timed in turns."""
+    out: dict[str, Any] = {}
+    built: list[scenarios.RestoreReplica] = []
+
+    def build(t: Tool) -> dict[str, Any]:
+        built.append(scenarios.build_restore(t, backend, work, large, s))
+        return built[-1].result
+
+    for t in tools:
+        out[t.name] = _attempt(results, f"restore {backend.name} {t.name}: build", partial(build, t))
+    # In turns, the order alternating: the machine's speed drifts over minutes,
+    # and moto's slows as it fills; both then fall on every tool alike.
+    for i in range(s.restore_repeats):
+        for r in built if i % 2 == 0 else built[::-1]:
+            if "error" not in out[r.tool.name]:
+                out[r.tool.name] = _attempt(results, f"restore {backend.name} {r.tool.name}: #{i + 1}",
+                                            partial(scenarios.time_restore, r))
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     s = _settings(args)
     backends = (args.backends or ("file" if args.quick else "file,s3")).split(",")
@@ -158,9 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             workload.build_large(large, s.restore_mib)
             for name in backends:
                 backend = Backend(name, moto if name == "s3" else None, s.s3_poll)
-                results["restore"][name] = {
-                    t.name: _attempt(results, f"restore {name} {t.name}",
-                                     partial(scenarios.restore, t, backend, work, large, s)) for t in tools}
+                results["restore"][name] = _restores(results, backend, work, large, tools, s)
         if "idle" in only:
             results["idle"] = {t.name: _attempt(results, f"idle {t.name}", partial(scenarios.idle, t, work, s))
                                for t in tools}
