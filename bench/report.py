@@ -24,6 +24,11 @@ METHOD = """\
   all 2,000 client/subscription pairs instead. The writer is a separate
   `python sqlite3` process (WAL, `synchronous=NORMAL`, `busy_timeout=5000`):
   a *steady* phase at a fixed rate, then a *burst* back to back.
+- **Repeats.** Each tool's replication run is repeated (each with its own
+  writer-alone baseline), the tools taking turns and the order alternating.
+  A figure is the median over a tool's runs (of two runs, their mean), except
+  the worst-case ones (longest txn, lag max, peak RSS: the worst run) and
+  fault counts (summed); each run's main figures are listed below.
 - **Lag.** Every transaction also rewrites the one row of a `tick` table with
   its sequence number as a text marker, so the largest marker in a WAL
   segment's decompressed bytes is the last commit it carries. The writer
@@ -223,6 +228,11 @@ def table(results: Result) -> str:
     return "\n".join(lines)
 
 
+# The figures listed for each of a tool's repeated replication runs.
+PER_RUN: tuple[Callable[[Result], Any], ...] = (
+    lambda r: r["cpu_per_mib"], lambda r: r["throughput"], lambda r: r["lag"]["p50"], lambda r: r["catch_up"])
+
+
 def _details(results: Result) -> str:
     out = ["| run | writer alone txn/s (before / after) | longest txn alone (s) | with sidecar txn/s | commits "
            "| segments | WAL MiB | generations | commits never seen | negative lags | S3 poll p50/max (ms) |",
@@ -242,6 +252,14 @@ def _details(results: Result) -> str:
                 f"| {backend} {tool} | {alone} | {_num(base.get('longest_txn'))} "
                 f"| {_num(r['throughput'])} | {r['commits']:,} | {r['segments']:,} | {_num(r['wal_mib'])} "
                 f"| {r['generations']} | {r['lost_commits']} | {r['negative_lags']} | {poll_text} |")
+    repeated = [(backend, tool, r["runs"]) for backend, by_tool in results.get("replication", {}).items()
+                for tool, r in by_tool.items() if "runs" in r]
+    if repeated:
+        out += ["", "| replication runs (in turns) | CPU s per MiB | with sidecar txn/s | lag p50, steady (s) "
+                "| catch-up (s) |", "|" + "---|" * 5]
+        for backend, tool, runs in repeated:
+            cells = [", ".join(_num(get(run)) for run in runs) for get in PER_RUN]
+            out.append(f"| {backend} {tool} | " + " | ".join(cells) + " |")
     restore = results.get("restore", {})
     if restore:
         out += ["", "| restore | DB MiB | WAL segments | initial snapshot (s) | build (s) | restores (s) "

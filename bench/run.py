@@ -33,7 +33,8 @@ from tools import Backend, Moto, Tool, find_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = scenarios.Settings(steady=2.0, rate=100.0, burst=2.0, catchup_timeout=20.0, restore_mib=4.0,
-                           restore_segments=20, restore_repeats=1, idle_dbs=20, idle_seconds=2.0, idle_settle=1.0)
+                           restore_segments=20, restore_repeats=1, replication_repeats=1, idle_dbs=20,
+                           idle_seconds=2.0, idle_settle=1.0)
 
 
 def _parse() -> argparse.Namespace:
@@ -46,6 +47,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--steady", type=float, help=f"seconds of steady writing (default {d.steady})")
     p.add_argument("--rate", type=float, help=f"steady transactions per second (default {d.rate})")
     p.add_argument("--burst", type=float, help=f"seconds of back-to-back writing (default {d.burst})")
+    p.add_argument("--replication-repeats", type=int,
+                   help=f"replication runs per tool and backend, taken in turns (default {d.replication_repeats})")
     p.add_argument("--restore-mib", type=float, help=f"restore database size (default {d.restore_mib})")
     p.add_argument("--restore-segments", type=int, help=f"WAL segments to restore (default {d.restore_segments})")
     p.add_argument("--restore-repeats", type=int, help=f"restores timed per tool (default {d.restore_repeats})")
@@ -67,8 +70,8 @@ def _settings(args: argparse.Namespace) -> scenarios.Settings:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(base)
              if getattr(args, f.name, None) is not None}
     s = dataclasses.replace(base, **given)
-    if s.restore_repeats < 1:
-        raise SystemExit("--restore-repeats must be at least 1")
+    if s.restore_repeats < 1 or s.replication_repeats < 1:
+        raise SystemExit("--restore-repeats and --replication-repeats must be at least 1")
     return s
 
 
@@ -107,6 +110,32 @@ def _attempt(results: dict[str, Any], where: str, fn: Callable[[], dict[str, Any
         out = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     print(f"[{time.strftime('%H:%M:%S')}] {where} done in {time.monotonic() - t0:.1f} s", flush=True)
     return out
+
+
+def _replications(results: dict[str, Any], backend: Backend, work: Path, tools: list[Tool],
+                  s: scenarios.Settings) -> None:
+    """Each tool's replication runs, in turns, the order alternating; each figure is
+    then the median over a tool's runs (the worst run for a worst-case figure).
+
+    Each run's baseline is measured right before it, and its burst again right
+    after: the machine's speed drifts over minutes, and the ratio is to the
+    mean of the two.
+    """
+    name = backend.name
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        t.name: {"alone": [], "replication": [], "alone_after": []} for t in tools}
+    for i in range(s.replication_repeats):
+        tag = f" #{i + 1}" if s.replication_repeats > 1 else ""
+        for t in tools if i % 2 == 0 else tools[::-1]:
+            mine = runs[t.name]
+            mine["alone"].append(_attempt(results, f"writer alone ({name}, before {t.name}{tag})",
+                                          partial(scenarios.alone, work / name, s)))
+            mine["replication"].append(_attempt(results, f"replication {name} {t.name}{tag}",
+                                                partial(scenarios.replication, t, backend, work / f"run{i + 1}", s)))
+            mine["alone_after"].append(_attempt(results, f"writer burst alone ({name}, after {t.name}{tag})",
+                                                partial(scenarios.alone_burst, work / name, s)))
+    for key in ("alone", "replication", "alone_after"):
+        results[key][name] = {t.name: scenarios.combine_runs(runs[t.name][key]) for t in tools}
 
 
 def _restores(results: dict[str, Any], backend: Backend, work: Path, large: Path, tools: list[Tool],
@@ -162,18 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name in backends:
             backend = Backend(name, moto if name == "s3" else None, s.s3_poll)
             if "replication" in only:
-                # Each tool's baseline is measured right before its run, and its
-                # burst again right after: the machine's speed drifts over
-                # minutes, and the ratio is to the mean of the two.
-                results["alone"][name], results["replication"][name], results["alone_after"][name] = {}, {}, {}
-                for t in tools:
-                    results["alone"][name][t.name] = _attempt(results, f"writer alone ({name}, before {t.name})",
-                                                              partial(scenarios.alone, work / name, s))
-                    results["replication"][name][t.name] = _attempt(results, f"replication {name} {t.name}",
-                                                                    partial(scenarios.replication, t, backend, work, s))
-                    results["alone_after"][name][t.name] = _attempt(
-                        results, f"writer burst alone ({name}, after {t.name})",
-                        partial(scenarios.alone_burst, work / name, s))
+                _replications(results, backend, work, tools, s)
         if "restore" in only:
             large = work / "large.db"
             print(f"building a {s.restore_mib:g} MiB database", flush=True)

@@ -45,6 +45,7 @@ class Settings:
     restore_mib: float = 100.0
     restore_segments: int = 320
     restore_repeats: int = 5
+    replication_repeats: int = 2
     idle_dbs: int = 1000
     idle_seconds: float = 20.0
     idle_settle: float = 5.0
@@ -136,6 +137,46 @@ def alone_burst(work: Path, s: Settings) -> dict[str, Any]:
     d = work / "alone-burst"
     data = run_writer(_fresh_db(d), d / "writer.npz", [(s.burst, 0.0)])
     return {"throughput": float(len(data["t_commit"]) / s.burst), "longest_txn": float(data["latency"].max())}
+
+
+# Figures whose target is a bound on the worst case: over repeated runs, the
+# worst run's value counts. Counts of faults add up.
+WORST_OF = {"longest_txn", "longest_txn_steady", "peak_rss_mib", "generations", "max"}
+SUM_OF = {"lost_commits", "negative_lags"}
+
+
+def combine_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result for several runs of one scenario: the median of each figure
+    (elementwise for a list of numbers), the worst for WORST_OF, the sum for
+    SUM_OF; each run's own value is kept under "runs". Failed runs are left
+    out; if all failed, the first failure stands."""
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        return runs[0]
+    if len(runs) == 1:
+        return runs[0]
+    out: dict[str, Any] = _combine(good)
+    out["runs"] = good
+    return out
+
+
+def _combine(values: list[Any], key: str = "") -> Any:
+    first = values[0]
+    if isinstance(first, dict):
+        keys = [k for k in first if all(k in v for v in values)]
+        return {k: _combine([v[k] for v in values], k) for k in keys}
+    if isinstance(first, bool) or not isinstance(first, (int, float, list)):
+        return first
+    if isinstance(first, list):
+        if all(isinstance(x, (int, float)) for v in values for x in v) and len({len(v) for v in values}) == 1:
+            return [float(x) for x in np.median(np.array(values, dtype=float), axis=0)]
+        return [x for v in values for x in v]  # e.g. log lines: all of them
+    if key in SUM_OF:
+        return sum(values)
+    if key in WORST_OF:
+        return max(values)
+    median = float(np.median(values))
+    return round(median) if all(isinstance(v, int) for v in values) else median
 
 
 def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[str, Any]:
