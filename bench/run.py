@@ -1,6 +1,6 @@
 """Benchmark lsr against Go Litestream 0.3.13 side by side, in one run.
 
-    python bench/run.py            # full run (~10 min on 2 cores): docs/bench.md, docs/bench.png
+    python bench/run.py            # full run (~17 min on 2 cores): docs/bench.md, docs/bench.png
     python bench/run.py --quick    # smoke run (< 1 min, file replicas only), output in the work dir
 
 Every figure is printed for both tools with their ratio, the issue's target
