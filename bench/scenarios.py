@@ -151,9 +151,7 @@ def combine_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     SUM_OF; each run's own value is kept under "runs". Failed runs are left
     out; if all failed, the first failure stands."""
     good = [r for r in runs if "error" not in r]
-    if not good:
-        return runs[0]
-    if len(runs) == 1:
+    if not good or len(runs) == 1:
         return runs[0]
     out: dict[str, Any] = _combine(good)
     out["runs"] = good
@@ -199,7 +197,7 @@ def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[s
                 first_seq, t_commit = int(data["first_seq"]), data["t_commit"]
                 final = first_seq + len(t_commit) - 1
                 caught_up = decoder.wait_for(final, t_commit[-1] - 1.0, s.catchup_timeout)
-                cpu = measure.cpu_seconds(proc.pid) - cpu0
+            cpu = cpu_log.samples[-1][1] - cpu0  # the sampler's last sample, taken as it stopped
             peak_rss = measure.peak_rss_mib(proc.pid)
         finally:
             watcher.stop()
@@ -246,6 +244,7 @@ class RestoreReplica:
     config: Path
     db: Path
     last_seq: int
+    build_problems: list[str]  # from the sidecar's log
     result: dict[str, Any]
 
 
@@ -278,6 +277,7 @@ def build_restore(tool: Tool, backend: Backend, work: Path, large_db: Path, s: S
         finally:
             conn.close()
             watcher.stop()
+    problems = log_problems(log)
     result = {
         "db_mib": os.path.getsize(db) / measure.MIB,
         "segments": len(watcher.arrivals()),
@@ -285,9 +285,9 @@ def build_restore(tool: Tool, backend: Backend, work: Path, large_db: Path, s: S
         "build_seconds": time.monotonic() - t_build,
         "restore_all": [],
         "server_cpu_all": [],
-        "log_problems": log_problems(log),
+        "log_problems": problems,
     }
-    return RestoreReplica(tool, backend, d, config, db, seq, result)
+    return RestoreReplica(tool, backend, d, config, db, seq, problems, result)
 
 
 def time_restore(r: RestoreReplica) -> dict[str, Any]:
@@ -308,7 +308,7 @@ def time_restore(r: RestoreReplica) -> dict[str, Any]:
         r.result["check"] = _check_restored(out, r.last_seq)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{out}{suffix}").unlink(missing_ok=True)
-    r.result["log_problems"] = log_problems(r.dir / "sidecar.log") + log_problems(r.dir / "restore.log")
+    r.result["log_problems"] = r.build_problems + log_problems(r.dir / "restore.log")
     return r.result
 
 

@@ -162,14 +162,12 @@ class Replica:
         if pos.index < dpos.index:
             return True
         try:
-            return dpos.offset >= self._full_segment_end(pos)
+            return dpos.offset >= self._full_segment_end(pos, self.db.shadow_wal_path(pos.generation, pos.index))
         except FileNotFoundError:  # the generation moved on meanwhile: the shipper will see
             return False
 
-    def _full_segment_end(self, pos: Pos) -> int:
-        """Where a segment starting at ``pos`` ends once it is full (a frame boundary)."""
-        assert self.db is not None
-        path = self.db.shadow_wal_path(pos.generation, pos.index)
+    def _full_segment_end(self, pos: Pos, path: str) -> int:
+        """Where a segment starting at ``pos`` of shadow WAL ``path`` ends once it is full (a frame boundary)."""
         return frame_align(pos.offset + self._max_segment(path), self._page_size(path))
 
     def _ship_next(self, whole: bool = True) -> bool:
@@ -200,7 +198,7 @@ class Replica:
                 self._set_pos(Pos(pos.generation, pos.index + 1, 0))
                 return True
             return False
-        full = self._full_segment_end(pos)
+        full = self._full_segment_end(pos, path)
         if not whole and pos.index == dpos.index and end < full:
             return False
         end = min(end, full)

@@ -569,6 +569,11 @@ def test_default_s3_replica_ships_the_last_commits_once_the_writer_pauses(
     assert all(b - a > 0.9 for a, b in zip(busy, busy[1:])), f"shipments while busy at {busy}"
 
 
+def big_commit_rows() -> list[tuple[str, int]]:
+    """~12 MiB of incompressible rows: one full 8 MiB segment and a partial one."""
+    return [(os.urandom(100_000).hex(), i) for i in range(60)]
+
+
 def test_default_s3_replica_ships_a_big_commit_right_after_a_shipment(
         tmp_path: Path, procs: Processes, s3_servers: dict[str, S3Server], s3_env: dict[str, str]) -> None:
     """A commit of more than one segment, made just after a shipment, reaches S3 whole
@@ -580,8 +585,7 @@ def test_default_s3_replica_ships_a_big_commit_right_after_a_shipment(
         wal_end = Path(f"{path}-wal").stat().st_size
         wait_for(lambda: arrivals.end() >= wal_end, 5, interval=0.005, what="the first commit on S3")
         conn.execute("BEGIN")  # the next whole shipment is a second away
-        for i in range(60):
-            conn.execute("INSERT INTO t (v, n) VALUES (?, ?)", (os.urandom(100_000).hex(), i))
+        conn.executemany("INSERT INTO t (v, n) VALUES (?, ?)", big_commit_rows())
         conn.execute("COMMIT")
         committed = time.monotonic()
         wal_end = Path(f"{path}-wal").stat().st_size
@@ -596,7 +600,7 @@ def test_default_s3_replica_ships_a_full_segment_without_waiting_for_its_interva
     """While the writer is busy an S3 replica left at its default ships once a second,
     but a full segment goes as soon as it is copied: a big commit made just after a
     shipment does not wait most of a second for the next."""
-    rows = [(os.urandom(100_000).hex(), i) for i in range(60)]  # ~12 MiB: one full segment and more
+    rows = big_commit_rows()
     with default_s3_replication(tmp_path, procs, s3_servers["moto"], s3_env) as (path, conn, arrivals):
         conn.execute("PRAGMA busy_timeout = 10000")
         with busy_writer(path) as stop_writer:
