@@ -12,7 +12,8 @@ they are; their LZ4 frame checksum still guards them.
 
 Resilience comes mostly from the SDK: botocore's ``standard`` retry mode
 (backoff, throttling, 5xx, connection errors) and s3transfer's multipart
-uploads. A GET whose body breaks off midway is retried here. Snapshots are
+uploads. A GET whose body breaks off midway is retried here. Object reads
+skip botocore's per-call pipeline when they can (``_DirectGet``). Snapshots are
 read as a stream of ranged GETs fetched ahead of the reader (``_ObjectStream``),
 so a restore decompresses while it downloads and spools nothing to disk.
 """
@@ -23,6 +24,7 @@ import io
 import logging
 import os
 import re
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -34,7 +36,9 @@ from urllib.parse import parse_qs, urlparse
 
 import botocore.session
 import crc32c
-from botocore.utils import parse_timestamp
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.utils import parse_timestamp, percent_encode
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -427,6 +431,10 @@ class S3ReplicaClient:
             detail = _redact(str(exc), self._secrets)
             raise ConfigError(f"cannot create s3 replica {self.describe()}: {detail}") from exc
         self.endpoint = str(self._s3.meta.endpoint_url)
+        self._credentials = session.get_credentials()
+        self._direct: _DirectGet | None = None
+        self._direct_tried = False
+        self._direct_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, rc: ReplicaConfig) -> S3ReplicaClient:
@@ -504,9 +512,14 @@ class S3ReplicaClient:
     def _get_object(self, key: str, what: str, **extra: str) -> tuple[bytes, dict[str, Any]]:
         """One GET (of a range, when ``extra`` has one) and its whole body.
 
-        botocore retries the request but not a body cut off mid-read; that is
-        retried here.
+        Tried first as a direct GET; botocore then does what the direct GET
+        did not: retries (a body cut off mid-read is retried here), redirects,
+        errors.
         """
+        direct = self._direct_get(key)
+        found = direct.get(key, extra) if direct is not None else None
+        if found is not None:
+            return found
         with self._errors(f"read {what} {self._url(key)}"):
             for attempt in range(1, self._max_attempts + 1):
                 try:
@@ -526,6 +539,15 @@ class S3ReplicaClient:
         if len(data) != int(response["ContentLength"]):
             raise StorageError(f"cannot read {what} {self._url(key)}: short read ({len(data)} bytes)")
         return data, response
+
+    def _direct_get(self, key: str) -> _DirectGet | None:
+        """The direct GET path, set up on the first read (it presigns ``key`` to learn the URL)."""
+        if not self._direct_tried:
+            with self._direct_lock:
+                if not self._direct_tried:
+                    self._direct = _DirectGet.create(self._s3, self._credentials, self.bucket, key)
+                    self._direct_tried = True
+        return self._direct if self._direct is not None and self._direct.usable else None
 
     def _size(self, key: str, what: str) -> int:
         with self._errors(f"read {what} {self._url(key)}"):
@@ -618,6 +640,80 @@ class S3ReplicaClient:
 
 class _RangeRefused(StorageError):
     pass
+
+
+# Answers that say the direct request itself is wrong (the bucket lives in another
+# region, a proxy or policy wants something botocore would have done): stop trying.
+_DIRECT_GIVE_UP = frozenset({301, 302, 307, 308, 400, 401, 403})
+_EXTRA_HEADERS = {"Range": "Range", "IfMatch": "If-Match"}
+
+
+class _DirectGet:
+    """Object GETs signed and sent here instead of through a botocore call.
+
+    A botocore call costs ~2.5 ms of CPU on top of the HTTP exchange (event
+    hooks, endpoint rules, response parsing), and a restore makes one GET per
+    WAL segment: 321 segment reads took 1.2 s of CPU through botocore and 0.4 s
+    this way. The address is botocore's, read from one presigned URL; the HTTP
+    session (proxies, CA bundle, timeouts, pool) is the client's own; the
+    signature is SigV4 for the client's region. ``get`` returns None for
+    anything but a clean 200/206, and the caller repeats the GET through
+    botocore, which retries, follows region redirects and raises the right
+    error; after an answer that says the direct request itself is wrong,
+    ``usable`` turns False.
+    """
+
+    def __init__(self, http: Any, credentials: Any, base_url: str, region: str) -> None:
+        self._http = http
+        self._credentials = credentials
+        self._base_url = base_url
+        self._region = region
+        self.usable = True
+
+    @classmethod
+    def create(cls, s3: Any, credentials: Any, bucket: str, key: str) -> _DirectGet | None:
+        """Set up from a presigned URL for ``key``; None when the client's setup does not allow it."""
+        http = getattr(getattr(s3, "_endpoint", None), "http_session", None)
+        if credentials is None or http is None or not hasattr(http, "send"):
+            return None  # unsigned access, or a botocore without the session reused here
+        try:
+            url = urlparse(s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}))
+        except Exception:
+            return None
+        suffix = "/" + percent_encode(key, safe="/~")
+        if not url.path.endswith(suffix):
+            return None  # an address that is not base + key
+        base_url = f"{url.scheme}://{url.netloc}{url.path[: -len(suffix)]}"
+        return cls(http, credentials, base_url, s3.meta.region_name)
+
+    def get(self, key: str, extra: dict[str, str]) -> tuple[bytes, dict[str, Any]] | None:
+        """The object (or the range in ``extra``) and its headers as botocore names them, or None."""
+        url = f"{self._base_url}/{percent_encode(key, safe='/~')}"
+        request = AWSRequest(method="GET", url=url, headers={_EXTRA_HEADERS[k]: v for k, v in extra.items()})
+        try:
+            S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
+            response = self._http.send(request.prepare())
+            status, headers, data = response.status_code, response.headers, response.content
+        except Exception as exc:  # botocore's own GET will meet it again, and report it properly
+            log.debug("direct read of %s failed (%s), using botocore", key, type(exc).__name__)
+            return None
+        if status not in (200, 206):
+            if status in _DIRECT_GIVE_UP:
+                log.debug("direct read of %s answered %d, reading through botocore from now on", key, status)
+                self.usable = False
+            return None
+        length = headers.get("Content-Length")
+        if length is not None and length.strip() != str(len(data)):
+            return None  # cut short
+        result: dict[str, Any] = {
+            "ContentLength": len(data),
+            "Metadata": {k[len("x-amz-meta-"):].lower(): v for k, v in headers.items()
+                         if k.lower().startswith("x-amz-meta-")},
+        }
+        for name, header in (("ETag", "ETag"), ("ContentRange", "Content-Range")):
+            if header in headers:
+                result[name] = headers[header]
+        return data, result
 
 
 class _ObjectStream(io.RawIOBase):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
 
 import crc32c
 import pytest
@@ -191,6 +195,85 @@ def test_snapshot_replaced_while_read_is_not_found(s3_server: S3Server, s3_bucke
         client.write_snapshot(GEN, 1, io.BytesIO(os.urandom(3 * MiB)))
         with pytest.raises(expected[0], match=expected[1]):
             f.read()
+
+
+def _count_botocore_calls(client: S3ReplicaClient) -> Counter[str]:
+    """botocore operations the client sends from now on, by name."""
+    calls: Counter[str] = Counter()
+
+    def count(event_name: str, **_: Any) -> None:
+        calls[event_name.rsplit(".", 1)[-1]] += 1
+
+    client._s3.meta.events.register("before-send.s3", count)
+    return calls
+
+
+def test_object_reads_skip_botocore(s3_server: S3Server, s3_bucket: str) -> None:
+    """WAL segments and snapshot ranges come through lsr's own signed GETs (nanio
+    checks every signature); a missing object still raises NotFoundError, through
+    botocore, and does not turn the direct reads off."""
+    client = make_s3_client(s3_server, s3_bucket, multipart_chunksize=MiB)
+    segments = {Pos(GEN, 1, i * 4096): os.urandom(1000 + i) for i in range(5)}
+    for pos, data in segments.items():
+        client.write_wal_segment(pos, data)
+    snapshot = os.urandom(3 * MiB + 5)
+    client.write_snapshot(GEN, 1, io.BytesIO(snapshot))
+    calls = _count_botocore_calls(client)
+    assert [client.read_wal_segment(pos) for pos in segments] == list(segments.values())
+    with client.open_snapshot(GEN, 1) as f:
+        assert f.read() == snapshot
+    assert calls["GetObject"] == 0, calls
+    with pytest.raises(NotFoundError, match="00000009_00000000.wal.lz4"):
+        client.read_wal_segment(Pos(GEN, 9, 0))
+    assert calls["GetObject"] == 1
+    assert client.read_wal_segment(Pos(GEN, 1, 0)) == segments[Pos(GEN, 1, 0)]
+    assert calls["GetObject"] == 1
+
+
+class _Refuser(BaseHTTPRequestHandler):
+    """Answers every request 403, as S3 does to a request signed for the wrong region."""
+
+    def do_GET(self) -> None:
+        self.server.requests += 1  # type: ignore[attr-defined]
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def refusing_server() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Refuser)
+    server.requests = 0  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_a_refused_direct_read_falls_back_to_botocore_for_good(
+    s3_server: S3Server, s3_client: S3ReplicaClient, refusing_server: ThreadingHTTPServer
+) -> None:
+    """A 403 to a direct GET costs one request: that read and all later ones go
+    through botocore (which follows region redirects and retries). No S3 server
+    here refuses a correctly signed request, so a stand-in server on 127.0.0.1
+    takes the direct GETs' address: the one fault a real part cannot be made to give."""
+    s3_client.write_wal_segment(Pos(GEN, 1, 0), b"first")
+    s3_client.write_wal_segment(Pos(GEN, 1, 64), b"second")
+    assert s3_client.read_wal_segment(Pos(GEN, 1, 0)) == b"first"
+    direct = s3_client._direct
+    assert direct is not None and direct.usable
+    direct._base_url = f"http://127.0.0.1:{refusing_server.server_address[1]}/{s3_client.bucket}"
+    calls = _count_botocore_calls(s3_client)
+    assert s3_client.read_wal_segment(Pos(GEN, 1, 0)) == b"first"
+    assert s3_client.read_wal_segment(Pos(GEN, 1, 64)) == b"second"
+    assert refusing_server.requests == 1  # type: ignore[attr-defined]
+    assert calls["GetObject"] == 2
+    assert not direct.usable
 
 
 def test_corrupt_bytes_on_nanio_disk_detected(s3_servers: dict[str, S3Server]) -> None:

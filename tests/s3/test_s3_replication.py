@@ -492,8 +492,11 @@ class SegmentArrivals:
         return self.shipments(since)
 
     def end(self) -> int:
-        """The WAL offset that the latest segment ends at (index 0)."""
-        seg = max((s for _, s in list(self.arrivals)), key=lambda s: (s.index, s.offset))
+        """The WAL offset that the latest segment ends at (index 0); 0 before the first one."""
+        segments = [s for _, s in list(self.arrivals)]
+        if not segments:
+            return 0
+        seg = max(segments, key=lambda s: (s.index, s.offset))
         assert seg.index == 0, "a checkpoint restarted the WAL: offsets no longer compare"
         frames, _ = codec.decode_segment(self.client.read_wal_segment(Pos(seg.generation, seg.index, seg.offset)))
         return seg.offset + len(frames)
