@@ -17,7 +17,7 @@ from litestream_py.errors import ConfigError
 from litestream_py.factory import db_from_config
 from litestream_py.replicator import Replicator
 
-from .options import config_options, flag, log, run, setup_logging
+from .options import config_options, flag, log, run, setup_logging, startup_heap
 
 # How often the sidecar hands freed heap memory back to the OS (a sub-millisecond call).
 RELEASE_MEMORY_INTERVAL = 10.0
@@ -33,23 +33,24 @@ def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, args: t
     def body() -> int:
         # Signals first: a SIGTERM during start-up still ends in a clean stop.
         stop = StopSignal()
-        if args:
-            if config_path:
-                raise ConfigError("cannot use -config together with DB_PATH and replica URLs")
-            if len(args) < 2:
-                raise ConfigError("cannot replicate: give DB_PATH followed by at least one REPLICA_URL")
-            config = Config(dbs=[DBConfig(path=expand_path(args[0]),
-                                          replicas=[ReplicaConfig(url=u) for u in args[1:]])])
-        else:
-            config = load_config(config_path or default_config_path(), expand=not no_expand_env)
-        setup_logging(config)
-        for warning in config.warnings:
-            log.warning("%s", warning)
-        if not config.dbs:
-            raise ConfigError("cannot replicate: no databases configured")
-        configure_process_for_sidecar()
-        dbs = [db_from_config(dbc) for dbc in config.dbs]
-        replicator = Replicator(dbs)
+        with startup_heap():
+            if args:
+                if config_path:
+                    raise ConfigError("cannot use -config together with DB_PATH and replica URLs")
+                if len(args) < 2:
+                    raise ConfigError("cannot replicate: give DB_PATH followed by at least one REPLICA_URL")
+                config = Config(dbs=[DBConfig(path=expand_path(args[0]),
+                                              replicas=[ReplicaConfig(url=u) for u in args[1:]])])
+            else:
+                config = load_config(config_path or default_config_path(), expand=not no_expand_env)
+            setup_logging(config)
+            for warning in config.warnings:
+                log.warning("%s", warning)
+            if not config.dbs:
+                raise ConfigError("cannot replicate: no databases configured")
+            configure_process_for_sidecar()
+            dbs = [db_from_config(dbc) for dbc in config.dbs]
+            replicator = Replicator(dbs)
         if not stop.is_set():
             replicator.start()
             for db in dbs:
