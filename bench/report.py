@@ -74,6 +74,10 @@ METHOD = """\
   segment GET costs moto 3-6 ms of CPU (more the longer it has run) and lsr
   1.2 ms, so from S3 both tools wait on the server; what lsr adds is its
   start-up (interpreter, botocore import and client: ~0.4 s, Go's ~0.06 s).
+- **nanio** (restores only) is a second local S3 server that installs from
+  PyPI: objects are files, ranges are read as ranges, every request's SigV4
+  signature is checked. It is not the bottleneck there, so the `nanio` row
+  compares the two clients; `s3` (moto) compares them behind a slow server.
 """
 
 
@@ -106,7 +110,7 @@ REPLICATION = [
     Figure("sidecar peak RSS", "MiB", lambda r, b: r["peak_rss_mib"], 60, backends=("file",)),
 ]
 RESTORE = [Figure("restore {restore_mib:g} MiB, {restore_segments}+ WAL segments", "s",
-                  lambda r, b: r["restore_seconds"], vs_go=0.8)]
+                  lambda r, b: r["restore_seconds"], vs_go=0.8, backends=("file", "s3", "nanio"))]
 IDLE = [
     Figure("idle DBs: CPU", "% of a core", lambda r, b: r["cpu_percent"], 1.0),
     Figure("idle DBs: RSS", "MiB", lambda r, b: r["rss_mib"], 200),
@@ -349,7 +353,7 @@ def plot(results: Result, path: Path) -> bool:
     except ImportError:
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1, 1.3]})
-    colors = {"file": "tab:blue", "s3": "tab:orange"}
+    colors = {"file": "tab:blue", "s3": "tab:orange", "nanio": "tab:green"}
     for backend, by_tool in results.get("replication", {}).items():
         for tool, r in by_tool.items():
             q = r.get("lag_quantiles")

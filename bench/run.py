@@ -1,6 +1,6 @@
 """Benchmark lsr against Go Litestream 0.3.13 side by side, in one run.
 
-    python bench/run.py            # full run (~17 min on 2 cores): docs/bench.md, docs/bench.png
+    python bench/run.py            # full run (~18 min on 2 cores): docs/bench.md, docs/bench.png
     python bench/run.py --quick    # smoke run (< 1 min, file replicas only), output in the work dir
 
 Every figure is printed for both tools with their ratio, the issue's target
@@ -29,7 +29,7 @@ from typing import Any, Callable
 import report
 import scenarios
 import workload
-from tools import Backend, Moto, Tool, find_tool
+from tools import Backend, S3Server, Tool, find_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = scenarios.Settings(steady=2.0, rate=100.0, burst=2.0, catchup_timeout=20.0, restore_mib=4.0,
@@ -37,11 +37,18 @@ QUICK = scenarios.Settings(steady=2.0, rate=100.0, burst=2.0, catchup_timeout=20
                            idle_seconds=2.0, idle_settle=1.0)
 
 
+# The S3 server behind each S3 backend: moto for replication and restores, nanio
+# (objects as files, a server that is not the bottleneck) for restores.
+SERVER_KINDS = {"s3": "moto", "nanio": "nanio"}
+
+
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     d = scenarios.Settings()
     p.add_argument("--quick", action="store_true", help="tiny smoke run (defaults below become the QUICK ones)")
-    p.add_argument("--backends", default=None, help="comma-separated: file,s3 (default: both; --quick: file)")
+    p.add_argument("--backends", default=None, help="replication on: file,s3 (default: both; --quick: file)")
+    p.add_argument("--restore-backends", default=None,
+                   help="restores from: file,s3,nanio (default: all three; --quick: file)")
     p.add_argument("--tools", default="lsr,go", help="comma-separated: lsr,go")
     p.add_argument("--only", default="replication,restore,idle", help="scenarios to run")
     p.add_argument("--steady", type=float, help=f"seconds of steady writing (default {d.steady})")
@@ -163,6 +170,7 @@ def _restores(results: dict[str, Any], backend: Backend, work: Path, large: Path
 def run(args: argparse.Namespace) -> dict[str, Any]:
     s = _settings(args)
     backends = (args.backends or ("file" if args.quick else "file,s3")).split(",")
+    restore_backends = (args.restore_backends or ("file" if args.quick else "file,s3,nanio")).split(",")
     only = set(args.only.split(","))
     tools: list[Tool] = []
     results: dict[str, Any] = {
@@ -184,27 +192,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     print(f"working in {work}", flush=True)
     t_start = time.monotonic()
-    moto = None
+    servers: dict[str, S3Server] = {}
+
+    def backend(name: str) -> Backend:
+        """``name``'s replicas; its S3 server is started on first use and runs to the end."""
+        if name in SERVER_KINDS and name not in servers:
+            servers[name] = S3Server(SERVER_KINDS[name], work)
+        return Backend(name, servers.get(name), s.s3_poll)
+
     try:
-        if "s3" in backends:
-            moto = Moto(work)
         for name in backends:
-            backend = Backend(name, moto if name == "s3" else None, s.s3_poll)
             if "replication" in only:
-                _replications(results, backend, work, tools, s)
+                _replications(results, backend(name), work, tools, s)
         if "restore" in only:
             large = work / "large.db"
             print(f"building a {s.restore_mib:g} MiB database", flush=True)
             workload.build_large(large, s.restore_mib)
-            for name in backends:
-                backend = Backend(name, moto if name == "s3" else None, s.s3_poll)
-                results["restore"][name] = _restores(results, backend, work, large, tools, s)
+            for name in restore_backends:
+                results["restore"][name] = _restores(results, backend(name), work, large, tools, s)
         if "idle" in only:
             results["idle"] = {t.name: _attempt(results, f"idle {t.name}", partial(scenarios.idle, t, work, s))
                                for t in tools}
     finally:
-        if moto is not None:
-            moto.stop()
+        for server in servers.values():
+            server.stop()
         results["elapsed"] = time.monotonic() - t_start
         results["machine"]["load_after"] = _load()
         if not args.keep:

@@ -296,13 +296,13 @@ def time_restore(r: RestoreReplica) -> dict[str, Any]:
     # restore, they would slow its own writes and fsync.
     os.sync()
     out = r.dir / f"restored-{len(r.result['restore_all'])}.db"
-    moto = r.backend.moto
-    # moto's handlers share one interpreter lock: its CPU seconds during a
-    # restore are a floor under any client's restore time.
-    server_before = measure.cpu_seconds(moto.proc.pid) if moto else 0.0
+    server = r.backend.server
+    # A Python server's handlers share one interpreter lock: its CPU seconds
+    # during a restore are a floor under any client's restore time.
+    server_before = measure.cpu_seconds(server.proc.pid) if server else 0.0
     r.result["restore_all"].append(run_restore(r.tool, r.config, r.db, out, r.dir / "restore.log"))
-    if moto:
-        r.result["server_cpu_all"].append(measure.cpu_seconds(moto.proc.pid) - server_before)
+    if server:
+        r.result["server_cpu_all"].append(measure.cpu_seconds(server.proc.pid) - server_before)
     r.result["restore_seconds"] = float(np.median(r.result["restore_all"]))
     if "check" not in r.result:
         r.result["check"] = _check_restored(out, r.last_seq)

@@ -2,7 +2,7 @@
 
 ``Tool`` is one implementation (lsr or Go Litestream 0.3.13): both take the same
 YAML config and the same ``replicate`` / ``restore`` arguments. ``Backend`` is
-where replicas go (a directory, or a bucket on a local moto server) and makes
+where replicas go (a directory, or a bucket on a local moto or nanio server) and makes
 the matching config and watcher. Every process is started in its own session
 and stopped in a ``finally`` by its PID (SIGTERM, then SIGKILL).
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from watch import FileWatcher, S3Watcher, Watcher
+from watch import FileWatcher, S3Watcher, Watcher, sigv4_headers
 
 BIN_DIR = Path(sys.executable).parent
 STOP_TIMEOUT = 60.0
@@ -75,31 +75,53 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int:
 
 # -- where replicas go ----------------------------------------------------------------
 
-class Moto:
-    """moto's S3 server on a free port of 127.0.0.1; it accepts unsigned requests."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
-    def __init__(self, work: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+
+class S3Server:
+    """A local S3 server on a free port of 127.0.0.1, run as a subprocess.
+
+    moto: Python, in memory, one interpreter lock for all requests, unsigned
+    requests accepted. nanio: Python (Starlette on uvicorn), objects as files,
+    every request's SigV4 signature checked.
+    """
+
+    def __init__(self, kind: str, work: Path) -> None:
+        self.kind, self.port = kind, _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.log = work / "moto.log"
-        self.proc = _spawn([str(BIN_DIR / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)], self.log)
+        self.signed = kind == "nanio"
+        self.log = work / f"{kind}.log"
+        if kind == "moto":
+            args, env = [str(BIN_DIR / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)], None
+        else:
+            data = work / "nanio-data"
+            data.mkdir(parents=True, exist_ok=True)
+            args = [str(BIN_DIR / "nanio"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                    "--data-dir", str(data), "--no-access-log", "--log-level", "warning"]
+            env = {"NANIO_ACCESS_KEY": ACCESS_KEY_ID, "NANIO_SECRET_KEY": SECRET_ACCESS_KEY}
+        self.proc = _spawn(args, self.log, env)
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(self.endpoint + "/moto-api/data.json", timeout=1).close()
+                self._request("GET", "/moto-api/data.json" if kind == "moto" else "/")
                 return
             except (OSError, urllib.error.HTTPError):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"moto did not start: {self.log.read_text(errors='replace')[-1000:]}")
+                    raise RuntimeError(f"{kind} did not start: {self.log.read_text(errors='replace')[-1000:]}")
                 time.sleep(0.1)
+
+    def _request(self, method: str, path: str) -> None:
+        url = self.endpoint + path
+        headers = sigv4_headers(method, url, (ACCESS_KEY_ID, SECRET_ACCESS_KEY)) if self.signed else {}
+        urllib.request.urlopen(urllib.request.Request(url, method=method, headers=headers), timeout=30).close()
 
     def create_bucket(self) -> str:
         name = f"bench-{uuid.uuid4().hex[:12]}"
-        req = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
-        urllib.request.urlopen(req, timeout=30).close()
+        self._request("PUT", f"/{name}")
         return name
 
     def stop(self) -> None:
@@ -108,10 +130,11 @@ class Moto:
 
 @dataclass
 class Backend:
-    """A replica destination: ``file`` (a directory under work) or ``s3`` (a bucket on moto)."""
+    """A replica destination: ``file`` (a directory under work), or a bucket on
+    ``server``: ``s3`` (moto) or ``nanio``."""
 
     name: str
-    moto: Moto | None = None
+    server: S3Server | None = None
     s3_poll: float = 0.02
 
     def replica(self, work: Path, db_name: str) -> dict[str, object]:
@@ -119,16 +142,17 @@ class Backend:
         if self.name == "file":
             path = work / f"{db_name}-replica"
             return {"type": "file", "path": str(path)}
-        assert self.moto is not None
-        return {"type": "s3", "bucket": self.moto.create_bucket(), "path": db_name, "endpoint": self.moto.endpoint,
+        assert self.server is not None
+        return {"type": "s3", "bucket": self.server.create_bucket(), "path": db_name, "endpoint": self.server.endpoint,
                 "region": "us-east-1", "force-path-style": True,
                 "access-key-id": ACCESS_KEY_ID, "secret-access-key": SECRET_ACCESS_KEY}
 
     def watcher(self, replica: dict[str, object]) -> Watcher:
         if replica["type"] == "file":
             return FileWatcher(str(replica["path"]))
+        assert self.server is not None
         return S3Watcher(str(replica["endpoint"]), str(replica["bucket"]), str(replica["path"]), self.s3_poll,
-                         (ACCESS_KEY_ID, SECRET_ACCESS_KEY))
+                         (ACCESS_KEY_ID, SECRET_ACCESS_KEY), signed=self.server.signed)
 
 
 def write_config(path: Path, dbs: list[tuple[Path, dict[str, object], dict[str, object]]]) -> Path:

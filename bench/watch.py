@@ -9,7 +9,7 @@ the moment it first sees it:
   the close of a file written in place) is the moment the segment exists. The
   error is the watcher thread's wake-up latency: microseconds on an idle core,
   a scheduler slice under load.
-- S3 replicas (moto): a ListObjectsV2 poll every ``interval`` seconds, starting
+- S3 replicas (moto, nanio): a ListObjectsV2 poll every ``interval`` seconds, starting
   after the last key seen. The error is at most one poll period plus one
   request; ``poll_periods()`` reports the periods actually achieved. The poll
   loads moto, so it is kept slower than a file watch.
@@ -204,21 +204,34 @@ class FileWatcher(Watcher):
             os.close(self._fd)
 
 
-# -- S3 replicas: polling a local moto server ---------------------------------------------
+# -- S3 replicas: polling a local S3 server -----------------------------------------------
 
 _KEY_RE = re.compile(r"<Key>([^<]+)</Key>")
 _PREFIX_RE = re.compile(r"<Prefix>([^<]+)</Prefix>")
 GENERATION_RESCAN = 1.0  # seconds between looks for a new generation
 
 
-class S3Watcher(Watcher):
-    """Polls ``<path>/generations/<gen>/wal/`` on an S3 server that takes unsigned requests (moto)."""
+def sigv4_headers(method: str, url: str, credentials: tuple[str, str]) -> dict[str, str]:
+    """Headers that sign a bodiless request for a server that checks signatures (nanio)."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
 
-    def __init__(self, endpoint: str, bucket: str, path: str, interval: float, credentials: tuple[str, str]) -> None:
+    request = AWSRequest(method=method, url=url)
+    S3SigV4Auth(Credentials(*credentials), "s3", "us-east-1").add_auth(request)
+    return dict(request.headers.items())
+
+
+class S3Watcher(Watcher):
+    """Polls ``<path>/generations/<gen>/wal/`` on a local S3 server; lists are signed when
+    ``signed`` (nanio checks every request; moto lists for anyone)."""
+
+    def __init__(self, endpoint: str, bucket: str, path: str, interval: float, credentials: tuple[str, str],
+                 signed: bool = False) -> None:
         super().__init__()
         self.endpoint, self.host = endpoint, urllib.parse.urlsplit(endpoint).netloc
         self.bucket, self.prefix, self.interval = bucket, f"{path}/generations/", interval
-        self.credentials = credentials
+        self.credentials, self.signed = credentials, signed
         self._polls: list[float] = []
         self._conn = http.client.HTTPConnection(self.host, timeout=30)
         self._read_conn = http.client.HTTPConnection(self.host, timeout=60)
@@ -229,7 +242,8 @@ class S3Watcher(Watcher):
         return [b - a for a, b in zip(self._polls, self._polls[1:])]
 
     def _get(self, conn: http.client.HTTPConnection, path: str) -> bytes:
-        conn.request("GET", path)
+        headers = sigv4_headers("GET", self.endpoint + path, self.credentials) if self.signed else {}
+        conn.request("GET", path, headers=headers)
         resp = conn.getresponse()
         body = resp.read()
         if resp.status != 200:

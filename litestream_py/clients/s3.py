@@ -688,6 +688,8 @@ class _DirectGet:
 
     def get(self, key: str, extra: dict[str, str]) -> tuple[bytes, dict[str, Any]] | None:
         """The object (or the range in ``extra``) and its headers as botocore names them, or None."""
+        if not extra.keys() <= _EXTRA_HEADERS.keys():
+            return None  # a parameter only botocore knows how to send
         url = f"{self._base_url}/{percent_encode(key, safe='/~')}"
         request = AWSRequest(method="GET", url=url, headers={_EXTRA_HEADERS[k]: v for k, v in extra.items()})
         try:
