@@ -34,15 +34,7 @@ def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, args: t
         # Signals first: a SIGTERM during start-up still ends in a clean stop.
         stop = StopSignal()
         with startup_heap():
-            if args:
-                if config_path:
-                    raise ConfigError("cannot use -config together with DB_PATH and replica URLs")
-                if len(args) < 2:
-                    raise ConfigError("cannot replicate: give DB_PATH followed by at least one REPLICA_URL")
-                config = Config(dbs=[DBConfig(path=expand_path(args[0]),
-                                              replicas=[ReplicaConfig(url=u) for u in args[1:]])])
-            else:
-                config = load_config(config_path or default_config_path(), expand=not no_expand_env)
+            config = _config(config_path, no_expand_env, args)
             setup_logging(config)
             for warning in config.warnings:
                 log.warning("%s", warning)
@@ -58,6 +50,17 @@ def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, args: t
         return wait_and_stop(replicator, exec_cmd or config.exec, stop)
 
     raise SystemExit(run(body))
+
+
+def _config(config_path: str | None, no_expand_env: bool, args: tuple[str, ...]) -> Config:
+    """The config file's databases, or the one database and replica URLs given as arguments."""
+    if not args:
+        return load_config(config_path or default_config_path(), expand=not no_expand_env)
+    if config_path:
+        raise ConfigError("cannot use -config together with DB_PATH and replica URLs")
+    if len(args) < 2:
+        raise ConfigError("cannot replicate: give DB_PATH followed by at least one REPLICA_URL")
+    return Config(dbs=[DBConfig(path=expand_path(args[0]), replicas=[ReplicaConfig(url=u) for u in args[1:]])])
 
 
 class StopSignal(threading.Event):

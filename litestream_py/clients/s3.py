@@ -24,12 +24,12 @@ import io
 import logging
 import os
 import re
-import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO, Iterable, Iterator, cast
 from urllib.parse import parse_qs, urlparse
@@ -432,9 +432,6 @@ class S3ReplicaClient:
             raise ConfigError(f"cannot create s3 replica {self.describe()}: {detail}") from exc
         self.endpoint = str(self._s3.meta.endpoint_url)
         self._credentials = session.get_credentials()
-        self._direct: _DirectGet | None = None
-        self._direct_tried = False
-        self._direct_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, rc: ReplicaConfig) -> S3ReplicaClient:
@@ -516,8 +513,7 @@ class S3ReplicaClient:
         did not: retries (a body cut off mid-read is retried here), redirects,
         errors.
         """
-        direct = self._direct_get(key)
-        found = direct.get(key, extra) if direct is not None else None
+        found = self._direct.get(key, extra) if self._direct is not None else None
         if found is not None:
             return found
         with self._errors(f"read {what} {self._url(key)}"):
@@ -540,14 +536,11 @@ class S3ReplicaClient:
             raise StorageError(f"cannot read {what} {self._url(key)}: short read ({len(data)} bytes)")
         return data, response
 
-    def _direct_get(self, key: str) -> _DirectGet | None:
-        """The direct GET path, set up on the first read (it presigns ``key`` to learn the URL)."""
-        if not self._direct_tried:
-            with self._direct_lock:
-                if not self._direct_tried:
-                    self._direct = _DirectGet.create(self._s3, self._credentials, self.bucket, key)
-                    self._direct_tried = True
-        return self._direct if self._direct is not None and self._direct.usable else None
+    @cached_property
+    def _direct(self) -> _DirectGet | None:
+        """The direct GET path, set up on the first read (two threads racing here build two alike)."""
+        probe = paths.generations_dir(self.path) + "/probe"
+        return _DirectGet.create(self._s3, self._credentials, self.bucket, probe)
 
     def _size(self, key: str, what: str) -> int:
         with self._errors(f"read {what} {self._url(key)}"):
@@ -672,7 +665,7 @@ class _DirectGet:
 
     @classmethod
     def create(cls, s3: Any, credentials: Any, bucket: str, key: str) -> _DirectGet | None:
-        """Set up from a presigned URL for ``key``; None when the client's setup does not allow it."""
+        """Set up from a presigned URL for any ``key``; None when the client's setup does not allow it."""
         http = getattr(getattr(s3, "_endpoint", None), "http_session", None)
         if credentials is None or http is None or not hasattr(http, "send"):
             return None  # unsigned access, or a botocore without the session reused here
@@ -688,7 +681,7 @@ class _DirectGet:
 
     def get(self, key: str, extra: dict[str, str]) -> tuple[bytes, dict[str, Any]] | None:
         """The object (or the range in ``extra``) and its headers as botocore names them, or None."""
-        if not extra.keys() <= _EXTRA_HEADERS.keys():
+        if not self.usable or not extra.keys() <= _EXTRA_HEADERS.keys():
             return None  # a parameter only botocore knows how to send
         url = f"{self._base_url}/{percent_encode(key, safe='/~')}"
         request = AWSRequest(method="GET", url=url, headers={_EXTRA_HEADERS[k]: v for k, v in extra.items()})
