@@ -19,7 +19,7 @@ def command(config_path: str | None, no_expand_env: bool) -> None:
         config = read_config(config_path, no_expand_env)
         rows = []
         for dbc in config.dbs:
-            db = db_from_config(dbc)
+            db = db_from_config(dbc, read_only=True)
             rows.append([db.path, ",".join(r.name for r in db.replicas)])
         print_table(["path", "replicas"], rows)
 

@@ -107,12 +107,12 @@ def _resolve_target(arg: str, config_path: str | None, no_expand_env: bool, repl
     if is_url(arg):
         if config_path:
             raise ConfigError("cannot use a replica URL together with -config")
-        return Target(None, [replica_from_config(ReplicaConfig(url=arg), None)])
+        return Target(None, [replica_from_config(ReplicaConfig(url=arg), None, read_only=True)])
     config = read_config(config_path, no_expand_env)
     dbc = config.db_config(arg)
     if dbc is None:
         raise ConfigError(f"cannot find database {arg} in the config (check the path, or pass -config)")
-    db = db_from_config(dbc)
+    db = db_from_config(dbc, read_only=True)
     replicas = db.replicas
     if replica_name:
         replicas = [r for r in replicas if r.name == replica_name]

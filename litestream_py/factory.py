@@ -13,8 +13,9 @@ from .replica import OBJECT_STORE_MAX_SEGMENT_SIZE, Replica
 __all__ = ["db_from_config", "replica_from_config"]
 
 
-def replica_from_config(rc: ReplicaConfig, db: DB | None) -> Replica:
-    client = new_client(rc)
+def replica_from_config(rc: ReplicaConfig, db: DB | None, *, read_only: bool = False) -> Replica:
+    """``read_only``: for commands that only inspect or restore (see ``new_client``)."""
+    client = new_client(rc, read_only=read_only)
     replica = Replica(db, client, rc.name)
     if rc.sync_interval is not None:
         replica.sync_interval = rc.sync_interval
@@ -36,7 +37,7 @@ def replica_from_config(rc: ReplicaConfig, db: DB | None) -> Replica:
     return replica
 
 
-def db_from_config(dbc: DBConfig) -> DB:
+def db_from_config(dbc: DBConfig, *, read_only: bool = False) -> DB:
     db = DB(dbc.path, meta_path=dbc.meta_path)
     if dbc.monitor_interval is not None:
         db.monitor_interval = dbc.monitor_interval
@@ -48,7 +49,7 @@ def db_from_config(dbc: DBConfig) -> DB:
         db.max_checkpoint_page_count = dbc.max_checkpoint_page_count
     names = set()
     for rc in dbc.replicas:
-        replica = replica_from_config(rc, db)
+        replica = replica_from_config(rc, db, read_only=read_only)
         if replica.name in names:
             raise ConfigError(f"cannot configure {dbc.path}: two replicas named {replica.name!r} (set name:)")
         names.add(replica.name)

@@ -38,7 +38,7 @@ class FileReplicaClient:
         self.root = os.path.abspath(root)
 
     @classmethod
-    def from_config(cls, rc: ReplicaConfig) -> FileReplicaClient:
+    def from_config(cls, rc: ReplicaConfig, *, read_only: bool = False) -> FileReplicaClient:
         path = rc.path
         if rc.url:
             path = parse_replica_url(rc.url)[2]

@@ -2,8 +2,8 @@
 
 Keys follow Litestream 0.3.13 exactly (``<path>/generations/<gen>/snapshots/...``),
 so Go Litestream and lsr can read each other's replicas. This is the only module
-that imports boto3/botocore: every SDK error is translated into the engine's
-errors by one function, ``translate_error``.
+that imports boto3/botocore, and only when a request needs it: every SDK error
+is translated into the engine's errors by one function, ``translate_error``.
 
 Integrity: every object lsr writes carries the CRC32C of its bytes in the user
 metadata ``x-amz-meta-crc32c``; reads verify it and raise ChecksumMismatchError
@@ -12,8 +12,10 @@ they are; their LZ4 frame checksum still guards them.
 
 Resilience comes mostly from the SDK: botocore's ``standard`` retry mode
 (backoff, throttling, 5xx, connection errors) and s3transfer's multipart
-uploads. A GET whose body breaks off midway is retried here. Object reads
-skip botocore's per-call pipeline when they can (``_DirectGet``). Snapshots are
+uploads. A GET whose body breaks off midway is retried here. Reads (GETs and
+listings) go first through ``s3_http``, signed and sent without botocore's
+per-call pipeline; a read-only client that can reach its bucket that way
+(``read_only=True``, an explicit endpoint) never loads botocore at all. Snapshots are
 read as a stream of ranged GETs fetched ahead of the reader (``_ObjectStream``),
 so a restore decompresses while it downloads and spools nothing to disk.
 """
@@ -24,6 +26,7 @@ import io
 import logging
 import os
 import re
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -31,31 +34,10 @@ from email.utils import parsedate_to_datetime
 from dataclasses import dataclass
 from functools import cached_property
 from datetime import datetime, timedelta, timezone
-from typing import Any, BinaryIO, Iterable, Iterator, cast
-from urllib.parse import parse_qs, urlparse
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, cast
+from urllib.parse import parse_qs, urlparse, urlsplit
 
-import botocore.session
 import crc32c
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.utils import parse_timestamp, percent_encode
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectTimeoutError,
-    CredentialRetrievalError,
-    EndpointConnectionError,
-    FlexibleChecksumError,
-    HTTPClientError,
-    NoCredentialsError,
-    PartialCredentialsError,
-    ProxyConnectionError,
-    SSLError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
-from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
-from urllib3.exceptions import ProtocolError, ReadTimeoutError as Urllib3ReadTimeoutError
 
 from .. import paths
 from ..config import ReplicaConfig, parse_replica_url
@@ -70,6 +52,7 @@ from ..errors import (
     ThrottledError,
 )
 from ..pos import Pos, SnapshotInfo, WALSegmentInfo
+from .s3_http import S3HTTP, Credentials, quote_key
 
 __all__ = [
     "S3ReplicaClient",
@@ -93,11 +76,6 @@ MAX_KEYS_PER_DELETE = 1000
 # throttling, 5xx, 408/RequestTimeout and connection errors.
 RETRY_MODE = "standard"
 MAX_ATTEMPTS = 5
-# A response body that breaks off while being read (the request itself succeeded).
-_BODY_ERRORS = (
-    ProtocolError, Urllib3ReadTimeoutError, ResponseStreamingError, IncompleteReadError, ReadTimeoutError,
-    ConnectionError,
-)
 CONNECT_TIMEOUT = timedelta(seconds=5)
 # Per socket read, not per request: a slow but live transfer is not cut off.
 READ_TIMEOUT = timedelta(seconds=60)
@@ -279,6 +257,15 @@ def _env_credentials() -> tuple[str, str]:
     return os.environ.get("LITESTREAM_ACCESS_KEY_ID", ""), os.environ.get("LITESTREAM_SECRET_ACCESS_KEY", "")
 
 
+def _body_errors() -> tuple[type[BaseException], ...]:
+    """A response body that breaks off while being read (the request itself succeeded)."""
+    from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
+    from urllib3.exceptions import ProtocolError, ReadTimeoutError as Urllib3ReadTimeoutError
+
+    return (ProtocolError, Urllib3ReadTimeoutError, ResponseStreamingError, IncompleteReadError, ReadTimeoutError,
+            ConnectionError)
+
+
 def _format_crc(data: bytes | memoryview) -> str:
     return f"{crc32c.crc32c(data):08x}"
 
@@ -310,6 +297,8 @@ def _parse_timestamp(value: str) -> datetime:
     try:
         return parsedate_to_datetime(value)
     except (TypeError, ValueError):
+        from botocore.utils import parse_timestamp
+
         return parse_timestamp(value)  # type: ignore[no-any-return]
 
 
@@ -334,6 +323,21 @@ def translate_error(exc: BaseException, what: str, endpoint: str, secrets: Itera
     """
     if isinstance(exc, LitestreamError):
         return exc
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        CredentialRetrievalError,
+        EndpointConnectionError,
+        FlexibleChecksumError,
+        HTTPClientError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ProxyConnectionError,
+        SSLError,
+    )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {}) or {}
         meta = exc.response.get("ResponseMetadata", {}) or {}
@@ -367,7 +371,7 @@ def translate_error(exc: BaseException, what: str, endpoint: str, secrets: Itera
         return StorageError(f"cannot reach s3 endpoint {endpoint}: TLS handshake failed (see skip-verify)")
     if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError)):
         return StorageError(f"cannot reach s3 endpoint {endpoint}: connection failed")
-    if isinstance(exc, (HTTPClientError, BotoConnectionError, ConnectionError, TimeoutError, *_BODY_ERRORS)):
+    if isinstance(exc, (HTTPClientError, BotoConnectionError, ConnectionError, TimeoutError, *_body_errors())):
         return StorageError(f"cannot reach s3 endpoint {endpoint}: connection lost or timed out")
     if isinstance(exc, BotoCoreError):
         return StorageError(f"cannot {what}: {_redact(str(exc), secrets)}")
@@ -391,7 +395,10 @@ class S3ReplicaClient:
         max_attempts: int = MAX_ATTEMPTS,
         connect_timeout: timedelta = CONNECT_TIMEOUT,
         read_timeout: timedelta = READ_TIMEOUT,
+        read_only: bool = False,
     ) -> None:
+        """``read_only``: the caller only lists and reads, so botocore is loaded only
+        if a read needs it (see ``_standalone_route``)."""
         if not settings.bucket:
             raise ConfigError("cannot create s3 replica: bucket required")
         self.settings = settings
@@ -401,41 +408,69 @@ class S3ReplicaClient:
         self._multipart_threshold = multipart_threshold
         self._multipart_chunksize = multipart_chunksize
         self._multipart_concurrency = multipart_concurrency
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         if not access_key_id and not secret_access_key:
             access_key_id, secret_access_key = _env_credentials()
+        self._access_key_id, self._secret_access_key = access_key_id, secret_access_key
         # Kept only to scrub them from any text that reaches a message.
         self._secrets = tuple(s for s in (secret_access_key, access_key_id) if s)
+        self._sdk_lock = threading.Lock()
+        self._sdk: Any = None
+        self._sdk_credentials: Any = None
+        self._route = _standalone_route(settings, access_key_id, secret_access_key)
+        if self._route is None or not read_only:
+            self._sdk = self._create_sdk()
+        self.endpoint = settings.endpoint if self._sdk is None else str(self._sdk.meta.endpoint_url)
+
+    @classmethod
+    def from_config(cls, rc: ReplicaConfig, *, read_only: bool = False) -> S3ReplicaClient:
+        return cls(settings_from_config(rc), rc.access_key_id, rc.secret_access_key, read_only=read_only)
+
+    def _create_sdk(self) -> Any:
+        """botocore's client for this replica (~0.35 s with the import, the first time)."""
         # botocore's own session, not boto3's: importing boto3 imports s3transfer
         # too (~0.15 s at every start), which only a multipart upload needs.
+        import botocore.session
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError
+
+        settings = self.settings
         session = botocore.session.Session()
         session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
-        if access_key_id or secret_access_key:
-            session.set_credentials(access_key_id or None, secret_access_key or None)
+        if self._access_key_id or self._secret_access_key:
+            session.set_credentials(self._access_key_id or None, self._secret_access_key or None)
         region = settings.region or session.get_config_variable("region") or DEFAULT_REGION
         config = Config(
             region_name=region,
-            retries={"mode": RETRY_MODE, "total_max_attempts": max_attempts},
-            connect_timeout=connect_timeout.total_seconds(),
-            read_timeout=read_timeout.total_seconds(),
+            retries={"mode": RETRY_MODE, "total_max_attempts": self._max_attempts},
+            connect_timeout=self._connect_timeout.total_seconds(),
+            read_timeout=self._read_timeout.total_seconds(),
             max_pool_connections=MAX_POOL_CONNECTIONS,
             s3={"addressing_style": "path" if settings.force_path_style else "auto"},
         )
         try:
-            self._s3: Any = session.create_client(
+            client = session.create_client(
                 "s3",
                 endpoint_url=settings.endpoint or None,
-                verify=not settings.skip_verify,
+                # None, not True: botocore then trusts the CA bundle configured by
+                # AWS_CA_BUNDLE, ca_bundle or REQUESTS_CA_BUNDLE, as Go's SDK does.
+                verify=False if settings.skip_verify else None,
                 config=config,
             )
         except (BotoCoreError, ValueError) as exc:
             detail = _redact(str(exc), self._secrets)
             raise ConfigError(f"cannot create s3 replica {self.describe()}: {detail}") from exc
-        self.endpoint = str(self._s3.meta.endpoint_url)
-        self._credentials = session.get_credentials()
+        self._sdk_credentials = session.get_credentials()
+        return client
 
-    @classmethod
-    def from_config(cls, rc: ReplicaConfig) -> S3ReplicaClient:
-        return cls(settings_from_config(rc), rc.access_key_id, rc.secret_access_key)
+    @property
+    def _s3(self) -> Any:
+        """botocore's client, built here on first use when the constructor could do without it."""
+        with self._sdk_lock:
+            if self._sdk is None:
+                self._sdk = self._create_sdk()
+            return self._sdk
 
     def describe(self) -> str:
         where = f"s3://{self.bucket}/{self.path}".rstrip("/")
@@ -460,17 +495,24 @@ class S3ReplicaClient:
             raise translate_error(exc, what, self.endpoint, self._secrets) from exc
 
     def _list(self, prefix: str, delimiter: str | None = "/") -> tuple[list[dict[str, Any]], list[str]]:
-        """Every object and common prefix under ``prefix``, across all pages."""
+        """Every object and common prefix under ``prefix``, across all pages.
+
+        A prefix is listed once even where a server repeats it on several pages (nanio does).
+        """
+        listed = self._http.list_objects(prefix, delimiter) if self._http is not None else None
+        if listed is not None:
+            objects, prefixes = listed
+            return objects, list(dict.fromkeys(prefixes))
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         if delimiter:
             kwargs["Delimiter"] = delimiter
-        objects: list[dict[str, Any]] = []
-        prefixes: list[str] = []
+        objects = []
+        prefixes = []
         with self._errors(f"list {self._url(prefix)}"):
             for page in self._s3.get_paginator("list_objects_v2").paginate(**kwargs):
                 objects.extend(page.get("Contents") or [])
                 prefixes.extend(p["Prefix"] for p in page.get("CommonPrefixes") or [])
-        return objects, prefixes
+        return objects, list(dict.fromkeys(prefixes))
 
     def _delete_keys(self, keys: list[str]) -> None:
         for i in range(0, len(keys), MAX_KEYS_PER_DELETE):
@@ -509,13 +551,14 @@ class S3ReplicaClient:
     def _get_object(self, key: str, what: str, **extra: str) -> tuple[bytes, dict[str, Any]]:
         """One GET (of a range, when ``extra`` has one) and its whole body.
 
-        Tried first as a direct GET; botocore then does what the direct GET
-        did not: retries (a body cut off mid-read is retried here), redirects,
-        errors.
+        Tried first through ``s3_http``; botocore then does what that did not:
+        retries (a body cut off mid-read is retried here), redirects, errors.
         """
-        found = self._direct.get(key, extra) if self._direct is not None else None
+        found = self._direct_get(key, extra)
         if found is not None:
             return found
+        from botocore.exceptions import ClientError
+
         with self._errors(f"read {what} {self._url(key)}"):
             for attempt in range(1, self._max_attempts + 1):
                 try:
@@ -528,7 +571,7 @@ class S3ReplicaClient:
                     with response["Body"] as body:
                         data: bytes = body.read()
                     break
-                except _BODY_ERRORS:
+                except _body_errors():
                     if attempt == self._max_attempts:
                         raise
                     log.debug("read of %s cut off (attempt %d), retrying", self._url(key), attempt)
@@ -536,11 +579,34 @@ class S3ReplicaClient:
             raise StorageError(f"cannot read {what} {self._url(key)}: short read ({len(data)} bytes)")
         return data, response
 
+    def _direct_get(self, key: str, extra: dict[str, str]) -> tuple[bytes, dict[str, Any]] | None:
+        """The object (or the range in ``extra``) through ``s3_http``, with its headers
+        named as botocore names them; None to leave the GET to botocore."""
+        if self._http is None or not extra.keys() <= _DIRECT_HEADERS.keys():
+            return None  # a parameter only botocore knows how to send
+        reply = self._http.get(key, {_DIRECT_HEADERS[k]: v for k, v in extra.items()})
+        if reply is None:
+            return None
+        headers = reply.headers
+        response: dict[str, Any] = {
+            "ContentLength": len(reply.body),
+            "Metadata": {k[len("x-amz-meta-"):].lower(): v for k, v in headers.items()
+                         if k.lower().startswith("x-amz-meta-")},
+        }
+        for name, header in (("ETag", "ETag"), ("ContentRange", "Content-Range")):
+            if header in headers:
+                response[name] = headers[header]
+        return reply.body, response
+
     @cached_property
-    def _direct(self) -> _DirectGet | None:
-        """The direct GET path, set up on the first read (two threads racing here build two alike)."""
-        probe = paths.generations_dir(self.path) + "/probe"
-        return _DirectGet.create(self._s3, self._credentials, self.bucket, probe)
+    def _http(self) -> S3HTTP | None:
+        """The direct read path, set up on the first read; None where only botocore can go."""
+        route = self._route or _sdk_route(self._s3, self._sdk_credentials, self.bucket, self.path)
+        if route is None:
+            return None
+        return S3HTTP(route.base_url, route.region, route.credentials, verify=route.verify,
+                      connect_timeout=self._connect_timeout.total_seconds(),
+                      read_timeout=self._read_timeout.total_seconds())
 
     def _size(self, key: str, what: str) -> int:
         with self._errors(f"read {what} {self._url(key)}"):
@@ -635,80 +701,113 @@ class _RangeRefused(StorageError):
     pass
 
 
-# Answers that say the direct request itself is wrong (the bucket lives in another
-# region, a proxy or policy wants something botocore would have done): stop trying.
-_DIRECT_GIVE_UP = frozenset({301, 302, 307, 308, 400, 401, 403})
-_EXTRA_HEADERS = {"Range": "Range", "IfMatch": "If-Match"}
+# Request parameters that a direct GET sends, as the headers that carry them.
+_DIRECT_HEADERS = {"Range": "Range", "IfMatch": "If-Match"}
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 
 
-class _DirectGet:
-    """Object GETs signed and sent here instead of through a botocore call.
+@dataclass(frozen=True)
+class _Route:
+    """How direct reads (``s3_http``) reach the bucket."""
 
-    A botocore call costs ~2.5 ms of CPU on top of the HTTP exchange (event
-    hooks, endpoint rules, response parsing), and a restore makes one GET per
-    WAL segment: 321 segment reads took 1.2 s of CPU through botocore and 0.4 s
-    this way. The address is botocore's, read from one presigned URL; the HTTP
-    session (proxies, CA bundle, timeouts, pool) is the client's own; the
-    signature is SigV4 for the client's region. ``get`` returns None for
-    anything but a clean 200/206, and the caller repeats the GET through
-    botocore, which retries, follows region redirects and raises the right
-    error; after an answer that says the direct request itself is wrong,
-    ``usable`` turns False.
+    base_url: str
+    region: str
+    credentials: Callable[[], Credentials]
+    verify: bool | str  # False, or the CA bundle trusted for https
+
+
+def _proxy_configured() -> bool:
+    """Whether botocore would send requests through a proxy: then only botocore does."""
+    return any(os.environ.get(name) or os.environ.get(name.upper()) for name in _PROXY_VARIABLES)
+
+
+def _standalone_route(settings: S3Settings, access_key_id: str, secret_access_key: str) -> _Route | None:
+    """The route that needs nothing from botocore, or None.
+
+    It exists for a path-style bucket at an explicit endpoint, with credentials
+    from the config or the environment, and no proxy: there, botocore would
+    send exactly these requests. Anything else (AWS's own endpoints, profiles,
+    instance roles) is worked out by botocore.
     """
-
-    def __init__(self, http: Any, credentials: Any, base_url: str, region: str) -> None:
-        self._http = http
-        self._credentials = credentials
-        self._base_url = base_url
-        self._region = region
-        self.usable = True
-
-    @classmethod
-    def create(cls, s3: Any, credentials: Any, bucket: str, key: str) -> _DirectGet | None:
-        """Set up from a presigned URL for any ``key``; None when the client's setup does not allow it."""
-        http = getattr(getattr(s3, "_endpoint", None), "http_session", None)
-        if credentials is None or http is None or not hasattr(http, "send"):
-            return None  # unsigned access, or a botocore without the session reused here
-        try:
-            url = urlparse(s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}))
-        except Exception:
+    endpoint = urlsplit(settings.endpoint)
+    if not settings.force_path_style or endpoint.scheme not in ("http", "https") or not endpoint.hostname:
+        return None
+    if _proxy_configured():
+        return None
+    if access_key_id or secret_access_key:
+        if not (access_key_id and secret_access_key):
+            return None  # botocore reports the half that is missing
+        credentials = Credentials(access_key_id, secret_access_key)
+    else:
+        # The first link of botocore's credential chain: the AWS_* variables.
+        env = os.environ
+        if not env.get("AWS_ACCESS_KEY_ID") or not env.get("AWS_SECRET_ACCESS_KEY"):
             return None
-        suffix = "/" + percent_encode(key, safe="/~")
-        if not url.path.endswith(suffix):
-            return None  # an address that is not base + key
-        base_url = f"{url.scheme}://{url.netloc}{url.path[: -len(suffix)]}"
-        return cls(http, credentials, base_url, s3.meta.region_name)
+        if env.get("AWS_CREDENTIAL_EXPIRATION"):
+            return None  # credentials botocore re-reads when they expire
+        token = env.get("AWS_SECURITY_TOKEN") or env.get("AWS_SESSION_TOKEN") or ""
+        credentials = Credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], token)
+    verify: bool | str = False
+    if endpoint.scheme == "https" and not settings.skip_verify:
+        bundle = _configured_ca_bundle()
+        if bundle is None:
+            return None
+        verify = bundle
+    base_url = f"{settings.endpoint.rstrip('/')}/{quote_key(settings.bucket)}"
+    return _Route(base_url, settings.region or DEFAULT_REGION, lambda: credentials, verify)
 
-    def get(self, key: str, extra: dict[str, str]) -> tuple[bytes, dict[str, Any]] | None:
-        """The object (or the range in ``extra``) and its headers as botocore names them, or None."""
-        if not self.usable or not extra.keys() <= _EXTRA_HEADERS.keys():
-            return None  # a parameter only botocore knows how to send
-        url = f"{self._base_url}/{percent_encode(key, safe='/~')}"
-        request = AWSRequest(method="GET", url=url, headers={_EXTRA_HEADERS[k]: v for k, v in extra.items()})
-        try:
-            S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
-            response = self._http.send(request.prepare())
-            status, headers, data = response.status_code, response.headers, response.content
-        except Exception as exc:  # botocore's own GET will meet it again, and report it properly
-            log.debug("direct read of %s failed (%s), using botocore", key, type(exc).__name__)
-            return None
-        if status not in (200, 206):
-            if status in _DIRECT_GIVE_UP:
-                log.debug("direct read of %s answered %d, reading through botocore from now on", key, status)
-                self.usable = False
-            return None
-        length = headers.get("Content-Length")
-        if length is not None and length.strip() != str(len(data)):
-            return None  # cut short
-        result: dict[str, Any] = {
-            "ContentLength": len(data),
-            "Metadata": {k[len("x-amz-meta-"):].lower(): v for k, v in headers.items()
-                         if k.lower().startswith("x-amz-meta-")},
-        }
-        for name, header in (("ETag", "ETag"), ("ContentRange", "Content-Range")):
-            if header in headers:
-                result[name] = headers[header]
-        return data, result
+
+def _configured_ca_bundle() -> str | None:
+    """The CA bundle botocore would trust, when that is knowable without botocore.
+
+    botocore takes AWS_CA_BUNDLE, then ca_bundle from the shared config file,
+    then REQUESTS_CA_BUNDLE, then certifi's bundle (or its own copy).
+    """
+    if os.environ.get("AWS_CA_BUNDLE"):
+        return os.environ["AWS_CA_BUNDLE"]
+    config_file = os.path.expanduser(os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config")
+    try:
+        with open(config_file, encoding="utf-8", errors="replace") as f:
+            if "ca_bundle" in f.read():
+                return None  # for botocore to read, with the right profile
+    except OSError:
+        pass
+    if os.environ.get("REQUESTS_CA_BUNDLE"):
+        return os.environ["REQUESTS_CA_BUNDLE"]
+    try:
+        import certifi
+
+        return str(certifi.where())
+    except ImportError:
+        return None
+
+
+def _sdk_route(s3: Any, sdk_credentials: Any, bucket: str, path: str) -> _Route | None:
+    """The route botocore's client takes: its address (read from one presigned
+    URL), region, credentials and CA bundle; None when it cannot be followed."""
+    http = getattr(getattr(s3, "_endpoint", None), "http_session", None)
+    verify = getattr(http, "_verify", None)
+    if sdk_credentials is None or verify is None or _proxy_configured():
+        return None  # unsigned access, a botocore that keeps its session elsewhere, or a proxy
+    probe = paths.generations_dir(path) + "/probe"
+    try:
+        url = urlparse(s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": probe}))
+    except Exception:
+        return None
+    suffix = "/" + quote_key(probe)
+    if not url.path.endswith(suffix):
+        return None  # an address that is not base + key
+    if verify is True:
+        from botocore.httpsession import get_cert_path
+
+        verify = get_cert_path(True)
+
+    def credentials() -> Credentials:
+        frozen = sdk_credentials.get_frozen_credentials()
+        return Credentials(frozen.access_key, frozen.secret_key, frozen.token or "")
+
+    base_url = f"{url.scheme}://{url.netloc}{url.path[: -len(suffix)]}"
+    return _Route(base_url, s3.meta.region_name, credentials, verify)
 
 
 class _ObjectStream(io.RawIOBase):

@@ -22,6 +22,7 @@ from litestream_py.clients.s3 import (
     parse_host,
     settings_from_config,
 )
+from litestream_py.clients.s3_http import S3HTTP, Credentials
 from litestream_py.config import ReplicaConfig, parse_config
 from litestream_py import codec
 from litestream_py.errors import ChecksumMismatchError, ConfigError, NotFoundError
@@ -265,9 +266,11 @@ def test_a_refused_direct_read_falls_back_to_botocore_for_good(
     s3_client.write_wal_segment(Pos(GEN, 1, 0), b"first")
     s3_client.write_wal_segment(Pos(GEN, 1, 64), b"second")
     assert s3_client.read_wal_segment(Pos(GEN, 1, 0)) == b"first"
-    direct = s3_client._direct
-    assert direct is not None and direct.usable
-    direct._base_url = f"http://127.0.0.1:{refusing_server.server_address[1]}/{s3_client.bucket}"
+    assert s3_client._http is not None and s3_client._http.usable
+    direct = S3HTTP(f"http://127.0.0.1:{refusing_server.server_address[1]}/{s3_client.bucket}", "us-east-1",
+                    lambda: Credentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY), verify=False,
+                    connect_timeout=5, read_timeout=5)
+    s3_client.__dict__["_http"] = direct  # the direct path's address, taken over by the stand-in
     calls = _count_botocore_calls(s3_client)
     assert s3_client.read_wal_segment(Pos(GEN, 1, 0)) == b"first"
     assert s3_client.read_wal_segment(Pos(GEN, 1, 64)) == b"second"
