@@ -221,6 +221,11 @@ class S3HTTP:
         fails before any answer: that request is sent once more on a new connection."""
         if not self.usable:
             return None
+        try:
+            credentials = self._credentials()
+        except Exception as exc:  # botocore's refresh failed: botocore will meet it again, and name it
+            log.debug("no credentials for a direct GET (%s), using botocore", type(exc).__name__)
+            return None
         target = path
         if query:
             target += "?" + "&".join(f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in query)
@@ -231,7 +236,7 @@ class S3HTTP:
                     conn.connect()
                     assert conn.sock is not None
                     conn.sock.settimeout(self._read_timeout)  # per socket read, as botocore's read timeout
-                signed = sign("GET", self._host, path, query, headers, self._credentials(), self._region,
+                signed = sign("GET", self._host, path, query, headers, credentials, self._region,
                               datetime.now(timezone.utc))
                 conn.request("GET", target, headers=signed)
                 response = conn.getresponse()

@@ -263,3 +263,16 @@ def test_route_from_botocore_when_only_botocore_knows_the_keys(
     assert client.read_wal_segment(Pos(GEN, 1, 0)) == b"segment"
     assert client._http is not None and client._http.usable
     assert calls == []
+
+
+def test_credentials_that_fail_leave_the_read_to_botocore(s3_servers: dict[str, S3Server]) -> None:
+    """Refreshable credentials whose refresh fails (botocore's own error) do not escape the direct path."""
+    server = s3_servers["nanio"]
+
+    def failing() -> Credentials:
+        raise RuntimeError("refresh failed")
+
+    direct = S3HTTP(f"{server.endpoint}/{server.create_bucket()}", "us-east-1", failing, verify=False,
+                    connect_timeout=5, read_timeout=5)
+    assert direct.get("k", {}) is None
+    assert direct.list_objects("", None) is None
