@@ -242,6 +242,11 @@ class S3HTTP:
                 response = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
+                if isinstance(exc, ssl.SSLCertVerificationError):
+                    # This route does not trust the server; botocore decides (and reports) from here on.
+                    log.debug("direct GET %s: certificate not trusted, using botocore from now on", path)
+                    self.usable = False
+                    return None
                 if reused:
                     continue
                 log.debug("direct GET %s failed (%s), using botocore", path, type(exc).__name__)

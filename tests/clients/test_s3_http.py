@@ -11,15 +11,17 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client
-from litestream_py.clients.s3 import FIRST_RANGE, S3Settings, _standalone_route
+from litestream_py.clients.s3 import FIRST_RANGE, S3ReplicaClient, S3Settings, _standalone_route
 from litestream_py.clients.s3_http import S3HTTP, Credentials, sign
-from litestream_py.errors import NotFoundError
+from litestream_py.errors import NotFoundError, StorageError
 from litestream_py.pos import Pos
 
 GEN = "0123456789abcdef"
@@ -276,3 +278,92 @@ def test_credentials_that_fail_leave_the_read_to_botocore(s3_servers: dict[str, 
                     connect_timeout=5, read_timeout=5)
     assert direct.get("k", {}) is None
     assert direct.list_objects("", None) is None
+
+
+def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no default bundle trusts, and its key."""
+    import ipaddress
+    from datetime import timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lsr test")])
+    now = datetime.now(timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def tls_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """moto behind TLS with a self-signed certificate: its https endpoint and the certificate."""
+    import ssl
+    import time
+    import urllib.request
+
+    from fixtures_s3 import BIN_DIR, free_port
+
+    work = tmp_path_factory.mktemp("tls-moto")
+    cert, key = _self_signed_certificate(work)
+    port = free_port()
+    with open(work / "moto.log", "wb") as log:
+        proc = subprocess.Popen([str(BIN_DIR / "moto_server"), "-H", "127.0.0.1", "-p", str(port), "-c", str(cert),
+                                 "-k", str(key)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"https://127.0.0.1:{port}"
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint + "/moto-api/data.json", timeout=1, context=context).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"moto did not start with TLS: {(work / 'moto.log').read_text()[-1000:]}")
+                time.sleep(0.1)
+        yield endpoint, cert
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_https_endpoint_trusts_the_configured_ca_bundle(
+    tls_moto: tuple[str, Path], clean_env: pytest.MonkeyPatch
+) -> None:
+    """Over https, direct reads trust what botocore trusts: AWS_CA_BUNDLE here, or
+    nothing extra with skip-verify; without either, a self-signed server fails
+    with the TLS message, through botocore, and no read succeeds."""
+    endpoint, cert = tls_moto
+    clean_env.setenv("AWS_CA_BUNDLE", str(cert))
+    settings = S3Settings(bucket="tls", path="db", region="us-east-1", endpoint=endpoint, force_path_style=True)
+    writer = S3ReplicaClient(settings, ACCESS_KEY_ID, SECRET_ACCESS_KEY)
+    writer._s3.create_bucket(Bucket="tls")
+    writer.write_wal_segment(Pos(GEN, 1, 0), b"over tls")
+    reader = S3ReplicaClient(settings, ACCESS_KEY_ID, SECRET_ACCESS_KEY, read_only=True)
+    assert reader.read_wal_segment(Pos(GEN, 1, 0)) == b"over tls"
+    assert reader.generations() == [GEN] and reader._sdk is None
+    clean_env.delenv("AWS_CA_BUNDLE")
+    skipping = S3ReplicaClient(replace(settings, skip_verify=True), ACCESS_KEY_ID, SECRET_ACCESS_KEY, read_only=True)
+    assert skipping.read_wal_segment(Pos(GEN, 1, 0)) == b"over tls" and skipping._sdk is None
+    strict = S3ReplicaClient(settings, ACCESS_KEY_ID, SECRET_ACCESS_KEY, read_only=True, max_attempts=1)
+    with pytest.raises(StorageError, match="TLS handshake failed"):
+        strict.read_wal_segment(Pos(GEN, 1, 0))
+    assert strict._http is not None and not strict._http.usable
