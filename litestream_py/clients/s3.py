@@ -467,6 +467,8 @@ class S3ReplicaClient:
     @property
     def _s3(self) -> Any:
         """botocore's client, built here on first use when the constructor could do without it."""
+        if self._sdk is not None:
+            return self._sdk  # the usual case, on every write: no lock
         with self._sdk_lock:
             if self._sdk is None:
                 self._sdk = self._create_sdk()
@@ -601,7 +603,10 @@ class S3ReplicaClient:
     @cached_property
     def _http(self) -> S3HTTP | None:
         """The direct read path, set up on the first read; None where only botocore can go."""
-        route = self._route or _sdk_route(self._s3, self._sdk_credentials, self.bucket, self.path)
+        route = self._route
+        if route is None:
+            s3 = self._s3  # builds botocore's client, and with it _sdk_credentials
+            route = _sdk_route(s3, self._sdk_credentials, self.bucket, self.path)
         if route is None:
             return None
         return S3HTTP(route.base_url, route.region, route.credentials, verify=route.verify,
