@@ -24,8 +24,8 @@ METHOD = """\
   all 2,000 client/subscription pairs instead. The writer is a separate
   `python sqlite3` process (WAL, `synchronous=NORMAL`, `busy_timeout=5000`):
   a *steady* phase at a fixed rate, then a *burst* back to back.
-- **Repeats.** Each tool's replication run is repeated (each with its own
-  writer-alone baseline), the tools taking turns and the order alternating.
+- **Repeats.** Each tool's replication run, and its paired throughput run
+  (below), is repeated, the tools taking turns and the order alternating.
   A figure is the median over a tool's runs (of two runs, their mean), except
   the worst-case ones (longest txn, lag max, peak RSS: the worst run) and
   fault counts (summed); each run's main figures are listed below.
@@ -40,12 +40,27 @@ METHOD = """\
   under 1 ms unless the cores are saturated); the S3 poll adds up to one poll
   period plus one request (the periods achieved are listed below). Lag never
   includes the commit's own duration.
-- **Catch-up** is the lag of the burst's final commit. **Throughput** is the
-  burst's transactions per second with the sidecar divided by the same
-  writer's without one: the mean of a run on a fresh database with the same
-  phases just before that tool's run and a burst alone just after it (the
-  machine's speed drifts by tens of percent over minutes). **Longest txn** is
+- **Catch-up** is the lag of the burst's final commit. **Longest txn** is
   the burst's longest `BEGIN IMMEDIATE`..`COMMIT`, waits for locks included.
+- **Throughput** (with / alone) has a run of its own, paired in time. Two
+  identical databases are seeded: A, replicated by the sidecar, and B, the
+  control, in another directory and not in its config. One writer process
+  keeps a connection to each open and writes back to back in slices (12 of
+  4 s by default) in the order ABBA ABBA ...; after each A slice the harness
+  waits until the replica has that slice's last commit, and after every
+  slice it pauses 0.3 s, so the sidecar's catch-up never falls into a B slice
+  (B runs beside an idle sidecar). The figure is A's commits per second over
+  B's, each summed over its slices. Why: the machine's speed drifts by 20-50%
+  within minutes, and a writer-alone baseline taken minutes away from the
+  sidecar's run (the method before) made this ratio flap between 0.87 and
+  1.09 for the same code; slices seconds apart in a symmetric order cancel a
+  steady drift. The details give A's and B's rates, the range of the ratios
+  of adjacent AB / BA pairs (what one pair alone would have said), and B's
+  longest txn ("longest txn alone"). What it cannot see: an effect that only
+  builds up over minutes of steady writing (a long WAL, a backlog), nor the
+  sidecar work left for the wait after an A slice (up to one sync interval's
+  writes: for Go, up to 1 s of each 4 s slice). The replication run's own
+  burst txn/s with the sidecar stays listed in the details for that.
 - **CPU** is the sidecar process tree's utime+stime from the writer's start to
   catch-up, divided by the MiB of WAL (decompressed segment bytes) that
   arrived in that time. Sampled every 0.25 s, it is also split at the burst's
@@ -85,36 +100,37 @@ METHOD = """\
 class Figure:
     label: str
     unit: str
-    get: Callable[[Result, Result], float]  # (tool's result, the writer-alone baseline)
+    get: Callable[[Result], float]  # from one tool's result of ``scenario``
     target: float | None = None  # an absolute target
     vs_go: float | None = None  # the target is this multiple of Go's figure
     at_least: bool = False  # the target is a minimum
     backends: tuple[str, ...] = ("file", "s3")  # where the target applies
     issue_go: str = ""  # Go's figure as the issue quotes it
+    scenario: str = "replication"  # for a replication figure: the results it is read from
 
 
 REPLICATION = [
-    Figure("lag p50, steady", "s", lambda r, b: r["lag"]["p50"], 0.035, backends=("file",), issue_go="0.355"),
-    Figure("lag p90, steady", "s", lambda r, b: r["lag"]["p90"]),
-    Figure("lag max, steady", "s", lambda r, b: r["lag"]["max"], 0.25, backends=("file",), issue_go="0.971"),
-    Figure("lag p50, burst", "s", lambda r, b: r["lag_burst"]["p50"]),
-    Figure("lag max, burst", "s", lambda r, b: r["lag_burst"]["max"]),
-    Figure("catch-up after final commit", "s", lambda r, b: r["catch_up"], 0.2, issue_go="1.12"),
-    Figure("writer throughput, with / alone", "x", lambda r, b: r["throughput"] / b["throughput"], 0.95,
-           at_least=True, issue_go="0.80"),
-    Figure("longest txn with sidecar", "s", lambda r, b: r["longest_txn"], 0.30, issue_go="1.84 (0.27 alone)"),
-    Figure("sidecar CPU per MiB of WAL", "CPU s/MiB", lambda r, b: r["cpu_per_mib"], vs_go=1.0),
+    Figure("lag p50, steady", "s", lambda r: r["lag"]["p50"], 0.035, backends=("file",), issue_go="0.355"),
+    Figure("lag p90, steady", "s", lambda r: r["lag"]["p90"]),
+    Figure("lag max, steady", "s", lambda r: r["lag"]["max"], 0.25, backends=("file",), issue_go="0.971"),
+    Figure("lag p50, burst", "s", lambda r: r["lag_burst"]["p50"]),
+    Figure("lag max, burst", "s", lambda r: r["lag_burst"]["max"]),
+    Figure("catch-up after final commit", "s", lambda r: r["catch_up"], 0.2, issue_go="1.12"),
+    Figure("writer throughput, with / alone", "x", lambda r: r["ratio"], 0.95, at_least=True, issue_go="0.80",
+           scenario="throughput"),
+    Figure("longest txn with sidecar", "s", lambda r: r["longest_txn"], 0.30, issue_go="1.84 (0.27 alone)"),
+    Figure("sidecar CPU per MiB of WAL", "CPU s/MiB", lambda r: r["cpu_per_mib"], vs_go=1.0),
     # The two parts of that figure: per second of the steady phase, per MiB of the burst.
-    Figure("sidecar CPU in the steady phase", "% of a core", lambda r, b: r.get("steady_cpu_percent", math.nan)),
-    Figure("sidecar CPU per MiB in the burst", "CPU s/MiB", lambda r, b: r.get("burst_cpu_per_mib", math.nan)),
-    Figure("sidecar peak RSS", "MiB", lambda r, b: r["peak_rss_mib"], 60, backends=("file",)),
+    Figure("sidecar CPU in the steady phase", "% of a core", lambda r: r.get("steady_cpu_percent", math.nan)),
+    Figure("sidecar CPU per MiB in the burst", "CPU s/MiB", lambda r: r.get("burst_cpu_per_mib", math.nan)),
+    Figure("sidecar peak RSS", "MiB", lambda r: r["peak_rss_mib"], 60, backends=("file",)),
 ]
 RESTORE = [Figure("restore {restore_mib:g} MiB, {restore_segments}+ WAL segments", "s",
-                  lambda r, b: r["restore_seconds"], vs_go=0.8, backends=("file", "s3", "nanio"))]
+                  lambda r: r["restore_seconds"], vs_go=0.8, backends=("file", "s3", "nanio"))]
 IDLE = [
-    Figure("idle DBs: CPU", "% of a core", lambda r, b: r["cpu_percent"], 1.0),
-    Figure("idle DBs: RSS", "MiB", lambda r, b: r["rss_mib"], 200),
-    Figure("idle DBs: time until all have a snapshot", "s", lambda r, b: r["ready_seconds"]),
+    Figure("idle DBs: CPU", "% of a core", lambda r: r["cpu_percent"], 1.0),
+    Figure("idle DBs: RSS", "MiB", lambda r: r["rss_mib"], 200),
+    Figure("idle DBs: time until all have a snapshot", "s", lambda r: r["ready_seconds"]),
 ]
 
 
@@ -165,11 +181,11 @@ def _num(x: float | None) -> str:
     return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
 
 
-def _value(fig: Figure, result: Result | None, base: Result) -> float | None:
+def _value(fig: Figure, result: Result | None) -> float | None:
     if not result or "error" in result:
         return None
     try:
-        return float(fig.get(result, base))
+        return float(fig.get(result))
     except (KeyError, TypeError, ZeroDivisionError):
         return None
 
@@ -185,36 +201,29 @@ def _row(fig: Figure, backend: str, lsr: float | None, go: float | None, label: 
     return Row(label or fig.label, backend, fig.unit, lsr, go, target, fig.at_least, text, issue_go)
 
 
-def _baseline(results: Result, backend: str, tool: str) -> Result:
-    """The writer-alone run measured before ``tool``'s (saved results may hold one
-    per backend), its throughput averaged with the burst run right after it."""
-    alone: Result = results.get("alone", {}).get(backend, {})
-    before: Result = alone if "throughput" in alone or "error" in alone else alone.get(tool, {})
-    after: Result = results.get("alone_after", {}).get(backend, {}).get(tool, {})
-    if "throughput" not in before or "throughput" not in after:
-        return before
-    return {**before, "throughput": (before["throughput"] + after["throughput"]) / 2,
-            "throughput_before": before["throughput"], "throughput_after": after["throughput"]}
+def _paired(results: Result, backend: str, tool: str) -> Result:
+    """``tool``'s paired throughput result on ``backend``; empty in results saved before it existed."""
+    return dict(results.get("throughput", {}).get(backend, {}).get(tool, {}))
 
 
 def rows(results: Result) -> list[Row]:
     out = []
-    for backend, by_tool in results.get("replication", {}).items():
+    for backend in results.get("replication", {}):
         for fig in REPLICATION:
-            out.append(_row(fig, backend, _value(fig, by_tool.get("lsr"), _baseline(results, backend, "lsr")),
-                            _value(fig, by_tool.get("go"), _baseline(results, backend, "go"))))
+            by_tool = results.get(fig.scenario, {}).get(backend, {})
+            out.append(_row(fig, backend, _value(fig, by_tool.get("lsr")), _value(fig, by_tool.get("go"))))
     settings = results.get("settings", {})
     for backend, by_tool in results.get("restore", {}).items():
         for fig in RESTORE:
             label = fig.label.format(restore_mib=settings.get("restore_mib", 0),
                                      restore_segments=settings.get("restore_segments", 0))
-            out.append(_row(fig, backend, _value(fig, by_tool.get("lsr"), {}), _value(fig, by_tool.get("go"), {}),
+            out.append(_row(fig, backend, _value(fig, by_tool.get("lsr")), _value(fig, by_tool.get("go")),
                             label=label))
     idle = results.get("idle", {})
     if idle:
         n = next((r["dbs"] for r in idle.values() if "dbs" in r), 0)
         for fig in IDLE:
-            out.append(_row(fig, "file", _value(fig, idle.get("lsr"), {}), _value(fig, idle.get("go"), {}),
+            out.append(_row(fig, "file", _value(fig, idle.get("lsr")), _value(fig, idle.get("go")),
                             label=fig.label.replace("idle DBs", f"{n:,} idle DBs")))
     return out
 
@@ -241,31 +250,36 @@ PER_RUN: tuple[Callable[[Result], Any], ...] = (
 
 
 def _details(results: Result) -> str:
-    out = ["| run | writer alone txn/s (before / after) | longest txn alone (s) | with sidecar txn/s | commits "
-           "| segments | WAL MiB | generations | commits never seen | negative lags | S3 poll p50/max (ms) |",
-           "|" + "---|" * 11]
+    out = ["| run | paired txn/s, A with sidecar / B alone | paired ratio per AB pair (min-max) "
+           "| longest txn alone (s) | burst with sidecar txn/s | commits | segments | WAL MiB | generations "
+           "| commits never seen | negative lags | S3 poll p50/max (ms) |",
+           "|" + "---|" * 12]
     for backend, by_tool in results.get("replication", {}).items():
         for tool, r in by_tool.items():
-            base = _baseline(results, backend, tool)
             if "error" in r:
-                out.append(f"| {backend} {tool} | error: {r['error']} |" + " |" * 9)
+                out.append(f"| {backend} {tool} | error: {r['error']} |" + " |" * 10)
                 continue
             poll = r.get("poll_period") or {}
             poll_text = f"{poll['p50'] * 1000:.1f} / {poll['max'] * 1000:.0f}" if poll else "-"
-            alone = _num(base.get("throughput"))
-            if "throughput_after" in base:
-                alone += f" ({_num(base['throughput_before'])} / {_num(base['throughput_after'])})"
+            paired = _paired(results, backend, tool)
+            # Every pair of every paired run: the spread that one pair alone would show.
+            pairs = [x for run in paired.get("runs", [paired]) for x in run.get("pair_ratios", [])]
+            spread = f"{_num(min(pairs))}-{_num(max(pairs))}" if pairs else "-"
             out.append(
-                f"| {backend} {tool} | {alone} | {_num(base.get('longest_txn'))} "
+                f"| {backend} {tool} | {_num(paired.get('throughput'))} / {_num(paired.get('throughput_alone'))} "
+                f"| {spread} "
+                f"| {_num(paired.get('longest_txn_alone'))} "
                 f"| {_num(r['throughput'])} | {r['commits']:,} | {r['segments']:,} | {_num(r['wal_mib'])} "
                 f"| {r['generations']} | {r['lost_commits']} | {r['negative_lags']} | {poll_text} |")
     repeated = [(backend, tool, r["runs"]) for backend, by_tool in results.get("replication", {}).items()
                 for tool, r in by_tool.items() if "runs" in r]
     if repeated:
-        out += ["", "| replication runs (in turns) | CPU s per MiB | with sidecar txn/s | lag p50, steady (s) "
-                "| catch-up (s) |", "|" + "---|" * 5]
+        out += ["", "| replication runs (in turns) | CPU s per MiB | burst with sidecar txn/s | lag p50, steady (s) "
+                "| catch-up (s) | paired throughput ratio |", "|" + "---|" * 6]
         for backend, tool, runs in repeated:
             cells = [", ".join(_num(get(run)) for run in runs) for get in PER_RUN]
+            paired_runs = _paired(results, backend, tool).get("runs", [])
+            cells.append(", ".join(_num(run["ratio"]) for run in paired_runs) or "-")
             out.append(f"| {backend} {tool} | " + " | ".join(cells) + " |")
     restore = results.get("restore", {})
     if restore:
@@ -295,7 +309,7 @@ def _details(results: Result) -> str:
 
 def _anomalies(results: Result) -> list[str]:
     found = list(results.get("errors", []))
-    for section in ("replication", "restore"):
+    for section in ("replication", "throughput", "restore"):
         for backend, by_tool in results.get(section, {}).items():
             for tool, r in by_tool.items():
                 where = f"{section} {backend} {tool}"
@@ -327,6 +341,7 @@ def markdown(results: Result, png_name: str | None) -> str:
         f"{m.get('load_before', '?')} before and {m.get('load_after', '?')} after. "
         "Other work on the machine moves every figure; compare lsr and Go within one run.",
         f"Settings: steady {s.get('steady')} s at {s.get('rate')} txn/s, then a {s.get('burst')} s burst; "
+        f"paired throughput in {s.get('throughput_slices', '-')} slices of {s.get('throughput_slice', '-')} s; "
         f"restore of {s.get('restore_mib')} MiB with >= {s.get('restore_segments')} segments, "
         f"{s.get('restore_repeats')} restores each; {s.get('idle_dbs')} idle DBs over {s.get('idle_seconds')} s.",
         f"Tools: {', '.join(f'{k} = `{v}`' for k, v in results.get('tools', {}).items())}.",

@@ -33,8 +33,8 @@ from tools import Backend, S3Server, Tool, find_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = scenarios.Settings(steady=2.0, rate=100.0, burst=2.0, catchup_timeout=20.0, restore_mib=4.0,
-                           restore_segments=20, restore_repeats=1, replication_repeats=1, idle_dbs=20,
-                           idle_seconds=2.0, idle_settle=1.0)
+                           restore_segments=20, restore_repeats=1, replication_repeats=1,
+                           throughput_slices=4, throughput_slice=0.5, idle_dbs=20, idle_seconds=2.0, idle_settle=1.0)
 
 
 # The S3 server behind each S3 backend: moto for replication and restores, nanio
@@ -56,6 +56,10 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--burst", type=float, help=f"seconds of back-to-back writing (default {d.burst})")
     p.add_argument("--replication-repeats", type=int,
                    help=f"replication runs per tool and backend, taken in turns (default {d.replication_repeats})")
+    p.add_argument("--throughput-slices", type=int,
+                   help=f"paired throughput slices, a multiple of 4 (ABBA) (default {d.throughput_slices})")
+    p.add_argument("--throughput-slice", type=float,
+                   help=f"seconds per paired throughput slice (default {d.throughput_slice})")
     p.add_argument("--restore-mib", type=float, help=f"restore database size (default {d.restore_mib})")
     p.add_argument("--restore-segments", type=int, help=f"WAL segments to restore (default {d.restore_segments})")
     p.add_argument("--restore-repeats", type=int, help=f"restores timed per tool (default {d.restore_repeats})")
@@ -79,6 +83,8 @@ def _settings(args: argparse.Namespace) -> scenarios.Settings:
     s = dataclasses.replace(base, **given)
     if s.restore_repeats < 1 or s.replication_repeats < 1:
         raise SystemExit("--restore-repeats and --replication-repeats must be at least 1")
+    if s.throughput_slices < 4 or s.throughput_slices % 4:
+        raise SystemExit("--throughput-slices must be a multiple of 4: whole ABBA groups")
     return s
 
 
@@ -121,27 +127,18 @@ def _attempt(results: dict[str, Any], where: str, fn: Callable[[], dict[str, Any
 
 def _replications(results: dict[str, Any], backend: Backend, work: Path, tools: list[Tool],
                   s: scenarios.Settings) -> None:
-    """Each tool's replication runs, in turns, the order alternating; each figure is
-    then the median over a tool's runs (the worst run for a worst-case figure).
-
-    Each run's baseline is measured right before it, and its burst again right
-    after: the machine's speed drifts over minutes, and the ratio is to the
-    mean of the two.
-    """
+    """Each tool's replication run and paired throughput run, the tools in turns,
+    the order alternating; each figure is then the median over a tool's runs
+    (the worst run for a worst-case figure)."""
     name = backend.name
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        t.name: {"alone": [], "replication": [], "alone_after": []} for t in tools}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {"replication": [], "throughput": []} for t in tools}
     for i in range(s.replication_repeats):
         tag = f" #{i + 1}" if s.replication_repeats > 1 else ""
         for t in tools if i % 2 == 0 else tools[::-1]:
-            mine = runs[t.name]
-            mine["alone"].append(_attempt(results, f"writer alone ({name}, before {t.name}{tag})",
-                                          partial(scenarios.alone, work / name, s)))
-            mine["replication"].append(_attempt(results, f"replication {name} {t.name}{tag}",
-                                                partial(scenarios.replication, t, backend, work / f"run{i + 1}", s)))
-            mine["alone_after"].append(_attempt(results, f"writer burst alone ({name}, after {t.name}{tag})",
-                                                partial(scenarios.alone_burst, work / name, s)))
-    for key in ("alone", "replication", "alone_after"):
+            for key, scenario in (("replication", scenarios.replication), ("throughput", scenarios.throughput)):
+                runs[t.name][key].append(_attempt(results, f"{key} {name} {t.name}{tag}",
+                                                  partial(scenario, t, backend, work / f"run{i + 1}", s)))
+    for key in ("replication", "throughput"):
         results[key][name] = {t.name: scenarios.combine_runs(runs[t.name][key]) for t in tools}
 
 
@@ -177,7 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": shlex.join(["python", "bench/run.py", *sys.argv[1:]]),
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": dataclasses.asdict(s), "machine": _machine(), "tools": {}, "errors": [],
-        "alone": {}, "replication": {}, "alone_after": {}, "restore": {}, "idle": {},
+        "replication": {}, "throughput": {}, "restore": {}, "idle": {},
     }
     for name in args.tools.split(","):
         tool = find_tool(name, args.lsr if name == "lsr" else args.litestream)

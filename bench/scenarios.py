@@ -4,7 +4,8 @@
   writer runs a steady phase (``rate`` txn/s) then a burst (back to back).
   Gives commit->replica lag, catch-up after the final commit, sidecar CPU per
   MiB of WAL, peak RSS, and the writer's throughput and longest transaction.
-- ``alone``: the same writer with no sidecar (the baseline for the ratios).
+- ``throughput``: the writer's throughput with the sidecar over without it,
+  from short slices on a replicated and a control database, interleaved.
 - ``restore``: a ~100 MiB database with 300+ WAL segments on the replica,
   restored by the tool that wrote it (``build_restore``, then ``time_restore``
   for each tool in turn).
@@ -20,15 +21,16 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 import measure
 import workload
-from tools import Backend, Tool, log_problems, restore as run_restore, sidecar, write_config
+from tools import Backend, Tool, log_problems, restore as run_restore, sidecar, stop, write_config
 from watch import Watcher, segment_marker
 
 WRITER = Path(__file__).with_name("workload.py")
@@ -46,6 +48,13 @@ class Settings:
     restore_segments: int = 320
     restore_repeats: int = 5
     replication_repeats: int = 2
+    # 12 slices of 4 s: three whole ABBA groups (~20 s each, waits included), so a
+    # drift over tens of seconds cancels within each, and ~1 min in all per run,
+    # as long as the writer-alone runs this replaced. A slice is still 4 of Go's
+    # 1 s sync intervals: the work left for the wait after it is a small part.
+    throughput_slices: int = 12
+    throughput_slice: float = 4.0  # seconds back to back
+    throughput_settle: float = 0.3  # seconds idle after each slice, past the sidecar's last upload
     idle_dbs: int = 1000
     idle_seconds: float = 20.0
     idle_settle: float = 5.0
@@ -125,23 +134,101 @@ def _fresh_db(d: Path) -> Path:
     return db
 
 
-def alone(work: Path, s: Settings) -> dict[str, Any]:
-    d = work / "alone"
-    return _writer_figures(run_writer(_fresh_db(d), d / "writer.npz", _phases(s)), s)
+@dataclass(frozen=True)
+class Slice:
+    """One stretch of back-to-back writing to one database, as the writer reports it."""
+
+    db: str  # "A" (replicated) or "B" (the control)
+    commits: int
+    last_seq: int
+    longest_txn: float
+    seconds: float
 
 
-def alone_burst(work: Path, s: Settings) -> dict[str, Any]:
-    """The writer's burst alone again, right after a tool's run: the throughput
-    baseline is the mean of the runs before and after it, as the machine's own
-    speed drifts by tens of percent over minutes."""
-    d = work / "alone-burst"
-    data = run_writer(_fresh_db(d), d / "writer.npz", [(s.burst, 0.0)])
-    return {"throughput": float(len(data["t_commit"]) / s.burst), "longest_txn": float(data["latency"].max())}
+@contextmanager
+def slice_writer(dbs: dict[str, Path]) -> Iterator[Callable[[str, float], Slice]]:
+    """One writer process holding a connection to each of ``dbs`` (see
+    ``workload.serve``); yields ``write(name, seconds) -> Slice``."""
+    args = [sys.executable, str(WRITER), *(f"--serve={name}={db}" for name, db in dbs.items())]
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin and proc.stdout
+
+    def write(name: str, seconds: float) -> Slice:
+        proc.stdin.write(f"{name} {seconds}\n")
+        proc.stdin.flush()
+        reply = proc.stdout.readline().split()
+        if not reply:
+            raise RuntimeError(f"the writer exited {proc.wait()}")
+        return Slice(name, int(reply[0]), int(reply[1]), float(reply[2]), float(reply[3]))
+
+    try:
+        yield write
+    finally:
+        with suppress(OSError):  # the writer may be gone already
+            proc.stdin.write("quit\n")
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            stop(proc)
+
+
+def _txn_per_s(slices: list[Slice], db: str) -> float:
+    """All of ``db``'s commits over all of its seconds."""
+    mine = [x for x in slices if x.db == db]
+    return sum(x.commits for x in mine) / sum(x.seconds for x in mine)
+
+
+def _ratio(slices: list[Slice]) -> float:
+    return _txn_per_s(slices, "A") / _txn_per_s(slices, "B")
+
+
+def throughput(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[str, Any]:
+    """The writer's throughput with the sidecar over without it, paired in time.
+
+    Two identical databases, A replicated by the sidecar and B (elsewhere, not in
+    its config) the control, get slices of back-to-back writing from one writer
+    process in the order ABBA ABBA...: a drift of the machine's speed then falls
+    on both alike. After an A slice the harness waits until the replica has its
+    last commit, so that the sidecar's catch-up never overlaps a B slice; every
+    slice is followed by the same short settle.
+    """
+    d = work / f"throughput-{backend.name}-{tool.name}"
+    dbs = {"A": _fresh_db(d / "replicated"), "B": _fresh_db(d / "control")}
+    replica = backend.replica(d, "app")
+    config = write_config(d / "litestream.yml", [(dbs["A"], replica, {})])
+    log = d / "sidecar.log"
+    watcher = backend.watcher(replica)
+    decoder = Decoder(watcher)
+    slices: list[Slice] = []
+    with sidecar(tool, config, log) as proc:
+        wait_ready(proc, watcher, log)
+        watcher.start()
+        try:
+            with slice_writer(dbs) as write:
+                for i in range(s.throughput_slices):
+                    t0 = time.monotonic()
+                    slices.append(write("ABBA"[i % 4], s.throughput_slice))
+                    last = slices[-1]
+                    if last.db == "A" and not decoder.wait_for(last.last_seq, t0, s.catchup_timeout):
+                        raise RuntimeError(f"the replica never received commit {last.last_seq}")
+                    time.sleep(s.throughput_settle)
+        finally:
+            watcher.stop()
+    return {
+        "ratio": _ratio(slices),
+        "throughput": _txn_per_s(slices, "A"),
+        "throughput_alone": _txn_per_s(slices, "B"),
+        "pair_ratios": [_ratio(slices[i:i + 2]) for i in range(0, len(slices), 2)],  # AB, BA, AB, ...
+        "longest_txn": max(x.longest_txn for x in slices if x.db == "A"),
+        "longest_txn_alone": max(x.longest_txn for x in slices if x.db == "B"),
+        "log_problems": log_problems(log),
+    }
 
 
 # Figures whose target is a bound on the worst case: over repeated runs, the
 # worst run's value counts. Counts of faults add up.
-WORST_OF = {"longest_txn", "longest_txn_steady", "peak_rss_mib", "generations", "max"}
+WORST_OF = {"longest_txn", "longest_txn_steady", "longest_txn_alone", "peak_rss_mib", "generations", "max"}
 SUM_OF = {"lost_commits", "negative_lags"}
 
 

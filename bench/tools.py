@@ -21,7 +21,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from watch import FileWatcher, S3Watcher, Watcher, sigv4_headers
 
@@ -60,7 +60,7 @@ def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> sub
                                 env={**os.environ, **(env or {})}, start_new_session=True)
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int:
+def stop(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> int:
     """SIGTERM the process (its own session), SIGKILL it if it has not exited in time."""
     if proc.poll() is None:
         try:

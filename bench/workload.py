@@ -16,6 +16,10 @@ Run as a script it is the writer subprocess::
 Each ``--phase SECONDS:RATE`` runs at RATE transactions per second (0: as fast
 as possible). OUT.npz holds, per commit, its monotonic commit time, its
 duration and its phase; commit ``i`` carries marker ``first_seq + i``.
+
+Or it writes slices on demand, to several databases in turn (see ``serve``)::
+
+    python bench/workload.py --serve A=a/app.db --serve B=b/app.db
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import argparse
 import os
 import random
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
@@ -199,18 +204,51 @@ def make_idle(path: str | Path) -> None:
         conn.close()
 
 
+def serve(paths: dict[str, str], rng_seed: int) -> None:
+    """Slices on demand, one writer per database kept open throughout: each stdin
+    line ``NAME SECONDS`` runs back-to-back transactions on database NAME for that
+    long, then answers ``COMMITS LAST_SEQ LONGEST_TXN ELAPSED`` on stdout (ELAPSED
+    from the slice's start to its last commit). ``quit`` or end of input stops."""
+    writers = {name: Writer(path, rng_seed) for name, path in paths.items()}
+    try:
+        for line in sys.stdin:
+            if line.strip() == "quit":
+                break
+            name, seconds = line.split()
+            writer = writers[name]
+            t0 = time.monotonic()
+            data = writer.run([(float(seconds), 0.0)])
+            print(len(data["t_commit"]), writer.seq, float(data["latency"].max()),
+                  float(data["t_commit"][-1]) - t0, flush=True)
+    finally:
+        for writer in writers.values():
+            writer.close()
+
+
 def _phase(text: str) -> tuple[float, float]:
     seconds, _, rate = text.partition(":")
     return float(seconds), float(rate or 0)
 
 
+def _named(text: str) -> tuple[str, str]:
+    name, _, path = text.partition("=")
+    return name, path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("db")
-    parser.add_argument("out")
-    parser.add_argument("--phase", action="append", type=_phase, required=True, metavar="SECONDS:RATE")
+    parser.add_argument("db", nargs="?")
+    parser.add_argument("out", nargs="?")
+    parser.add_argument("--phase", action="append", type=_phase, metavar="SECONDS:RATE")
+    parser.add_argument("--serve", action="append", type=_named, metavar="NAME=DB",
+                        help="write slices on demand to these databases instead (see serve())")
     parser.add_argument("--rng-seed", type=int, default=1)
     args = parser.parse_args()
+    if args.serve:
+        serve(dict(args.serve), args.rng_seed)
+        return
+    if not (args.db and args.out and args.phase):
+        parser.error("DB, OUT and --phase are required unless --serve")
     writer = Writer(args.db, args.rng_seed)
     try:
         result = writer.run(args.phase)

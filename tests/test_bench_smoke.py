@@ -24,7 +24,8 @@ def test_bench_quick_runs_lsr_and_go_side_by_side(tmp_path: Path) -> None:
     assert "lag p50, steady" in table and "restore" in table and "idle" in table
     data = json.loads(results.read_text())
     assert data["errors"] == []
-    for scenario in ("replication", "restore"):
+    for scenario in ("replication", "throughput", "restore"):
         assert set(data[scenario]["file"]) >= {"lsr", "go"}, scenario
     assert set(data["idle"]) >= {"lsr", "go"}
     assert data["replication"]["file"]["lsr"]["lag"], "lsr's lag was not measured"
+    assert all(data["throughput"]["file"][tool]["ratio"] > 0 for tool in ("lsr", "go"))
