@@ -45,22 +45,25 @@ METHOD = """\
 - **Throughput** (with / alone) has a run of its own, paired in time. Two
   identical databases are seeded: A, replicated by the sidecar, and B, the
   control, in another directory and not in its config. One writer process
-  keeps a connection to each open and writes back to back in slices (12 of
-  4 s by default) in the order ABBA ABBA ...; after each A slice the harness
+  keeps a connection to each open and writes back to back in slices (12 of 4
+  s by default) in the order ABBA ABBA ...; after each A slice the harness
   waits until the replica has that slice's last commit, and after every
-  slice it pauses 0.3 s, so the sidecar's catch-up never falls into a B slice
-  (B runs beside an idle sidecar). The figure is A's commits per second over
-  B's, each summed over its slices. Why: the machine's speed drifts by 20-50%
-  within minutes, and a writer-alone baseline taken minutes away from the
-  sidecar's run (the method before) made this ratio flap between 0.87 and
-  1.09 for the same code; slices seconds apart in a symmetric order cancel a
-  steady drift. The details give A's and B's rates, the range of the ratios
-  of adjacent AB / BA pairs (what one pair alone would have said), and B's
-  longest txn ("longest txn alone"). What it cannot see: an effect that only
-  builds up over minutes of steady writing (a long WAL, a backlog), nor the
-  sidecar work left for the wait after an A slice (up to one sync interval's
-  writes: for Go, up to 1 s of each 4 s slice). The replication run's own
-  burst txn/s with the sidecar stays listed in the details for that.
+  slice it pauses 0.3 s, so the sidecar's catch-up never falls into a B
+  slice (B runs beside an idle sidecar). On S3 that wait lists the bucket
+  every 0.25 s, not every 20 ms as for the lag: the faster poll cost moto a
+  third of a core throughout, B slices included, on the cores the writer
+  uses. The figure is A's commits per second over B's, each summed over its
+  slices. Why: the machine's speed drifts by 20-50% within minutes, and a
+  writer-alone baseline taken minutes away from the sidecar's run (the
+  method before) made this ratio flap between 0.87 and 1.09 for the same
+  code; slices seconds apart in a symmetric order cancel a steady drift. The
+  details give A's and B's rates, the range of the ratios of adjacent AB /
+  BA pairs (what one pair alone would have said), and B's longest txn
+  ("longest txn alone"). What it cannot see: an effect that only builds up
+  over minutes of steady writing (a long WAL, a backlog), nor the sidecar
+  work left for the wait after an A slice (up to one sync interval's writes:
+  for Go, up to 1 s of each 4 s slice). The replication run's own burst
+  txn/s with the sidecar stays listed in the details for that.
 - **CPU** is the sidecar process tree's utime+stime from the writer's start to
   catch-up, divided by the MiB of WAL (decompressed segment bytes) that
   arrived in that time. Sampled every 0.25 s, it is also split at the burst's
