@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -52,18 +53,22 @@ METHOD = """\
   slice (B runs beside an idle sidecar). On S3 that wait lists the bucket
   every 0.25 s, not every 20 ms as for the lag: the faster poll cost moto a
   third of a core throughout, B slices included, on the cores the writer
-  uses. The figure is A's commits per second over B's, each summed over its
-  slices. Why: the machine's speed drifts by 20-50% within minutes, and a
-  writer-alone baseline taken minutes away from the sidecar's run (the
-  method before) made this ratio flap between 0.87 and 1.09 for the same
-  code; slices seconds apart in a symmetric order cancel a steady drift. The
-  details give A's and B's rates, the range of the ratios of adjacent AB /
-  BA pairs (what one pair alone would have said), and B's longest txn
-  ("longest txn alone"). What it cannot see: an effect that only builds up
-  over minutes of steady writing (a long WAL, a backlog), nor the sidecar
-  work left for the wait after an A slice (up to one sync interval's writes:
-  for Go, up to 1 s of each 4 s slice). The replication run's own burst
-  txn/s with the sidecar stays listed in the details for that.
+  uses. Each adjacent pair of slices (AB, BA, ...) gives a ratio, A's
+  commits per second over B's, and the figure is the median over every pair
+  of a tool's runs. Why: the machine's speed drifts by 20-50% within
+  minutes, and a writer-alone baseline taken minutes away from the sidecar's
+  run (the method before) made this ratio flap between 0.87 and 1.09 for the
+  same code; a pair's slices are seconds apart, and AB and BA pairs err in
+  opposite directions under a steady drift. The median, not the ratio of all
+  A commits to all B commits, because slowdowns lasting a few seconds also
+  come and go (the pairs of one run ranged 0.55-1.34): each skews the pair
+  it hits. The details give A's and B's rates, the range of the pair ratios,
+  each run's median pair, and B's longest txn ("longest txn alone"). What it
+  cannot see: an effect that only builds up over minutes of steady writing
+  (a long WAL, a backlog), nor the sidecar work left for the wait after an A
+  slice (up to one sync interval's writes: for Go, up to 1 s of each 4 s
+  slice). The replication run's own burst txn/s with the sidecar stays
+  listed in the details for that.
 - **CPU** is the sidecar process tree's utime+stime from the writer's start to
   catch-up, divided by the MiB of WAL (decompressed segment bytes) that
   arrived in that time. Sampled every 0.25 s, it is also split at the burst's
@@ -119,8 +124,8 @@ REPLICATION = [
     Figure("lag p50, burst", "s", lambda r: r["lag_burst"]["p50"]),
     Figure("lag max, burst", "s", lambda r: r["lag_burst"]["max"]),
     Figure("catch-up after final commit", "s", lambda r: r["catch_up"], 0.2, issue_go="1.12"),
-    Figure("writer throughput, with / alone", "x", lambda r: r["ratio"], 0.95, at_least=True, issue_go="0.80",
-           scenario="throughput"),
+    Figure("writer throughput, with / alone", "x", lambda r: statistics.median(_pairs(r)), 0.95, at_least=True,
+           issue_go="0.80", scenario="throughput"),
     Figure("longest txn with sidecar", "s", lambda r: r["longest_txn"], 0.30, issue_go="1.84 (0.27 alone)"),
     Figure("sidecar CPU per MiB of WAL", "CPU s/MiB", lambda r: r["cpu_per_mib"], vs_go=1.0),
     # The two parts of that figure: per second of the steady phase, per MiB of the burst.
@@ -189,7 +194,7 @@ def _value(fig: Figure, result: Result | None) -> float | None:
         return None
     try:
         return float(fig.get(result))
-    except (KeyError, TypeError, ZeroDivisionError):
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):  # ValueError: no pairs to take a median of
         return None
 
 
@@ -202,6 +207,11 @@ def _row(fig: Figure, backend: str, lsr: float | None, go: float | None, label: 
         text = f"<= {fig.vs_go:g}x Go" + (f" = {_num(target)}" if target is not None else "")
     issue_go = fig.issue_go if backend in fig.backends else ""
     return Row(label or fig.label, backend, fig.unit, lsr, go, target, fig.at_least, text, issue_go)
+
+
+def _pairs(paired: Result) -> list[float]:
+    """The ratio of every AB / BA pair of slices in a tool's paired runs."""
+    return [x for run in paired.get("runs", [paired]) for x in run.get("pair_ratios", [])]
 
 
 def _paired(results: Result, backend: str, tool: str) -> Result:
@@ -265,8 +275,7 @@ def _details(results: Result) -> str:
             poll = r.get("poll_period") or {}
             poll_text = f"{poll['p50'] * 1000:.1f} / {poll['max'] * 1000:.0f}" if poll else "-"
             paired = _paired(results, backend, tool)
-            # Every pair of every paired run: the spread that one pair alone would show.
-            pairs = [x for run in paired.get("runs", [paired]) for x in run.get("pair_ratios", [])]
+            pairs = _pairs(paired)  # the spread that one pair alone would show
             spread = f"{_num(min(pairs))}-{_num(max(pairs))}" if pairs else "-"
             out.append(
                 f"| {backend} {tool} | {_num(paired.get('throughput'))} / {_num(paired.get('throughput_alone'))} "
@@ -278,7 +287,7 @@ def _details(results: Result) -> str:
                 for tool, r in by_tool.items() if "runs" in r]
     if repeated:
         out += ["", "| replication runs (in turns) | CPU s per MiB | burst with sidecar txn/s | lag p50, steady (s) "
-                "| catch-up (s) | paired throughput ratio |", "|" + "---|" * 6]
+                "| catch-up (s) | paired throughput, median pair |", "|" + "---|" * 6]
         for backend, tool, runs in repeated:
             cells = [", ".join(_num(get(run)) for run in runs) for get in PER_RUN]
             paired_runs = _paired(results, backend, tool).get("runs", [])

@@ -219,11 +219,16 @@ def throughput(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[st
                     time.sleep(s.throughput_settle)
         finally:
             watcher.stop()
+    pairs = [_ratio(slices[i:i + 2]) for i in range(0, len(slices), 2)]  # AB, BA, AB, ...
     return {
-        "ratio": _ratio(slices),
+        # The median pair: a slowdown of the machine lasting a few seconds
+        # (pairs of one run ranged 0.55-1.34) skews the one or two pairs it hits.
+        "ratio": float(np.median(pairs)),
+        "ratio_of_sums": _ratio(slices),
         "throughput": _txn_per_s(slices, "A"),
         "throughput_alone": _txn_per_s(slices, "B"),
-        "pair_ratios": [_ratio(slices[i:i + 2]) for i in range(0, len(slices), 2)],  # AB, BA, AB, ...
+        "pair_ratios": pairs,
+        "slices": [[x.db, x.commits, x.seconds] for x in slices],
         "longest_txn": max(x.longest_txn for x in slices if x.db == "A"),
         "longest_txn_alone": max(x.longest_txn for x in slices if x.db == "B"),
         "log_problems": log_problems(log),

@@ -29,3 +29,5 @@ def test_bench_quick_runs_lsr_and_go_side_by_side(tmp_path: Path) -> None:
     assert set(data["idle"]) >= {"lsr", "go"}
     assert data["replication"]["file"]["lsr"]["lag"], "lsr's lag was not measured"
     assert all(data["throughput"]["file"][tool]["ratio"] > 0 for tool in ("lsr", "go"))
+    row = next(line for line in table.splitlines() if line.startswith("| writer throughput, with / alone | file |"))
+    assert float(row.split("|")[4]) > 0, row  # lsr's median pair reached the table
