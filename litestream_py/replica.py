@@ -38,14 +38,15 @@ DEFAULT_RETENTION_CHECK_INTERVAL = timedelta(hours=1)
 MAX_SEGMENT_SIZE = 4 << 20
 OBJECT_STORE_MAX_SEGMENT_SIZE = 8 << 20
 # A replica that ships early (an object store whose sync-interval the user left
-# unset) ships before its interval is up in two cases that add no requests of
-# their own: the pieces every shipment would cut anyway (a full segment, the
-# rest of a finished WAL index) go out as soon as they exist, so a burst's
-# backlog never grows past about one segment; and once the writer has paused
-# this long, the rest goes out too, at most once per interval, so the last
-# commits need not wait out the second. "Paused" is read from the WAL itself
-# (DB.unwritten_for): a busy writer's syncs, up to 100 ms apart, are never
-# taken for a pause.
+# unset) ships before its interval is up in two cases. The pieces every
+# shipment would cut anyway (a full segment, the rest of a finished WAL index)
+# go out as soon as they exist: no requests of their own, and a burst's backlog
+# never grows past about one segment. And once the writer has paused this long,
+# the rest goes out too, so the last commits need not wait out the second: at
+# most once per interval on average, twice in a row (replicator.SETTLE_BURST),
+# so that one stall of the writer late in a burst does not hold back the
+# burst's end. "Paused" is read from the WAL itself (DB.unwritten_for): a busy
+# writer's syncs, up to 100 ms apart, are never taken for a pause.
 QUIET_FLUSH = timedelta(milliseconds=50)
 
 

@@ -63,6 +63,10 @@ MAX_WORKERS = 32
 # second for a batch of them, not for each one.
 TIMER_TICK = 1.0
 COALESCED_TIMER = 10.0
+# Settles a task may run back to back; its credit refills at one per spacing.
+# With one, a writer that stalled once in the last second of a burst left the
+# burst's final commits to wait out the spacing (S3 catch-up 1.07 s, not 0.1).
+SETTLE_BURST = 2.0
 
 
 class _ErrorLog:
@@ -95,15 +99,15 @@ class _Task:
     t seconds also starts again no sooner than busy_factor * t after it began
     (at most MAX_BUSY_SPACING). With ``settle``, a task woken inside its
     spacing and then left alone for ``settle`` seconds (counted from the wake,
-    even one that came while its step ran) runs at that point,
-    at most once per spacing, if ``quiet()`` agrees that what wakes it has
-    stopped: the trailing edge of a burst of wakes goes out at once instead of
-    waiting out the spacing.
+    even one that came while its step ran) runs at that point, at most once per
+    spacing on average (SETTLE_BURST in a row), if ``quiet()`` agrees that what
+    wakes it has stopped: the trailing edge of a burst of wakes goes out at once
+    instead of waiting out the spacing.
     """
 
     __slots__ = (
-        "name", "step", "spacing", "busy_factor", "settle", "quiet", "earliest", "due", "settle_due", "settled_at",
-        "ready", "running", "woken", "woken_at", "urgent",
+        "name", "step", "spacing", "busy_factor", "settle", "quiet", "earliest", "due", "settle_due", "credit",
+        "credit_at", "ready", "running", "woken", "woken_at", "urgent",
     )
 
     def __init__(
@@ -124,12 +128,18 @@ class _Task:
         self.earliest = 0.0  # the next step starts no sooner (unless urgent)
         self.due = math.inf  # when its timer fires; inf: no timer pending
         self.settle_due = math.inf  # when it runs if not woken again before; inf: not settling
-        self.settled_at = -math.inf  # when a settle last ran it
+        self.credit = SETTLE_BURST  # settles it may run, as of credit_at
+        self.credit_at = 0.0
         self.ready = False  # queued for a worker
         self.running = False
         self.woken = False  # woken while its step ran: run again after it
         self.woken_at = 0.0  # when, last
         self.urgent = False
+
+    def settle_credit(self, now: float) -> float:
+        """How many settles it may run at ``now``: SETTLE_BURST, less those of the last spacings."""
+        refill = (now - self.credit_at) / self.spacing if self.spacing > 0 else SETTLE_BURST
+        return min(SETTLE_BURST, self.credit + refill)
 
 
 class _Pool:
@@ -193,7 +203,7 @@ class _Pool:
             if task.due > task.earliest:
                 self._set_timer_at(task, task.earliest)
             settle_due = (now if at is None else at) + task.settle
-            if task.settle and settle_due < task.earliest and now - task.settled_at >= task.spacing:
+            if task.settle and settle_due < task.earliest and task.settle_credit(now) >= 1:
                 # Each wake moves the deadline: it passes only once the wakes pause.
                 task.settle_due = settle_due
                 self._push_timer(settle_due, task)
@@ -239,7 +249,7 @@ class _Pool:
                     if due == task.settle_due:
                         task.settle_due = math.inf
                         if task.quiet():  # else its next wake arms the settle again
-                            task.settled_at = now
+                            task.credit, task.credit_at = task.settle_credit(now) - 1, now
                             self._wake(task, urgent=True)
                     elif due == task.due:
                         task.due = math.inf

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from litestream_py.replicator import BUSY_SPACING_FACTOR, MAX_BUSY_SPACING, MAX_WORKERS, _Pool, _Task
+from litestream_py.replicator import BUSY_SPACING_FACTOR, MAX_BUSY_SPACING, MAX_WORKERS, SETTLE_BURST, _Pool, _Task
 
 WAIT = 5.0
 
@@ -183,10 +183,13 @@ def test_spacing_batches_wakes_unless_urgent() -> None:
         pool.stop()
 
 
-def test_settle_runs_the_trailing_edge_of_a_burst_once_per_spacing() -> None:
+def test_settle_runs_the_trailing_edge_of_a_burst_twice_in_a_row_then_once_per_spacing() -> None:
     """With ``settle``, a burst of wakes inside the spacing runs the step once the
-    wakes pause for ``settle`` seconds, not at the end of the spacing; and only
-    once per spacing: the next pause waits the spacing out."""
+    wakes pause for ``settle`` seconds, not at the end of the spacing. A second
+    pause soon after runs it again (SETTLE_BURST: a writer's stall late in a
+    burst must not hold back the burst's end); a third waits the spacing out,
+    and the credit comes back at one settle per spacing."""
+    assert SETTLE_BURST == 2
     r = Recorder("settling")
     r.task.spacing, r.task.settle = 1.0, 0.15
     pool = started(r)
@@ -200,9 +203,21 @@ def test_settle_runs_the_trailing_edge_of_a_burst_once_per_spacing() -> None:
         assert len(r.runs) == 1, "ran before the wakes paused"
         assert r.ran.acquire(timeout=WAIT)
         assert 0.15 <= r.runs[1] - last_wake < 0.45
-        pool.wake(r.task)  # a second pause inside the spacing
+        pool.wake(r.task)  # a second pause inside the spacing: settles too
         assert r.ran.acquire(timeout=WAIT)
-        assert r.runs[2] - r.runs[1] >= 0.95
+        assert 0.15 <= r.runs[2] - r.runs[1] < 0.45
+        pool.wake(r.task)  # a third: the credit is spent, the spacing holds
+        assert r.ran.acquire(timeout=WAIT)
+        assert r.runs[3] - r.runs[2] >= 0.95
+        # That spacing brought back one settle's worth of credit, not two.
+        for expect_settle in (True, False):
+            before = len(r.runs)
+            time.sleep(0.05)
+            pool.wake(r.task)
+            woke = time.monotonic()
+            assert r.ran.acquire(timeout=WAIT)
+            took = r.runs[before] - woke
+            assert (took < 0.45) == expect_settle, (expect_settle, took)
     finally:
         pool.stop()
 
