@@ -84,6 +84,9 @@ MAX_WAL_INDEX = 0x7FFFFFFF
 COPY_CHUNK_SIZE = 256 << 10
 # The two copies of the WalIndexHdr and the checkpoint info at the start of -shm.
 WAL_INDEX_HEADER_SIZE = 136
+# The two WalIndexHdr copies alone: every commit rewrites them, while checkpoints
+# and read locks (the application's included) change only the checkpoint info.
+WAL_INDEX_HDR_COPIES_SIZE = 96
 
 SIDECAR_THREAD_STACK_SIZE = 512 * 1024
 M_ARENA_MAX = -8  # glibc mallopt parameters
@@ -165,6 +168,16 @@ def _int(value: object) -> int:
     """An SQLite integer result."""
     assert isinstance(value, int)
     return value
+
+
+def _written_part(token: tuple[object, ...]) -> tuple[object, ...]:
+    """Of a WAL fingerprint (DB._change_token), what only a write changes: the
+    file's identity, size and mtime, and the WalIndexHdr copies."""
+    if not token:
+        return token
+    shm = token[3]
+    assert isinstance(shm, bytes)
+    return (*token[:3], shm[:WAL_INDEX_HDR_COPIES_SIZE])
 
 
 def _read_at(path: str, offset: int, size: int) -> bytes:
@@ -594,9 +607,13 @@ class DB:
     def unwritten_for(self) -> float:
         """Seconds for which the WAL has certainly not been written: since the
         last sync began if no commit landed after that, else 0. A stat and a
-        136-byte read, cheap enough to ask from any thread at any time."""
+        136-byte read, cheap enough to ask from any thread at any time.
+
+        A checkpoint is not a write here: the application's (its autocheckpoint
+        after a commit) rewrites -shm but not the WAL, so no sync follows it to
+        take a new token, and an S3 replica would wait out its interval."""
         try:
-            if self._change_token() != self._last_token:
+            if _written_part(self._change_token()) != _written_part(self._last_token):
                 return 0.0
         except OSError:  # closed meanwhile
             return 0.0

@@ -123,3 +123,32 @@ def test_unwritten_for_counts_from_the_last_sync_and_ignores_lsrs_checkpoints(tm
     finally:
         db.close()
         app.close()
+
+
+def test_unwritten_for_ignores_the_apps_checkpoint(tmp_path: Path) -> None:
+    """The application's own checkpoint (its wal_autocheckpoint after a commit)
+    rewrites the checkpoint info in -shm but not the WAL: no write, so the pause
+    still counts. It did count as a write, and as nothing wakes a sync then (the
+    WAL file is untouched), an S3 replica's last commits waited out the
+    interval: catch-up 1.07 s instead of ~0.1."""
+    from litestream_py.db import DB, WAL_INDEX_HEADER_SIZE
+
+    path = tmp_path / "app.db"
+    app = open_app_db(path)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    app.execute("INSERT INTO t (v) VALUES ('one')")
+    db = DB(str(path))
+    try:
+        db.open()
+        db.sync()
+        shm = (tmp_path / "app.db-shm").read_bytes()[:WAL_INDEX_HEADER_SIZE]
+        busy, frames, backfilled = app.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert busy == 0 and frames > 0 and backfilled == frames
+        assert (tmp_path / "app.db-shm").read_bytes()[:WAL_INDEX_HEADER_SIZE] != shm, "the checkpoint left -shm as it was"
+        time.sleep(0.06)
+        assert db.unwritten_for() >= 0.06, "the app's checkpoint counted as a write"
+        app.execute("INSERT INTO t (v) VALUES ('two')")
+        assert db.unwritten_for() == 0.0
+    finally:
+        db.close()
+        app.close()
