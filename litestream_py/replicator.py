@@ -64,8 +64,9 @@ MAX_WORKERS = 32
 TIMER_TICK = 1.0
 COALESCED_TIMER = 10.0
 # Settles a task may run back to back; its credit refills at one per spacing.
-# With one, a writer that stalled once in the last second of a burst left the
-# burst's final commits to wait out the spacing (S3 catch-up 1.07 s, not 0.1).
+# With one, a stall of the writer (a pause past the settle) late in a burst
+# would spend the interval's only settle, and the burst's final commits would
+# wait out the spacing.
 SETTLE_BURST = 2.0
 
 
