@@ -101,13 +101,13 @@ class _Task:
     (at most MAX_BUSY_SPACING). With ``settle``, a task woken inside its
     spacing and then left alone for ``settle`` seconds (counted from the wake,
     even one that came while its step ran) runs at that point, at most once per
-    spacing on average (SETTLE_BURST in a row), if ``quiet()`` agrees that what
-    wakes it has stopped: the trailing edge of a burst of wakes goes out at once
-    instead of waiting out the spacing.
+    spacing on average (SETTLE_BURST in a row), once ``quiet_for()`` (seconds
+    since what wakes it last stirred) reaches ``settle`` too: the trailing edge
+    of a burst of wakes goes out at once instead of waiting out the spacing.
     """
 
     __slots__ = (
-        "name", "step", "spacing", "busy_factor", "settle", "quiet", "earliest", "due", "settle_due", "credit",
+        "name", "step", "spacing", "busy_factor", "settle", "quiet_for", "earliest", "due", "settle_due", "credit",
         "credit_at", "ready", "running", "woken", "woken_at", "urgent",
     )
 
@@ -118,14 +118,14 @@ class _Task:
         spacing: float = 0.0,
         busy_factor: float = 0.0,
         settle: float = 0.0,
-        quiet: Callable[[], bool] = lambda: True,
+        quiet_for: Callable[[], float] = lambda: math.inf,
     ) -> None:
         self.name = name
         self.step = step
         self.spacing = spacing
         self.busy_factor = busy_factor
         self.settle = settle
-        self.quiet = quiet  # called with the pool's lock held: must not block
+        self.quiet_for = quiet_for  # called with the pool's lock held: must not block
         self.earliest = 0.0  # the next step starts no sooner (unless urgent)
         self.due = math.inf  # when its timer fires; inf: no timer pending
         self.settle_due = math.inf  # when it runs if not woken again before; inf: not settling
@@ -136,6 +136,9 @@ class _Task:
         self.woken = False  # woken while its step ran: run again after it
         self.woken_at = 0.0  # when, last
         self.urgent = False
+
+    def quiet(self) -> bool:
+        return self.quiet_for() >= self.settle
 
     def settle_credit(self, now: float) -> float:
         """How many settles it may run at ``now``: SETTLE_BURST, less those of the last spacings."""
@@ -249,9 +252,16 @@ class _Pool:
                     due, _, task = heapq.heappop(self._timers)
                     if due == task.settle_due:
                         task.settle_due = math.inf
-                        if task.quiet():  # else its next wake arms the settle again
+                        not_yet = task.settle - task.quiet_for()
+                        if not_yet <= 0:
                             task.credit, task.credit_at = task.settle_credit(now) - 1, now
                             self._wake(task, urgent=True)
+                        elif now + not_yet < task.earliest:
+                            # Look again when it may be quiet: no wake need come
+                            # first (a sync that finds a commit already copied by
+                            # the one before wakes no shipper).
+                            task.settle_due = now + not_yet
+                            self._push_timer(task.settle_due, task)
                     elif due == task.due:
                         task.due = math.inf
                         self._wake(task, urgent=False)
@@ -439,7 +449,7 @@ class Replicator:
         spacing = max(replica.sync_interval.total_seconds(), MIN_SYNC_SPACING)
         settle = QUIET_FLUSH.total_seconds() if replica.ships_early else 0.0
         task = _Task(f"{db.path}: replica {replica.name}", lambda: self._ship_step(replica, db, state, task), spacing,
-                     settle=settle, quiet=lambda: db.unwritten_for() >= settle)
+                     settle=settle, quiet_for=db.unwritten_for)
         return task
 
     def _ship_step(self, replica: Replica, db: DB, state: _ShipState, task: _Task) -> float:

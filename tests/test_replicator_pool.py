@@ -7,8 +7,11 @@ step holding up no one), which a database cannot be made to show on demand.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+
+import pytest
 
 from litestream_py.replicator import BUSY_SPACING_FACTOR, MAX_BUSY_SPACING, MAX_WORKERS, SETTLE_BURST, _Pool, _Task
 
@@ -241,16 +244,46 @@ def test_settle_counts_from_a_wake_that_came_during_a_step() -> None:
 
 
 def test_settle_waits_while_the_source_is_not_quiet() -> None:
-    """A settle deadline that passes while ``quiet()`` says no (the WAL was written and
-    not yet copied) does not run the step: the spacing still holds."""
+    """A settle deadline that passes while ``quiet_for()`` stays short of ``settle``
+    (the WAL is written again and again) does not run the step: the spacing still holds."""
     r = Recorder("busy source")
-    r.task.spacing, r.task.settle, r.task.quiet = 0.6, 0.1, lambda: False
+    r.task.spacing, r.task.settle, r.task.quiet_for = 0.6, 0.1, lambda: 0.0
     pool = started(r)
     try:
         assert r.ran.acquire(timeout=WAIT)
         pool.wake(r.task)
         assert r.ran.acquire(timeout=WAIT)
         assert r.runs[1] - r.runs[0] >= 0.55
+    finally:
+        pool.stop()
+
+
+@pytest.mark.parametrize("stir", ["synced", "written"])
+def test_settle_runs_once_the_source_turns_quiet_without_another_wake(stir: str) -> None:
+    """A settle deadline that finds the source quiet for too short a time, or not at
+    all, looks again: the step runs once the source has been quiet for ``settle``,
+    with no further wake, not at the end of the spacing. (A sync that finds a commit
+    already copied by the sync before it wakes no shipper; "synced": it began just
+    before the deadline; "written": it had not begun yet.)"""
+    r = Recorder("stirred source")
+    quiet_since = [0.0]
+    r.task.spacing, r.task.settle = 3.0, 0.1
+    r.task.quiet_for = lambda: max(time.monotonic() - quiet_since[0], 0.0)
+    pool = started(r)
+    try:
+        assert r.ran.acquire(timeout=WAIT)
+        pool.wake(r.task)
+        woke = time.monotonic()
+        if stir == "synced":
+            time.sleep(0.07)
+            quiet_since[0] = time.monotonic()  # the deadline, 0.03 s away, finds 0.03 s of quiet
+        else:
+            quiet_since[0] = math.inf  # written, not yet synced
+            time.sleep(0.25)
+            quiet_since[0] = time.monotonic()
+        assert r.ran.acquire(timeout=WAIT)
+        assert r.runs[1] - quiet_since[0] >= 0.1, "ran before the source had been quiet for settle"
+        assert r.runs[1] - woke < 1.0, f"waited {r.runs[1] - woke:.2f} s: the spacing, not the settle"
     finally:
         pool.stop()
 
