@@ -4,7 +4,8 @@ Each DB has a monitor task that copies the WAL into the shadow WAL when
 inotify reports a write (at most every MIN_SYNC_SPACING, and less often while
 its syncs are slow: see BUSY_SPACING_FACTOR); each replica has a shipper task
 that writes new segments as soon as the shadow WAL changes (at most once per
-``sync-interval``, never more often than MIN_SYNC_SPACING; an object store left
+``sync-interval``, never more often than MIN_SYNC_SPACING, and without one as
+the syncs allow, but at least MIN_SHIP_SPACING apart; an object store left
 at its default interval also ships full segments at once, and the rest when
 the writer pauses: see replica.QUIET_FLUSH), and runs retention and
 scheduled snapshots. A task is a step that runs when it is woken or its timer
@@ -41,13 +42,20 @@ log = logging.getLogger(__name__)
 FALLBACK_POLL_INTERVAL = 30.0
 # A replica with nothing to do still wakes this often (timers, lost notifications).
 IDLE_WAKE_INTERVAL = 60.0
-# Shortest time between two syncs of one DB, and between two shipments of one
-# replica: a busy writer's commits go out in batches, bounding the per-sync and
-# per-segment overhead (a new file, fsyncs, requests) at a few ms of added lag.
-# Under commits every 10 ms, 50 ms gives a median lag near 29 ms (the target
-# is 35 ms) for a quarter less steady-state CPU than 35 ms (22 ms) took; in
-# this Python sidecar, each sync and segment costs ~3 ms of CPU.
+# Shortest time between two syncs of one DB: a busy writer's commits go out in
+# batches, bounding the per-sync and per-segment overhead (a new file, fsyncs,
+# requests) at a few ms of added lag. Under commits every 10 ms, 50 ms gives a
+# median lag near 29 ms (the target is 35 ms) for a quarter less steady-state
+# CPU than 35 ms (22 ms) took; in this Python sidecar, each sync and segment
+# costs ~3 ms of CPU.
 MIN_SYNC_SPACING = 0.05
+# Shortest time between two shipments of a replica without a sync-interval.
+# The syncs that feed it already come at most every MIN_SYNC_SPACING; spaced
+# alike, the shipper's start would wander out of step with them (each spacing
+# counts from its own start) and ship a sync's commits up to a whole spacing
+# late: in the benchmark, shipments 34 ms behind their sync at p90 (3 ms at
+# the median) and a median file lag of 32-38 ms, against 7 ms and 28-29 ms.
+MIN_SHIP_SPACING = MIN_SYNC_SPACING / 2
 # A DB's sync that took t seconds starts again no sooner than BUSY_SPACING_FACTOR * t
 # after it began (at most MAX_BUSY_SPACING): under a saturated writer each sync,
 # and so each segment, carries more commits, so fixed per-sync costs shrink per
@@ -446,7 +454,8 @@ class Replicator:
             whole=_Periodic(replica.sync_interval, now=True, slack=MIN_SYNC_SPACING),
         )
         # sync-interval bounds the request rate (object stores bill per PUT).
-        spacing = max(replica.sync_interval.total_seconds(), MIN_SYNC_SPACING)
+        interval = replica.sync_interval.total_seconds()
+        spacing = max(interval, MIN_SYNC_SPACING) if interval > 0 else MIN_SHIP_SPACING
         settle = QUIET_FLUSH.total_seconds() if replica.ships_early else 0.0
         task = _Task(f"{db.path}: replica {replica.name}", lambda: self._ship_step(replica, db, state, task), spacing,
                      settle=settle, quiet_for=db.unwritten_for)
