@@ -78,10 +78,12 @@ METHOD = """\
 - **Restore**: a copy of one ~100 MiB database (half-random BLOB rows) is
   replicated with `sync-interval` and `monitor-interval` at 10 ms while small
   commits are made until 300+ WAL segments exist. Once every tool's replica
-  is built, each tool's `restore -config ... -o OUT DB` of its own replica is
-  timed in turns, the order alternating, after a `sync` of earlier writes
-  (median of the repeats); the first output is checked (`quick_check`, last
-  commit present).
+  is built, each tool restores its own replica once untimed (a warm-up: the
+  first restore after the builds ran 0.2-0.4 s slower whichever tool ran
+  it), its output checked (`quick_check`, last commit present); then each
+  tool's `restore -config ... -o OUT DB` is timed in turns, the order
+  alternating, after a `sync` of earlier writes (median of the repeats),
+  by a blocking wait for the process to exit.
 - **Idle**: that many small WAL databases, each with a file replica, in one
   `replicate -config` process; CPU over the window after every replica has a
   snapshot and a settling pause; RSS at the end. CPU is counted in clock
@@ -295,17 +297,18 @@ def _details(results: Result) -> str:
             out.append(f"| {backend} {tool} | " + " | ".join(cells) + " |")
     restore = results.get("restore", {})
     if restore:
-        out += ["", "| restore | DB MiB | WAL segments | initial snapshot (s) | build (s) | restores (s) "
-                "| S3 server CPU (s) | check |", "|" + "---|" * 8]
+        out += ["", "| restore | DB MiB | WAL segments | initial snapshot (s) | build (s) | warm-up (s) "
+                "| restores (s) | S3 server CPU (s) | check |", "|" + "---|" * 9]
         for backend, by_tool in restore.items():
             for tool, r in by_tool.items():
                 if "error" in r:
-                    out.append(f"| {backend} {tool} | error: {r['error']} |" + " |" * 6)
+                    out.append(f"| {backend} {tool} | error: {r['error']} |" + " |" * 7)
                     continue
                 times = ", ".join(_num(t) for t in r["restore_all"])
                 server = ", ".join(_num(t) for t in r.get("server_cpu_all", [])) or "-"
                 out.append(f"| {backend} {tool} | {_num(r['db_mib'])} | {r['segments']} | "
-                           f"{_num(r['snapshot_seconds'])} | {_num(r['build_seconds'])} | {times} | {server} "
+                           f"{_num(r['snapshot_seconds'])} | {_num(r['build_seconds'])} | "
+                           f"{_num(r['warm_up_seconds'])} | {times} | {server} "
                            f"| {r['check']} |")
     idle = results.get("idle", {})
     if idle:

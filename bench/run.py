@@ -154,6 +154,10 @@ def _restores(results: dict[str, Any], backend: Backend, work: Path, large: Path
 
     for t in tools:
         out[t.name] = _attempt(results, f"restore {backend.name} {t.name}: build", partial(build, t))
+    for r in built:
+        if "error" not in out[r.tool.name]:
+            out[r.tool.name] = _attempt(results, f"restore {backend.name} {r.tool.name}: warm-up",
+                                        partial(scenarios.time_restore, r, warm_up=True))
     # In turns, the order alternating: the machine's speed drifts over minutes,
     # and moto's slows as it fills; both then fall on every tool alike.
     for i in range(s.restore_repeats):
