@@ -78,6 +78,16 @@ def test_openwec_workload_is_restored_row_for_row(tmp_path: Path, procs: Process
             mid = tmp_path / "mid.db"
             restore(f"file://{replica}", mid)
             assert integrity_ok(mid)
+    if mode == "config":
+        # lsr's scheduled checkpoints give way to a busy writer, so how many land
+        # during the workload depends on timing (3-6 WAL indexes; once 2 under CI
+        # load). Rounds spaced out let the next one through.
+        (generation,) = replica_generations(replica)
+        deadline = time.monotonic() + 20
+        while len(wal_indexes(replica, generation)) <= 2:
+            assert time.monotonic() < deadline, "lsr never checkpointed: the test lost its point"
+            wec.round()  # ~100 frames: past min-checkpoint-page-count
+            time.sleep(0.3)
     out = stop_lsr(p)
     assert "shutting down" in out
     app.close()
@@ -90,9 +100,7 @@ def test_openwec_workload_is_restored_row_for_row(tmp_path: Path, procs: Process
     assert rows(restored, "SELECT COUNT(*) FROM heartbeats WHERE client_version = 'unknown'") == [(100,)]
     assert rows(restored, "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'idx_%' ORDER BY 1") == [
         ("idx_bookmarks_subscription",), ("idx_heartbeats_last_seen",)]
-    (generation,) = replica_generations(replica)
-    if mode == "config":
-        assert len(wal_indexes(replica, generation)) > 2, "lsr never checkpointed: the test lost its point"
+    assert len(replica_generations(replica)) == 1
 
 
 # -- 2. the application checkpoints by itself ----------------------------------
