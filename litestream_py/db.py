@@ -87,6 +87,9 @@ WAL_INDEX_HEADER_SIZE = 136
 # The two WalIndexHdr copies alone: every commit rewrites them, while checkpoints
 # and read locks (the application's included) change only the checkpoint info.
 WAL_INDEX_HDR_COPIES_SIZE = 96
+# Of a WAL fingerprint (DB._change_token), the parts only a write changes: the
+# file's identity, size and mtime, and the WalIndexHdr copies.
+WRITTEN_TOKEN_PARTS = 4
 
 SIDECAR_THREAD_STACK_SIZE = 512 * 1024
 M_ARENA_MAX = -8  # glibc mallopt parameters
@@ -168,16 +171,6 @@ def _int(value: object) -> int:
     """An SQLite integer result."""
     assert isinstance(value, int)
     return value
-
-
-def _written_part(token: tuple[object, ...]) -> tuple[object, ...]:
-    """Of a WAL fingerprint (DB._change_token), what only a write changes: the
-    file's identity, size and mtime, and the WalIndexHdr copies."""
-    if not token:
-        return token
-    shm = token[3]
-    assert isinstance(shm, bytes)
-    return (*token[:3], shm[:WAL_INDEX_HDR_COPIES_SIZE])
 
 
 def _read_at(path: str, offset: int, size: int) -> bytes:
@@ -602,7 +595,8 @@ class DB:
         except FileNotFoundError:
             return ()
         shm = os.pread(self._shm_fd, WAL_INDEX_HEADER_SIZE, 0) if self._shm_fd >= 0 else b""
-        return (st.st_ino, st.st_size, st.st_mtime_ns, shm)
+        # The first WRITTEN_TOKEN_PARTS change only with a write (unwritten_for).
+        return (st.st_ino, st.st_size, st.st_mtime_ns, shm[:WAL_INDEX_HDR_COPIES_SIZE], shm[WAL_INDEX_HDR_COPIES_SIZE:])
 
     def unwritten_for(self) -> float:
         """Seconds for which the WAL has certainly not been written: since the
@@ -613,7 +607,7 @@ class DB:
         after a commit) rewrites -shm but not the WAL, so no sync follows it to
         take a new token, and an S3 replica would wait out its interval."""
         try:
-            if _written_part(self._change_token()) != _written_part(self._last_token):
+            if self._change_token()[:WRITTEN_TOKEN_PARTS] != self._last_token[:WRITTEN_TOKEN_PARTS]:
                 return 0.0
         except OSError:  # closed meanwhile
             return 0.0
