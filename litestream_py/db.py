@@ -237,7 +237,9 @@ class DB:
         self._passive_retry_at = 0.0
         self._waiting_logged = False
         self._last_token: tuple[object, ...] = ()
-        self._last_token_at = 0.0  # when it was taken (monotonic)
+        # The written parts of the newest fingerprint seen (by a sync or by
+        # unwritten_for), and since when (monotonic).
+        self._last_written: tuple[tuple[object, ...], float] = ((), 0.0)
         self.commit_log = CommitLog(self.commits_path)
         # Position published to replicas: only whole, synced transactions.
         self._pos = Pos()
@@ -581,7 +583,8 @@ class DB:
         self._continuous = True
         self._publish(state.generation, state.shadow_index)
         if token is not None:
-            self._last_token, self._last_token_at = token
+            self._last_token = token[0]
+            self._see_written(token[0][:WRITTEN_TOKEN_PARTS], token[1])
         return after
 
     def _change_token(self) -> tuple[object, ...]:
@@ -599,19 +602,29 @@ class DB:
         return (st.st_ino, st.st_size, st.st_mtime_ns, shm[:WAL_INDEX_HDR_COPIES_SIZE], shm[WAL_INDEX_HDR_COPIES_SIZE:])
 
     def unwritten_for(self) -> float:
-        """Seconds for which the WAL has certainly not been written: since the
-        last sync began if no commit landed after that, else 0. A stat and a
-        136-byte read, cheap enough to ask from any thread at any time.
+        """Seconds for which the WAL has certainly not been written: since a sync
+        or this call last saw its fingerprint change; 0 if it changed just now.
+        A stat and a 136-byte read, cheap enough to ask from any thread at any time.
 
-        A checkpoint is not a write here: the application's (its autocheckpoint
-        after a commit) rewrites -shm but not the WAL, so no sync follows it to
-        take a new token, and an S3 replica would wait out its interval."""
+        Counted from what this call sees too, not only from syncs: a commit
+        updates the wal-index header after writing its frames, and a sync that
+        ran in between copied the commit but kept the old header, with nothing
+        (no inotify event) to bring another sync. A checkpoint is not a write
+        here: the application's rewrites -shm's checkpoint info, not the WAL."""
         try:
-            if self._change_token()[:WRITTEN_TOKEN_PARTS] != self._last_token[:WRITTEN_TOKEN_PARTS]:
-                return 0.0
+            written = self._change_token()[:WRITTEN_TOKEN_PARTS]
         except OSError:  # closed meanwhile
             return 0.0
-        return time.monotonic() - self._last_token_at
+        now = time.monotonic()
+        return now - self._see_written(written, now)
+
+    def _see_written(self, written: tuple[object, ...], at: float) -> float:
+        """Note the written parts of a fingerprint taken at ``at``; returns since when they stand."""
+        seen, since = self._last_written
+        if written != seen:
+            self._last_written = (written, at)
+            return at
+        return since
 
     def _checkpoint_interval_due(self) -> bool:
         interval = self.checkpoint_interval.total_seconds()

@@ -152,3 +152,28 @@ def test_unwritten_for_ignores_the_apps_checkpoint(tmp_path: Path) -> None:
     finally:
         db.close()
         app.close()
+
+
+def test_unwritten_for_counts_from_a_change_no_sync_followed(tmp_path: Path) -> None:
+    """A change of the WAL's fingerprint that no sync follows counts as a write
+    once, then the pause counts from when it was seen. A commit updates the
+    wal-index header after writing its frames; a sync in between copies the
+    commit with the old header, and no inotify event brings another sync: the
+    pause never began, and an S3 replica's last commits waited out the interval
+    (CI: "the last commits took 0.97 s to reach S3")."""
+    from litestream_py.db import DB
+
+    path = tmp_path / "app.db"
+    app = open_app_db(path)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    db = DB(str(path))
+    try:
+        db.open()
+        db.sync()
+        app.execute("INSERT INTO t (v) VALUES ('not synced')")
+        assert db.unwritten_for() == 0.0
+        time.sleep(0.06)
+        assert db.unwritten_for() >= 0.06, "a change no sync followed never stopped counting as a write"
+    finally:
+        db.close()
+        app.close()
