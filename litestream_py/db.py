@@ -7,9 +7,11 @@ header and its frames from the first on; a WAL restart starts index N+1.
 
 Continuity rests on one invariant: lsr always holds a read transaction (the
 *read lock*), and takes it anew only while it also holds the write lock and has
-just copied the WAL to its end. A reader pins the WAL: SQLite can neither restart
-nor truncate it past a reader's mark, and cannot backfill past a reader on the
-database file (read-mark 0). So while the read lock is held without a gap, no
+just copied the WAL to its end (or read its tail into memory, written to the
+shadow before anything else), or while it still holds the old one and copies
+the WAL to its end before letting that one go. A reader pins the WAL: SQLite
+can neither restart nor truncate it past a reader's mark, and cannot backfill
+past a reader on the database file (read-mark 0). So while the read lock is held without a gap, no
 committed frame can leave the WAL before lsr has copied it, and a WAL that was
 restarted or truncated since the last sync was restarted only after a full copy.
 When that cannot be shown (first start, a gap in the read lock, a WAL changed
@@ -22,6 +24,7 @@ import ctypes
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -72,6 +75,9 @@ FORCED_CHECKPOINT_RETRY = 0.01
 # try again a little later; the forced modes wait the full busy timeout.
 OPPORTUNISTIC_LOCK_TIMEOUT = timedelta(milliseconds=20)
 OPPORTUNISTIC_RETRY_INTERVAL = 0.1
+# A checkpoint from a sync restarts the WAL with a write of lsr's own only once
+# the application has not written for this long; before, its next commit does.
+RESTART_QUIET = timedelta(milliseconds=50)
 # How often lsr's writer retries a busy write lock. SQLite's own busy timeout
 # sleeps ever longer (up to 100 ms) and rarely hits the short gaps between a
 # busy application's transactions; polling finds one within milliseconds.
@@ -82,6 +88,8 @@ MAX_WAL_INDEX = 0x7FFFFFFF
 # Copy the WAL in bounded pieces so a WAL that grew while lsr was down does not
 # have to fit in memory at once.
 COPY_CHUNK_SIZE = 256 << 10
+# The most WAL a checkpoint reads into memory under the write lock (_read_wal_tail).
+MAX_WAL_TAIL = 16 << 20
 # The two copies of the WalIndexHdr and the checkpoint info at the start of -shm.
 WAL_INDEX_HEADER_SIZE = 136
 # The two WalIndexHdr copies alone: every commit rewrites them, while checkpoints
@@ -90,6 +98,10 @@ WAL_INDEX_HDR_COPIES_SIZE = 96
 # Of a WAL fingerprint (DB._change_token), the parts only a write changes: the
 # file's identity, size and mtime, and the WalIndexHdr copies.
 WRITTEN_TOKEN_PARTS = 4
+# In -shm (native byte order): WalIndexHdr.mxFrame, the WAL's last committed
+# frame, and WalCkptInfo.nBackfill, the last frame checkpointed into the database.
+SHM_MX_FRAME_OFFSET = 16
+SHM_BACKFILL_OFFSET = 96
 
 SIDECAR_THREAD_STACK_SIZE = 512 * 1024
 M_ARENA_MAX = -8  # glibc mallopt parameters
@@ -106,6 +118,15 @@ BUMP_SEQ_SQL = (
     "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) "
     "ON CONFLICT (id) DO UPDATE SET seq = seq + 1"
 )
+
+
+@dataclass
+class _WALTail:
+    """WAL bytes from ``offset`` on, read at ``captured`` (time_ns) under the write lock."""
+
+    offset: int
+    data: bytes
+    captured: int
 
 
 @dataclass
@@ -165,6 +186,16 @@ class _PollingBusyHandler:
             return False
         time.sleep(WRITE_LOCK_POLL)
         return True
+
+
+def _begin_read(conn: apsw.Connection) -> None:
+    """Start a read transaction on ``conn`` that holds a WAL read lock until it ends."""
+    conn.execute("BEGIN")
+    try:
+        conn.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _int(value: object) -> int:
@@ -227,6 +258,9 @@ class DB:
         self._write_busy = _PollingBusyHandler(BUSY_TIMEOUT)
         self._read_conn: apsw.Connection | None = None  # holds the read lock
         self._read_lock_held = False
+        # The read lock was taken on a fully checkpointed WAL, so SQLite gave it
+        # read-mark 0 (see _renew_read_lock).
+        self._read_lock_on_db_file = False
         # True once the read lock has been held without a gap since the shadow
         # last matched the end of the WAL (see the module docstring).
         self._continuous = False
@@ -470,17 +504,14 @@ class DB:
         if self._read_lock_held:
             return
         try:
-            self._read_conn.execute("BEGIN")
-            try:
-                self._read_conn.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
-            except BaseException:
-                self._read_conn.execute("ROLLBACK")
-                raise
+            _begin_read(self._read_conn)
         except BaseException:
             # A gap in the read lock: continuity can no longer be proven.
             self._continuous = False
             raise
         self._read_lock_held = True
+        mx_frame, backfilled = self._wal_frames()
+        self._read_lock_on_db_file = mx_frame == backfilled
 
     def _release_read_lock(self) -> None:
         if self._read_lock_held and self._read_conn is not None:
@@ -489,6 +520,54 @@ class DB:
             except apsw.Error:
                 pass
         self._read_lock_held = False
+        self._read_lock_on_db_file = False
+
+    def _wal_frames(self) -> tuple[int, int]:
+        """The WAL's last committed frame and its last checkpointed one, from -shm."""
+        shm = os.pread(self._shm_fd, WAL_INDEX_HEADER_SIZE, 0)
+        if len(shm) < WAL_INDEX_HEADER_SIZE:
+            return 0, 0
+        return (int.from_bytes(shm[SHM_MX_FRAME_OFFSET:SHM_MX_FRAME_OFFSET + 4], sys.byteorder),
+                int.from_bytes(shm[SHM_BACKFILL_OFFSET:SHM_BACKFILL_OFFSET + 4], sys.byteorder))
+
+    def _renew_read_lock(self) -> None:
+        """Take the read lock anew at the WAL's end, without a gap and without the write lock.
+
+        A new read transaction starts before the old one ends, and the WAL is
+        copied to its end in between, so the read lock never lets a checkpoint
+        pass the shadow's end (module docstring) and the application never
+        waits for lsr. Before a checkpoint it lets the bulk of the backfill
+        run with no lock held. After one, it moves a read lock that began on
+        a fully checkpointed WAL off read-mark 0, where SQLite put it and where
+        it forbids every checkpoint to write a single frame into the database:
+        the application's automatic checkpoint, due on each of its commits
+        once the WAL passes wal_autocheckpoint pages, then sorts the whole
+        WAL's index each time before it finds it cannot proceed (3-4x the cost
+        of a small commit with a 12,000-frame WAL). On a frame, the same
+        checkpoint backfills up to it once and then returns at once.
+        """
+        conn = self._new_connection(statement_cache=0)
+        try:
+            _begin_read(conn)
+        except apsw.Error as exc:
+            conn.close()
+            log.debug("%s: read lock not renewed: %s", self.path, exc)
+            return
+        try:
+            self._copy_new_frames(None)
+        except BaseException:
+            conn.close()
+            raise
+        old, self._read_conn = self._read_conn, conn
+        old_held, self._read_lock_held = self._read_lock_held, True
+        mx_frame, backfilled = self._wal_frames()
+        self._read_lock_on_db_file = mx_frame == backfilled
+        if old is not None:
+            try:
+                if old_held:
+                    old.execute("ROLLBACK")
+            finally:
+                old.close()
 
     class _WriteLock:
         def __init__(self, db: DB) -> None:
@@ -553,13 +632,19 @@ class DB:
         if mode:
             if changed:
                 self._notify()  # replicas ship what was copied while the checkpoint runs
-            self._checkpoint(mode, opportunistic=mode == CHECKPOINT_PASSIVE)
+            self._checkpoint(mode, opportunistic=mode == CHECKPOINT_PASSIVE,
+                             restart_now=mode == CHECKPOINT_TRUNCATE)
             # The write with which lsr restarted the WAL opens the next shadow
             # index now, not at the next wake: until it is copied, the WAL looks
             # written to (unwritten_for), and a paused writer's S3 replica would
             # wait one more sync for its flush.
             self._copy_new_frames((self._change_token(), time.monotonic()) if token is not None else None)
             changed = True
+        if self._read_lock_on_db_file:
+            mx_frame, backfilled = self._wal_frames()
+            if mx_frame > backfilled:
+                self._renew_read_lock()
+                changed = changed or self._pos != published
         self._clean()
         return changed
 
@@ -727,10 +812,11 @@ class DB:
                 f.truncate(aligned)
                 os.fsync(f.fileno())
 
-    def _copy_to_shadow(self, generation: str, index: int) -> int:
+    def _copy_to_shadow(self, generation: str, index: int, tail: _WALTail | None = None) -> int:
         """Append the WAL's newly committed, checksum-verified frames to the shadow.
 
-        Reads only the bytes past the shadow's end. Returns the new shadow size.
+        Reads only the bytes past the shadow's end, or takes them from ``tail``
+        (see _read_wal_tail). Returns the new shadow size.
         Not fsynced here: a replica makes what it ships durable first
         (``make_durable``), so a busy WAL costs one fsync per shipment, not one
         per sync, and none while the write lock is held.
@@ -748,6 +834,14 @@ class DB:
             else:
                 s0, s1 = header.checksum1, header.checksum2
             commits: list[tuple[int, int]] = []
+            if tail is not None and tail.offset == size:
+                result = scan_frames(tail.data, header, (s0, s1))
+                if result.committed:
+                    shadow.seek(size)
+                    shadow.write(memoryview(tail.data)[: result.committed])
+                    commits += [(size + end, tail.captured) for end in result.commits]
+                    size += result.committed
+                    s0, s1 = result.checksum
             with open(self.wal_path, "rb") as wal:
                 # Start small: past the live end of a restarted WAL lie stale
                 # frames that every sync would otherwise read again.
@@ -772,6 +866,24 @@ class DB:
         if commits:
             self.commit_log.record(generation, index, commits)
         return size
+
+    def _read_wal_tail(self, generation: str, index: int) -> _WALTail | None:
+        """The WAL's committed bytes past the shadow's end, read in one go.
+
+        Under the write lock, where nothing else can commit, this is all the
+        copy that must happen there: verifying and writing them can wait until
+        the lock is released (_copy_to_shadow), so the application waits for a
+        read from the page cache, not for the whole copy.
+        """
+        path = self.shadow_wal_path(generation, index)
+        offset = frame_align(os.path.getsize(path), self._page_size)
+        frame_size = WAL_FRAME_HEADER_SIZE + self._page_size
+        end = WAL_HEADER_SIZE + self._wal_frames()[0] * frame_size
+        if end - offset > MAX_WAL_TAIL:
+            return None  # too much to hold in memory at once: copy it the usual way
+        with open(self.wal_path, "rb") as wal:
+            data = os.pread(wal.fileno(), max(end - offset, 0), offset) if end > offset else b""
+        return _WALTail(offset, data, time.time_ns())
 
     def make_durable(self, generation: str, index: int, end: int) -> None:
         """fsync shadow index ``index`` if its first ``end`` bytes may not be on disk yet.
@@ -805,6 +917,7 @@ class DB:
             return CHECKPOINT_RESTART
         if time.monotonic() < self._passive_retry_at:
             return ""
+        self._passive_retry_at = 0.0  # due now, or moot: a restart by the application emptied the shadow
         if shadow_size >= wal_size(ps, self.min_checkpoint_page_count):
             return CHECKPOINT_PASSIVE
         if self._checkpoint_interval_due():
@@ -820,20 +933,21 @@ class DB:
             self._checkpoint(mode)
         self._notify()
 
-    def _checkpoint(self, mode: str, opportunistic: bool = False) -> None:
+    def _checkpoint(self, mode: str, opportunistic: bool = False, restart_now: bool = True) -> None:
         """Backfill the WAL into the database file and let the WAL restart, losing nothing.
 
-        The bulk of the backfill runs while the application keeps writing; only
-        the last few frames are backfilled under the write lock, where lsr
-        also copies the WAL's tail and takes its read lock anew (module docstring).
-        A restart then happens at lsr's next write to its own table; with
-        ``TRUNCATE`` that write also shrinks the WAL file.
+        The bulk of the backfill runs while the application keeps writing, up
+        to where lsr has just moved its read lock (_renew_read_lock); only the
+        last few frames are backfilled under the write lock, where lsr also
+        copies the WAL's tail and takes its read lock anew (module docstring).
+        The WAL then restarts at the next write: lsr's own, to its table, with
+        ``restart_now`` or once the application is quiet, else the
+        application's. With ``TRUNCATE`` lsr's write also shrinks the WAL file.
         """
-        generation, index = self._current_head()
         timeout = OPPORTUNISTIC_LOCK_TIMEOUT if opportunistic else BUSY_TIMEOUT
         self._write_busy.timeout = timeout.total_seconds()
         try:
-            self._checkpoint_under_locks(generation, index, mode)
+            self._checkpoint_under_locks(mode, restart_now)
         except apsw.BusyError:
             # The application held its write lock past the timeout; a later
             # sync tries again.
@@ -845,34 +959,57 @@ class DB:
         finally:
             self._write_busy.timeout = BUSY_TIMEOUT.total_seconds()
 
-    def _checkpoint_under_locks(self, generation: str, index: int, mode: str) -> None:
+    def _checkpoint_under_locks(self, mode: str, restart_now: bool) -> None:
         writer = self._writer()
-        # Catch up first, so that under the write lock only a few frames remain.
-        self._copy_to_shadow(generation, index)
-        with self._write_lock():
-            self._copy_to_shadow(generation, index)
-            self._release_read_lock()
-            self._acquire_read_lock()
+        # Backfill and copy all but the newest frames first, so that the
+        # application's wait for the locked part below stays short.
+        self._renew_read_lock()
+        generation, index = self._current_head()
         self._run_checkpoint(writer)
+        self._copy_to_shadow(generation, index)
+        self._sync_wal_file()  # the locked checkpoint's own WAL sync then has little to write
         # PASSIVE gives up on frames the application's readers still use; the
         # forced modes try again for up to the busy timeout, as RESTART would,
         # but hold the write lock only for moments at a time.
         deadline = time.monotonic() + (BUSY_TIMEOUT.total_seconds() if mode != CHECKPOINT_PASSIVE else 0)
+        held = 0.0  # the longest the application waited for lsr here, in seconds
         while True:
             with self._write_lock():
-                self._copy_to_shadow(generation, index)
+                locked_at = time.monotonic()
+                tail = self._read_wal_tail(generation, index)
+                if tail is None:
+                    self._copy_to_shadow(generation, index)
                 self._release_read_lock()
                 # The write connection is inside its transaction; checkpoint from
                 # the (now idle) read connection.
                 busy, frames, backfilled = self._run_checkpoint(self._read_conn)
                 self._acquire_read_lock()
+                held = max(held, time.monotonic() - locked_at)
+            if tail is not None:
+                try:
+                    # Before anything reads the WAL again: the application may
+                    # restart it from now on, and then these bytes exist only here.
+                    self._copy_to_shadow(generation, index, tail)
+                except BaseException:
+                    self._continuous = False  # the shadow may now miss frames the WAL lost
+                    raise
             if (not busy and frames == backfilled) or time.monotonic() >= deadline:
                 break
             time.sleep(FORCED_CHECKPOINT_RETRY)
         self._publish(generation, index)
         self._last_checkpoint = time.monotonic()
         if busy or frames != backfilled:
-            log.debug("%s: checkpoint %s partial (%d of %d frames): readers pin the wal", self.path, mode, backfilled, frames)
+            log.debug("%s: checkpoint %s partial (%d of %d frames, write lock held %.1f ms): readers pin the wal",
+                      self.path, mode, backfilled, frames, held * 1000)
+            return
+        if not restart_now and self.unwritten_for() < RESTART_QUIET.total_seconds():
+            # The application is writing, and its next commit restarts the fully
+            # backfilled WAL (lsr's read lock, on read-mark 0 now, does not hold
+            # that back). A write of lsr's own would cost it a wait for the write
+            # lock: at least the 1 ms first step of SQLite's busy handler.
+            log.debug("%s: checkpoint %s done (%d frames, write lock held %.1f ms); the application restarts the wal",
+                      self.path, mode, frames, held * 1000)
+            self._retry_checkpoint_later()  # in case it went quiet instead
             return
         limit = 0 if mode == CHECKPOINT_TRUNCATE else -1
         writer.execute(f"PRAGMA journal_size_limit = {limit}")
@@ -887,7 +1024,7 @@ class DB:
         finally:
             writer.execute("PRAGMA journal_size_limit = -1")
         self._passive_retry_at = 0.0
-        log.debug("%s: checkpoint %s done (%d frames)", self.path, mode, frames)
+        log.debug("%s: checkpoint %s done (%d frames, write lock held %.1f ms)", self.path, mode, frames, held * 1000)
 
     def _retry_checkpoint_later(self) -> None:
         self._passive_retry_at = time.monotonic() + OPPORTUNISTIC_RETRY_INTERVAL
@@ -897,6 +1034,16 @@ class DB:
         if not self._passive_retry_at:
             return None
         return max(self._passive_retry_at - time.monotonic(), 0.0)
+
+    def _sync_wal_file(self) -> None:
+        try:
+            fd = os.open(self.wal_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _run_checkpoint(conn: apsw.Connection | None) -> tuple[int, int, int]:

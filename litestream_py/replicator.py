@@ -426,6 +426,8 @@ class Replicator:
         return _Task(f"{db.path}: sync", lambda: self._monitor_step(db, errors), MIN_SYNC_SPACING, BUSY_SPACING_FACTOR)
 
     def _monitor_step(self, db: DB, errors: _ErrorLog) -> float:
+        if self._watcher is not None:
+            self._watcher.arm(db.path)  # before the sync reads the WAL: no write goes unseen
         try:
             db.sync()
             errors.ok()
@@ -467,7 +469,9 @@ class Replicator:
             # An early run (full segments pending, the interval not yet up) ships
             # only those; once per interval, or after a pause, everything goes.
             whole = not replica.ships_early or state.whole.take(now) or task.quiet()
-            replica.sync(whole)
+            # Only a step that wrote to the replica shows an outage is over: an
+            # early run with no full segment to ship sends nothing at all.
+            reached = replica.sync(whole)
             if not whole and replica.pos() != db.pos():
                 # What is left goes at the pause or at the interval, whichever
                 # comes first: the wakes that would bring it may all be spent.
@@ -475,11 +479,15 @@ class Replicator:
             now = time.monotonic()
             if state.snapshot.take(now):
                 replica.snapshot()
+                reached = True
             if state.retention.take(now):
                 replica.enforce_retention()
+                reached = True
             if state.validation.take(now):
                 self._validate(replica)
-            state.errors.ok()
+                reached = True
+            if reached:
+                state.errors.ok()
         except LitestreamError as exc:
             state.errors.failed(exc)
         except Exception as exc:

@@ -1,13 +1,18 @@
 """Change detection: wake a DB's monitor as soon as its WAL is written (inotify via watchdog).
 
 One inotify reader thread (watchdog's ``InotifyFD``) serves every database.
-Each WAL file has its own modify watch, so the kernel folds a burst of writes
-into one event; each directory has one watch for files appearing and
-disappearing, which (re)arms the WAL watch when SQLite creates the WAL again.
-The reader pauses after each batch so that a busy writer costs a few dozen
-wakeups a second, not one per page write: at least COALESCE_SECONDS, and as
-long as its owner says events may wait (no monitor could start sooner anyway).
-Where inotify is unavailable the monitor falls back to polling.
+Each WAL file has a one-shot modify watch: the first write after the watch is
+armed wakes the DB's monitor and removes the watch, and the monitor arms it
+again (``arm``) before it reads the WAL, so no write goes unseen. Between the
+two the application's writes cost it nothing: with a standing watch, every
+page it wrote queued (and merged) an inotify event in the writer's own system
+call, ~1.5% of a busy writer's CPU. Each directory has one watch for files
+appearing and disappearing, which (re)arms the WAL watch when SQLite creates
+the WAL again. The reader pauses after each batch so that a thousand busy
+databases cost a few dozen wakeups a second, not one per event: at least
+COALESCE_SECONDS, and as long as its owner says events may wait (no monitor
+could start sooner anyway). Where inotify is unavailable the monitor falls
+back to polling.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ except (ImportError, OSError):  # not Linux: no inotify
     _InotifyFD = None  # type: ignore[assignment, misc]
 
 if _InotifyFD is not None:
-    _FILE_MASK = _IN.IN_MODIFY
+    _FILE_MASK = _IN.IN_MODIFY | _IN.IN_ONESHOT
     _DIR_MASK = _IN.IN_CREATE | _IN.IN_MOVED_TO | _IN.IN_DELETE | _IN.IN_MOVED_FROM
     _APPEARED = _IN.IN_CREATE | _IN.IN_MOVED_TO
 
@@ -55,16 +60,20 @@ if _InotifyFD is not None:
 
 
 class _WakeOnWrite:
-    """An inotify callback that wakes one DB."""
+    """The callback of one arming of a WAL's one-shot watch: wakes its DB once."""
 
     def __init__(self, wake: Wake) -> None:
         self.wake = wake
+        self.spent = False  # the watch fired or went away: arm a new one
 
     def on_event(self, event: Any) -> None:
+        self.spent = True
         self.wake()
 
     def on_watch_deleted(self, wd: int) -> None:
-        pass  # the WAL went away; its directory's watch re-arms a new one
+        # Fired (a one-shot watch ends so), or the WAL went away: then its
+        # directory's watch arms a new one when SQLite creates it again.
+        self.spent = True
 
     def on_queue_overflow(self) -> None:
         self.wake()
@@ -115,6 +124,7 @@ class WALWatcher:
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._watched: set[str] = set()  # DB paths with a directory watch
+        self._armed: dict[str, _WakeOnWrite] = {}  # WAL path -> its current arming
         self._unwatched: set[str] = set()  # WAL paths inotify refused to watch
 
     def watch(self, db_path: str, wake: Wake) -> None:
@@ -139,11 +149,23 @@ class WALWatcher:
         # After the directory watch: a WAL created in between is caught by it.
         self.watch_file(wal_path, wake)
 
+    def arm(self, db_path: str) -> None:
+        """Re-arm ``db_path``'s WAL watch if it fired since it was last armed.
+
+        Call before reading the WAL: a write after this call wakes the DB again."""
+        wal_path = db_path + "-wal"
+        current = self._armed.get(wal_path)
+        if current is not None and current.spent:
+            self.watch_file(wal_path, current.wake)
+
     def watch_file(self, wal_path: str, wake: Wake) -> None:
+        callback = _WakeOnWrite(wake)
         try:
-            self._add(wal_path, _FILE_MASK, _WakeOnWrite(wake))
+            with self._lock:
+                self._armed[wal_path] = callback
+                self._add(wal_path, _FILE_MASK, callback)
         except FileNotFoundError:
-            pass  # not there yet: the directory watch reports its creation
+            callback.spent = True  # not there yet: the directory watch reports its creation
         except OSError as exc:
             if wal_path not in self._unwatched:
                 log.warning("cannot watch %s (%s): polling it instead", wal_path, exc)
@@ -159,6 +181,9 @@ class WALWatcher:
         return db_path in self._watched and db_path + "-wal" not in self._unwatched
 
     def _add(self, path: str, mask: int, callback: object) -> None:
+        """Add a watch; under self._lock, which stop() takes too."""
+        if self._inotify is None:
+            raise FileNotFoundError(path)  # stopped: as good as not there
         self._inotify.add_callback(os.fsencode(path), mask, callback, next(self._ids))
 
     def start(self) -> bool:
@@ -176,8 +201,9 @@ class WALWatcher:
         return True
 
     def stop(self) -> None:
-        if self._inotify is not None:
+        with self._lock:  # no monitor arms a watch from here on
+            inotify, self._inotify = self._inotify, None
             self.stopping = True
-            self._inotify.stop()
-            self._inotify.join()
-            self._inotify = None
+        if inotify is not None:
+            inotify.stop()
+            inotify.join()

@@ -29,6 +29,7 @@ def test_watcher_follows_the_wal_through_creation_writes_and_recreation(tmp_path
         for i in range(3):
             time.sleep(0.05)
             wake.clear()
+            watcher.arm(str(db))  # as the monitor does before each sync
             app.execute("INSERT INTO t (v) VALUES (?)", (f"row {i}",))
             assert wake.wait(WAKE_TIMEOUT), f"no wake for write {i}"
         # The last connection to close checkpoints and deletes the WAL; the next
@@ -40,6 +41,7 @@ def test_watcher_follows_the_wal_through_creation_writes_and_recreation(tmp_path
         assert wal.exists()
         time.sleep(0.2)  # let the creation's events go by
         wake.clear()
+        watcher.arm(str(db))
         app.execute("INSERT INTO t (v) VALUES ('written to the new wal')")
         assert wake.wait(WAKE_TIMEOUT), "no wake for a write to the recreated WAL"
         app.close()
@@ -58,7 +60,11 @@ def test_a_pause_batches_a_burst_of_writes_but_not_the_first(tmp_path: Path) -> 
     watcher = WALWatcher(pause=lambda: 0.25)
     assert watcher.start()
     try:
-        watcher.watch(str(db), lambda: wakes.append(time.monotonic()))
+        def wake() -> None:  # a monitor that syncs at once, arming the watch first
+            wakes.append(time.monotonic())
+            watcher.arm(str(db))
+
+        watcher.watch(str(db), wake)
         time.sleep(0.5)  # past the pause that the table's creation started
         wakes.clear()
         start = time.monotonic()
@@ -71,6 +77,40 @@ def test_a_pause_batches_a_burst_of_writes_but_not_the_first(tmp_path: Path) -> 
         app.close()
     assert wakes and wakes[0] - start < 0.1, "the first write after a quiet spell waited"
     assert 3 <= len(wakes) <= 7, f"{len(wakes)} wakes for 100 commits in 1 s with a 0.25 s pause"
+
+
+def test_a_fired_watch_costs_the_writer_nothing_until_armed_again(tmp_path: Path) -> None:
+    """The WAL watch is one-shot: after it wakes the DB, the writer's writes raise
+    no inotify event at all until the monitor arms it again before its next read;
+    then the next write wakes the DB once more."""
+    db = tmp_path / "app.db"
+    app = open_app_db(db)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    wakes: list[float] = []
+    watcher = WALWatcher()
+    assert watcher.start()
+    try:
+        watcher.watch(str(db), lambda: wakes.append(time.monotonic()))
+        app.execute("INSERT INTO t (v) VALUES ('first')")
+        deadline = time.monotonic() + WAKE_TIMEOUT
+        while not wakes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(wakes) == 1, "no wake for the first write"
+        for i in range(20):
+            app.execute("INSERT INTO t (v) VALUES (?)", (f"unwatched {i}",))
+        time.sleep(0.2)
+        assert len(wakes) == 1, f"{len(wakes) - 1} wakes from writes after the watch fired, before it was armed"
+        watcher.arm(str(db))
+        watcher.arm(str(db))  # arming an armed watch adds nothing
+        app.execute("INSERT INTO t (v) VALUES ('watched again')")
+        deadline = time.monotonic() + WAKE_TIMEOUT
+        while len(wakes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert len(wakes) == 2, f"{len(wakes) - 1} wakes for one write after arming again (want 1)"
+    finally:
+        watcher.stop()
+        app.close()
 
 
 def test_commits_ship_without_waiting_for_the_poll(tmp_path: Path, procs: Processes) -> None:
