@@ -88,8 +88,9 @@ MAX_WAL_INDEX = 0x7FFFFFFF
 # Copy the WAL in bounded pieces so a WAL that grew while lsr was down does not
 # have to fit in memory at once.
 COPY_CHUNK_SIZE = 256 << 10
-# The most WAL a checkpoint reads into memory under the write lock (_read_wal_tail).
-MAX_WAL_TAIL = 16 << 20
+# The most WAL a checkpoint reads into memory under the write lock (_read_wal_tail):
+# a bound on lsr's memory, as the application rarely commits more while lsr waits for the lock.
+MAX_WAL_TAIL = 4 << 20
 # The two copies of the WalIndexHdr and the checkpoint info at the start of -shm.
 WAL_INDEX_HEADER_SIZE = 136
 # The two WalIndexHdr copies alone: every commit rewrites them, while checkpoints
@@ -834,22 +835,21 @@ class DB:
             else:
                 s0, s1 = header.checksum1, header.checksum2
             commits: list[tuple[int, int]] = []
-            if tail is not None and tail.offset == size:
-                result = scan_frames(tail.data, header, (s0, s1))
-                if result.committed:
-                    shadow.seek(size)
-                    shadow.write(memoryview(tail.data)[: result.committed])
-                    commits += [(size + end, tail.captured) for end in result.commits]
-                    size += result.committed
-                    s0, s1 = result.checksum
+            if tail is not None and tail.offset != size:
+                raise DatabaseError(f"shadow wal {path} changed while lsr held the wal's tail")
             with open(self.wal_path, "rb") as wal:
                 # Start small: past the live end of a restarted WAL lie stale
-                # frames that every sync would otherwise read again.
+                # frames that every sync would otherwise read again. (Bounded
+                # pieces of a held tail too: scanning makes copies of each.)
                 chunk = max(COPY_CHUNK_SIZE // frame_size, 1) * frame_size
                 while True:
-                    data = os.pread(wal.fileno(), chunk, size)
-                    # Read after the commit landed, so never earlier than it.
-                    captured = time.time_ns()
+                    if tail is not None:
+                        data: bytes | memoryview = memoryview(tail.data)[size - tail.offset:][:chunk]
+                        captured = tail.captured
+                    else:
+                        data = os.pread(wal.fileno(), chunk, size)
+                        # Read after the commit landed, so never earlier than it.
+                        captured = time.time_ns()
                     if len(data) < frame_size:
                         break
                     result = scan_frames(data, header, (s0, s1))
@@ -860,7 +860,7 @@ class DB:
                         size += result.committed
                         s0, s1 = result.checksum
                     if len(data) < chunk or result.frames < len(data) // frame_size:
-                        break  # reached the end of the file or of the valid frames
+                        break  # reached the end of the file (or tail) or of the valid frames
                     if not result.committed:
                         chunk *= 2  # one transaction larger than the chunk
         if commits:
