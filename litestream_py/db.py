@@ -867,6 +867,28 @@ class DB:
             self.commit_log.record(generation, index, commits)
         return size
 
+    def _move_read_lock_under_write_lock(self, generation: str, index: int, then: Callable[[], object]) -> None:
+        """Take the read lock anew at the WAL's end under the write lock, call
+        ``then`` right after the lock is released, then copy the tail read
+        under the lock to the shadow (see _read_wal_tail)."""
+        with self._write_lock():
+            tail = self._read_wal_tail(generation, index)
+            if tail is None:
+                self._copy_to_shadow(generation, index)
+            self._release_read_lock()
+            self._acquire_read_lock()
+        try:
+            then()
+        finally:
+            if tail is not None:
+                try:
+                    # Before anything reads the WAL again: the application may
+                    # restart it from now on, and then these bytes exist only here.
+                    self._copy_to_shadow(generation, index, tail)
+                except BaseException:
+                    self._continuous = False  # the shadow may now miss frames the WAL lost
+                    raise
+
     def _read_wal_tail(self, generation: str, index: int) -> _WALTail | None:
         """The WAL's committed bytes past the shadow's end, read in one go.
 
@@ -961,13 +983,18 @@ class DB:
 
     def _checkpoint_under_locks(self, mode: str, restart_now: bool) -> None:
         writer = self._writer()
-        # Backfill and copy all but the newest frames first, so that the
-        # application's wait for the locked part below stays short.
-        self._renew_read_lock()
         generation, index = self._current_head()
-        self._run_checkpoint(writer)
+        # Move the read lock to the WAL's end and backfill up to it while the
+        # application keeps writing. The move happens under the write lock, not
+        # by _renew_read_lock: the application, sent to sleep by its busy
+        # handler, cannot commit before lsr's backfill holds the checkpoint
+        # lock, or its own automatic checkpoint would take the new room and
+        # backfill thousands of frames inside one of its commits (0.5-0.8 s).
         self._copy_to_shadow(generation, index)
-        self._sync_wal_file()  # the locked checkpoint's own WAL sync then has little to write
+        self._move_read_lock_under_write_lock(generation, index, then=lambda: self._run_checkpoint(writer))
+        # Copy all but the newest frames first, so that the application's wait
+        # for the locked part below stays short.
+        self._copy_to_shadow(generation, index)
         # PASSIVE gives up on frames the application's readers still use; the
         # forced modes try again for up to the busy timeout, as RESTART would,
         # but hold the write lock only for moments at a time.
@@ -1034,16 +1061,6 @@ class DB:
         if not self._passive_retry_at:
             return None
         return max(self._passive_retry_at - time.monotonic(), 0.0)
-
-    def _sync_wal_file(self) -> None:
-        try:
-            fd = os.open(self.wal_path, os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
 
     @staticmethod
     def _run_checkpoint(conn: apsw.Connection | None) -> tuple[int, int, int]:
