@@ -880,14 +880,19 @@ class DB:
         try:
             then()
         finally:
-            if tail is not None:
-                try:
-                    # Before anything reads the WAL again: the application may
-                    # restart it from now on, and then these bytes exist only here.
-                    self._copy_to_shadow(generation, index, tail)
-                except BaseException:
-                    self._continuous = False  # the shadow may now miss frames the WAL lost
-                    raise
+            self._copy_tail_to_shadow(generation, index, tail)
+
+    def _copy_tail_to_shadow(self, generation: str, index: int, tail: _WALTail | None) -> None:
+        """Write a tail read under the write lock to the shadow, before anything
+        reads the WAL again: the application may restart it once the lock is
+        gone, and then these bytes exist only here."""
+        if tail is None:
+            return
+        try:
+            self._copy_to_shadow(generation, index, tail)
+        except BaseException:
+            self._continuous = False  # the shadow may now miss frames the WAL lost
+            raise
 
     def _read_wal_tail(self, generation: str, index: int) -> _WALTail | None:
         """The WAL's committed bytes past the shadow's end, read in one go.
@@ -1012,14 +1017,7 @@ class DB:
                 busy, frames, backfilled = self._run_checkpoint(self._read_conn)
                 self._acquire_read_lock()
                 held = max(held, time.monotonic() - locked_at)
-            if tail is not None:
-                try:
-                    # Before anything reads the WAL again: the application may
-                    # restart it from now on, and then these bytes exist only here.
-                    self._copy_to_shadow(generation, index, tail)
-                except BaseException:
-                    self._continuous = False  # the shadow may now miss frames the WAL lost
-                    raise
+            self._copy_tail_to_shadow(generation, index, tail)
             if (not busy and frames == backfilled) or time.monotonic() >= deadline:
                 break
             time.sleep(FORCED_CHECKPOINT_RETRY)
