@@ -131,6 +131,15 @@ class _WALTail:
 
 
 @dataclass
+class _LockedRetake:
+    """What DB._retake_read_lock did under the write lock, and for how long (s)."""
+
+    tail: _WALTail | None
+    counts: tuple[int, int, int] | None  # the checkpoint's (busy, frames, backfilled)
+    held: float
+
+
+@dataclass
 class _SyncState:
     generation: str = ""
     reason: str = ""  # non-empty: continuity is lost, start a new generation
@@ -260,7 +269,7 @@ class DB:
         self._read_conn: apsw.Connection | None = None  # holds the read lock
         self._read_lock_held = False
         # The read lock was taken on a fully checkpointed WAL, so SQLite gave it
-        # read-mark 0 (see _renew_read_lock).
+        # read-mark 0 (see _move_read_lock_off_db_file).
         self._read_lock_on_db_file = False
         # True once the read lock has been held without a gap since the shadow
         # last matched the end of the WAL (see the module docstring).
@@ -510,6 +519,9 @@ class DB:
             # A gap in the read lock: continuity can no longer be proven.
             self._continuous = False
             raise
+        self._read_lock_taken()
+
+    def _read_lock_taken(self) -> None:
         self._read_lock_held = True
         mx_frame, backfilled = self._wal_frames()
         self._read_lock_on_db_file = mx_frame == backfilled
@@ -531,28 +543,32 @@ class DB:
         return (int.from_bytes(shm[SHM_MX_FRAME_OFFSET:SHM_MX_FRAME_OFFSET + 4], sys.byteorder),
                 int.from_bytes(shm[SHM_BACKFILL_OFFSET:SHM_BACKFILL_OFFSET + 4], sys.byteorder))
 
-    def _renew_read_lock(self) -> None:
-        """Take the read lock anew at the WAL's end, without a gap and without the write lock.
+    def _move_read_lock_off_db_file(self) -> None:
+        """Move a read lock on read-mark 0 onto a frame of the WAL, once there is one,
+        without a gap and without the write lock.
 
-        A new read transaction starts before the old one ends, and the WAL is
-        copied to its end in between, so the read lock never lets a checkpoint
-        pass the shadow's end (module docstring) and the application never
-        waits for lsr. Before a checkpoint it lets the bulk of the backfill
-        run with no lock held. After one, it moves a read lock that began on
-        a fully checkpointed WAL off read-mark 0, where SQLite put it and where
+        A reader that began on a fully checkpointed WAL gets read-mark 0, where
         it forbids every checkpoint to write a single frame into the database:
-        the application's automatic checkpoint, due on each of its commits
-        once the WAL passes wal_autocheckpoint pages, then sorts the whole
-        WAL's index each time before it finds it cannot proceed (3-4x the cost
-        of a small commit with a 12,000-frame WAL). On a frame, the same
-        checkpoint backfills up to it once and then returns at once.
+        the application's automatic checkpoint, due on each of its commits once
+        the WAL passes wal_autocheckpoint pages, then sorts the whole WAL's
+        index each time before it finds it cannot proceed (3-4x the cost of a
+        small commit with a 12,000-frame WAL). On a frame, the same checkpoint
+        backfills up to it once and then returns at once. The new read
+        transaction starts before the old one ends, and the WAL is copied to its
+        end in between, so the read lock never lets a checkpoint pass the
+        shadow's end (module docstring).
         """
+        if not self._read_lock_on_db_file:
+            return
+        mx_frame, backfilled = self._wal_frames()
+        if mx_frame <= backfilled:
+            return  # still fully checkpointed: a new reader would get read-mark 0 again
         conn = self._new_connection(statement_cache=0)
         try:
             _begin_read(conn)
         except apsw.Error as exc:
             conn.close()
-            log.debug("%s: read lock not renewed: %s", self.path, exc)
+            log.debug("%s: read lock stays on read-mark 0: %s", self.path, exc)
             return
         try:
             self._copy_new_frames(None)
@@ -560,15 +576,12 @@ class DB:
             conn.close()
             raise
         old, self._read_conn = self._read_conn, conn
-        old_held, self._read_lock_held = self._read_lock_held, True
-        mx_frame, backfilled = self._wal_frames()
-        self._read_lock_on_db_file = mx_frame == backfilled
-        if old is not None:
-            try:
-                if old_held:
-                    old.execute("ROLLBACK")
-            finally:
-                old.close()
+        self._read_lock_taken()
+        assert old is not None
+        try:
+            old.execute("ROLLBACK")
+        finally:
+            old.close()
 
     class _WriteLock:
         def __init__(self, db: DB) -> None:
@@ -641,11 +654,8 @@ class DB:
             # wait one more sync for its flush.
             self._copy_new_frames((self._change_token(), time.monotonic()) if token is not None else None)
             changed = True
-        if self._read_lock_on_db_file:
-            mx_frame, backfilled = self._wal_frames()
-            if mx_frame > backfilled:
-                self._renew_read_lock()
-                changed = changed or self._pos != published
+        self._move_read_lock_off_db_file()
+        changed = changed or self._pos != published
         self._clean()
         return changed
 
@@ -867,20 +877,25 @@ class DB:
             self.commit_log.record(generation, index, commits)
         return size
 
-    def _move_read_lock_under_write_lock(self, generation: str, index: int, then: Callable[[], object]) -> None:
-        """Take the read lock anew at the WAL's end under the write lock, call
-        ``then`` right after the lock is released, then copy the tail read
-        under the lock to the shadow (see _read_wal_tail)."""
+    def _retake_read_lock(self, generation: str, index: int, checkpoint: bool = False) -> _LockedRetake:
+        """Under the write lock: read the WAL's tail, take the read lock anew at
+        the WAL's end and, with ``checkpoint``, backfill everything in between
+        from the read connection. The caller copies the tail to the shadow
+        (_copy_tail_to_shadow) once the lock is gone."""
+        counts = None
         with self._write_lock():
+            locked_at = time.monotonic()
             tail = self._read_wal_tail(generation, index)
             if tail is None:
                 self._copy_to_shadow(generation, index)
             self._release_read_lock()
+            if checkpoint:
+                # The write connection is inside its transaction; checkpoint from
+                # the (now idle) read connection.
+                counts = self._run_checkpoint(self._read_conn)
             self._acquire_read_lock()
-        try:
-            then()
-        finally:
-            self._copy_tail_to_shadow(generation, index, tail)
+            held = time.monotonic() - locked_at
+        return _LockedRetake(tail, counts, held)
 
     def _copy_tail_to_shadow(self, generation: str, index: int, tail: _WALTail | None) -> None:
         """Write a tail read under the write lock to the shadow, before anything
@@ -909,7 +924,7 @@ class DB:
         if end - offset > MAX_WAL_TAIL:
             return None  # too much to hold in memory at once: copy it the usual way
         with open(self.wal_path, "rb") as wal:
-            data = os.pread(wal.fileno(), max(end - offset, 0), offset) if end > offset else b""
+            data = os.pread(wal.fileno(), end - offset, offset) if end > offset else b""
         return _WALTail(offset, data, time.time_ns())
 
     def make_durable(self, generation: str, index: int, end: int) -> None:
@@ -963,10 +978,10 @@ class DB:
     def _checkpoint(self, mode: str, opportunistic: bool = False, restart_now: bool = True) -> None:
         """Backfill the WAL into the database file and let the WAL restart, losing nothing.
 
-        The bulk of the backfill runs while the application keeps writing, up
-        to where lsr has just moved its read lock (_renew_read_lock); only the
-        last few frames are backfilled under the write lock, where lsr also
-        copies the WAL's tail and takes its read lock anew (module docstring).
+        lsr takes its read lock anew at the WAL's end under the write lock, and
+        the bulk of the backfill then runs while the application keeps writing;
+        only the last few frames are backfilled under the write lock, where lsr
+        again reads the WAL's tail and takes its read lock anew (module docstring).
         The WAL then restarts at the next write: lsr's own, to its table, with
         ``restart_now`` or once the application is quiet, else the
         application's. With ``TRUNCATE`` lsr's write also shrinks the WAL file.
@@ -991,12 +1006,17 @@ class DB:
         generation, index = self._current_head()
         # Move the read lock to the WAL's end and backfill up to it while the
         # application keeps writing. The move happens under the write lock, not
-        # by _renew_read_lock: the application, sent to sleep by its busy
-        # handler, cannot commit before lsr's backfill holds the checkpoint
-        # lock, or its own automatic checkpoint would take the new room and
-        # backfill thousands of frames inside one of its commits (0.5-0.8 s).
+        # as _move_read_lock_off_db_file does: the application, sent to sleep by
+        # its busy handler, cannot commit before lsr's backfill holds the
+        # checkpoint lock, or its own automatic checkpoint would take the new
+        # room and backfill thousands of frames inside one of its commits (0.5-0.8 s).
         self._copy_to_shadow(generation, index)
-        self._move_read_lock_under_write_lock(generation, index, then=lambda: self._run_checkpoint(writer))
+        retake = self._retake_read_lock(generation, index)
+        try:
+            self._run_checkpoint(writer)
+        finally:
+            self._copy_tail_to_shadow(generation, index, retake.tail)
+        held = retake.held  # the longest the application waited for lsr here, in seconds
         # Copy all but the newest frames first, so that the application's wait
         # for the locked part below stays short.
         self._copy_to_shadow(generation, index)
@@ -1004,20 +1024,12 @@ class DB:
         # forced modes try again for up to the busy timeout, as RESTART would,
         # but hold the write lock only for moments at a time.
         deadline = time.monotonic() + (BUSY_TIMEOUT.total_seconds() if mode != CHECKPOINT_PASSIVE else 0)
-        held = 0.0  # the longest the application waited for lsr here, in seconds
         while True:
-            with self._write_lock():
-                locked_at = time.monotonic()
-                tail = self._read_wal_tail(generation, index)
-                if tail is None:
-                    self._copy_to_shadow(generation, index)
-                self._release_read_lock()
-                # The write connection is inside its transaction; checkpoint from
-                # the (now idle) read connection.
-                busy, frames, backfilled = self._run_checkpoint(self._read_conn)
-                self._acquire_read_lock()
-                held = max(held, time.monotonic() - locked_at)
-            self._copy_tail_to_shadow(generation, index, tail)
+            retake = self._retake_read_lock(generation, index, checkpoint=True)
+            self._copy_tail_to_shadow(generation, index, retake.tail)
+            assert retake.counts is not None
+            busy, frames, backfilled = retake.counts
+            held = max(held, retake.held)
             if (not busy and frames == backfilled) or time.monotonic() >= deadline:
                 break
             time.sleep(FORCED_CHECKPOINT_RETRY)
