@@ -94,11 +94,12 @@ METHOD = """\
   server CPU") are a floor under the restore time of any client that makes
   the same requests. lsr reads a snapshot in parallel 8 MiB ranges, as AWS
   advises for large objects; moto reads the whole object from its spool for
-  every ranged GET, so here those ranges cost it ~0.4 s more CPU than Go's
-  single GET (interleaved runs: lsr with one GET measured 0.87x Go). A WAL
-  segment GET costs moto 3-6 ms of CPU (more the longer it has run) and lsr
-  1.2 ms, so from S3 both tools wait on the server; what lsr adds is its
-  start-up (interpreter, botocore import and client: ~0.4 s, Go's ~0.06 s).
+  every ranged GET, so here those ranges cost it more CPU than Go's single
+  GET (~0.06 s of ~0.7 s on a fresh server). A WAL segment GET costs moto
+  2-6 ms of CPU (more the more it holds: restores get a fresh server, not
+  the one the replication runs filled) and lsr 1.2 ms, so from S3 both tools
+  wait on the server; what lsr adds is its start-up (interpreter, imports,
+  config and three LISTs: ~0.13 s).
 - **nanio** (restores only) is a second local S3 server that installs from
   PyPI: objects are files, ranges are read as ranges, every request's SigV4
   signature is checked. It is not the bottleneck there, so the `nanio` row
