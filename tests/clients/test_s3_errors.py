@@ -56,8 +56,11 @@ def auth_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[S3Serv
         )
         iam_client.create_user(UserName="reader")  # action 2
         key = iam_client.create_access_key(UserName="reader")["AccessKey"]  # action 3
+        # AWS authorizes a ListObjectsV2 by s3:ListBucket; moto 5.2.6 checks
+        # the operation's own name, s3:ListObjectsV2 (AWS has no such action,
+        # so granting it changes nothing there). Neither grants a write.
         policy = {"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"], "Resource": "*"}]}
+            {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:ListObjectsV2", "s3:GetObject"], "Resource": "*"}]}
         iam_client.put_user_policy(UserName="reader", PolicyName="read-only",
                                    PolicyDocument=json.dumps(policy))  # action 4
         yield server, bucket, {"id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
