@@ -121,6 +121,20 @@ BUMP_SEQ_SQL = (
 )
 
 
+def _commit_time(wal_fd: int) -> int:
+    """When the commits just read from the WAL were made, as time_ns: an upper bound.
+
+    The WAL's mtime, taken after the read, is the time of the last write to it,
+    and so no earlier than any commit the read returned; it does not lag behind
+    the commit when lsr is slow to get to the read (a loaded machine), as the
+    time of the read does. The read's own time bounds it from above (a clock
+    step, an mtime set by hand). Of several commits in one read, all but the
+    last are stamped late: that is as much as the kernel can prove.
+    """
+    now = time.time_ns()
+    return min(os.fstat(wal_fd).st_mtime_ns, now)
+
+
 @dataclass
 class _WALTail:
     """WAL bytes from ``offset`` on, read at ``captured`` (time_ns) under the write lock."""
@@ -858,8 +872,7 @@ class DB:
                         captured = tail.captured
                     else:
                         data = os.pread(wal.fileno(), chunk, size)
-                        # Read after the commit landed, so never earlier than it.
-                        captured = time.time_ns()
+                        captured = _commit_time(wal.fileno())
                     if len(data) < frame_size:
                         break
                     result = scan_frames(data, header, (s0, s1))
@@ -925,7 +938,8 @@ class DB:
             return None  # too much to hold in memory at once: copy it the usual way
         with open(self.wal_path, "rb") as wal:
             data = os.pread(wal.fileno(), end - offset, offset) if end > offset else b""
-        return _WALTail(offset, data, time.time_ns())
+            captured = _commit_time(wal.fileno())
+        return _WALTail(offset, data, captured)
 
     def make_durable(self, generation: str, index: int, end: int) -> None:
         """fsync shadow index ``index`` if its first ``end`` bytes may not be on disk yet.

@@ -134,3 +134,15 @@ def rows(path: str | Path, sql: str) -> list[tuple[object, ...]]:
 
 def integrity_ok(path: str | Path) -> bool:
     return rows(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+@pytest.fixture
+def cpu_burners() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Two processes that burn a core each for the length of a test (a loaded 2-core machine)."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        yield burners
+    finally:
+        for p in burners:
+            p.kill()
+            p.wait()
