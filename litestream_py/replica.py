@@ -43,7 +43,7 @@ OBJECT_STORE_MAX_SEGMENT_SIZE = 8 << 20
 # go out as soon as they exist: no requests of their own, and a burst's backlog
 # never grows past about one segment. And once the writer has paused this long,
 # the rest goes out too, so the last commits need not wait out the second: at
-# most once per interval on average, twice in a row (replicator.SETTLE_BURST),
+# most once per interval on average, twice in a row (scheduler.SETTLE_BURST),
 # so that one stall of the writer late in a burst does not hold back the
 # burst's end. "Paused" is read from the WAL itself (DB.unwritten_for): a busy
 # writer's syncs, up to 100 ms apart, are never taken for a pause.

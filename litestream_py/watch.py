@@ -47,16 +47,17 @@ if _InotifyFD is not None:
     _APPEARED = _IN.IN_CREATE | _IN.IN_MOVED_TO
 
     class _BatchingInotify(_InotifyFD):
-        def __init__(self, pause: Pause) -> None:
+        def __init__(self, pause: Pause, sleep: Callable[[float], None]) -> None:
             super().__init__()
             self.pause = pause
+            self.sleep = sleep
 
         def run(self) -> None:
             while self.should_keep_running():
                 for event in self.read_events():
                     self.handle_event(event)
                 # Repeated modify events of one file merge while they wait in the kernel.
-                time.sleep(max(self.pause(), COALESCE_SECONDS))
+                self.sleep(max(self.pause(), COALESCE_SECONDS))
 
 
 class _WakeOnWrite:
@@ -116,8 +117,9 @@ class WALWatcher:
     them (a monitor still inside its spacing would only be scheduled anyway).
     """
 
-    def __init__(self, pause: Pause = lambda: 0.0) -> None:
+    def __init__(self, pause: Pause = lambda: 0.0, sleep: Callable[[float], None] = time.sleep) -> None:
         self._pause = pause
+        self._sleep = sleep  # the reader's pause; a test's to hold
         self._inotify: Any = None
         self.stopping = False  # closing the watches on shutdown is not a lost directory
         self._directories: dict[str, _Directory] = {}
@@ -192,7 +194,7 @@ class WALWatcher:
             log.warning("cannot watch for wal changes (no inotify): polling instead")
             return False
         try:
-            self._inotify = _BatchingInotify(self._pause)
+            self._inotify = _BatchingInotify(self._pause, self._sleep)
             self._inotify.start()
         except OSError as exc:
             log.warning("cannot watch for wal changes (%s): polling instead", exc)

@@ -582,7 +582,7 @@ def _threads_of(pid: int) -> int:
 def test_many_databases_share_a_small_pool_of_threads(tmp_path: Path, procs: Processes) -> None:
     """40 databases with a replica each run on a bounded pool of threads (not two per
     database: that cost ~55 MiB per 1,000), and every one is still replicated in full."""
-    from litestream_py.replicator import MAX_WORKERS
+    from litestream_py.scheduler import MAX_WORKERS
 
     dbs = [tmp_path / "dbs" / f"db{i:02d}.db" for i in range(40)]
     (tmp_path / "dbs").mkdir()

@@ -419,7 +419,8 @@ def test_replicas_stuck_on_a_slow_endpoint_do_not_hold_up_local_syncs(
     checkpointed): the shippers' waits never take the monitors' threads."""
     from litestream_py.db import DB
     from litestream_py.replica import Replica
-    from litestream_py.replicator import MAX_WORKERS, Replicator
+    from litestream_py.replicator import Replicator
+    from litestream_py.scheduler import MAX_WORKERS
 
     server = s3_servers["moto"]
     bucket = server.create_bucket()
