@@ -67,7 +67,7 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, out
             raise ConfigError("cannot restore: -index and -timestamp are mutually exclusive")
         if idx is not None and not generation:
             raise ConfigError("cannot restore to an index: -generation is required with -index")
-        t = resolve_target(target, config_path, no_expand_env, replica_name)
+        t = resolve_target(target, config_path, no_expand_env, replica_name, verbose)
         out = output or (t.db.path if t.db else None)
         if not out:
             raise ConfigError("cannot restore from a replica URL without -o PATH")

@@ -96,6 +96,17 @@ class Replica:
         with self._mu:
             return self._pos
 
+    def _fields(self, pos: Pos | None = None) -> dict[str, str]:
+        """Structured log fields: db, replica, generation and pos where known."""
+        fields = {"replica": self.name}
+        if self.db is not None:
+            fields["db"] = self.db.path
+        if pos is not None and pos.generation:
+            fields["generation"] = pos.generation
+            if not pos.is_zero():
+                fields["pos"] = str(pos)
+        return fields
+
     def _set_pos(self, pos: Pos) -> None:
         with self._mu:
             self._pos = pos
@@ -192,7 +203,7 @@ class Replica:
                 if end < pos.offset or end == 0:
                     # The shadow index is gone or shorter than what was shipped:
                     # continue from a fresh snapshot of the current index.
-                    log.warning("%s: shadow wal %s unavailable, taking a new snapshot", self.name, path)
+                    log.warning("%s: shadow wal %s unavailable, taking a new snapshot", self.name, path, extra=self._fields(pos))
                     self._snapshot()
                     self._set_pos(self._calc_pos(pos.generation))
                     return True
@@ -219,7 +230,7 @@ class Replica:
         created_at = datetime.fromtimestamp(commits[-1][1] / 1e9, timezone.utc) if commits else _now()
         self.client.write_wal_segment(pos, segment, created_at)
         self._set_pos(Pos(pos.generation, pos.index, end))
-        log.debug("%s: wal segment written %s (%d bytes)", self.name, pos, end - pos.offset)
+        log.debug("%s: wal segment written %s (%d bytes)", self.name, pos, end - pos.offset, extra=self._fields(pos))
         return True
 
     def _shadow_header(self, path: str) -> WALHeader:
@@ -264,7 +275,8 @@ class Replica:
                 codec.compress_chunks(source.chunks(), tmp)
             tmp.seek(0)
             info = self.client.write_snapshot(pos.generation, pos.index, tmp, created_at)
-        log.info("%s: snapshot written %s/%08x (%d bytes)", self.name, pos.generation, pos.index, info.size)
+        log.info("%s: snapshot written %s/%08x (%d bytes)", self.name, pos.generation, pos.index, info.size,
+                 extra=self._fields(pos))
         return info
 
     # -- retention -----------------------------------------------------------
@@ -288,7 +300,8 @@ class Replica:
                 if generation == current:
                     continue  # never delete the generation being written
                 self.client.delete_generation(generation)
-                log.info("%s: generation %s deleted by retention", self.name, generation)
+                log.info("%s: generation %s deleted by retention", self.name, generation,
+                         extra=self._fields(Pos(generation)))
                 continue
             oldest = min(s.index for s in kept)
             for s in self.client.snapshots(generation):
@@ -297,4 +310,5 @@ class Replica:
             old_segments = [w.pos for w in self.client.wal_segments(generation) if w.index < oldest]
             if old_segments:
                 self.client.delete_wal_segments(old_segments)
-                log.info("%s: %d wal segments before index %08x deleted by retention", self.name, len(old_segments), oldest)
+                log.info("%s: %d wal segments before index %08x deleted by retention", self.name, len(old_segments), oldest,
+                         extra=self._fields(Pos(generation)))

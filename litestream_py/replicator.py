@@ -29,7 +29,7 @@ from datetime import timedelta
 from typing import Callable
 
 from .db import DB
-from .errors import DatabaseBusyError, LitestreamError
+from .errors import DatabaseBusyError, DatabaseError, LitestreamError
 from .replica import QUIET_FLUSH, Replica
 from .verify import verify_database
 from .watch import WALWatcher
@@ -64,6 +64,8 @@ BUSY_SPACING_FACTOR = 8.0
 MAX_BUSY_SPACING = 0.1
 # After a failed sync, try again this soon even without new writes.
 RETRY_INTERVAL = 1.0
+# A database that cannot be opened is retried (and logged) at most this far apart.
+MAX_UNSERVED_RETRY = 60.0
 # Workers are added while every one is busy, up to this many per pool.
 MAX_WORKERS = 32
 # Timers of ten seconds or more (safety-net polls, idle wakes) fire on
@@ -79,24 +81,38 @@ SETTLE_BURST = 2.0
 
 
 class _ErrorLog:
-    """Log a failing operation once, not on every retry, and log its recovery."""
+    """Log a failing operation once, not on every retry, and log its recovery.
 
-    def __init__(self, what: str) -> None:
+    A failure passed with ``repeat`` (a database that cannot be served at all)
+    is logged again at each retry, the retries backing off from RETRY_INTERVAL
+    to MAX_UNSERVED_RETRY: an operator tailing the log sees it is still down.
+    """
+
+    def __init__(self, what: str, fields: dict[str, str]) -> None:
         self.what = what
+        self.fields = fields  # structured log fields (db, replica)
         self.last = ""
         self.since = 0.0
+        self.retry = RETRY_INTERVAL
+        self.logged_at = 0.0
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, repeat: bool = False) -> None:
         message = str(exc) or type(exc).__name__
+        now = time.monotonic()
         if message != self.last:
-            log.warning("%s: %s (retrying)", self.what, message)
-            self.last = message
-            self.since = time.monotonic()
+            self.last, self.since, self.retry = message, now, RETRY_INTERVAL
+        elif not repeat or now - self.logged_at < self.retry * 0.9:
+            return  # a wake between retries (inotify) need not repeat it
+        else:
+            self.retry = min(self.retry * 2, MAX_UNSERVED_RETRY)
+        self.logged_at = now
+        log.warning("%s: %s (retrying in %gs)", self.what, message, self.retry, extra=self.fields)
 
     def ok(self) -> None:
         if self.last:
-            log.info("%s: recovered after %.1fs", self.what, time.monotonic() - self.since)
+            log.info("%s: recovered after %.1fs", self.what, time.monotonic() - self.since, extra=self.fields)
             self.last = ""
+            self.retry = RETRY_INTERVAL
 
 
 class _Task:
@@ -351,16 +367,32 @@ class Replicator:
         self._watcher: WALWatcher | None = WALWatcher(self._events_may_wait) if watch else None
 
     def start(self) -> None:
-        """Open every DB that exists (raising on one that cannot be replicated) and start."""
+        """Open every DB that exists and start.
+
+        A DB that cannot be replicated (not in WAL mode, not a database, served
+        by another lsr process...) does not hold up the others: it is logged
+        and retried (see _ErrorLog). Raises only when no DB can be served.
+        """
+        failures: list[tuple[DB, LitestreamError]] = []
         for db in self.dbs:
-            db.check_path()
             try:
                 db.open()
             except DatabaseBusyError:
                 pass  # the monitor retries, and logs it once if it persists
+            except LitestreamError as exc:
+                failures.append((db, exc))
+        if len(failures) == len(self.dbs):
+            for db in self.dbs:
+                db.close()
+            if len(failures) == 1:
+                raise failures[0][1]
+            for db, failure in failures:
+                log.error("%s", failure, extra={"db": db.path})
+            raise DatabaseError(f"cannot replicate: none of the {len(failures)} databases can be served (see above)")
+        unserved = {db.path: exc for db, exc in failures}
         watcher = self._watcher if self._watcher is not None and self._watcher.start() else None
         for db in self.dbs:
-            monitor = self._monitor_task(db)
+            monitor = self._monitor_task(db, unserved.get(db.path))
             self._monitor_tasks.append(monitor)
             if watcher is not None:
                 watcher.watch(db.path, functools.partial(self._monitors.wake, monitor))
@@ -383,6 +415,7 @@ class Replicator:
         self._monitors.stop()
         self._shippers.stop()
         for db in self.dbs:
+            served = db.is_open()
             try:
                 if final_sync:
                     db.sync(force=True)
@@ -391,10 +424,14 @@ class Replicator:
                             replica.sync()
                         except LitestreamError as exc:
                             ok = False
-                            log.error("%s: final sync of replica %s failed: %s", db.path, replica.name, exc)
+                            log.error("%s: final sync of replica %s failed: %s", db.path, replica.name, exc,
+                                      extra={"db": db.path, "replica": replica.name})
             except LitestreamError as exc:
-                ok = False
-                log.error("%s: final sync failed: %s", db.path, exc)
+                if served:
+                    ok = False
+                    log.error("%s: final sync failed: %s", db.path, exc, extra={"db": db.path})
+                else:  # never served, and reported as such all along: nothing of it was left behind
+                    log.warning("%s: not replicated: %s", db.path, exc, extra={"db": db.path})
             finally:
                 db.close()
         return ok
@@ -420,8 +457,10 @@ class Replicator:
         watched = self._watcher is not None and self._watcher.watching(db.path)
         return max(interval, FALLBACK_POLL_INTERVAL) if watched else interval
 
-    def _monitor_task(self, db: DB) -> _Task:
-        errors = _ErrorLog(f"{db.path}: sync")
+    def _monitor_task(self, db: DB, failure: LitestreamError | None = None) -> _Task:
+        errors = _ErrorLog(f"{db.path}: sync", {"db": db.path})
+        if failure is not None:
+            errors.failed(failure)
         # A busy writer's commits are copied in batches, not one sync each.
         return _Task(f"{db.path}: sync", lambda: self._monitor_step(db, errors), MIN_SYNC_SPACING, BUSY_SPACING_FACTOR)
 
@@ -432,12 +471,14 @@ class Replicator:
             db.sync()
             errors.ok()
         except LitestreamError as exc:
-            errors.failed(exc)
+            errors.failed(exc, repeat=not db.is_open())
         except Exception as exc:  # keep the sidecar alive; report the bug
             log.exception("%s: unexpected sync failure", db.path)
             errors.failed(exc)
         wait = self._poll_interval(db)
-        if errors.last or not db.is_open():
+        if errors.last and not db.is_open():
+            wait = errors.retry
+        elif errors.last or not db.is_open():
             wait = db.monitor_interval.total_seconds()
         retry = db.seconds_until_checkpoint_retry()
         if retry is not None:
@@ -449,7 +490,7 @@ class Replicator:
         assert db is not None
         retention_check = min(replica.retention_check_interval, replica.retention)
         state = _ShipState(
-            _ErrorLog(f"{db.path}: replica {replica.name}"),
+            _ErrorLog(f"{db.path}: replica {replica.name}", {"db": db.path, "replica": replica.name}),
             snapshot=_Periodic(replica.snapshot_interval),
             retention=_Periodic(retention_check if replica.retention.total_seconds() > 0 else None),
             validation=_Periodic(replica.validation_interval),

@@ -23,6 +23,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 from . import codec
 from .errors import (
+    InUseError,
     NoGenerationError,
     NoSnapshotError,
     NotFoundError,
@@ -32,6 +33,7 @@ from .errors import (
     WALFormatError,
 )
 from .fsutil import fsync_dir
+from .lockfile import ProcessLock
 from .pos import Pos, SnapshotInfo, WALSegmentInfo
 from .replica_client import ReplicaReader
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, check_frames, import_numpy_in_background
@@ -590,6 +592,24 @@ def restore(client: ReplicaReader, opts: RestoreOptions) -> RestoreResult:
     output = os.path.abspath(opts.output_path)
     if os.path.lexists(output):
         raise OutputExistsError(f"cannot restore to {output}: file already exists")
+    directory, name = os.path.split(output)
+    os.makedirs(directory, exist_ok=True)
+    # Two restores into one path would each do all the work, and the second fail at the end.
+    lock = ProcessLock(os.path.join(directory, f".{name}.lsr-restore.lock"))
+    holder = lock.acquire()
+    if holder is not None:
+        pid = f"pid {holder}" if holder else "pid unknown"
+        raise InUseError(
+            f"cannot restore to {output}: another lsr restore ({pid}) is writing it "
+            "(wait for it to finish, or choose another -o path)"
+        )
+    try:
+        return _restore_locked(client, opts, output)
+    finally:
+        lock.release(unlink=True)
+
+
+def _restore_locked(client: ReplicaReader, opts: RestoreOptions, output: str) -> RestoreResult:
     listing = client if isinstance(client, CachedListing) else CachedListing(client)
     if opts.timestamp is not None:
         check_timestamp(listing, opts.timestamp)
@@ -656,5 +676,6 @@ def _restore_once(client: ReplicaReader, opts: RestoreOptions, output: str) -> R
     log.info(
         "restored %s from generation %s (snapshot %08x, %d transactions) to %s",
         output, generation, plan.snapshot.index, applier.transactions, pos,
+        extra={"db": output, "generation": generation, "pos": str(pos)},
     )
     return RestoreResult(output, generation, plan.snapshot.index, pos, applier.transactions)

@@ -239,6 +239,15 @@ class Writer(threading.Thread):
 
 # -- lsr process helpers ------------------------------------------------------
 
+def rollback_db(path: Path) -> None:
+    """A database in the default (rollback journal) mode, one table t with one row."""
+    conn = sqlite3.connect(str(path))
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO t (v) VALUES ('kept')")
+    conn.commit()
+    conn.close()
+
+
 def meta_dir(db: Path) -> Path:
     return db.parent / f".{db.name}-litestream"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Processes, open_app_db, run_lsr, wait_for
-from workload import catches_sigterm, meta_dir, replica_ready, restore, stop_lsr
+from workload import catches_sigterm, meta_dir, replica_ready, restore, rollback_db, stop_lsr
 
 
 def assert_one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -150,11 +150,7 @@ def test_replicate_with_missing_parent_directory(tmp_path: Path) -> None:
 
 def test_database_not_in_wal_mode(tmp_path: Path) -> None:
     db = tmp_path / "rollback.db"
-    conn = sqlite3.connect(str(db))
-    conn.execute("CREATE TABLE t (x)")
-    conn.execute("INSERT INTO t VALUES (1)")
-    conn.commit()
-    conn.close()
+    rollback_db(db)
     before, listing = digest(db), sorted(os.listdir(tmp_path))
     replica = tmp_path / "replica"
     assert_one_line_error(run_lsr("replicate", str(db), f"file://{replica}", timeout=30), "wal")
