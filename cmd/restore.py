@@ -75,7 +75,11 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, out
             if if_db_not_exists:
                 log.info("database already exists, skipping: %s", out)
                 return
-            raise OutputExistsError(f"cannot restore to {out}: file already exists (remove it or pass -o)")
+            elsewhere = "choose another -o path" if output else "pass -o PATH to restore elsewhere"
+            raise OutputExistsError(
+                f"cannot restore to {out}: file already exists (remove it, {elsewhere}, "
+                "or pass -if-db-not-exists to skip)"
+            )
         best: Any = None
         for replica in t.replicas:
             listing = CachedListing(replica.client)  # the restore reuses what choosing it listed

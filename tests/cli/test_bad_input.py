@@ -223,8 +223,21 @@ def test_replica_without_backups(tmp_path: Path, exists: bool) -> None:
 def test_restore_refuses_existing_output(tmp_path: Path, replicated: Path) -> None:
     out = tmp_path / "out.db"
     out.write_bytes(b"precious")
-    assert_one_line_error(run_lsr("restore", "-o", str(out), f"file://{replicated}"), "exists")
+    line = assert_one_line_error(run_lsr("restore", "-o", str(out), f"file://{replicated}"), "exists")
+    assert "pass -o" not in line and "choose another -o path" in line  # -o was passed
     assert out.read_bytes() == b"precious"
+
+
+def test_restore_onto_the_config_database_suggests_o(tmp_path: Path, db_path: Path, replicated: Path) -> None:
+    cfg = config(tmp_path, db_path, f"      - url: file://{replicated}\n")
+    line = assert_one_line_error(run_lsr("restore", "-config", str(cfg), str(db_path)), str(db_path), "exists")
+    assert "pass -o PATH to restore elsewhere" in line
+
+
+def test_verify_of_a_replica_url_does_not_claim_a_comparison(replicated: Path) -> None:
+    res = run_lsr("verify", f"file://{replicated}")
+    assert res.returncode == 0, res.stderr
+    assert "match" not in res.stdout and "integrity_check ok" in res.stdout and "nothing compared" in res.stdout
 
 
 def test_restore_if_db_not_exists(tmp_path: Path, replicated: Path) -> None:
