@@ -28,7 +28,8 @@ log = logging.getLogger("lsr")
 
 
 def flag(name: str, dest: str | None = None, **kwargs: Any) -> Callable[[F], F]:
-    """A click option accepted as -name and --name."""
+    """A click option accepted as -name and --name; its help shows a default that says something."""
+    kwargs.setdefault("show_default", kwargs.get("default") not in (None, "", False))
     return click.option(f"-{name}", f"--{name}", dest or name.replace("-", "_"), **kwargs)
 
 

@@ -28,7 +28,17 @@ RELEASE_MEMORY_INTERVAL = 10.0
 @flag("exec", "exec_cmd", metavar="CMD", default="", help="Run CMD as a subprocess; stop when it exits.")
 @click.argument("args", nargs=-1, metavar="[DB_PATH REPLICA_URL...]")
 def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, args: tuple[str, ...]) -> None:
-    """Replicate databases continuously. With DB_PATH and replica URLs, no config file is read."""
+    """Replicate databases continuously, until SIGTERM or SIGINT (then a final sync).
+
+    With DB_PATH and replica URLs, no config file is read. With -exec, lsr exits
+    with the command's exit status (128+N if a signal N killed it).
+
+    \b
+    Examples:
+      lsr replicate -config /etc/litestream.yml
+      lsr replicate /var/db/app.db file:///var/backups/app
+      lsr replicate -exec "myapp --serve" /var/db/app.db s3://my-backups/app
+    """
 
     def body() -> int:
         # Signals first: a SIGTERM during start-up still ends in a clean stop.

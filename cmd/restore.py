@@ -55,9 +55,16 @@ def parse_index(value: str | None) -> int | None:
 def command(config_path: str | None, no_expand_env: bool, replica_name: str, output: str | None,
             generation: str, index: str | None, timestamp: str | None, parallelism: int,
             if_db_not_exists: bool, if_replica_exists: bool, verbose: bool, target: str) -> None:
-    """Restore a database from its replicas (or a replica URL) to the latest state,
-    a WAL index, or a point in time. Nothing is written at the output path unless
-    the restore completes."""
+    """Restore a database from its replicas or a replica URL.
+
+    To the latest state, a WAL index, or a point in time. Nothing is written at
+    the output path unless the restore completes.
+
+    \b
+    Examples:
+      lsr restore -o /tmp/app.db /var/db/app.db
+      lsr restore -o /tmp/app.db -timestamp 2024-05-01T09:19:50Z s3://my-backups/app
+    """
 
     def body() -> None:
         setup_logging(verbose=verbose)
