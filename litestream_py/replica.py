@@ -48,6 +48,10 @@ OBJECT_STORE_MAX_SEGMENT_SIZE = 8 << 20
 # burst's end. "Paused" is read from the WAL itself (DB.unwritten_for): a busy
 # writer's syncs, up to 100 ms apart, are never taken for a pause.
 QUIET_FLUSH = timedelta(milliseconds=50)
+# How often an object store replica is listed to see that it still holds the
+# generation's snapshot (check_intact): one LIST request each time. A file
+# replica is looked at before every shipment, which costs a directory read.
+OBJECT_STORE_INTACT_CHECK_INTERVAL = timedelta(minutes=5)
 
 
 def _now() -> datetime:
@@ -79,6 +83,9 @@ class Replica:
         self.validation_interval = validation_interval
         self.max_segment_size = MAX_SEGMENT_SIZE
         self.ships_early = False  # see QUIET_FLUSH
+        # 0: check_intact() before every sync; else the replicator calls it this
+        # often (None: only before retention and validation). See factory.
+        self.intact_check_interval: timedelta | None = None
         self._pos = Pos()
         self._mu = threading.Lock()
         # Only one sync or snapshot at a time per replica.
@@ -122,6 +129,8 @@ class Replica:
         assert self.db is not None
         with self._sync_lock:
             try:
+                if self.intact_check_interval == timedelta(0):
+                    self._check_intact()
                 return self._sync(whole)
             except StorageError:
                 # The position advances only after a successful write, so it
@@ -151,6 +160,28 @@ class Replica:
             if not shipped:
                 return wrote
             wrote = True
+
+    def check_intact(self) -> bool:
+        """Whether the replica still holds a snapshot of the generation being shipped.
+
+        If not (the replica was wiped under lsr: an operator cleaning backups,
+        a bucket lifecycle rule), the next sync ships that generation again from
+        a new snapshot; WAL segments written onto nothing would not restore.
+        """
+        with self._sync_lock:
+            return self._check_intact()
+
+    def _check_intact(self) -> bool:
+        assert self.db is not None
+        pos = self.pos()
+        if pos.is_zero() or pos.generation != self.db.pos().generation or self.client.snapshots(pos.generation):
+            return True
+        log.warning("%s: generation %s has no snapshot on the replica any more (was it deleted?): "
+                    "writing it again from a new snapshot", self.name, pos.generation, extra=self._fields(pos))
+        # Segments shipped since the wipe lead nowhere without the ones before them.
+        self.client.delete_generation(pos.generation)
+        self._set_pos(Pos())
+        return False
 
     def _calc_pos(self, generation: str) -> Pos:
         """Where this replica ends: after its last WAL segment, or at its last snapshot."""

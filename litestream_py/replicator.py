@@ -350,6 +350,7 @@ class _ShipState:
     snapshot: _Periodic
     retention: _Periodic
     validation: _Periodic
+    intact: _Periodic  # the replica still holds its snapshot (object stores; files check every sync)
     whole: _Periodic  # shipping everything, partial segment included
 
 
@@ -494,6 +495,7 @@ class Replicator:
             snapshot=_Periodic(replica.snapshot_interval),
             retention=_Periodic(retention_check if replica.retention.total_seconds() > 0 else None),
             validation=_Periodic(replica.validation_interval),
+            intact=_Periodic(replica.intact_check_interval or None),
             whole=_Periodic(replica.sync_interval, now=True, slack=MIN_SYNC_SPACING),
         )
         # sync-interval bounds the request rate (object stores bill per PUT).
@@ -510,6 +512,8 @@ class Replicator:
             # An early run (full segments pending, the interval not yet up) ships
             # only those; once per interval, or after a pause, everything goes.
             whole = not replica.ships_early or state.whole.take(now) or task.quiet()
+            if state.intact.take(now):
+                replica.check_intact()  # if wiped, this sync ships it again from a new snapshot
             # Only a step that wrote to the replica shows an outage is over: an
             # early run with no full segment to ship sends nothing at all.
             reached = replica.sync(whole)
@@ -522,6 +526,10 @@ class Replicator:
                 replica.snapshot()
                 reached = True
             if state.retention.take(now):
+                # Retention on a wiped replica would snapshot an index whose
+                # start was never shipped: ship it again first.
+                if not replica.check_intact():
+                    replica.sync()
                 replica.enforce_retention()
                 reached = True
             if state.validation.take(now):
@@ -536,7 +544,8 @@ class Replicator:
             state.errors.failed(exc)
         # Until the next scheduled job; new WAL wakes the shipper sooner.
         now = time.monotonic()
-        wait = min(IDLE_WAKE_INTERVAL, *(job.due - now for job in (state.snapshot, state.retention, state.validation)))
+        jobs = (state.snapshot, state.retention, state.validation, state.intact)
+        wait = min(IDLE_WAKE_INTERVAL, *(job.due - now for job in jobs))
         if state.errors.last:
             wait = min(wait, RETRY_INTERVAL)
         return max(wait, 0.0)
@@ -545,6 +554,7 @@ class Replicator:
     def _validate(replica: Replica) -> None:
         db = replica.db
         assert db is not None
+        replica.check_intact()  # a wiped replica is shipped again (catch_up) before it is compared
         result = verify_database(db.path, replica.client, db.meta_path, shm_fd=db.shm_fd, catch_up=replica.sync)
         if result.ok:
             log.info("%s: replica %s verified: %s", db.path, replica.name, result.describe())

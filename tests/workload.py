@@ -306,6 +306,16 @@ def stop_lsr(p: subprocess.Popen[bytes], timeout: float = 60) -> str:
     return out
 
 
+def write_stop_and_restore(app: sqlite3.Connection, p: subprocess.Popen[bytes], db: Path, replica: Path) -> None:
+    """One more commit, a clean stop of lsr, and a restore of the file replica that holds everything."""
+    app.execute("INSERT INTO t (v) VALUES ('last')")
+    stop_lsr(p)
+    app.close()
+    restored = replica.parent / "restored.db"
+    restore(f"file://{replica}", restored)
+    assert_same_data(db, restored)
+
+
 def restore(replica_url: str, out: Path, *extra: str) -> None:
     res = run_lsr("restore", "-o", str(out), *extra, replica_url)
     assert res.returncode == 0, f"lsr restore failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"

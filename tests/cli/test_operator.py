@@ -17,7 +17,9 @@ from pathlib import Path
 
 from conftest import LSR, Processes, open_app_db, run_lsr, wait_for
 from test_bad_input import assert_one_line_error
-from workload import assert_same_data, meta_dir, replica_ready, restore, rollback_db, stop_lsr, wait_ready
+from workload import (
+    assert_same_data, meta_dir, replica_ready, restore, rollback_db, stop_lsr, wait_ready, write_stop_and_restore,
+)
 
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)$")
 
@@ -42,16 +44,6 @@ def replicating(db: Path, replica: Path, procs: Processes) -> tuple[sqlite3.Conn
     p = procs.lsr_replicate(str(db), f"file://{replica}")
     wait_ready(p, replica)
     return app, p
-
-
-def write_stop_and_restore(app: sqlite3.Connection, p: subprocess.Popen[bytes], db: Path, replica: Path) -> None:
-    """One more commit, a clean stop, and a restore that holds everything."""
-    app.execute("INSERT INTO t (v) VALUES ('two')")
-    stop_lsr(p)
-    app.close()
-    restored = replica.parent / "restored.db"
-    restore(f"file://{replica}", restored)
-    assert_same_data(db, restored)
 
 
 def test_sigkilled_replicate_does_not_block_the_next(tmp_path: Path, db_path: Path, procs: Processes) -> None:
