@@ -468,16 +468,20 @@ class Replicator:
     def _monitor_step(self, db: DB, errors: _ErrorLog) -> float:
         if self._watcher is not None:
             self._watcher.arm(db.path)  # before the sync reads the WAL: no write goes unseen
+        unserved = False  # the database cannot be opened at all (not WAL, a directory...)
         try:
             db.sync()
             errors.ok()
+        except DatabaseBusyError as exc:
+            errors.failed(exc)  # the application's long transaction: once is enough
         except LitestreamError as exc:
-            errors.failed(exc, repeat=not db.is_open())
+            unserved = not db.is_open()
+            errors.failed(exc, repeat=unserved)
         except Exception as exc:  # keep the sidecar alive; report the bug
             log.exception("%s: unexpected sync failure", db.path)
             errors.failed(exc)
         wait = self._poll_interval(db)
-        if errors.last and not db.is_open():
+        if unserved:
             wait = errors.retry
         elif errors.last or not db.is_open():
             wait = db.monitor_interval.total_seconds()
