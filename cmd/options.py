@@ -56,7 +56,7 @@ class JSONFormatter(logging.Formatter):
         t = datetime.fromtimestamp(record.created, timezone.utc)
         entry: dict[str, Any] = {
             "time": t.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "level": record.levelname,
+            "level": "WARN" if record.levelno == logging.WARNING else record.levelname,  # Go's spelling
             "msg": record.getMessage(),
         }
         for key, value in record.__dict__.items():

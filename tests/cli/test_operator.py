@@ -106,7 +106,7 @@ def parse_json_lines(text: str) -> list[dict[str, object]]:
         entry = json.loads(line)  # fails the test on any line that is not one JSON object
         assert isinstance(entry, dict), line
         assert RFC3339_MS.match(str(entry["time"])), line
-        assert entry["level"] in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}, line
+        assert entry["level"] in {"DEBUG", "INFO", "WARN", "ERROR", "CRITICAL"}, line
         assert isinstance(entry["msg"], str), line
         entries.append(entry)
     return entries
