@@ -365,6 +365,7 @@ class Replicator:
         self._monitors = _Pool("lsr-sync")
         self._shippers = _Pool("lsr-ship")
         self._monitor_tasks: list[_Task] = []
+        self._unserved: set[str] = set()  # paths of the DBs that cannot be opened at all, now
         self._watcher: WALWatcher | None = WALWatcher(self._events_may_wait) if watch else None
 
     def start(self) -> None:
@@ -391,6 +392,7 @@ class Replicator:
                 log.error("%s", failure, extra={"db": db.path})
             raise DatabaseError(f"cannot replicate: none of the {len(failures)} databases can be served (see above)")
         unserved = {db.path: exc for db, exc in failures}
+        self._unserved.update(unserved)
         watcher = self._watcher if self._watcher is not None and self._watcher.start() else None
         for db in self.dbs:
             monitor = self._monitor_task(db, unserved.get(db.path))
@@ -416,7 +418,7 @@ class Replicator:
         self._monitors.stop()
         self._shippers.stop()
         for db in self.dbs:
-            served = db.is_open()
+            served = db.path not in self._unserved
             try:
                 if final_sync:
                     db.sync(force=True)
@@ -480,6 +482,10 @@ class Replicator:
         except Exception as exc:  # keep the sidecar alive; report the bug
             log.exception("%s: unexpected sync failure", db.path)
             errors.failed(exc)
+        if unserved:
+            self._unserved.add(db.path)
+        else:
+            self._unserved.discard(db.path)
         wait = self._poll_interval(db)
         if unserved:
             wait = errors.retry
