@@ -155,10 +155,12 @@ def test_bad_databases_do_not_stop_the_others(tmp_path: Path, db_path: Path, pro
     rollback_db(rollback)
     directory = tmp_path / "dir.db"
     directory.mkdir()
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database, not readable as one" * 200)
     cfg = tmp_path / "litestream.yml"
     cfg.write_text("dbs:\n" + "".join(
         f"  - path: {db}\n    replicas:\n      - url: file://{tmp_path / ('replica-' + db.name)}\n"
-        for db in (rollback, directory, db_path)
+        for db in (rollback, directory, junk, db_path)
     ))
     app = open_app_db(db_path)
     app.execute("INSERT INTO t (v) VALUES ('good')")
@@ -171,6 +173,7 @@ def test_bad_databases_do_not_stop_the_others(tmp_path: Path, db_path: Path, pro
     # Reported at start and again at the retries (1 s, then 2 s, ... apart).
     wait_for(lambda: logged(rf"{re.escape(str(directory))}.*is a directory", 2), what="a retry of the directory")
     assert logged(rf"{re.escape(str(rollback))}.*not WAL")
+    assert logged(rf"{re.escape(str(junk))}.*file is not a database")
     assert "unable to open database file" not in Processes.output(p)
     # Once fixed, the bad database is picked up without a restart.
     conn = sqlite3.connect(str(rollback))
