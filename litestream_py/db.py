@@ -37,7 +37,7 @@ from . import paths
 from .commits import COMMITS_EXT, CommitLog
 from .errors import DatabaseBusyError, DatabaseError, InUseError
 from .fsutil import atomic_write, fsync_dir
-from .lockfile import ProcessLock
+from .lockfile import ProcessLock, describe_holder
 from .pos import Pos
 from .wal import (
     WAL_FRAME_HEADER_SIZE,
@@ -502,9 +502,8 @@ class DB:
         os.makedirs(self.meta_path, mode=0o700, exist_ok=True)
         holder = self._meta_lock.acquire()
         if holder is not None:
-            pid = f"pid {holder}" if holder else "pid unknown"
             raise InUseError(
-                f"cannot replicate {self.path}: another lsr process ({pid}) already replicates it "
+                f"cannot replicate {self.path}: another lsr process ({describe_holder(holder)}) already replicates it "
                 f"(stop that one first; lock {self._meta_lock.path})"
             )
 

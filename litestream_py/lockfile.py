@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-__all__ = ["ProcessLock"]
+__all__ = ["ProcessLock", "describe_holder"]
 
 
 class ProcessLock:
@@ -65,6 +65,11 @@ class ProcessLock:
                 pass
         os.close(self._fd)
         self._fd = -1
+
+
+def describe_holder(pid: int) -> str:
+    """For messages: the pid ``acquire`` returned (0 when the holder had not written it yet)."""
+    return f"pid {pid}" if pid else "pid unknown"
 
 
 def _read_pid(fd: int) -> int:

@@ -33,7 +33,7 @@ from .errors import (
     WALFormatError,
 )
 from .fsutil import fsync_dir
-from .lockfile import ProcessLock
+from .lockfile import ProcessLock, describe_holder
 from .pos import Pos, SnapshotInfo, WALSegmentInfo
 from .replica_client import ReplicaReader
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, check_frames, import_numpy_in_background
@@ -611,9 +611,8 @@ def restore(client: ReplicaReader, opts: RestoreOptions) -> RestoreResult:
     lock = ProcessLock(os.path.join(directory, f".{name}.lsr-restore.lock"))
     holder = lock.acquire()
     if holder is not None:
-        pid = f"pid {holder}" if holder else "pid unknown"
         raise InUseError(
-            f"cannot restore to {output}: another lsr restore ({pid}) is writing it "
+            f"cannot restore to {output}: another lsr restore ({describe_holder(holder)}) is writing it "
             "(wait for it to finish, or choose another -o path)"
         )
     try:
