@@ -12,7 +12,13 @@ from .options import config_options, print_table, read_config, run, setup_loggin
 @click.command("databases")
 @config_options
 def command(config_path: str | None, no_expand_env: bool) -> None:
-    """List the databases in the config file and their replicas."""
+    """List the databases in the config file and their replicas.
+
+    \b
+    Examples:
+      lsr databases
+      lsr databases -config etc/litestream.yml
+    """
 
     def body() -> None:
         setup_logging()

@@ -19,7 +19,13 @@ from .options import (
 @replica_option
 @click.argument("target", metavar="DB_PATH|REPLICA_URL")
 def command(config_path: str | None, no_expand_env: bool, replica_name: str, target: str) -> None:
-    """List the generations of a database or replica URL."""
+    """List the generations of a database or replica URL: name, generation, lag, start, end.
+
+    \b
+    Examples:
+      lsr generations /var/db/app.db
+      lsr generations s3://my-backups/app
+    """
 
     def body() -> None:
         setup_logging()

@@ -6,12 +6,13 @@ Every flag is spelled as Litestream spells it (one dash) and also with two dashe
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, NoReturn, TypeVar
 
 import click
 
@@ -27,7 +28,8 @@ log = logging.getLogger("lsr")
 
 
 def flag(name: str, dest: str | None = None, **kwargs: Any) -> Callable[[F], F]:
-    """A click option accepted as -name and --name."""
+    """A click option accepted as -name and --name; its help shows a default that says something."""
+    kwargs.setdefault("show_default", kwargs.get("default") not in (None, "", False))
     return click.option(f"-{name}", f"--{name}", dest or name.replace("-", "_"), **kwargs)
 
 
@@ -42,6 +44,29 @@ def replica_option(f: F) -> F:
     return flag("replica", "replica_name", metavar="NAME", default="", help="Only this replica.")(f)
 
 
+# What every LogRecord carries; anything else came through ``extra=`` (db, replica, ...).
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line, as Go Litestream's JSON logs: time (RFC 3339,
+    milliseconds, UTC), level, msg, and the record's structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        t = datetime.fromtimestamp(record.created, timezone.utc)
+        entry: dict[str, Any] = {
+            "time": t.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": "WARN" if record.levelno == logging.WARNING else record.levelname,  # Go's spelling
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRS and not key.startswith("_"):
+                entry[key] = value if isinstance(value, (int, float, bool)) or value is None else str(value)
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def setup_logging(config: Config | None = None, verbose: bool = False) -> None:
     level_name = (config.logging.level if config else "info").upper()
     level = {"DEBUG": logging.DEBUG, "WARN": logging.WARNING, "WARNING": logging.WARNING,
@@ -51,8 +76,7 @@ def setup_logging(config: Config | None = None, verbose: bool = False) -> None:
     stream = sys.stderr if (config and config.logging.stderr) else sys.stdout
     handler = logging.StreamHandler(stream)
     if config and config.logging.type == "json":
-        handler.setFormatter(logging.Formatter(
-            '{"time":"%(asctime)s","level":"%(levelname)s","msg":%(message)r}'))
+        handler.setFormatter(JSONFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
@@ -64,8 +88,14 @@ def setup_logging(config: Config | None = None, verbose: bool = False) -> None:
     logging.getLogger("watchdog").setLevel(logging.CRITICAL)
 
 
-def read_config(config_path: str | None, no_expand_env: bool) -> Config:
+def _logs_json() -> bool:
+    return any(isinstance(h.formatter, JSONFormatter) for h in logging.getLogger().handlers)
+
+
+def read_config(config_path: str | None, no_expand_env: bool, verbose: bool = False) -> Config:
+    """Load the config file and log as it says."""
     config = load_config(config_path or default_config_path(), expand=not no_expand_env)
+    setup_logging(config, verbose)
     for warning in config.warnings:
         log.warning("%s", warning)
     return config
@@ -98,17 +128,19 @@ def startup_heap() -> Iterator[None]:
             gc.enable()
 
 
-def resolve_target(arg: str, config_path: str | None, no_expand_env: bool, replica_name: str = "") -> Target:
+def resolve_target(
+    arg: str, config_path: str | None, no_expand_env: bool, replica_name: str = "", verbose: bool = False,
+) -> Target:
     with startup_heap():
-        return _resolve_target(arg, config_path, no_expand_env, replica_name)
+        return _resolve_target(arg, config_path, no_expand_env, replica_name, verbose)
 
 
-def _resolve_target(arg: str, config_path: str | None, no_expand_env: bool, replica_name: str) -> Target:
+def _resolve_target(arg: str, config_path: str | None, no_expand_env: bool, replica_name: str, verbose: bool) -> Target:
     if is_url(arg):
         if config_path:
             raise ConfigError("cannot use a replica URL together with -config")
         return Target(None, [replica_from_config(ReplicaConfig(url=arg), None, read_only=True)])
-    config = read_config(config_path, no_expand_env)
+    config = read_config(config_path, no_expand_env, verbose)
     dbc = config.db_config(arg)
     if dbc is None:
         raise ConfigError(f"cannot find database {arg} in the config (check the path, or pass -config)")
@@ -122,13 +154,21 @@ def _resolve_target(arg: str, config_path: str | None, no_expand_env: bool, repl
 
 
 def run(fn: Callable[[], Any]) -> Any:
-    """Turn engine errors into one line on stderr and exit status 1."""
+    """Turn engine errors into one line on stderr and exit status 1 (under JSON
+    logging, one JSON log line, so that every line a log pipeline reads parses)."""
     try:
         return fn()
     except LitestreamError as exc:
-        raise click.ClickException(str(exc)) from exc
+        _fail(str(exc), exc)
     except OSError as exc:
-        raise click.ClickException(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from exc
+        _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), exc)
+
+
+def _fail(message: str, exc: BaseException) -> NoReturn:
+    if _logs_json():
+        log.error("%s", message)
+        raise SystemExit(1) from exc
+    raise click.ClickException(message) from exc
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:

@@ -28,7 +28,17 @@ RELEASE_MEMORY_INTERVAL = 10.0
 @flag("exec", "exec_cmd", metavar="CMD", default="", help="Run CMD as a subprocess; stop when it exits.")
 @click.argument("args", nargs=-1, metavar="[DB_PATH REPLICA_URL...]")
 def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, args: tuple[str, ...]) -> None:
-    """Replicate databases continuously. With DB_PATH and replica URLs, no config file is read."""
+    """Replicate databases continuously, until SIGTERM or SIGINT (then a final sync).
+
+    With DB_PATH and replica URLs, no config file is read. With -exec, lsr exits
+    with the command's exit status (128+N if a signal N killed it).
+
+    \b
+    Examples:
+      lsr replicate -config /etc/litestream.yml
+      lsr replicate /var/db/app.db file:///var/backups/app
+      lsr replicate -exec "myapp --serve" /var/db/app.db s3://my-backups/app
+    """
 
     def body() -> int:
         # Signals first: a SIGTERM during start-up still ends in a clean stop.
@@ -46,7 +56,8 @@ def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, args: t
         if not stop.is_set():
             replicator.start()
             for db in dbs:
-                log.info("replicating %s to %s", db.path, ", ".join(r.client.describe() for r in db.replicas))
+                log.info("replicating %s to %s", db.path, ", ".join(r.client.describe() for r in db.replicas),
+                         extra={"db": db.path})
         return wait_and_stop(replicator, exec_cmd or config.exec, stop)
 
     raise SystemExit(run(body))
@@ -101,7 +112,11 @@ def wait_and_stop(replicator: Replicator, exec_cmd: str, stop: StopSignal) -> in
         if child.poll() is None and stop.received:
             child.send_signal(stop.received[0])
         code = child.wait()
-        log.info("subprocess exited with %d", code)
+        if code < 0:  # killed by signal -code: report it as a shell does (137 for SIGKILL)
+            log.info("subprocess killed by signal %d", -code)
+            code = 128 - code
+        else:
+            log.info("subprocess exited with %d", code)
     log.info("shutting down: final sync")
     if not replicator.stop():
         log.error("final sync incomplete: some commits may not have reached every replica")

@@ -55,9 +55,16 @@ def parse_index(value: str | None) -> int | None:
 def command(config_path: str | None, no_expand_env: bool, replica_name: str, output: str | None,
             generation: str, index: str | None, timestamp: str | None, parallelism: int,
             if_db_not_exists: bool, if_replica_exists: bool, verbose: bool, target: str) -> None:
-    """Restore a database from its replicas (or a replica URL) to the latest state,
-    a WAL index, or a point in time. Nothing is written at the output path unless
-    the restore completes."""
+    """Restore a database from its replicas or a replica URL.
+
+    To the latest state, a WAL index, or a point in time. Nothing is written at
+    the output path unless the restore completes.
+
+    \b
+    Examples:
+      lsr restore -o /tmp/app.db /var/db/app.db
+      lsr restore -o /tmp/app.db -timestamp 2024-05-01T09:19:50Z s3://my-backups/app
+    """
 
     def body() -> None:
         setup_logging(verbose=verbose)
@@ -67,7 +74,7 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, out
             raise ConfigError("cannot restore: -index and -timestamp are mutually exclusive")
         if idx is not None and not generation:
             raise ConfigError("cannot restore to an index: -generation is required with -index")
-        t = resolve_target(target, config_path, no_expand_env, replica_name)
+        t = resolve_target(target, config_path, no_expand_env, replica_name, verbose)
         out = output or (t.db.path if t.db else None)
         if not out:
             raise ConfigError("cannot restore from a replica URL without -o PATH")
@@ -75,7 +82,11 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, out
             if if_db_not_exists:
                 log.info("database already exists, skipping: %s", out)
                 return
-            raise OutputExistsError(f"cannot restore to {out}: file already exists (remove it or pass -o)")
+            elsewhere = "choose another -o path" if output else "pass -o PATH to restore elsewhere"
+            raise OutputExistsError(
+                f"cannot restore to {out}: file already exists (remove it, {elsewhere}, "
+                "or pass -if-db-not-exists to skip)"
+            )
         best: Any = None
         for replica in t.replicas:
             listing = CachedListing(replica.client)  # the restore reuses what choosing it listed

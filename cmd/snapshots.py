@@ -12,7 +12,13 @@ from .options import config_options, format_time, print_table, replica_option, r
 @replica_option
 @click.argument("target", metavar="DB_PATH|REPLICA_URL")
 def command(config_path: str | None, no_expand_env: bool, replica_name: str, target: str) -> None:
-    """List the snapshots of a database or replica URL."""
+    """List the snapshots of a database or replica URL: replica, generation, index, size, created.
+
+    \b
+    Examples:
+      lsr snapshots /var/db/app.db
+      lsr snapshots -replica s3 -config /etc/litestream.yml /var/db/app.db
+    """
 
     def body() -> None:
         setup_logging()

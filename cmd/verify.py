@@ -15,9 +15,18 @@ from .options import config_options, flag, replica_option, resolve_target, run, 
 @flag("timeout", type=float, default=30.0, help="Seconds to wait for the replica to catch up.")
 @click.argument("target", metavar="DB_PATH|REPLICA_URL")
 def command(config_path: str | None, no_expand_env: bool, replica_name: str, timeout: float, target: str) -> None:
-    """Verify replicas. For a DB_PATH, compare each replica with the live database at the
-    same position, table by table; for a REPLICA_URL, restore it and check its integrity.
-    Prints OK or the first table that differs; exits 1 on a mismatch."""
+    """Verify replicas by restoring them to a temporary file.
+
+    For a DB_PATH, compare each replica with the live database at the same
+    position, table by table; for a REPLICA_URL, restore it and run
+    integrity_check (there is nothing to compare it with). Prints OK, or the
+    first table that differs; exits 1 on a mismatch.
+
+    \b
+    Examples:
+      lsr verify /var/db/app.db
+      lsr verify file:///var/backups/app
+    """
 
     def body() -> None:
         setup_logging()

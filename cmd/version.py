@@ -9,5 +9,10 @@ from litestream_py import __version__
 
 @click.command("version")
 def command() -> None:
-    """Print the version."""
+    """Print the version.
+
+    \b
+    Example:
+      lsr version
+    """
     click.echo(f"v{__version__}")

@@ -15,7 +15,13 @@ from .options import (
 @flag("generation", metavar="NAME", default="", help="Only this generation.")
 @click.argument("target", metavar="DB_PATH|REPLICA_URL")
 def command(config_path: str | None, no_expand_env: bool, replica_name: str, generation: str, target: str) -> None:
-    """List the WAL segments of a database or replica URL."""
+    """List the WAL segments of a database or replica URL.
+
+    \b
+    Examples:
+      lsr wal /var/db/app.db
+      lsr wal -generation 5d6f0c1e2a3b4c5d file:///var/backups/app
+    """
 
     def body() -> None:
         setup_logging()

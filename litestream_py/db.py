@@ -35,8 +35,9 @@ import apsw
 
 from . import paths
 from .commits import COMMITS_EXT, CommitLog
-from .errors import DatabaseBusyError, DatabaseError
+from .errors import DatabaseBusyError, DatabaseError, InUseError
 from .fsutil import atomic_write, fsync_dir
+from .lockfile import ProcessLock, describe_holder
 from .pos import Pos
 from .wal import (
     WAL_FRAME_HEADER_SIZE,
@@ -82,6 +83,9 @@ RESTART_QUIET = timedelta(milliseconds=50)
 # sleeps ever longer (up to 100 ms) and rarely hits the short gaps between a
 # busy application's transactions; polling finds one within milliseconds.
 WRITE_LOCK_POLL = 0.0005
+
+# In the meta directory: held (flock) by the one lsr process replicating the database.
+LOCK_FILE_NAME = "lsr.lock"
 
 # A WAL index lsr will not exceed within a generation (Litestream's MaxIndex).
 MAX_WAL_INDEX = 0x7FFFFFFF
@@ -266,6 +270,9 @@ class DB:
         self.max_checkpoint_page_count = max_checkpoint_page_count
         self.truncate_page_count = truncate_page_count
         self.replicas: list[Replica] = []
+        # Two sidecars shipping one shadow WAL interleave their segments and
+        # break the replica: the first to open the database keeps it until close().
+        self._meta_lock = ProcessLock(os.path.join(self.meta_path, LOCK_FILE_NAME))
 
         # One lock orders everything that touches the shadow WAL or the read
         # lock: sync, checkpoint, snapshot.
@@ -422,9 +429,11 @@ class DB:
             self.check_path()
             if not os.path.exists(self.path):
                 if not self._waiting_logged:
-                    log.info("%s: database does not exist yet, waiting for it", self.path)
+                    log.info("%s: database does not exist yet, waiting for it", self.path, extra={"db": self.path})
                     self._waiting_logged = True
                 return False
+            if os.path.isdir(self.path):
+                raise DatabaseError(f"cannot replicate {self.path}: it is a directory, not a database file")
             try:
                 self._connect()
             except (apsw.BusyError, apsw.LockedError) as exc:
@@ -477,6 +486,7 @@ class DB:
                 f"cannot replicate {self.path}: database is in {mode} journal mode, not WAL "
                 "(run PRAGMA journal_mode=WAL on it once)"
             )
+        self._lock_meta()
         conn.execute("CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)")
         conn.execute("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)")
         self._page_size = _int(conn.execute("PRAGMA page_size").fetchall()[0][0])
@@ -500,11 +510,21 @@ class DB:
                 self._continuous = True
             self._acquire_read_lock()
         self._close_writer()
-        log.info("%s: opened (page size %d)", self.path, self._page_size)
+        log.info("%s: opened (page size %d)", self.path, self._page_size, extra={"db": self.path})
+
+    def _lock_meta(self) -> None:
+        os.makedirs(self.meta_path, mode=0o700, exist_ok=True)
+        holder = self._meta_lock.acquire()
+        if holder is not None:
+            raise InUseError(
+                f"cannot replicate {self.path}: another lsr process ({describe_holder(holder)}) already replicates it "
+                f"(stop that one first; lock {self._meta_lock.path})"
+            )
 
     def close(self) -> None:
         with self._lock:
             self._disconnect()
+            self._meta_lock.release()
 
     def _disconnect(self) -> None:
         self._release_read_lock()
@@ -681,7 +701,8 @@ class DB:
         state = self._verify()
         if state.reason:
             generation = self._create_generation()
-            log.info("%s: new generation %s (%s)", self.path, generation, state.reason)
+            log.info("%s: new generation %s (%s)", self.path, generation, state.reason,
+                     extra={"db": self.path, "generation": generation})
             state = _SyncState(generation, shadow_index=0, shadow_size=WAL_HEADER_SIZE)
         elif state.restart:
             # The WAL was restarted after a full copy; close the old index and

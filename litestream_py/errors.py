@@ -17,6 +17,7 @@ __all__ = [
     "NoSnapshotError",
     "RestoreGapError",
     "OutputExistsError",
+    "InUseError",
     "StorageError",
     "NotFoundError",
     "AccessDeniedError",
@@ -64,6 +65,10 @@ class RestoreGapError(LitestreamError):
 
 class OutputExistsError(LitestreamError):
     """The restore output path already exists."""
+
+
+class InUseError(LitestreamError):
+    """Another lsr process is already replicating the database, or writing the restore output."""
 
 
 class TimestampOutOfRangeError(LitestreamError):

@@ -8,7 +8,7 @@ from .clients import new_client
 from .config import DBConfig, ReplicaConfig
 from .db import DB
 from .errors import ConfigError
-from .replica import OBJECT_STORE_MAX_SEGMENT_SIZE, Replica
+from .replica import OBJECT_STORE_INTACT_CHECK_INTERVAL, OBJECT_STORE_MAX_SEGMENT_SIZE, Replica
 
 __all__ = ["db_from_config", "replica_from_config"]
 
@@ -26,8 +26,12 @@ def replica_from_config(rc: ReplicaConfig, db: DB | None, *, read_only: bool = F
         # Object stores bill per PUT: Litestream's one second, plus one early
         # shipment when the writer pauses.
         replica.ships_early = True
-    if client.type != "file":
+    if client.type == "file":
+        # Looking costs a directory read: see that it was not wiped before each shipment.
+        replica.intact_check_interval = timedelta(0)
+    else:
         replica.max_segment_size = OBJECT_STORE_MAX_SEGMENT_SIZE
+        replica.intact_check_interval = OBJECT_STORE_INTACT_CHECK_INTERVAL
     if rc.retention is not None:
         replica.retention = rc.retention
     if rc.retention_check_interval is not None:

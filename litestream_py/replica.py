@@ -48,6 +48,10 @@ OBJECT_STORE_MAX_SEGMENT_SIZE = 8 << 20
 # burst's end. "Paused" is read from the WAL itself (DB.unwritten_for): a busy
 # writer's syncs, up to 100 ms apart, are never taken for a pause.
 QUIET_FLUSH = timedelta(milliseconds=50)
+# How often an object store replica is listed to see that it still holds the
+# generation's snapshot (check_intact): one LIST request each time. A file
+# replica is looked at before every shipment, which costs a directory read.
+OBJECT_STORE_INTACT_CHECK_INTERVAL = timedelta(minutes=5)
 
 
 def _now() -> datetime:
@@ -79,6 +83,9 @@ class Replica:
         self.validation_interval = validation_interval
         self.max_segment_size = MAX_SEGMENT_SIZE
         self.ships_early = False  # see QUIET_FLUSH
+        # 0: check_intact() before every sync; else the replicator calls it this
+        # often (None: only before retention and validation). See factory.
+        self.intact_check_interval: timedelta | None = None
         self._pos = Pos()
         self._mu = threading.Lock()
         # Only one sync or snapshot at a time per replica.
@@ -96,6 +103,17 @@ class Replica:
         with self._mu:
             return self._pos
 
+    def _fields(self, pos: Pos | None = None) -> dict[str, str]:
+        """Structured log fields: db, replica, generation and pos where known."""
+        fields = {"replica": self.name}
+        if self.db is not None:
+            fields["db"] = self.db.path
+        if pos is not None and pos.generation:
+            fields["generation"] = pos.generation
+            if not pos.is_zero():
+                fields["pos"] = str(pos)
+        return fields
+
     def _set_pos(self, pos: Pos) -> None:
         with self._mu:
             self._pos = pos
@@ -111,6 +129,8 @@ class Replica:
         assert self.db is not None
         with self._sync_lock:
             try:
+                if self.intact_check_interval == timedelta(0):
+                    self._check_intact()
                 return self._sync(whole)
             except StorageError:
                 # The position advances only after a successful write, so it
@@ -140,6 +160,28 @@ class Replica:
             if not shipped:
                 return wrote
             wrote = True
+
+    def check_intact(self) -> bool:
+        """Whether the replica still holds a snapshot of the generation being shipped.
+
+        If not (the replica was wiped under lsr: an operator cleaning backups,
+        a bucket lifecycle rule), the next sync ships that generation again from
+        a new snapshot; WAL segments written onto nothing would not restore.
+        """
+        with self._sync_lock:
+            return self._check_intact()
+
+    def _check_intact(self) -> bool:
+        assert self.db is not None
+        pos = self.pos()
+        if pos.is_zero() or pos.generation != self.db.pos().generation or self.client.snapshots(pos.generation):
+            return True
+        log.warning("%s: generation %s has no snapshot on the replica any more (was it deleted?): "
+                    "writing it again from a new snapshot", self.name, pos.generation, extra=self._fields(pos))
+        # Segments shipped since the wipe lead nowhere without the ones before them.
+        self.client.delete_generation(pos.generation)
+        self._set_pos(Pos())
+        return False
 
     def _calc_pos(self, generation: str) -> Pos:
         """Where this replica ends: after its last WAL segment, or at its last snapshot."""
@@ -192,7 +234,7 @@ class Replica:
                 if end < pos.offset or end == 0:
                     # The shadow index is gone or shorter than what was shipped:
                     # continue from a fresh snapshot of the current index.
-                    log.warning("%s: shadow wal %s unavailable, taking a new snapshot", self.name, path)
+                    log.warning("%s: shadow wal %s unavailable, taking a new snapshot", self.name, path, extra=self._fields(pos))
                     self._snapshot()
                     self._set_pos(self._calc_pos(pos.generation))
                     return True
@@ -219,7 +261,7 @@ class Replica:
         created_at = datetime.fromtimestamp(commits[-1][1] / 1e9, timezone.utc) if commits else _now()
         self.client.write_wal_segment(pos, segment, created_at)
         self._set_pos(Pos(pos.generation, pos.index, end))
-        log.debug("%s: wal segment written %s (%d bytes)", self.name, pos, end - pos.offset)
+        log.debug("%s: wal segment written %s (%d bytes)", self.name, pos, end - pos.offset, extra=self._fields(pos))
         return True
 
     def _shadow_header(self, path: str) -> WALHeader:
@@ -264,7 +306,8 @@ class Replica:
                 codec.compress_chunks(source.chunks(), tmp)
             tmp.seek(0)
             info = self.client.write_snapshot(pos.generation, pos.index, tmp, created_at)
-        log.info("%s: snapshot written %s/%08x (%d bytes)", self.name, pos.generation, pos.index, info.size)
+        log.info("%s: snapshot written %s/%08x (%d bytes)", self.name, pos.generation, pos.index, info.size,
+                 extra=self._fields(pos))
         return info
 
     # -- retention -----------------------------------------------------------
@@ -288,7 +331,8 @@ class Replica:
                 if generation == current:
                     continue  # never delete the generation being written
                 self.client.delete_generation(generation)
-                log.info("%s: generation %s deleted by retention", self.name, generation)
+                log.info("%s: generation %s deleted by retention", self.name, generation,
+                         extra=self._fields(Pos(generation)))
                 continue
             oldest = min(s.index for s in kept)
             for s in self.client.snapshots(generation):
@@ -297,4 +341,5 @@ class Replica:
             old_segments = [w.pos for w in self.client.wal_segments(generation) if w.index < oldest]
             if old_segments:
                 self.client.delete_wal_segments(old_segments)
-                log.info("%s: %d wal segments before index %08x deleted by retention", self.name, len(old_segments), oldest)
+                log.info("%s: %d wal segments before index %08x deleted by retention", self.name, len(old_segments), oldest,
+                         extra=self._fields(Pos(generation)))

@@ -22,10 +22,9 @@ import time
 from dataclasses import dataclass
 
 from .db import DB
-from .errors import DatabaseBusyError, LitestreamError
+from .errors import DatabaseBusyError, DatabaseError, LitestreamError
 from .replica import QUIET_FLUSH, Replica
 from .scheduler import MAX_BUSY_SPACING, RETRY_INTERVAL
-from .scheduler import ErrorLog as _ErrorLog
 from .scheduler import Periodic as _Periodic
 from .scheduler import Pool as _Pool
 from .scheduler import Task as _Task
@@ -59,12 +58,51 @@ MIN_SHIP_SPACING = MIN_SYNC_SPACING / 2
 # sync, and so each segment, carries more commits, so fixed per-sync costs shrink
 # per MiB of WAL. (Shippers follow the syncs; they need no factor of their own.)
 BUSY_SPACING_FACTOR = 8.0
+# A database that cannot be opened is retried (and logged) at most this far apart.
+MAX_UNSERVED_RETRY = 60.0
+
+class _ErrorLog:
+    """Log a failing operation once, not on every retry, and log its recovery.
+
+    A failure passed with ``repeat`` (a database that cannot be served at all)
+    is logged again at each retry, the retries backing off from RETRY_INTERVAL
+    to MAX_UNSERVED_RETRY: an operator tailing the log sees it is still down.
+    """
+
+    def __init__(self, what: str, fields: dict[str, str]) -> None:
+        self.what = what
+        self.fields = fields  # structured log fields (db, replica)
+        self.last = ""
+        self.since = 0.0
+        self.retry = RETRY_INTERVAL
+        self.logged_at = 0.0
+
+    def failed(self, exc: BaseException, repeat: bool = False) -> None:
+        message = str(exc) or type(exc).__name__
+        now = time.monotonic()
+        if message != self.last:
+            self.last, self.since, self.retry = message, now, RETRY_INTERVAL
+        elif not repeat or now - self.logged_at < self.retry * 0.9:
+            return  # a wake between retries (inotify) need not repeat it
+        else:
+            self.retry = min(self.retry * 2, MAX_UNSERVED_RETRY)
+        self.logged_at = now
+        log.warning("%s: %s (retrying in %gs)", self.what, message, self.retry, extra=self.fields)
+
+    def ok(self) -> None:
+        if self.last:
+            log.info("%s: recovered after %.1fs", self.what, time.monotonic() - self.since, extra=self.fields)
+            self.last = ""
+            self.retry = RETRY_INTERVAL
+
+
 @dataclass
 class _ShipState:
     errors: _ErrorLog
     snapshot: _Periodic
     retention: _Periodic
     validation: _Periodic
+    intact: _Periodic  # the replica still holds its snapshot (object stores; files check every sync)
     whole: _Periodic  # shipping everything, partial segment included
 
 
@@ -79,19 +117,37 @@ class Replicator:
         self._monitors = _Pool("lsr-sync")
         self._shippers = _Pool("lsr-ship")
         self._monitor_tasks: list[_Task] = []
+        self._unserved: set[str] = set()  # paths of the DBs that cannot be opened at all, now
         self._watcher: WALWatcher | None = WALWatcher(self._events_may_wait) if watch else None
 
     def start(self) -> None:
-        """Open every DB that exists (raising on one that cannot be replicated) and start."""
+        """Open every DB that exists and start.
+
+        A DB that cannot be replicated (not in WAL mode, not a database, served
+        by another lsr process...) does not hold up the others: it is logged
+        and retried (see _ErrorLog). Raises only when no DB can be served.
+        """
+        failures: list[tuple[DB, LitestreamError]] = []
         for db in self.dbs:
-            db.check_path()
             try:
                 db.open()
             except DatabaseBusyError:
                 pass  # the monitor retries, and logs it once if it persists
+            except LitestreamError as exc:
+                failures.append((db, exc))
+        if len(failures) == len(self.dbs):
+            for db in self.dbs:
+                db.close()
+            if len(failures) == 1:
+                raise failures[0][1]
+            for db, failure in failures:
+                log.error("%s", failure, extra={"db": db.path})
+            raise DatabaseError(f"cannot replicate: none of the {len(failures)} databases can be served (see above)")
+        unserved = {db.path: exc for db, exc in failures}
+        self._unserved.update(unserved)
         watcher = self._watcher if self._watcher is not None and self._watcher.start() else None
         for db in self.dbs:
-            monitor = self._monitor_task(db)
+            monitor = self._monitor_task(db, unserved.get(db.path))
             self._monitor_tasks.append(monitor)
             if watcher is not None:
                 watcher.watch(db.path, functools.partial(self._monitors.wake, monitor))
@@ -114,6 +170,7 @@ class Replicator:
         self._monitors.stop()
         self._shippers.stop()
         for db in self.dbs:
+            served = db.path not in self._unserved
             try:
                 if final_sync:
                     db.sync(force=True)
@@ -122,10 +179,14 @@ class Replicator:
                             replica.sync()
                         except LitestreamError as exc:
                             ok = False
-                            log.error("%s: final sync of replica %s failed: %s", db.path, replica.name, exc)
+                            log.error("%s: final sync of replica %s failed: %s", db.path, replica.name, exc,
+                                      extra={"db": db.path, "replica": replica.name})
             except LitestreamError as exc:
-                ok = False
-                log.error("%s: final sync failed: %s", db.path, exc)
+                if served:
+                    ok = False
+                    log.error("%s: final sync failed: %s", db.path, exc, extra={"db": db.path})
+                else:  # never served, and reported as such all along: nothing of it was left behind
+                    log.warning("%s: not replicated: %s", db.path, exc, extra={"db": db.path})
             finally:
                 db.close()
         return ok
@@ -151,24 +212,36 @@ class Replicator:
         watched = self._watcher is not None and self._watcher.watching(db.path)
         return max(interval, FALLBACK_POLL_INTERVAL) if watched else interval
 
-    def _monitor_task(self, db: DB) -> _Task:
-        errors = _ErrorLog(f"{db.path}: sync")
+    def _monitor_task(self, db: DB, failure: LitestreamError | None = None) -> _Task:
+        errors = _ErrorLog(f"{db.path}: sync", {"db": db.path})
+        if failure is not None:
+            errors.failed(failure)
         # A busy writer's commits are copied in batches, not one sync each.
         return _Task(f"{db.path}: sync", lambda: self._monitor_step(db, errors), MIN_SYNC_SPACING, BUSY_SPACING_FACTOR)
 
     def _monitor_step(self, db: DB, errors: _ErrorLog) -> float:
         if self._watcher is not None:
             self._watcher.arm(db.path)  # before the sync reads the WAL: no write goes unseen
+        unserved = False  # the database cannot be opened at all (not WAL, a directory...)
         try:
             db.sync()
             errors.ok()
+        except DatabaseBusyError as exc:
+            errors.failed(exc)  # the application's long transaction: once is enough
         except LitestreamError as exc:
-            errors.failed(exc)
+            unserved = not db.is_open()
+            errors.failed(exc, repeat=unserved)
         except Exception as exc:  # keep the sidecar alive; report the bug
             log.exception("%s: unexpected sync failure", db.path)
             errors.failed(exc)
+        if unserved:
+            self._unserved.add(db.path)
+        else:
+            self._unserved.discard(db.path)
         wait = self._poll_interval(db)
-        if errors.last or not db.is_open():
+        if unserved:
+            wait = errors.retry
+        elif errors.last or not db.is_open():
             wait = db.monitor_interval.total_seconds()
         retry = db.seconds_until_checkpoint_retry()
         if retry is not None:
@@ -180,10 +253,11 @@ class Replicator:
         assert db is not None
         retention_check = min(replica.retention_check_interval, replica.retention)
         state = _ShipState(
-            _ErrorLog(f"{db.path}: replica {replica.name}"),
+            _ErrorLog(f"{db.path}: replica {replica.name}", {"db": db.path, "replica": replica.name}),
             snapshot=_Periodic(replica.snapshot_interval),
             retention=_Periodic(retention_check if replica.retention.total_seconds() > 0 else None),
             validation=_Periodic(replica.validation_interval),
+            intact=_Periodic(replica.intact_check_interval or None),
             whole=_Periodic(replica.sync_interval, now=True, slack=MIN_SYNC_SPACING),
         )
         # sync-interval bounds the request rate (object stores bill per PUT).
@@ -200,6 +274,8 @@ class Replicator:
             # An early run (full segments pending, the interval not yet up) ships
             # only those; once per interval, or after a pause, everything goes.
             whole = not replica.ships_early or state.whole.take(now) or task.quiet()
+            if state.intact.take(now):
+                replica.check_intact()  # if wiped, this sync ships it again from a new snapshot
             # Only a step that wrote to the replica shows an outage is over: an
             # early run with no full segment to ship sends nothing at all.
             reached = replica.sync(whole)
@@ -212,6 +288,10 @@ class Replicator:
                 replica.snapshot()
                 reached = True
             if state.retention.take(now):
+                # Retention on a wiped replica would snapshot an index whose
+                # start was never shipped: ship it again first.
+                if not replica.check_intact():
+                    replica.sync()
                 replica.enforce_retention()
                 reached = True
             if state.validation.take(now):
@@ -226,7 +306,8 @@ class Replicator:
             state.errors.failed(exc)
         # Until the next scheduled job; new WAL wakes the shipper sooner.
         now = time.monotonic()
-        wait = min(IDLE_WAKE_INTERVAL, *(job.due - now for job in (state.snapshot, state.retention, state.validation)))
+        jobs = (state.snapshot, state.retention, state.validation, state.intact)
+        wait = min(IDLE_WAKE_INTERVAL, *(job.due - now for job in jobs))
         if state.errors.last:
             wait = min(wait, RETRY_INTERVAL)
         return max(wait, 0.0)
@@ -235,6 +316,7 @@ class Replicator:
     def _validate(replica: Replica) -> None:
         db = replica.db
         assert db is not None
+        replica.check_intact()  # a wiped replica is shipped again (catch_up) before it is compared
         result = verify_database(db.path, replica.client, db.meta_path, shm_fd=db.shm_fd, catch_up=replica.sync)
         if result.ok:
             log.info("%s: replica %s verified: %s", db.path, replica.name, result.describe())

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-from . import codec
+from . import codec, paths
 from .errors import (
+    InUseError,
     NoGenerationError,
     NoSnapshotError,
     NotFoundError,
@@ -32,6 +33,7 @@ from .errors import (
     WALFormatError,
 )
 from .fsutil import fsync_dir
+from .lockfile import ProcessLock, describe_holder
 from .pos import Pos, SnapshotInfo, WALSegmentInfo
 from .replica_client import ReplicaReader
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, check_frames, import_numpy_in_background
@@ -275,6 +277,11 @@ def _snapshot_time(client: ReplicaReader, snapshot: SnapshotInfo) -> datetime:
     return snapshot.created_at if ns is None else datetime.fromtimestamp(ns / 1e9, timezone.utc)
 
 
+def _missing(generation: str, index: int, offset: int) -> str:
+    """The replica object a gap lacks, as the replica names it."""
+    return f"wal segment {paths.wal_segment_path('', generation, index, offset)} is missing"
+
+
 def _check_chain(generation: str, snapshot: SnapshotInfo, segments: list[WALSegmentInfo]) -> None:
     expected_index = snapshot.index
     previous: WALSegmentInfo | None = None
@@ -282,12 +289,13 @@ def _check_chain(generation: str, snapshot: SnapshotInfo, segments: list[WALSegm
         if previous is None or seg.index != previous.index:
             if seg.index != expected_index:
                 raise RestoreGapError(
-                    f"cannot restore generation {generation}: missing wal index {expected_index:08x}"
+                    f"cannot restore generation {generation}: {_missing(generation, expected_index, 0)} "
+                    f"(the next wal index on the replica is {seg.index:08x})"
                 )
             if seg.offset != 0:
                 raise RestoreGapError(
-                    f"cannot restore generation {generation}: missing initial wal segment "
-                    f"{seg.index:08x}_{0:08x} (first is at offset {seg.offset})"
+                    f"cannot restore generation {generation}: {_missing(generation, seg.index, 0)} "
+                    f"(missing initial wal segment; the first one at that index starts at offset {seg.offset})"
                 )
             expected_index = seg.index + 1
         elif seg.offset <= previous.offset:
@@ -358,10 +366,17 @@ class _WALApplier:
         if seg.index != self.index:
             self.index, self.offset, self.header = seg.index, 0, None
             self.pending.clear()
-        if seg.offset != self.offset:
+        if seg.offset > self.offset:
+            raise RestoreGapError(
+                f"cannot restore generation {self.generation}: {_missing(self.generation, seg.index, self.offset)} "
+                f"(the next one, {where(seg)}, starts at offset {seg.offset})"
+            )
+        if seg.offset < self.offset:
+            # Only two writers shipping one replica make segments overlap.
             raise RestoreGapError(
                 f"cannot restore generation {self.generation}: wal segment {where(seg)} starts at "
-                f"{seg.offset} but the previous one ended at {self.offset}"
+                f"{seg.offset}, inside the previous one (which ended at {self.offset}): were two lsr "
+                "processes shipping to this replica?"
             )
         view = memoryview(data)
         pos = 0
@@ -590,6 +605,23 @@ def restore(client: ReplicaReader, opts: RestoreOptions) -> RestoreResult:
     output = os.path.abspath(opts.output_path)
     if os.path.lexists(output):
         raise OutputExistsError(f"cannot restore to {output}: file already exists")
+    directory, name = os.path.split(output)
+    os.makedirs(directory, exist_ok=True)
+    # Two restores into one path would each do all the work, and the second fail at the end.
+    lock = ProcessLock(os.path.join(directory, f".{name}.lsr-restore.lock"))
+    holder = lock.acquire()
+    if holder is not None:
+        raise InUseError(
+            f"cannot restore to {output}: another lsr restore ({describe_holder(holder)}) is writing it "
+            "(wait for it to finish, or choose another -o path)"
+        )
+    try:
+        return _restore_locked(client, opts, output)
+    finally:
+        lock.release(unlink=True)
+
+
+def _restore_locked(client: ReplicaReader, opts: RestoreOptions, output: str) -> RestoreResult:
     listing = client if isinstance(client, CachedListing) else CachedListing(client)
     if opts.timestamp is not None:
         check_timestamp(listing, opts.timestamp)
@@ -656,5 +688,6 @@ def _restore_once(client: ReplicaReader, opts: RestoreOptions, output: str) -> R
     log.info(
         "restored %s from generation %s (snapshot %08x, %d transactions) to %s",
         output, generation, plan.snapshot.index, applier.transactions, pos,
+        extra={"db": output, "generation": generation, "pos": str(pos)},
     )
     return RestoreResult(output, generation, plan.snapshot.index, pos, applier.transactions)

@@ -22,7 +22,6 @@ __all__ = [
     "Clock",
     "MonotonicClock",
     "SYSTEM_CLOCK",
-    "ErrorLog",
     "Task",
     "Pool",
     "Periodic",
@@ -59,7 +58,7 @@ SYSTEM_CLOCK: Clock = MonotonicClock()
 # A step that starts again no sooner than busy_factor times its duration waits
 # at most this long for it.
 MAX_BUSY_SPACING = 0.1
-# A step that raised runs again this soon.
+# A step that raised runs again this soon (and the replicator retries a failed sync so soon).
 RETRY_INTERVAL = 1.0
 # Workers are added while every one is busy, up to this many per pool.
 MAX_WORKERS = 32
@@ -74,28 +73,6 @@ COALESCED_TIMER = 10.0
 # wait out the spacing.
 SETTLE_BURST = 2.0
 
-
-
-class ErrorLog:
-    """Log a failing operation once, not on every retry, and log its recovery."""
-
-    def __init__(self, what: str, clock: Clock = SYSTEM_CLOCK) -> None:
-        self.what = what
-        self.last = ""
-        self.since = 0.0
-        self._clock = clock
-
-    def failed(self, exc: BaseException) -> None:
-        message = str(exc) or type(exc).__name__
-        if message != self.last:
-            log.warning("%s: %s (retrying)", self.what, message)
-            self.last = message
-            self.since = self._clock.now()
-
-    def ok(self) -> None:
-        if self.last:
-            log.info("%s: recovered after %.1fs", self.what, self._clock.now() - self.since)
-            self.last = ""
 
 
 class Task:

@@ -44,8 +44,16 @@ class VerifyResult:
     pos: Pos
     tables: int
     first_mismatch: str = ""  # the first table whose content differs
+    # False: a replica checked on its own (integrity_check), with no live database to compare.
+    compared: bool = True
+    problem: str = ""  # what integrity_check found, when not compared
 
     def describe(self) -> str:
+        if not self.compared:
+            if self.ok:
+                return (f"OK: restored {self.tables} tables at {self.pos}, integrity_check ok "
+                        "(nothing compared: give DB_PATH to compare with the live database)")
+            return f"CORRUPT at {self.pos}: integrity_check: {self.problem}"
         if self.ok:
             return f"OK: {self.tables} tables match at {self.pos}"
         return f"MISMATCH at {self.pos}: table {self.first_mismatch} differs"
@@ -202,7 +210,7 @@ def verify_replica(client: ReplicaClient) -> VerifyResult:
         finally:
             conn.close()
     ok = check == [("ok",)]
-    return VerifyResult(ok, result.pos, tables, "" if ok else f"integrity_check: {check[0][0]}")
+    return VerifyResult(ok, result.pos, tables, compared=False, problem="" if ok else str(check[0][0]))
 
 
 def _compare(live: list[tuple[str, str]], restored: list[tuple[str, str]], pos: Pos) -> VerifyResult:

@@ -34,7 +34,9 @@ from workload import (
     segment_count,
     stop_lsr,
     wait_ready,
+    wait_synced,
     wal_indexes,
+    write_stop_and_restore,
 )
 
 ROUNDS = 24
@@ -323,12 +325,7 @@ def test_missing_database_is_waited_for(tmp_path: Path, procs: Processes) -> Non
     for i in range(10):
         app.execute("INSERT INTO t (v) VALUES (?)", (str(i),))
     wait_ready(p, replica)
-    app.execute("INSERT INTO t (v) VALUES ('last')")
-    stop_lsr(p)
-    app.close()
-    restored = tmp_path / "restored.db"
-    restore(f"file://{replica}", restored)
-    assert_same_data(db, restored)
+    write_stop_and_restore(app, p, db, replica)
 
 
 def test_exec_runs_the_application_and_stops_with_it(tmp_path: Path) -> None:
@@ -676,3 +673,25 @@ def test_database_across_the_lock_byte_page(tmp_path: Path, procs: Processes) ->
         shutil.rmtree(meta_dir(db), ignore_errors=True)
         for path in (db, restored, Path(f"{db}-wal"), Path(f"{db}-shm")):
             path.unlink(missing_ok=True)
+
+
+# -- a replica directory wiped while lsr runs ---------------------------------------------
+
+def test_file_replica_wiped_while_running_is_written_again(tmp_path: Path, procs: Processes) -> None:
+    """An operator removes the replica directory: lsr notices at its next shipment, logs it,
+    and writes the replica again from a new snapshot, without a restart."""
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    app = open_app_db(db)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    p = procs.lsr_replicate(str(db), f"file://{replica}")
+    wait_ready(p, replica)
+    for i in range(20):
+        app.execute("INSERT INTO t (v) VALUES (?)", (f"before-{i}",))
+    wait_synced(db, replica)
+    shutil.rmtree(replica)
+    for i in range(20):
+        app.execute("INSERT INTO t (v) VALUES (?)", (f"after-{i}",))
+    wait_for(lambda: "no snapshot on the replica any more" in Processes.output(p), what="lsr to notice")
+    wait_synced(db, replica)
+    assert p.poll() is None  # no restart
+    write_stop_and_restore(app, p, db, replica)

@@ -101,7 +101,8 @@ def test_missing_segment_fails_loudly_and_writes_nothing(tmp_path: Path, engine)
     out = tmp_path / "out.db"
     with pytest.raises(RestoreGapError) as err:
         restore(client, RestoreOptions(output_path=str(out)))
-    assert f"{victim.index:08x}" in str(err.value)
+    assert f"wal segment generations/{generation}/wal/{victim.index:08x}_{victim.offset:08x}.wal.lz4 is missing" \
+        in str(err.value)
     assert not out.exists()
     assert not list(tmp_path.glob("out.db*"))  # no temp file left behind either
     r = run_lsr("restore", "-o", str(out), f"file://{tmp_path / 'replica'}")
@@ -116,8 +117,9 @@ def test_missing_initial_segment_is_named(tmp_path: Path, engine) -> None:
     first = client.wal_segments(generation)[0]
     assert first.offset == 0
     client.delete_wal_segments([first.pos])
-    with pytest.raises(RestoreGapError, match="missing initial wal segment"):
+    with pytest.raises(RestoreGapError, match="missing initial wal segment") as err:
         restore(client, RestoreOptions(output_path=str(tmp_path / "out.db")))
+    assert f"wal segment generations/{generation}/wal/{first.index:08x}_00000000.wal.lz4 is missing" in str(err.value)
 
 
 class RetentionDuringRestore(FileReplicaClient):

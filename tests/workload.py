@@ -239,6 +239,15 @@ class Writer(threading.Thread):
 
 # -- lsr process helpers ------------------------------------------------------
 
+def rollback_db(path: Path) -> None:
+    """A database in the default (rollback journal) mode, one table t with one row."""
+    conn = sqlite3.connect(str(path))
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO t (v) VALUES ('kept')")
+    conn.commit()
+    conn.close()
+
+
 def meta_dir(db: Path) -> Path:
     return db.parent / f".{db.name}-litestream"
 
@@ -295,6 +304,16 @@ def stop_lsr(p: subprocess.Popen[bytes], timeout: float = 60) -> str:
     assert "Traceback" not in out, out
     assert not re.search(r"\b(ERROR|CRITICAL)\b", out), out
     return out
+
+
+def write_stop_and_restore(app: sqlite3.Connection, p: subprocess.Popen[bytes], db: Path, replica: Path) -> None:
+    """One more commit, a clean stop of lsr, and a restore of the file replica that holds everything."""
+    app.execute("INSERT INTO t (v) VALUES ('last')")
+    stop_lsr(p)
+    app.close()
+    restored = replica.parent / "restored.db"
+    restore(f"file://{replica}", restored)
+    assert_same_data(db, restored)
 
 
 def restore(replica_url: str, out: Path, *extra: str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Processes, open_app_db, run_lsr, wait_for
-from workload import catches_sigterm, meta_dir, replica_ready, restore, stop_lsr
+from workload import catches_sigterm, meta_dir, replica_ready, restore, rollback_db, stop_lsr
 
 
 def assert_one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -150,11 +150,7 @@ def test_replicate_with_missing_parent_directory(tmp_path: Path) -> None:
 
 def test_database_not_in_wal_mode(tmp_path: Path) -> None:
     db = tmp_path / "rollback.db"
-    conn = sqlite3.connect(str(db))
-    conn.execute("CREATE TABLE t (x)")
-    conn.execute("INSERT INTO t VALUES (1)")
-    conn.commit()
-    conn.close()
+    rollback_db(db)
     before, listing = digest(db), sorted(os.listdir(tmp_path))
     replica = tmp_path / "replica"
     assert_one_line_error(run_lsr("replicate", str(db), f"file://{replica}", timeout=30), "wal")
@@ -227,8 +223,21 @@ def test_replica_without_backups(tmp_path: Path, exists: bool) -> None:
 def test_restore_refuses_existing_output(tmp_path: Path, replicated: Path) -> None:
     out = tmp_path / "out.db"
     out.write_bytes(b"precious")
-    assert_one_line_error(run_lsr("restore", "-o", str(out), f"file://{replicated}"), "exists")
+    line = assert_one_line_error(run_lsr("restore", "-o", str(out), f"file://{replicated}"), "exists")
+    assert "pass -o" not in line and "choose another -o path" in line  # -o was passed
     assert out.read_bytes() == b"precious"
+
+
+def test_restore_onto_the_config_database_suggests_o(tmp_path: Path, db_path: Path, replicated: Path) -> None:
+    cfg = config(tmp_path, db_path, f"      - url: file://{replicated}\n")
+    line = assert_one_line_error(run_lsr("restore", "-config", str(cfg), str(db_path)), str(db_path), "exists")
+    assert "pass -o PATH to restore elsewhere" in line
+
+
+def test_verify_of_a_replica_url_does_not_claim_a_comparison(replicated: Path) -> None:
+    res = run_lsr("verify", f"file://{replicated}")
+    assert res.returncode == 0, res.stderr
+    assert "match" not in res.stdout and "integrity_check ok" in res.stdout and "nothing compared" in res.stdout
 
 
 def test_restore_if_db_not_exists(tmp_path: Path, replicated: Path) -> None:

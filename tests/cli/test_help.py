@@ -46,3 +46,43 @@ def test_flags_have_one_and_two_dash_spellings(name: str) -> None:
         longs = [o for o in param.opts if o.startswith("--")]
         for opt in longs:
             assert opt[1:] in param.opts, f"{name}: {opt} has no one-dash spelling"
+
+
+def test_group_help_shows_whole_summaries() -> None:
+    """`lsr --help` lists each command's first sentence whole, never cut to '...'."""
+    output = CliRunner().invoke(cli, ["--help"], catch_exceptions=False).output
+    output = " ".join(output.split("Commands:", 1)[1].split())
+    assert "..." not in output
+    for name in COMMANDS:
+        command = cli.get_command(click.Context(cli), name)
+        first = command.help.split("\n\n")[0]
+        assert " ".join(first.split()) in output, f"{name}: summary {first!r} not whole"
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_command_help_has_examples(name: str) -> None:
+    output = CliRunner().invoke(cli, [name, "--help"], catch_exceptions=False).output
+    lines = output.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip() in ("Examples:", "Example:"))
+    examples = [line.strip() for line in lines[at + 1:] if line.strip().startswith(f"lsr {name}")]
+    assert examples, output
+
+
+@pytest.mark.parametrize("name, flag, default", [
+    ("restore", "-parallelism", "8"),
+    ("verify", "-timeout", "30"),
+])
+def test_help_shows_defaults(name: str, flag: str, default: str) -> None:
+    output = " ".join(CliRunner().invoke(cli, [name, "--help"], catch_exceptions=False).output.split())
+    help_of_flag = output.split(f"{flag}, -{flag}", 1)[1].split(" -", 1)[0]
+    assert f"[default: {default}" in help_of_flag, help_of_flag
+    assert '[default: ""]' not in output
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_non_trivial_default_is_shown(name: str) -> None:
+    for param in cli.get_command(click.Context(cli), name).params:
+        default = param.default
+        if param.param_type_name == "option" and isinstance(default, (int, float, str)) \
+                and not isinstance(default, bool) and default != "":
+            assert param.show_default, f"{name}: {param.opts} hides its default {param.default!r}"

@@ -102,6 +102,17 @@ def wait_replica_ready(p: subprocess.Popen[bytes], client: S3ReplicaClient, time
     wait_for(ready, timeout=timeout, interval=0.2, what="a snapshot on the replica")
 
 
+def replicate_and_catch_up(procs: Processes, cfg: Path, env: dict[str, str], client: S3ReplicaClient, db: Path,
+                           conn: sqlite3.Connection, transactions: int = 20) -> subprocess.Popen[bytes]:
+    """lsr replicating per ``cfg``, its snapshot shipped, then ``transactions`` inserts shipped too."""
+    p = procs.lsr_replicate("-config", str(cfg), env=env)
+    wait_replica_ready(p, client)
+    for i in range(transactions):
+        insert(conn, i)
+    wait_caught_up(db, client, CATCH_UP_SECONDS)
+    return p
+
+
 def lsr_restore_ok(source: Path, replica_url: str, out: Path, env: dict[str, str], *extra: str) -> str:
     res = run_lsr("restore", "-o", str(out), *extra, replica_url, env=env)
     assert res.returncode == 0, f"lsr restore failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
@@ -193,12 +204,8 @@ def test_outage_keeps_shadow_wal_and_warns_once(tmp_path: Path, procs: Processes
     lsr keeps the shadow WAL, logs one clear warning, and ships everything once it is back."""
     db, conn = new_db(tmp_path)
     cfg = write_s3_config(tmp_path, db, s3_bucket, proxy.endpoint, monitor_interval="200ms")
-    p = procs.lsr_replicate("-config", str(cfg), env=s3_env)
     direct = make_s3_client(s3_server, s3_bucket)
-    wait_replica_ready(p, direct)
-    for i in range(20):
-        insert(conn, i)
-    wait_caught_up(db, direct, CATCH_UP_SECONDS)
+    p = replicate_and_catch_up(procs, cfg, s3_env, direct, db, conn)
 
     proxy.outage("refuse")
     down = time.monotonic()
@@ -635,3 +642,32 @@ def test_default_s3_replica_ships_a_full_segment_without_waiting_for_its_interva
             took = full_segments()[0] - committed
             stop_writer()
     assert took < 0.7, f"the full segment took {took:.2f} s to reach S3"
+
+
+# -- a bucket prefix wiped while lsr runs -------------------------------------------------
+
+def test_replica_wiped_while_running_is_written_again(tmp_path: Path, procs: Processes,
+                                                      s3_servers: dict[str, S3Server], s3_env: dict[str, str]) -> None:
+    """A lifecycle rule (here: the test) deletes every object under the replica's prefix: lsr
+    notices at its next validation, logs it, and writes the replica again from a new snapshot."""
+    server = s3_servers["moto"]
+    bucket = server.create_bucket()
+    db, conn = new_db(tmp_path)
+    cfg = write_s3_config(tmp_path, db, bucket, server.endpoint, replica={"validation-interval": "1s"})
+    client = make_s3_client(server, bucket)
+    p = replicate_and_catch_up(procs, cfg, s3_env, client, db, conn)
+    raw = server.raw_client()
+    keys = [o["Key"] for page in raw.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="db/")
+            for o in page.get("Contents", [])]
+    assert keys
+    raw.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys]})
+    for i in range(20, 30):
+        insert(conn, i)
+    wait_for(lambda: "no snapshot on the replica any more" in Processes.output(p), timeout=60,
+             what="lsr to notice the wiped replica")
+    wait_caught_up(db, client, CATCH_UP_SECONDS, "the replica to be written again")
+    assert p.poll() is None  # no restart
+    insert(conn, 30)
+    stop_lsr(p)
+    conn.close()
+    lsr_restore_ok(db, url(server, bucket), tmp_path / "restored.db", s3_env)
