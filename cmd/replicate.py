@@ -11,7 +11,7 @@ from types import FrameType
 
 import click
 
-from litestream_py.db import configure_process_for_sidecar, release_free_memory
+from litestream_py.process import configure_process_for_sidecar, release_free_memory
 from litestream_py.config import Config, DBConfig, ReplicaConfig, default_config_path, expand_path, load_config
 from litestream_py.errors import ConfigError
 from litestream_py.factory import db_from_config

@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DB",
-    "configure_process_for_sidecar",
     "DEFAULT_MONITOR_INTERVAL",
     "DEFAULT_CHECKPOINT_INTERVAL",
     "DEFAULT_MIN_CHECKPOINT_PAGE_COUNT",
@@ -108,13 +107,6 @@ WRITTEN_TOKEN_PARTS = 4
 SHM_MX_FRAME_OFFSET = 16
 SHM_BACKFILL_OFFSET = 96
 
-SIDECAR_THREAD_STACK_SIZE = 512 * 1024
-M_ARENA_MAX = -8  # glibc mallopt parameters
-M_MMAP_THRESHOLD = -3
-# Buffers this large (WAL chunks, compressed segments) get their own mapping,
-# returned to the OS when freed, whichever worker thread and arena they came from.
-SIDECAR_MMAP_THRESHOLD = 256 * 1024
-
 CHECKPOINT_PASSIVE = "PASSIVE"
 CHECKPOINT_RESTART = "RESTART"
 CHECKPOINT_TRUNCATE = "TRUNCATE"
@@ -164,39 +156,6 @@ class _SyncState:
     restart: bool = False  # the real WAL was restarted; shadow moves to a new index
     shadow_index: int = 0
     shadow_size: int = 0
-
-
-def configure_process_for_sidecar() -> None:
-    """Process-wide SQLite settings for a sidecar that keeps many databases open.
-
-    Each connection would otherwise reserve ~120 KiB of lookaside memory that
-    lsr's few statements never need. Call before the first connection opens.
-    """
-    apsw.shutdown()
-    apsw.config(apsw.SQLITE_CONFIG_LOOKASIDE, 0, 0)
-    apsw.initialize()
-    # glibc gives busy threads their own malloc arenas, which keep freed memory;
-    # two thousand mostly idle threads need no more than a couple.
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_ARENA_MAX, 2)
-        libc.mallopt(M_MMAP_THRESHOLD, SIDECAR_MMAP_THRESHOLD)
-    except (OSError, AttributeError):
-        pass
-    # Sidecar threads run shallow code; the default 8 MiB stacks only cost memory.
-    threading.stack_size(SIDECAR_THREAD_STACK_SIZE)
-
-
-def release_free_memory() -> None:
-    """Hand memory that malloc holds free back to the OS (glibc; elsewhere a no-op).
-
-    Bursts such as the first snapshots of a thousand databases leave the heap
-    full of freed chunks that glibc keeps: ~50 MiB for 1,000 databases.
-    """
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class _PollingBusyHandler:
