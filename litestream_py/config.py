@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from .encryption import AgeKeys, parse_age
 from .errors import ConfigError
 
 __all__ = [
@@ -36,6 +37,11 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG_PATH = "/etc/litestream.yml"
 
 _TOP_KEYS = {"addr", "dbs", "exec", "access-key-id", "secret-access-key", "logging", "mcp-addr"}
+# Keys Go Litestream knows that lsr does not implement: refused, never accepted in silence.
+_UNSUPPORTED_TOP_KEYS = {
+    "addr": "lsr serves no metrics (remove addr)",
+    "mcp-addr": "lsr has no MCP server (remove mcp-addr)",
+}
 _LOGGING_KEYS = {"level", "type", "stderr"}
 _DB_KEYS = {
     "path", "dir", "pattern", "meta-path", "monitor-interval", "checkpoint-interval",
@@ -44,9 +50,9 @@ _DB_KEYS = {
 _REPLICA_KEYS = {
     "type", "name", "path", "url", "retention", "retention-check-interval", "sync-interval",
     "snapshot-interval", "validation-interval", "access-key-id", "secret-access-key", "region",
-    "bucket", "endpoint", "force-path-style", "skip-verify",
+    "bucket", "endpoint", "force-path-style", "skip-verify", "age",
     # Keys of backends lsr does not implement; accepted so the type error is the one reported.
-    "account-name", "account-key", "host", "user", "password", "key-path", "age",
+    "account-name", "account-key", "host", "user", "password", "key-path",
 }
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {
@@ -128,6 +134,7 @@ class ReplicaConfig:
     endpoint: str = ""
     force_path_style: bool | None = None
     skip_verify: bool = False
+    age: AgeKeys | None = None  # the replica's ``age:`` keys (see encryption)
 
     def replica_type(self) -> str:
         if self.url:
@@ -178,6 +185,15 @@ def _warn_unknown(section: str, data: dict[str, Any], known: set[str], warnings:
             warnings.append(f"unknown config key {key!r} in {section} (ignored)")
 
 
+def _refuse_misplaced_age(data: dict[str, Any], where: str) -> None:
+    """``age:`` outside a replica would encrypt nothing: refused, not warned about."""
+    if "age" in data:
+        raise ConfigError(
+            f"cannot read config: age in {where} encrypts nothing; it belongs in a replica "
+            "(dbs[].replicas[].age)"
+        )
+
+
 def _as_dict(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -211,6 +227,8 @@ def _replica(data: dict[str, Any], where: str, warnings: list[str]) -> ReplicaCo
         rc.force_path_style = _bool(data["force-path-style"], f"{where} force-path-style")
     if data.get("skip-verify") is not None:
         rc.skip_verify = _bool(data["skip-verify"], f"{where} skip-verify")
+    if "age" in data:
+        rc.age = parse_age(data["age"], f"{where}.age")
     if rc.path and is_url(rc.path):
         raise ConfigError(f"cannot read config: {where} path cannot be a url, use the 'url' field: {rc.path}")
     if rc.url and rc.path and rc.replica_type() == "file":
@@ -232,6 +250,10 @@ def parse_config(text: str, *, expand: bool = True, source: str = "config") -> C
     top = _as_dict(raw, "the top level")
     cfg = Config()
     _warn_unknown("the top level", top, _TOP_KEYS, cfg.warnings)
+    for key, why in _UNSUPPORTED_TOP_KEYS.items():
+        if top.get(key) is not None:
+            raise ConfigError(f"cannot read config: {key} is not supported by lsr yet: {why}")
+    _refuse_misplaced_age(top, "the top level")
     cfg.access_key_id = str(top.get("access-key-id") or "")
     cfg.secret_access_key = str(top.get("secret-access-key") or "")
     cfg.addr = str(top.get("addr") or "")
@@ -249,6 +271,7 @@ def parse_config(text: str, *, expand: bool = True, source: str = "config") -> C
     for i, item in enumerate(dbs):
         data = _as_dict(item, f"dbs[{i}]")
         _warn_unknown(f"dbs[{i}]", data, _DB_KEYS, cfg.warnings)
+        _refuse_misplaced_age(data, f"dbs[{i}]")
         if not data.get("path") and not data.get("dir"):
             raise ConfigError(f"cannot read {source}: dbs[{i}] needs a path (or a dir and a pattern)")
         if data.get("path") and data.get("dir"):

@@ -504,7 +504,7 @@ class Replicator:
     def _validate(replica: Replica) -> None:
         db = replica.db
         assert db is not None
-        result = verify_database(db.path, replica.client, db.meta_path, shm_fd=db.shm_fd, catch_up=replica.sync)
+        result = verify_database(db.path, replica.reader, db.meta_path, shm_fd=db.shm_fd, catch_up=replica.sync)
         if result.ok:
             log.info("%s: replica %s verified: %s", db.path, replica.name, result.describe())
         else:
