@@ -361,6 +361,7 @@ def markdown(results: Result, png_name: str | None) -> str:
         f"restore of {s.get('restore_mib')} MiB with >= {s.get('restore_segments')} segments, "
         f"{s.get('restore_repeats')} restores each; {s.get('idle_dbs')} idle DBs over {s.get('idle_seconds')} s.",
         f"Tools: {', '.join(f'{k} = `{v}`' for k, v in results.get('tools', {}).items())}.",
+        *(["Every replica encrypted with age (`--age`), by both tools."] if results.get("age") else []),
         "",
         "## Figures",
         "",

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import report
 import scenarios
 import workload
-from tools import Backend, S3Server, Tool, find_tool
+from tools import AgeKeyPair, Backend, S3Server, Tool, find_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = scenarios.Settings(steady=2.0, rate=100.0, burst=2.0, catchup_timeout=20.0, restore_mib=4.0,
@@ -51,6 +51,8 @@ def _parse() -> argparse.Namespace:
                    help="restores from: file,s3,nanio (default: all three; --quick: file)")
     p.add_argument("--tools", default="lsr,go", help="comma-separated: lsr,go")
     p.add_argument("--only", default="replication,restore,idle", help="scenarios to run")
+    p.add_argument("--age", action="store_true",
+                   help="encrypt every replica with age (a key pair made for the run), both tools")
     p.add_argument("--steady", type=float, help=f"seconds of steady writing (default {d.steady})")
     p.add_argument("--rate", type=float, help=f"steady transactions per second (default {d.rate})")
     p.add_argument("--burst", type=float, help=f"seconds of back-to-back writing (default {d.burst})")
@@ -178,8 +180,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": shlex.join(["python", "bench/run.py", *sys.argv[1:]]),
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": dataclasses.asdict(s), "machine": _machine(), "tools": {}, "errors": [],
-        "replication": {}, "throughput": {}, "restore": {}, "idle": {},
+        "replication": {}, "throughput": {}, "restore": {}, "idle": {}, "age": args.age,
     }
+    age = AgeKeyPair() if args.age else None
     for name in args.tools.split(","):
         tool = find_tool(name, args.lsr if name == "lsr" else args.litestream)
         if tool is None:
@@ -199,7 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         """``name``'s replicas; its S3 server is started on first use and runs to the end of the scenario."""
         if name in SERVER_KINDS and name not in servers:
             servers[name] = S3Server(SERVER_KINDS[name], work)
-        return Backend(name, servers.get(name), s.s3_poll)
+        return Backend(name, servers.get(name), s.s3_poll, age)
 
     try:
         for name in backends:

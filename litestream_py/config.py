@@ -47,13 +47,15 @@ _DB_KEYS = {
     "path", "dir", "pattern", "meta-path", "monitor-interval", "checkpoint-interval",
     "min-checkpoint-page-count", "max-checkpoint-page-count", "replicas",
 }
+_S3_KEYS = {"access-key-id", "secret-access-key", "region", "bucket", "endpoint", "force-path-style", "skip-verify"}
+# Keys of backends lsr does not implement (abs, sftp); known so that the type error is the one reported.
+_OTHER_BACKEND_KEYS = {"account-name", "account-key", "host", "user", "password", "key-path"}
 _REPLICA_KEYS = {
     "type", "name", "path", "url", "retention", "retention-check-interval", "sync-interval",
-    "snapshot-interval", "validation-interval", "access-key-id", "secret-access-key", "region",
-    "bucket", "endpoint", "force-path-style", "skip-verify", "age",
-    # Keys of backends lsr does not implement; accepted so the type error is the one reported.
-    "account-name", "account-key", "host", "user", "password", "key-path",
-}
+    "snapshot-interval", "validation-interval", "age",
+} | _S3_KEYS | _OTHER_BACKEND_KEYS
+# Of the backend keys, those each implemented type reads; the others are warned about.
+_BACKEND_KEYS = {"file": set(), "s3": _S3_KEYS}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {
     "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
@@ -233,6 +235,10 @@ def _replica(data: dict[str, Any], where: str, warnings: list[str]) -> ReplicaCo
         raise ConfigError(f"cannot read config: {where} path cannot be a url, use the 'url' field: {rc.path}")
     if rc.url and rc.path and rc.replica_type() == "file":
         raise ConfigError(f"cannot read config: {where} sets both url and path")
+    applies = _BACKEND_KEYS.get(rc.replica_type())
+    if applies is not None:
+        for key in sorted(set(data) & (_S3_KEYS | _OTHER_BACKEND_KEYS) - applies):
+            warnings.append(f"config key {key!r} in {where} does not apply to type {rc.replica_type()} (ignored)")
     return rc
 
 
