@@ -8,7 +8,7 @@ never mistakes one for a corrupt LZ4 frame. Storage clients never see a key.
 
 Memory: a WAL segment (at most a few MiB) is encrypted and decrypted whole; a
 snapshot is streamed both ways (pyrage's ``encrypt_io``/``decrypt_io``), with at
-most ``DECRYPT_QUEUE`` chunks of ``DECRYPT_CHUNK`` bytes held while restoring.
+most ``DECRYPT_QUEUE`` + 2 pieces of ``DECRYPT_CHUNK`` bytes held while restoring.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class AgeReader:
             what = f"snapshot {generation}/{index:08x}"
             if self.keys is None or not self.keys.identities:
                 raise _decrypt_error(Exception(), what, self.keys)
-            return io.BufferedReader(_DecryptStream(src, self.keys, what), DECRYPT_CHUNK)
+            return cast(BinaryIO, _DecryptStream(src, self.keys, what))
         except BaseException:
             src.close()
             raise
@@ -225,17 +225,20 @@ class _DecryptStream(io.RawIOBase):
                 continue
 
     # -- the reading side --------------------------------------------------------
+    # read() hands out the queued pieces themselves, uncopied (no BufferedReader
+    # on top); peek() serves lsr's snapshot header from the first piece.
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: Any) -> int:
+    def _fill(self) -> bool:
+        """Make the current piece non-empty; False at the end of the plaintext."""
         while self._off >= len(self._buf):
             if self._eof:
-                return 0
+                return False
             item = self._queue.get()
             if item is None:
                 self._eof = True
-                return 0
+                return False
             if isinstance(item, BaseException):
                 self._eof = True
                 # pyrage reports a bad stream as DecryptError, or as an OSError
@@ -244,10 +247,29 @@ class _DecryptStream(io.RawIOBase):
                     raise _decrypt_error(item, self._what, self._keys) from None
                 raise item
             self._buf, self._off = item, 0
-        n = min(len(b), len(self._buf) - self._off)
-        b[:n] = self._buf[self._off : self._off + n]
-        self._off += n
-        return n
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(DECRYPT_CHUNK), b""))
+        if not self._fill():
+            return b""
+        if self._off == 0 and size >= len(self._buf):
+            self._off = len(self._buf)
+            return self._buf
+        out = self._buf[self._off : self._off + size]
+        self._off += len(out)
+        return out
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def peek(self, size: int = 0) -> bytes:
+        if not self._fill():
+            return b""
+        return self._buf[self._off : self._off + max(size, 1)]
 
     def close(self) -> None:
         if not self.closed:

@@ -25,7 +25,7 @@ from litestream_py.clients.file import FileReplicaClient
 from litestream_py.config import parse_config
 from litestream_py.db import DB
 from litestream_py.encryption import AGE_MAGIC, AgeKeys, AgeReader
-from litestream_py.errors import ConfigError, EncryptedReplicaError
+from litestream_py.errors import ChecksumMismatchError, ConfigError, EncryptedReplicaError
 from litestream_py.pos import Pos
 from litestream_py.replica import Replica
 from litestream_py.restore import RestoreOptions, restore
@@ -245,7 +245,7 @@ def test_replicate_refuses_age_that_would_encrypt_nothing(tmp_path: Path, where:
     pair.assert_absent(res.stderr, res.stdout)
 
 
-def test_identities_from_a_file(tmp_path: Path) -> None:
+def test_identities_from_a_file_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pair = AgeKeyPair()
     key_file = tmp_path / "key.txt"
     key_file.write_text(f"# created: today\n# public key: {pair.recipient}\n{pair.identity}\n")
@@ -255,6 +255,11 @@ def test_identities_from_a_file(tmp_path: Path) -> None:
     assert rc.age is not None and len(rc.age.identities) == 1
     assert pair.identity not in repr(rc) + repr(rc.age)
     assert pyrage.decrypt(rc.age.encrypt(b"hello"), rc.age.identities) == b"hello"
+    monkeypatch.setenv("LSR_TEST_AGE_IDENTITY", pair.identity)
+    (rc,) = parse_config(f"dbs:\n  - path: /a.db\n    replicas:\n      - path: /r\n"
+                         "        age: {identities: [$LSR_TEST_AGE_IDENTITY]}\n").dbs[0].replicas
+    assert rc.age is not None and pyrage.decrypt(pyrage.encrypt(b"hi", [x25519.Recipient.from_str(pair.recipient)]),
+                                                 rc.age.identities) == b"hi"
 
 
 # -- 7. changing keys ----------------------------------------------------------------------
@@ -324,3 +329,32 @@ def test_exact_timestamp_parallel_restore_and_retention(tmp_path: Path) -> None:
     reader2 = AgeReader(FileReplicaClient(str(tmp_path / "r2")), keys(pair))
     for k in (2, 5, 7):
         assert restore_rows(reader2, tmp_path / f"at-{k}.db", timestamp=stamps[k], parallelism=3) == k + 1
+
+
+def test_snapshot_stream_decrypts_in_pieces_stops_early_and_names_damage(tmp_path: Path) -> None:
+    """A snapshot larger than the decrypting queue streams whole; a reader that stops after the
+    header (PITR's capture-time peek) ends the decrypting thread; a damaged or truncated
+    ciphertext is a decryption error, never an LZ4 one."""
+    import io
+    import threading
+
+    pair = AgeKeyPair()
+    plain = os.urandom(3 << 20) * 3  # 9 MiB: more than DECRYPT_QUEUE pieces of DECRYPT_CHUNK
+    sealed = io.BytesIO()
+    keys(pair).encrypt_chunks(iter([plain[i : i + 65536] for i in range(0, len(plain), 65536)]), sealed)
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    blob = sealed.getvalue()
+    for index, data in enumerate([blob, blob[: len(blob) // 2], blob[:-100] + bytes(100)]):
+        client.write_snapshot("0123456789abcdef", index, io.BytesIO(data))
+    reader = AgeReader(client, keys(pair))
+    with reader.open_snapshot("0123456789abcdef", 0) as f:
+        assert f.read() == plain
+    before = threading.active_count()
+    for _ in range(3):
+        with reader.open_snapshot("0123456789abcdef", 0) as f:
+            assert f.peek(16) == plain[:16]
+    assert threading.active_count() == before
+    for index in (1, 2):
+        with pytest.raises(ChecksumMismatchError, match="cannot decrypt snapshot"):
+            with reader.open_snapshot("0123456789abcdef", index) as f:
+                f.read()
