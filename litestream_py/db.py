@@ -798,7 +798,8 @@ class DB:
         An encrypted generation never continues a plaintext one, nor one
         encrypted to other recipients (nor the reverse): a generation's objects
         are all written one way. A generation without a record (written by Go,
-        or an older lsr) was written in plaintext.
+        or by an lsr older than encryption) counts as plaintext: an encrypted
+        replica then starts a new generation rather than guess.
         """
         try:
             with open(self.replica_formats_path(generation), encoding="utf-8") as f:
