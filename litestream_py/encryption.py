@@ -67,12 +67,14 @@ class AgeKeys:
         pyrage.encrypt_io(_ChunkReader(iter(chunks)), dst, self.recipients)
 
 
-def _decrypt_error(exc: Exception, what: str, keys: AgeKeys | None) -> Exception:
-    if keys is None or not keys.identities:
+def _decrypt_error(exc: Exception | None, what: str, keys: AgeKeys | None) -> Exception:
+    """The one-line error for an age object that cannot be decrypted (``exc``: pyrage's, if it tried)."""
+    if exc is None or keys is None or not keys.identities:
         return EncryptedReplicaError(
             f"cannot read {what}: the replica is age-encrypted and no age identity is configured "
             "(add age.identities or age.identities-file to the replica in the config)"
         )
+    # pyrage's word for "no identity unwraps the file key" (tests/test_encryption.py holds it to it).
     if "no matching keys" in str(exc).lower():
         return EncryptedReplicaError(
             f"cannot read {what}: the replica is age-encrypted and no configured age identity opens it "
@@ -111,7 +113,7 @@ class AgeReader:
                 return src
             what = f"snapshot {generation}/{index:08x}"
             if self.keys is None or not self.keys.identities:
-                raise _decrypt_error(Exception(), what, self.keys)
+                raise _decrypt_error(None, what, self.keys)
             return cast(BinaryIO, _DecryptStream(src, self.keys, what))
         except BaseException:
             src.close()
@@ -123,7 +125,7 @@ class AgeReader:
             return blob
         what = f"wal segment {pos.generation}/{pos.index:08x}_{pos.offset:08x}"
         if self.keys is None or not self.keys.identities:
-            raise _decrypt_error(Exception(), what, self.keys)
+            raise _decrypt_error(None, what, self.keys)
         try:
             out: bytes = pyrage.decrypt(blob, self.keys.identities)
         except pyrage.DecryptError as exc:
