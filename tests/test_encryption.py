@@ -14,12 +14,14 @@ import struct
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pyrage
 import pytest
 from pyrage import x25519
 
 from conftest import Processes, integrity_ok, open_app_db, rows, run_lsr, wait_for
+from fixtures_s3 import S3Server, make_s3_client
 from litestream_py import codec
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.config import parse_config
@@ -42,17 +44,24 @@ def keys(*pairs: AgeKeyPair, identities: bool = True) -> AgeKeys:
     )
 
 
-class CountingClient(FileReplicaClient):
-    """A real file replica that counts the objects read from it."""
+def count_reads(client: Any) -> list[str]:
+    """Record every object read from the real ``client`` (its names), reads still done by it."""
+    reads: list[str] = []
+    read_segment, open_snapshot = client.read_wal_segment, client.open_snapshot
 
-    reads = 0
+    def read_wal_segment(pos: Pos) -> bytes:
+        reads.append(str(pos))
+        return read_segment(pos)  # type: ignore[no-any-return]
 
-    def read_wal_segment(self, pos: Pos) -> bytes:
-        CountingClient.reads += 1
-        return super().read_wal_segment(pos)
+    def open_snapshot_counted(generation: str, index: int) -> Any:
+        reads.append(f"{generation}/{index:08x}")
+        return open_snapshot(generation, index)
+
+    client.read_wal_segment, client.open_snapshot = read_wal_segment, open_snapshot_counted
+    return reads
 
 
-def run_sidecar(app: object, path: Path, client: FileReplicaClient, age: AgeKeys | None, n: int, start: int) -> str:
+def run_sidecar(app: object, path: Path, client: Any, age: AgeKeys | None, n: int, start: int) -> str:
     """One run of lsr's engine on ``path``: ``n`` commits shipped, then closed; returns its generation.
 
     The application's connection stays open across runs, so the WAL survives and
@@ -113,17 +122,25 @@ def test_a_plain_and_an_encrypted_replica_of_one_database(tmp_path: Path) -> Non
 
 # -- 4. a writer with public keys only --------------------------------------------------
 
-def test_a_writer_with_recipients_only_resumes_without_decrypting(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_a_writer_with_recipients_only_resumes_without_decrypting(
+    tmp_path: Path, backend: str, s3_servers: dict[str, S3Server]
+) -> None:
     """The restarted replica continues its generation from the names on the replica and the
     shadow WAL: it reads no object (it has no identity to read one with)."""
     pair = AgeKeyPair()
-    client = CountingClient(str(tmp_path / "replica"))
+    if backend == "s3":
+        server = s3_servers["nanio"]
+        client: Any = make_s3_client(server, server.create_bucket())
+    else:
+        client = FileReplicaClient(str(tmp_path / "replica"))
+    reads = count_reads(client)
     public_only = keys(pair, identities=False)
     app = app_connection(tmp_path / "app.db")
     for run in range(3):
         run_sidecar(app, tmp_path / "app.db", client, public_only, 5, 5 * run)
     app.close()
-    assert CountingClient.reads == 0
+    assert reads == []
     assert len(client.generations()) == 1, "the generation was not continued"
     reader = AgeReader(client, keys(pair))
     assert restore_rows(reader, tmp_path / "out.db") == 15
