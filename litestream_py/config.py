@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from .encryption import AgeKeys, parse_age
 from .errors import ConfigError
 
 __all__ = [
@@ -36,18 +37,25 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG_PATH = "/etc/litestream.yml"
 
 _TOP_KEYS = {"addr", "dbs", "exec", "access-key-id", "secret-access-key", "logging", "mcp-addr"}
+# Keys Go Litestream knows that lsr does not implement: refused, never accepted in silence.
+_UNSUPPORTED_TOP_KEYS = {
+    "addr": "lsr serves no metrics (remove addr)",
+    "mcp-addr": "lsr has no MCP server (remove mcp-addr)",
+}
 _LOGGING_KEYS = {"level", "type", "stderr"}
 _DB_KEYS = {
     "path", "dir", "pattern", "meta-path", "monitor-interval", "checkpoint-interval",
     "min-checkpoint-page-count", "max-checkpoint-page-count", "replicas",
 }
+_S3_KEYS = {"access-key-id", "secret-access-key", "region", "bucket", "endpoint", "force-path-style", "skip-verify"}
+# Keys of backends lsr does not implement (abs, sftp); known so that the type error is the one reported.
+_OTHER_BACKEND_KEYS = {"account-name", "account-key", "host", "user", "password", "key-path"}
 _REPLICA_KEYS = {
     "type", "name", "path", "url", "retention", "retention-check-interval", "sync-interval",
-    "snapshot-interval", "validation-interval", "access-key-id", "secret-access-key", "region",
-    "bucket", "endpoint", "force-path-style", "skip-verify",
-    # Keys of backends lsr does not implement; accepted so the type error is the one reported.
-    "account-name", "account-key", "host", "user", "password", "key-path", "age",
-}
+    "snapshot-interval", "validation-interval", "age",
+} | _S3_KEYS | _OTHER_BACKEND_KEYS
+# Of the backend keys, those each implemented type reads; the others are warned about.
+_BACKEND_KEYS = {"file": set(), "s3": _S3_KEYS}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {
     "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
@@ -128,6 +136,7 @@ class ReplicaConfig:
     endpoint: str = ""
     force_path_style: bool | None = None
     skip_verify: bool = False
+    age: AgeKeys | None = None  # the replica's ``age:`` keys (see encryption)
 
     def replica_type(self) -> str:
         if self.url:
@@ -178,6 +187,15 @@ def _warn_unknown(section: str, data: dict[str, Any], known: set[str], warnings:
             warnings.append(f"unknown config key {key!r} in {section} (ignored)")
 
 
+def _refuse_misplaced_age(data: dict[str, Any], where: str) -> None:
+    """``age:`` outside a replica would encrypt nothing: refused, not warned about."""
+    if "age" in data:
+        raise ConfigError(
+            f"cannot read config: age in {where} encrypts nothing; it belongs in a replica "
+            "(dbs[].replicas[].age)"
+        )
+
+
 def _as_dict(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -211,10 +229,16 @@ def _replica(data: dict[str, Any], where: str, warnings: list[str]) -> ReplicaCo
         rc.force_path_style = _bool(data["force-path-style"], f"{where} force-path-style")
     if data.get("skip-verify") is not None:
         rc.skip_verify = _bool(data["skip-verify"], f"{where} skip-verify")
+    if "age" in data:
+        rc.age = parse_age(data["age"], f"{where}.age")
     if rc.path and is_url(rc.path):
         raise ConfigError(f"cannot read config: {where} path cannot be a url, use the 'url' field: {rc.path}")
     if rc.url and rc.path and rc.replica_type() == "file":
         raise ConfigError(f"cannot read config: {where} sets both url and path")
+    applies = _BACKEND_KEYS.get(rc.replica_type())
+    if applies is not None:
+        for key in sorted(set(data) & (_S3_KEYS | _OTHER_BACKEND_KEYS) - applies):
+            warnings.append(f"config key {key!r} in {where} does not apply to type {rc.replica_type()} (ignored)")
     return rc
 
 
@@ -232,6 +256,10 @@ def parse_config(text: str, *, expand: bool = True, source: str = "config") -> C
     top = _as_dict(raw, "the top level")
     cfg = Config()
     _warn_unknown("the top level", top, _TOP_KEYS, cfg.warnings)
+    for key, why in _UNSUPPORTED_TOP_KEYS.items():
+        if top.get(key) is not None:
+            raise ConfigError(f"cannot read config: {key} is not supported by lsr yet: {why}")
+    _refuse_misplaced_age(top, "the top level")
     cfg.access_key_id = str(top.get("access-key-id") or "")
     cfg.secret_access_key = str(top.get("secret-access-key") or "")
     cfg.addr = str(top.get("addr") or "")
@@ -249,6 +277,7 @@ def parse_config(text: str, *, expand: bool = True, source: str = "config") -> C
     for i, item in enumerate(dbs):
         data = _as_dict(item, f"dbs[{i}]")
         _warn_unknown(f"dbs[{i}]", data, _DB_KEYS, cfg.warnings)
+        _refuse_misplaced_age(data, f"dbs[{i}]")
         if not data.get("path") and not data.get("dir"):
             raise ConfigError(f"cannot read {source}: dbs[{i}] needs a path (or a dir and a pattern)")
         if data.get("path") and data.get("dir"):

@@ -296,6 +296,10 @@ class DB:
     def shadow_wal_path(self, generation: str, index: int) -> str:
         return f"{self.meta_path}/generations/{generation}/wal/{paths.format_shadow_wal_path(index)}"
 
+    def replica_formats_path(self, generation: str) -> str:
+        """How each replica writes this generation (see _format_change)."""
+        return f"{self.meta_path}/generations/{generation}/replicas"
+
     def commits_path(self, generation: str, index: int) -> str:
         """Capture times of the commits in one shadow WAL index (see commits.CommitLog)."""
         return f"{self.meta_path}/generations/{generation}/wal/{index:08x}{COMMITS_EXT}"
@@ -740,6 +744,9 @@ class DB:
         if not generation:
             return _SyncState(reason="no generation exists")
         state = _SyncState(generation)
+        if not self._continuous and (change := self._format_change(generation)):
+            state.reason = change
+            return state
         if index < 0:
             state.reason = "no shadow wal"
             return state
@@ -776,9 +783,39 @@ class DB:
             return state
         return state
 
+    def _replica_formats(self) -> str:
+        return "".join(f"{r.name}\t{r.encryption}\n" for r in self.replicas)
+
+    def _format_change(self, generation: str) -> str:
+        """Why ``generation`` cannot go on with the replicas as configured now, or "".
+
+        An encrypted generation never continues a plaintext one, nor one
+        encrypted to other recipients (nor the reverse): a generation's objects
+        are all written one way. A generation without a record (written by Go,
+        or by an lsr older than encryption) counts as plaintext: an encrypted
+        replica then starts a new generation rather than guess.
+        """
+        try:
+            with open(self.replica_formats_path(generation), encoding="utf-8") as f:
+                recorded = dict(line.split("\t", 1) for line in f.read().splitlines() if "\t" in line)
+        except FileNotFoundError:
+            recorded = {}
+        for r in self.replicas:
+            before, now = recorded.get(r.name, "plain"), r.encryption
+            if before == now:
+                continue
+            if before == "plain":
+                return f"replica {r.name} is now age-encrypted; its plaintext generation is not continued"
+            if now == "plain":
+                return f"replica {r.name} is no longer encrypted; its encrypted generation is not continued"
+            return f"replica {r.name} has new age recipients; a generation is encrypted to one set"
+        return ""
+
     def _create_generation(self) -> str:
         generation = paths.new_generation_name()
         os.makedirs(self.shadow_wal_dir(generation), mode=0o700, exist_ok=True)
+        with atomic_write(self.replica_formats_path(generation)) as f:
+            f.write(self._replica_formats().encode())
         self._init_shadow_wal(generation, 0)
         with atomic_write(self.generation_name_path) as f:
             f.write(generation.encode() + b"\n")

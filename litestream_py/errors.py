@@ -24,6 +24,7 @@ __all__ = [
     "BucketNotFoundError",
     "ThrottledError",
     "TimestampOutOfRangeError",
+    "EncryptedReplicaError",
 ]
 
 
@@ -93,3 +94,7 @@ class BucketNotFoundError(StorageError):
 
 class ThrottledError(StorageError):
     """The backend kept asking to slow down after every retry."""
+
+
+class EncryptedReplicaError(LitestreamError):
+    """A replica object is age-encrypted and no configured identity opens it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import tempfile
@@ -10,10 +11,11 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from . import codec
+from .encryption import AgeKeys, AgeReader
 from .errors import LitestreamError, StorageError
 from .fsutil import read_buffers
 from .pos import Pos, SnapshotInfo
-from .replica_client import ReplicaClient
+from .replica_client import ReplicaClient, ReplicaReader
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align, frame_headers
 
 if TYPE_CHECKING:
@@ -72,9 +74,14 @@ class Replica:
         retention_check_interval: timedelta = DEFAULT_RETENTION_CHECK_INTERVAL,
         snapshot_interval: timedelta | None = None,
         validation_interval: timedelta | None = None,
+        age: AgeKeys | None = None,
     ) -> None:
         self.db = db
         self.client = client
+        # What restore, verify and inspection read through: decrypts age objects.
+        self.reader: ReplicaReader = AgeReader(client, age)
+        # Objects are encrypted to these recipients (Go's rule: encrypt when there are recipients).
+        self.age = age if age is not None and age.recipients else None
         self._name = name
         self.sync_interval = sync_interval
         self.retention = retention
@@ -98,6 +105,11 @@ class Replica:
 
     def __repr__(self) -> str:
         return f"Replica({self.name!r}, {self.client.describe()})"
+
+    @property
+    def encryption(self) -> str:
+        """How this replica writes its objects: "plain", or "age" and its recipients' fingerprint."""
+        return f"age {self.age.fingerprint}" if self.age is not None else "plain"
 
     def pos(self) -> Pos:
         with self._mu:
@@ -193,6 +205,13 @@ class Replica:
         if not segments or segments[-1].index < last_snapshot:
             return Pos(generation, last_snapshot, 0)
         last = segments[-1]
+        if self.age is not None:
+            # Where an encrypted segment ends is inside its ciphertext, and the
+            # private key need not be here: ship it again from its start, from
+            # the shadow WAL (append-only, durable up to every shipped end), as
+            # one segment of the same name holding as much or more.
+            log.info("%s: resuming at the start of the last wal segment %s (encrypted)", self.name, last.pos)
+            return Pos(generation, last.index, last.offset)
         data, _ = codec.decode_segment(self.client.read_wal_segment(last.pos), f"wal segment {last.pos}")
         return Pos(generation, last.index, last.offset + len(data))
 
@@ -256,6 +275,8 @@ class Replica:
                 segment = codec.encode_segment(data, commits)
         finally:
             os.close(fd)
+        if self.age is not None:
+            segment = self.age.encrypt(segment)  # commit times included: nothing readable at rest
         # The segment's timestamp is its last commit's capture time, so even
         # Go Litestream's timestamp rule (file mtime) lands close to exact.
         created_at = datetime.fromtimestamp(commits[-1][1] / 1e9, timezone.utc) if commits else _now()
@@ -302,8 +323,13 @@ class Replica:
             with self.db.snapshot_source(taken) as source:
                 pos = source.pos
                 created_at = _now()
-                tmp.write(codec.snapshot_header(int(created_at.timestamp() * 1e9)))
-                codec.compress_chunks(source.chunks(), tmp)
+                header = codec.snapshot_header(int(created_at.timestamp() * 1e9))
+                frames = itertools.chain([header], codec.compress_iter(source.chunks()))
+                if self.age is not None:
+                    self.age.encrypt_chunks(frames, tmp)
+                else:
+                    for piece in frames:
+                        tmp.write(piece)
             tmp.seek(0)
             info = self.client.write_snapshot(pos.generation, pos.index, tmp, created_at)
         log.info("%s: snapshot written %s/%08x (%d bytes)", self.name, pos.generation, pos.index, info.size,

@@ -317,7 +317,7 @@ class Replicator:
         db = replica.db
         assert db is not None
         replica.check_intact()  # a wiped replica is shipped again (catch_up) before it is compared
-        result = verify_database(db.path, replica.client, db.meta_path, shm_fd=db.shm_fd, catch_up=replica.sync)
+        result = verify_database(db.path, replica.reader, db.meta_path, shm_fd=db.shm_fd, catch_up=replica.sync)
         if result.ok:
             log.info("%s: replica %s verified: %s", db.path, replica.name, result.describe())
         else:
