@@ -34,8 +34,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "/etc/litestream.yml"
+# Litestream's default for heartbeat-interval.
+DEFAULT_HEARTBEAT_INTERVAL = timedelta(minutes=5)
 
-_TOP_KEYS = {"addr", "dbs", "exec", "access-key-id", "secret-access-key", "logging", "mcp-addr"}
+_TOP_KEYS = {
+    "addr", "dbs", "exec", "access-key-id", "secret-access-key", "logging", "mcp-addr",
+    "socket", "heartbeat-url", "heartbeat-interval",
+}
 _LOGGING_KEYS = {"level", "type", "stderr"}
 _DB_KEYS = {
     "path", "dir", "pattern", "meta-path", "monitor-interval", "checkpoint-interval",
@@ -44,7 +49,7 @@ _DB_KEYS = {
 _REPLICA_KEYS = {
     "type", "name", "path", "url", "retention", "retention-check-interval", "sync-interval",
     "snapshot-interval", "validation-interval", "access-key-id", "secret-access-key", "region",
-    "bucket", "endpoint", "force-path-style", "skip-verify",
+    "bucket", "endpoint", "force-path-style", "skip-verify", "max-lag",
     # Keys of backends lsr does not implement; accepted so the type error is the one reported.
     "account-name", "account-key", "host", "user", "password", "key-path", "age",
 }
@@ -121,6 +126,7 @@ class ReplicaConfig:
     sync_interval: timedelta | None = None
     snapshot_interval: timedelta | None = None
     validation_interval: timedelta | None = None
+    max_lag: timedelta | None = None
     access_key_id: str = ""
     secret_access_key: str = ""
     region: str = ""
@@ -159,6 +165,9 @@ class Config:
     secret_access_key: str = ""
     addr: str = ""
     exec: str = ""
+    socket: str = ""  # the control socket; empty: control.default_socket_path
+    heartbeat_url: str = ""
+    heartbeat_interval: timedelta = DEFAULT_HEARTBEAT_INTERVAL
     warnings: list[str] = field(default_factory=list)
 
     def db_config(self, path: str) -> DBConfig | None:
@@ -204,7 +213,8 @@ def _replica(data: dict[str, Any], where: str, warnings: list[str]) -> ReplicaCo
     for key in ("type", "name", "path", "url", "access-key-id", "secret-access-key", "region", "bucket", "endpoint"):
         if data.get(key) is not None:
             setattr(rc, key.replace("-", "_"), str(data[key]))
-    for key in ("retention", "retention-check-interval", "sync-interval", "snapshot-interval", "validation-interval"):
+    for key in ("retention", "retention-check-interval", "sync-interval", "snapshot-interval", "validation-interval",
+                "max-lag"):
         if data.get(key) is not None:
             setattr(rc, key.replace("-", "_"), parse_duration(data[key], f"{where} {key}"))
     if data.get("force-path-style") is not None:
@@ -236,6 +246,12 @@ def parse_config(text: str, *, expand: bool = True, source: str = "config") -> C
     cfg.secret_access_key = str(top.get("secret-access-key") or "")
     cfg.addr = str(top.get("addr") or "")
     cfg.exec = str(top.get("exec") or "")
+    cfg.socket = expand_path(str(top["socket"])) if top.get("socket") else ""
+    cfg.heartbeat_url = str(top.get("heartbeat-url") or "")
+    if top.get("heartbeat-interval") is not None:
+        cfg.heartbeat_interval = parse_duration(top["heartbeat-interval"], "heartbeat-interval")
+        if cfg.heartbeat_interval.total_seconds() <= 0:
+            raise ConfigError(f"cannot read {source}: heartbeat-interval must be positive")
     logging_data = _as_dict(top.get("logging"), "logging")
     _warn_unknown("logging", logging_data, _LOGGING_KEYS, cfg.warnings)
     cfg.logging = LoggingConfig(

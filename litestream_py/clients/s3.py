@@ -52,6 +52,7 @@ from ..errors import (
     ThrottledError,
 )
 from ..pos import Pos, SnapshotInfo, WALSegmentInfo
+from ..stats import OperationStats
 from .s3_http import S3HTTP, Credentials, quote_key
 
 __all__ = [
@@ -404,6 +405,7 @@ class S3ReplicaClient:
         self.settings = settings
         self.bucket = settings.bucket
         self.path = settings.path
+        self.operations = OperationStats()
         self._max_attempts = max_attempts
         self._multipart_threshold = multipart_threshold
         self._multipart_chunksize = multipart_chunksize
@@ -501,6 +503,7 @@ class S3ReplicaClient:
 
         A prefix is listed once even where a server repeats it on several pages (nanio does).
         """
+        self.operations.add("LIST")
         listed = self._http.list_objects(prefix, delimiter) if self._http is not None else None
         if listed is not None:
             objects, prefixes = listed
@@ -519,6 +522,7 @@ class S3ReplicaClient:
     def _delete_keys(self, keys: list[str]) -> None:
         for i in range(0, len(keys), MAX_KEYS_PER_DELETE):
             batch = keys[i : i + MAX_KEYS_PER_DELETE]
+            self.operations.add("DELETE")
             with self._errors(f"delete {self._url(batch[0])} and {len(batch) - 1} more"):
                 out = self._s3.delete_objects(
                     Bucket=self.bucket,
@@ -548,6 +552,7 @@ class S3ReplicaClient:
                                         max_concurrency=self._multipart_concurrency)
                 with create_transfer_manager(self._s3, config) as manager:
                     manager.upload(f, self.bucket, key, extra_args={"Metadata": metadata}).result()
+        self.operations.add("PUT", size)
         log.debug("wrote %s (%d bytes, crc32c %s)", self._url(key), size, crc)
 
     def _get_object(self, key: str, what: str, **extra: str) -> tuple[bytes, dict[str, Any]]:
@@ -558,6 +563,7 @@ class S3ReplicaClient:
         """
         found = self._direct_get(key, extra)
         if found is not None:
+            self.operations.add("GET", len(found[0]))
             return found
         from botocore.exceptions import ClientError
 
@@ -579,6 +585,7 @@ class S3ReplicaClient:
                     log.debug("read of %s cut off (attempt %d), retrying", self._url(key), attempt)
         if len(data) != int(response["ContentLength"]):
             raise StorageError(f"cannot read {what} {self._url(key)}: short read ({len(data)} bytes)")
+        self.operations.add("GET", len(data))
         return data, response
 
     def _direct_get(self, key: str, extra: dict[str, str]) -> tuple[bytes, dict[str, Any]] | None:
