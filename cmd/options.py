@@ -6,7 +6,9 @@ Every flag is spelled as Litestream spells it (one dash) and also with two dashe
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +71,21 @@ def read_config(config_path: str | None, no_expand_env: bool) -> Config:
     for warning in config.warnings:
         log.warning("%s", warning)
     return config
+
+
+def optional_config(config_path: str | None, no_expand_env: bool) -> Config | None:
+    """The config given, or the default one if it exists (commands that also work without one)."""
+    if config_path is None and not os.path.exists(default_config_path()):
+        return None
+    return read_config(config_path, no_expand_env)
+
+
+def json_option(f: F) -> F:
+    return flag("json", "as_json", is_flag=True, help="Print JSON (times in RFC 3339) instead of a table.")(f)
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
 
 
 @dataclass

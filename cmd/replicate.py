@@ -17,6 +17,7 @@ from litestream_py.config import Config, DBConfig, ReplicaConfig, default_config
 from litestream_py.errors import ConfigError
 from litestream_py.factory import db_from_config
 from litestream_py.replicator import Replicator
+from litestream_py.control import ControlServer
 from litestream_py.heartbeat import Heartbeat
 from litestream_py.monitor import MonitorServer
 
@@ -78,8 +79,8 @@ class Service(Protocol):
 
 
 def _services(config: Config, replicator: Replicator) -> list[Service]:
-    """What runs beside the replication: the metrics endpoint and the heartbeat."""
-    services: list[Service] = []
+    """What runs beside the replication: the control socket, the metrics endpoint, the heartbeat."""
+    services: list[Service] = [ControlServer(replicator, config.socket)]
     if config.addr:
         from litestream_py import metrics
 

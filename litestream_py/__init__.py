@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .control import wait_replicated
 from .db import DB
 from .errors import LitestreamError
 from .pos import Pos, SnapshotInfo, WALSegmentInfo
@@ -21,5 +22,6 @@ __all__ = [
     "SnapshotInfo",
     "WALSegmentInfo",
     "restore",
+    "wait_replicated",
     "__version__",
 ]

@@ -23,6 +23,8 @@ __all__ = [
     "BucketNotFoundError",
     "ThrottledError",
     "TimestampOutOfRangeError",
+    "ControlError",
+    "ReplicationTimeoutError",
 ]
 
 
@@ -88,3 +90,11 @@ class BucketNotFoundError(StorageError):
 
 class ThrottledError(StorageError):
     """The backend kept asking to slow down after every retry."""
+
+
+class ControlError(LitestreamError):
+    """The running sidecar cannot be reached through its control socket, or refused a request."""
+
+
+class ReplicationTimeoutError(LitestreamError):
+    """Some replica did not hold a commit within the time a barrier allowed."""

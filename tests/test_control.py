@@ -1,0 +1,228 @@
+"""The control socket: ``lsr status``, ``lsr sync [-wait]`` and ``litestream_py.wait_replicated``.
+
+Real ``lsr replicate`` processes, a real writer process, real restores; the
+barrier's rounds run in-process against one sidecar (Replicator + ControlServer)
+so that they can count the storage requests the barrier makes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import Processes, open_app_db, rows, run_lsr, wait_for
+from fixtures_s3 import S3Server, free_port, make_s3_client
+from workload import local_generation, meta_dir, restore
+
+from litestream_py import wait_replicated
+from litestream_py.clients.file import FileReplicaClient
+from litestream_py.config import ReplicaConfig
+from litestream_py.control import CONTROL_FILE, ControlServer
+from litestream_py.db import DB
+from litestream_py.errors import ControlError
+from litestream_py.factory import replica_from_config
+from litestream_py.replica_client import ReplicaReader
+from litestream_py.replicator import Replicator
+from litestream_py.restore import RestoreOptions
+from litestream_py.restore import restore as restore_replica
+
+# A writer in a process of its own (SQLite's locks are per process): one
+# committed row per line read, acknowledged once committed.
+WRITER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body TEXT)")
+for line in sys.stdin:
+    conn.execute("INSERT INTO t (id, body) VALUES (?, randomblob(200))", (int(line),))
+    print("ok", flush=True)
+"""
+
+
+class Writer:
+    def __init__(self, db: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def insert(self, row_id: int) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{row_id}\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "ok"
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[Writer]:
+    w = Writer(tmp_path / "app.db")
+    w.insert(0)
+    try:
+        yield w
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
+
+
+def status_json(db: Path) -> dict[str, object]:
+    res = run_lsr("status", "-json", str(db))
+    assert res.returncode == 0, res.stderr
+    report: dict[str, object] = json.loads(res.stdout)
+    return report
+
+
+def _serving(db: Path) -> bool:
+    return run_lsr("status", str(db)).returncode == 0
+
+
+def test_status_and_sync_wait_through_the_socket_of_a_real_sidecar(
+    tmp_path: Path, procs: Processes, writer: Writer
+) -> None:
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    p = procs.lsr_replicate(str(db), f"file://{replica}")
+    wait_for(lambda: _serving(db), what="lsr status to answer")
+
+    # The socket is private, and found from the database's path alone.
+    socket_path = (meta_dir(db) / CONTROL_FILE).read_text().strip()
+    st = os.stat(socket_path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    assert len(socket_path) < 108
+
+    writer.insert(1)
+    res = run_lsr("sync", "-wait", str(db))
+    assert res.returncode == 0, res.stderr
+    restore(f"file://{replica}", tmp_path / "r1.db")
+    assert rows(tmp_path / "r1.db", "SELECT id FROM t ORDER BY id") == [(0,), (1,)]
+
+    report = status_json(db)
+    [entry] = report["dbs"]  # type: ignore[misc]
+    assert entry["path"] == str(db) and entry["generation"] == local_generation(db)
+    [r] = entry["replicas"]
+    assert r["name"] == "file" and r["lag_seconds"] == 0 and r["healthy"] is True and r["last_error"] is None
+    assert r["position"] == entry["position"] and r["position"].startswith(local_generation(db))
+    assert r["last_shipment"].endswith("Z") and "." in r["last_shipment"]  # RFC 3339, sub-second
+    text = run_lsr("status", str(db)).stdout
+    assert str(db) in text and local_generation(db) in text and "next retention" in text
+
+    # A SIGKILL leaves the socket behind: nobody answers on it, and a new sidecar takes it over.
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert os.path.exists(socket_path)
+    res = run_lsr("sync", "-wait", str(db))
+    assert res.returncode == 1 and "no sidecar is running" in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1
+    p2 = procs.lsr_replicate(str(db), f"file://{replica}")
+    wait_for(lambda: _serving(db), what="the new sidecar's status")
+    assert "taking it over" in Processes.output(p2)
+    # A live one is not taken over.
+    p3 = procs.lsr_replicate(str(db), f"file://{replica}")
+    assert p3.wait(timeout=60) != 0
+    assert "another lsr sidecar is serving it" in Processes.output(p3)
+    assert _serving(db)
+
+
+def test_no_sidecar_is_a_one_line_error(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    open_app_db(db).close()
+    for args in (["status", str(db)], ["sync", "-wait", str(db)]):
+        res = run_lsr(*args)
+        assert res.returncode == 1
+        assert "cannot reach the lsr sidecar" in res.stderr and "lsr replicate" in res.stderr
+        assert res.stderr.count("\n") == 1, res.stderr
+    with pytest.raises(ControlError, match="none is running"):
+        wait_replicated(str(db), timeout=1)
+    res = run_lsr("sync", "-wait", "-timeout", "soon", str(db))
+    assert res.returncode != 0 and "not a duration" in res.stderr
+
+
+def test_sync_wait_times_out_naming_the_late_replica(
+    tmp_path: Path, procs: Processes, writer: Writer, s3_env: dict[str, str]
+) -> None:
+    """An S3 endpoint where nothing listens: the barrier gives up at its timeout with the lag."""
+    db = tmp_path / "app.db"
+    dead = f"s3://bucket/db?endpoint=http://127.0.0.1:{free_port()}&region=us-east-1"
+    procs.lsr_replicate(str(db), dead, env=s3_env)
+    wait_for(lambda: _serving(db), what="lsr status to answer")
+    writer.insert(1)
+    res = run_lsr("sync", "-wait", "-timeout", "2s", str(db))
+    assert res.returncode == 1
+    assert "cannot confirm replication of" in res.stderr and "within 2s: s3 " in res.stderr, res.stderr
+    assert "behind" in res.stderr
+
+    def failing() -> bool:
+        [r] = status_json(db)["dbs"][0]["replicas"]  # type: ignore[index]
+        return r["last_error"] is not None and r["last_error"]["consecutive_failures"] >= 1
+
+    wait_for(failing, what="status to show the replica's failure")
+    [r] = status_json(db)["dbs"][0]["replicas"]  # type: ignore[index]
+    assert r["healthy"] is True  # lagging, but not yet past its max-lag of 10 s
+    assert r["last_error"]["kind"].endswith("Error") and r["last_error"]["at"].endswith("Z")
+    assert "SECRET" not in json.dumps(r).upper()
+
+
+def _sidecar(tmp_path: Path, rc: ReplicaConfig) -> tuple[DB, Replicator, ControlServer]:
+    db = DB(str(tmp_path / "app.db"))
+    db.replicas.append(replica_from_config(rc, db))
+    replicator = Replicator([db])
+    replicator.start()
+    control = ControlServer(replicator)
+    control.start()
+    return db, replicator, control
+
+
+@pytest.mark.parametrize("kind", ["file", "s3"])
+def test_barrier_rounds_then_restore_at_once(
+    tmp_path: Path, writer: Writer, s3_servers: dict[str, S3Server], kind: str
+) -> None:
+    """20 rounds of write, barrier, restore: each restore holds its round's write.
+
+    The S3 replica ships every 10 s: only the barrier's immediate shipment can
+    put each write on it within the barrier's timeout, 9 s (an immediate
+    shipment to the local server takes milliseconds). A barrier with nothing
+    pending makes no PUT.
+    """
+    timeout = 9.0 if kind == "s3" else 60.0
+    reader: ReplicaReader
+    if kind == "file":
+        rc = ReplicaConfig(path=str(tmp_path / "replica"))
+        reader = FileReplicaClient(str(tmp_path / "replica"))
+    else:
+        server = s3_servers["moto"]
+        bucket = server.create_bucket()
+        rc = ReplicaConfig(type="s3", bucket=bucket, path="db", endpoint=server.endpoint, region="us-east-1",
+                           force_path_style=True, access_key_id=server.access_key_id,
+                           secret_access_key=server.secret_access_key, sync_interval=timedelta(seconds=10))
+        reader = make_s3_client(server, bucket)
+    db, replicator, control = _sidecar(tmp_path, rc)
+    try:
+        replica = db.replicas[0]
+        wait_replicated(db.path, timeout=60)
+        for i in range(1, 21):
+            writer.insert(i)
+            before = replica.client.operations.counts().get("PUT", (0, 0))[0]
+            wait_replicated(db.path, timeout=timeout)
+            assert replica.client.operations.counts()["PUT"][0] > before
+            out = tmp_path / f"restored-{i}.db"
+            restore_replica(reader, RestoreOptions(str(out)))
+            assert rows(out, "SELECT max(id), count(*) FROM t") == [(i, i + 1)]
+        idle = replica.client.operations.counts()
+        for _ in range(3):
+            wait_replicated(db.path, timeout=60)
+        assert replica.client.operations.counts().get("PUT") == idle.get("PUT")
+    finally:
+        control.stop()
+        replicator.stop()
+    assert not os.path.exists(control.path)
