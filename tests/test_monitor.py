@@ -1,0 +1,125 @@
+"""``/healthz`` and the heartbeat of a real sidecar whose S3 endpoint goes down and comes back.
+
+The endpoint is a FaultProxy in front of the suite's moto server: ``outage()``
+refuses every connection, ``recover()`` accepts them again.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import Processes, wait_for
+from faultproxy import FaultProxy
+from fixtures_s3 import S3Server, free_port, write_s3_config
+from test_control import Writer
+
+HEARTBEAT_INTERVAL = 0.2
+
+
+class Pings:
+    """A local dead-man service: counts the GETs it receives."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        pings = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                pings.count += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/ping/abc"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def pings() -> Iterator[Pings]:
+    p = Pings()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def healthz(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _status(port: int) -> int | None:
+    try:
+        return healthz(port)[0]
+    except (urllib.error.URLError, ConnectionError):
+        return None
+
+
+def test_healthz_and_heartbeat_follow_an_s3_outage(
+    tmp_path: Path, procs: Processes, s3_servers: dict[str, S3Server], s3_env: dict[str, str], pings: Pings
+) -> None:
+    server = s3_servers["moto"]
+    db = tmp_path / "app.db"
+    writer = Writer(db)
+    writer.insert(0)
+    port = free_port()
+    with FaultProxy(server.port) as proxy:
+        cfg = write_s3_config(tmp_path, db, server.create_bucket(), proxy.endpoint, replica={"max-lag": "1s"})
+        cfg.write_text(f"addr: 127.0.0.1:{port}\nheartbeat-url: {pings.url}\n"
+                       f"heartbeat-interval: {int(HEARTBEAT_INTERVAL * 1000)}ms\n" + cfg.read_text())
+        p = procs.lsr_replicate("-config", str(cfg), env=s3_env)
+        try:
+            wait_for(lambda: _status(port) == 200, what="healthz 200")
+            wait_for(lambda: pings.count >= 2, what="heartbeats while healthy")
+
+            proxy.outage("refuse")
+            writer.insert(1)  # a commit that cannot leave the host
+            wait_for(lambda: _status(port) == 503, what="healthz 503 during the outage")
+            code, body = healthz(port)
+            [replica] = body["dbs"][0]["replicas"]
+            assert code == 503 and body["healthy"] is False and replica["healthy"] is False
+            assert replica["name"] == "s3" and replica["lag_seconds"] > replica["max_lag_seconds"] == 1
+            assert replica["last_success"] is not None and replica["last_error"] is not None
+            assert replica["last_error"]["consecutive_failures"] >= 1
+            # A ping decided just before the outage showed may still land; none after.
+            time.sleep(2 * HEARTBEAT_INTERVAL)
+            withheld = pings.count
+            time.sleep(5 * HEARTBEAT_INTERVAL)
+            assert _status(port) == 503 and pings.count == withheld
+
+            proxy.recover()
+            wait_for(lambda: _status(port) == 200, what="healthz 200 after catch-up")
+            code, body = healthz(port)
+            [replica] = body["dbs"][0]["replicas"]
+            assert replica["lag_seconds"] == 0 and replica["position"] == body["dbs"][0]["position"]
+            wait_for(lambda: pings.count > withheld, what="heartbeats to resume")
+        finally:
+            Processes.stop(p)
+            writer.close()
+    assert "Traceback" not in Processes.output(p)
+    assert "abc" not in Processes.output(p)  # the ping URL's key is never logged
