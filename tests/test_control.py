@@ -11,8 +11,6 @@ import json
 import os
 import signal
 import stat
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +19,7 @@ import pytest
 
 from conftest import Processes, open_app_db, rows, run_lsr, wait_for
 from fixtures_s3 import S3Server, free_port, make_s3_client
-from workload import local_generation, meta_dir, restore
+from workload import WriterProcess, local_generation, meta_dir, restore
 
 from litestream_py import wait_replicated
 from litestream_py.clients.file import FileReplicaClient
@@ -35,39 +33,9 @@ from litestream_py.replicator import Replicator
 from litestream_py.restore import RestoreOptions
 from litestream_py.restore import restore as restore_replica
 
-# A writer in a process of its own (SQLite's locks are per process): one
-# committed row per line read, acknowledged once committed.
-WRITER = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("PRAGMA journal_mode=WAL")
-conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body TEXT)")
-for line in sys.stdin:
-    conn.execute("INSERT INTO t (id, body) VALUES (?, randomblob(200))", (int(line),))
-    print("ok", flush=True)
-"""
-
-
-class Writer:
-    def __init__(self, db: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-
-    def insert(self, row_id: int) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{row_id}\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().strip() == "ok"
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-
-
 @pytest.fixture
-def writer(tmp_path: Path) -> Iterator[Writer]:
-    w = Writer(tmp_path / "app.db")
+def writer(tmp_path: Path) -> Iterator[WriterProcess]:
+    w = WriterProcess(tmp_path / "app.db")
     w.insert(0)
     try:
         yield w
@@ -89,7 +57,7 @@ def _serving(db: Path) -> bool:
 
 
 def test_status_and_sync_wait_through_the_socket_of_a_real_sidecar(
-    tmp_path: Path, procs: Processes, writer: Writer
+    tmp_path: Path, procs: Processes, writer: WriterProcess
 ) -> None:
     db, replica = tmp_path / "app.db", tmp_path / "replica"
     p = procs.lsr_replicate(str(db), f"file://{replica}")
@@ -149,7 +117,7 @@ def test_no_sidecar_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_sync_wait_times_out_naming_the_late_replica(
-    tmp_path: Path, procs: Processes, writer: Writer, s3_env: dict[str, str]
+    tmp_path: Path, procs: Processes, writer: WriterProcess, s3_env: dict[str, str]
 ) -> None:
     """An S3 endpoint where nothing listens: the barrier gives up at its timeout with the lag."""
     db = tmp_path / "app.db"
@@ -185,7 +153,7 @@ def _sidecar(tmp_path: Path, rc: ReplicaConfig) -> tuple[DB, Replicator, Control
 
 @pytest.mark.parametrize("kind", ["file", "s3"])
 def test_barrier_rounds_then_restore_at_once(
-    tmp_path: Path, writer: Writer, s3_servers: dict[str, S3Server], kind: str
+    tmp_path: Path, writer: WriterProcess, s3_servers: dict[str, S3Server], kind: str
 ) -> None:
     """20 rounds of write, barrier, restore: each restore holds its round's write.
 
@@ -226,3 +194,24 @@ def test_barrier_rounds_then_restore_at_once(
         control.stop()
         replicator.stop()
     assert not os.path.exists(control.path)
+
+
+def test_status_of_a_config_with_two_databases_and_its_own_socket(tmp_path: Path, procs: Processes) -> None:
+    dbs = [tmp_path / "one.db", tmp_path / "two.db"]
+    for db in dbs:
+        open_app_db(db).close()
+    sock = tmp_path / "ctl.sock"
+    cfg = tmp_path / "litestream.yml"
+    cfg.write_text(f"socket: {sock}\ndbs:\n" + "".join(
+        f"  - path: {db}\n    replicas:\n      - name: r\n        path: {tmp_path / ('r-' + db.stem)}\n" for db in dbs))
+    procs.lsr_replicate("-config", str(cfg))
+    wait_for(lambda: run_lsr("status", "-config", str(cfg)).returncode == 0, what="lsr status -config")
+    report = json.loads(run_lsr("status", "-config", str(cfg), "-json").stdout)
+    assert [d["path"] for d in report["dbs"]] == [str(db) for db in dbs]
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+    res = run_lsr("sync", "-wait", "-config", str(cfg), str(dbs[1]))
+    assert res.returncode == 0, res.stderr
+    [only] = json.loads(run_lsr("status", "-config", str(cfg), "-json", str(dbs[1])).stdout)["dbs"]
+    assert only["path"] == str(dbs[1]) and only["replicas"][0]["lag_seconds"] == 0
+    res = run_lsr("sync", "-config", str(cfg), str(tmp_path / "other.db"))
+    assert res.returncode == 1 and "this sidecar does not replicate it" in res.stderr

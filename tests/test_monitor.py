@@ -20,7 +20,7 @@ import pytest
 from conftest import Processes, wait_for
 from faultproxy import FaultProxy
 from fixtures_s3 import S3Server, free_port, write_s3_config
-from test_control import Writer
+from workload import WriterProcess
 
 HEARTBEAT_INTERVAL = 0.2
 
@@ -85,7 +85,7 @@ def test_healthz_and_heartbeat_follow_an_s3_outage(
 ) -> None:
     server = s3_servers["moto"]
     db = tmp_path / "app.db"
-    writer = Writer(db)
+    writer = WriterProcess(db)
     writer.insert(0)
     port = free_port()
     with FaultProxy(server.port) as proxy:
