@@ -13,7 +13,6 @@ import signal
 import stat
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -32,18 +31,6 @@ from litestream_py.replica_client import ReplicaReader
 from litestream_py.replicator import Replicator
 from litestream_py.restore import RestoreOptions
 from litestream_py.restore import restore as restore_replica
-
-@pytest.fixture
-def writer(tmp_path: Path) -> Iterator[WriterProcess]:
-    w = WriterProcess(tmp_path / "app.db")
-    w.insert(0)
-    try:
-        yield w
-    finally:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait()
-
 
 def status_json(db: Path) -> dict[str, object]:
     res = run_lsr("status", "-json", str(db))

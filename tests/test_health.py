@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -16,16 +15,6 @@ from litestream_py.db import DB
 from litestream_py.errors import ConfigError
 from litestream_py.factory import replica_from_config
 from litestream_py.pos import Pos
-
-
-@pytest.fixture
-def writer(tmp_path: Path) -> Iterator[WriterProcess]:
-    w = WriterProcess(tmp_path / "app.db")
-    w.insert(0)
-    try:
-        yield w
-    finally:
-        w.close()
 
 
 def test_lag_is_the_age_of_the_oldest_commit_the_replica_lacks(tmp_path: Path, writer: WriterProcess) -> None:
