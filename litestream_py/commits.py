@@ -67,8 +67,10 @@ class CommitLog:
         times = self._times.get((generation, index))
         if not times:
             return None
-        i = bisect.bisect_right(times, (offset, 2**64))
-        return times[i][1] if i < len(times) else None
+        try:  # the syncing thread may cut the list meanwhile (a torn tail): then report nothing
+            return times[bisect.bisect_right(times, (offset, 2**64))][1]
+        except IndexError:
+            return None
 
     def forget(self, generation: str, index: int) -> None:
         """Drop what is cached for an index whose files were removed."""

@@ -248,6 +248,8 @@ def parse_config(text: str, *, expand: bool = True, source: str = "config") -> C
     cfg.exec = str(top.get("exec") or "")
     cfg.socket = expand_path(str(top["socket"])) if top.get("socket") else ""
     cfg.heartbeat_url = str(top.get("heartbeat-url") or "")
+    if cfg.heartbeat_url and urlparse(cfg.heartbeat_url).scheme not in ("http", "https"):
+        raise ConfigError(f"cannot read {source}: heartbeat-url must be an http:// or https:// URL")
     if top.get("heartbeat-interval") is not None:
         cfg.heartbeat_interval = parse_duration(top["heartbeat-interval"], "heartbeat-interval")
         if cfg.heartbeat_interval.total_seconds() <= 0:

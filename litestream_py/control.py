@@ -93,6 +93,9 @@ class _Handler(socketserver.StreamRequestHandler):
             reply = {"ok": False, "error": str(exc)}
         except (ValueError, TypeError, KeyError) as exc:
             reply = {"ok": False, "error": f"cannot read request: {exc}"}
+        except Exception as exc:  # keep serving; report the bug
+            log.exception("control request failed")
+            reply = {"ok": False, "error": f"cannot answer request: {exc}"}
         with contextlib.suppress(OSError):  # the client gave up
             self.wfile.write(json.dumps(reply).encode() + b"\n")
 
@@ -140,7 +143,10 @@ class ControlServer:
         if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
             raise ControlError(f"cannot open control socket {self.path}: longer than {MAX_SOCKET_PATH} bytes "
                                "(set a shorter socket: in the config)")
-        _private_dir(os.path.dirname(self.path))
+        if path:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        else:
+            _private_dir(os.path.dirname(self.path))  # a shared /tmp: it must be ours alone
         self._take_over_stale_socket()
         try:
             self._server = _Server(self.path, replicator)

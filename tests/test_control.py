@@ -23,7 +23,7 @@ from workload import WriterProcess, local_generation, meta_dir, restore
 from litestream_py import wait_replicated
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.config import ReplicaConfig
-from litestream_py.control import CONTROL_FILE, ControlServer
+from litestream_py.control import CONTROL_FILE, ControlServer, request
 from litestream_py.db import DB
 from litestream_py.errors import ControlError
 from litestream_py.factory import replica_from_config
@@ -202,3 +202,19 @@ def test_status_of_a_config_with_two_databases_and_its_own_socket(tmp_path: Path
     assert only["path"] == str(dbs[1]) and only["replicas"][0]["lag_seconds"] == 0
     res = run_lsr("sync", "-config", str(cfg), str(tmp_path / "other.db"))
     assert res.returncode == 1 and "this sidecar does not replicate it" in res.stderr
+
+
+def test_socket_path_over_the_limit_and_bad_requests_are_refused(tmp_path: Path) -> None:
+    db = DB(str(tmp_path / "app.db"))
+    replicator = Replicator([db], watch=False)
+    with pytest.raises(ControlError, match="longer than 107 bytes"):
+        ControlServer(replicator, str(tmp_path / ("x" * 120) / "ctl.sock"))
+    control = ControlServer(replicator, str(tmp_path / "ctl.sock"))
+    control.start()
+    try:
+        with pytest.raises(ControlError, match="unknown op 'reboot'"):
+            request(control.path, {"op": "reboot"})
+        with pytest.raises(ControlError, match="cannot find database"):
+            request(control.path, {"op": "sync", "db": str(tmp_path / "other.db")})
+    finally:
+        control.stop()

@@ -79,3 +79,5 @@ def test_monitoring_keys_are_read_and_checked() -> None:
     assert parse_config("").heartbeat_interval == timedelta(minutes=5)
     with pytest.raises(ConfigError, match="cannot read config: heartbeat-interval must be positive"):
         parse_config("heartbeat-interval: 0s\n")
+    with pytest.raises(ConfigError, match="heartbeat-url must be an http"):
+        parse_config("heartbeat-url: hc-ping.com/secret-uuid\n")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LSR, Processes, go_litestream_path, open_app_db, wait_for
+from conftest import LSR, Processes, go_litestream_path, open_app_db, run_lsr, wait_for
 from fixtures_s3 import S3Server, free_port, write_s3_config
 
 from litestream_py.config import ReplicaConfig
@@ -208,3 +208,14 @@ def test_addr_follows_go_rules(addr: str, expected: tuple[str, int]) -> None:
 def test_addr_without_port_is_refused(addr: str) -> None:
     with pytest.raises(ConfigError, match="cannot serve metrics on"):
         parse_addr(addr)
+
+
+def test_replicate_refuses_an_addr_without_port_in_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    open_app_db(db).close()
+    cfg = tmp_path / "litestream.yml"
+    cfg.write_text(f"addr: localhost\ndbs:\n  - path: {db}\n    replicas:\n      - path: {tmp_path / 'r'}\n")
+    res = run_lsr("replicate", "-config", str(cfg), timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == ["Error: cannot serve metrics on 'localhost': a port is required "
+                                               "(e.g. addr: \":9090\")"], res.stderr
