@@ -610,7 +610,7 @@ class DB:
         """
         started = time.monotonic()
         try:
-            return self._timed_sync(force)
+            return self._sync_if_changed(force)
         except BaseException:
             self.stats.sync_errors += 1
             raise
@@ -618,7 +618,7 @@ class DB:
             self.stats.sync_count += 1
             self.stats.sync_seconds += time.monotonic() - started
 
-    def _timed_sync(self, force: bool) -> bool:
+    def _sync_if_changed(self, force: bool) -> bool:
         with self._lock:
             if not self.open():
                 return False

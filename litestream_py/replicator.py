@@ -339,7 +339,10 @@ class _ShipState:
     validation: _Periodic
     whole: _Periodic  # shipping everything, partial segment included
     task: _Task | None = None
-    flush: bool = False  # ship everything at the next step (the sync barrier)
+    # Barriers that asked for everything to ship at once, and how many of them a
+    # step has served: a request made while a step runs is served by the next.
+    flush_requests: int = 0
+    flushed: int = 0
 
 
 class Replicator:
@@ -480,8 +483,9 @@ class Replicator:
             now = time.monotonic()
             # An early run (full segments pending, the interval not yet up) ships
             # only those; once per interval, or after a pause, everything goes.
-            whole = not replica.ships_early or state.flush or state.whole.take(now) or task.quiet()
-            state.flush = False
+            requested = state.flush_requests
+            whole = not replica.ships_early or requested != state.flushed or state.whole.take(now) or task.quiet()
+            state.flushed = requested
             # Only a step that wrote to the replica shows an outage is over: an
             # early run with no full segment to ship sends nothing at all.
             reached = replica.sync(whole)
@@ -559,7 +563,7 @@ class Replicator:
         for replica in db.replicas:
             state = self._ship_states.get(id(replica))
             if state is not None and state.task is not None and not health.holds(replica.pos(), target, target.generation):
-                state.flush = True
+                state.flush_requests += 1
                 self._shippers.wake(state.task, urgent=True)
         return target
 
