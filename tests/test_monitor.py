@@ -20,9 +20,11 @@ import pytest
 from conftest import Processes, wait_for
 from faultproxy import FaultProxy
 from fixtures_s3 import S3Server, free_port, write_s3_config
+from test_metrics import scrape
 from workload import WriterProcess
 
 HEARTBEAT_INTERVAL = 0.2
+PING_KEY = "k3y-zz9-not-hex"  # a dead-man service's secret: must never be logged
 
 
 class Pings:
@@ -48,7 +50,7 @@ class Pings:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/ping/abc"
+        return f"http://127.0.0.1:{self.server.server_address[1]}/ping/{PING_KEY}"
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -106,6 +108,13 @@ def test_healthz_and_heartbeat_follow_an_s3_outage(
             assert replica["name"] == "s3" and replica["lag_seconds"] > replica["max_lag_seconds"] == 1
             assert replica["last_success"] is not None and replica["last_error"] is not None
             assert replica["last_error"]["consecutive_failures"] >= 1
+            page = scrape(port)
+            labels = {"db": str(db), "name": "s3"}
+            assert page.value("lsr_replica_healthy", **labels) == 0
+            assert page.value("lsr_replica_lag_seconds", **labels) > 1
+            assert page.value("lsr_replica_consecutive_failures", **labels) >= 1
+            assert page.value("lsr_replica_last_error_timestamp_seconds", **labels,
+                              kind=replica["last_error"]["kind"]) > 1.7e9
             # A ping decided just before the outage showed may still land; none after.
             time.sleep(2 * HEARTBEAT_INTERVAL)
             withheld = pings.count
@@ -118,8 +127,9 @@ def test_healthz_and_heartbeat_follow_an_s3_outage(
             [replica] = body["dbs"][0]["replicas"]
             assert replica["lag_seconds"] == 0 and replica["position"] == body["dbs"][0]["position"]
             wait_for(lambda: pings.count > withheld, what="heartbeats to resume")
+            assert scrape(port).value("lsr_replica_healthy", db=str(db), name="s3") == 1
         finally:
             Processes.stop(p)
             writer.close()
     assert "Traceback" not in Processes.output(p)
-    assert "abc" not in Processes.output(p)  # the ping URL's key is never logged
+    assert PING_KEY not in Processes.output(p)
