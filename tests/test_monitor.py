@@ -1,7 +1,7 @@
-"""``/healthz`` and the heartbeat of a real sidecar whose S3 endpoint goes down and comes back.
+"""``/healthz`` and the heartbeat of a real sidecar whose S3 server is stopped and started again.
 
-The endpoint is a FaultProxy in front of the suite's moto server: ``outage()``
-refuses every connection, ``recover()`` accepts them again.
+The server is a nanio of the test's own (it keeps its objects on disk, so the
+one started again on the same port holds what the first one did).
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import Processes, wait_for
-from faultproxy import FaultProxy
-from fixtures_s3 import S3Server, free_port, write_s3_config
+from conftest import Processes, rows, run_lsr, wait_for
+from fixtures_s3 import S3Server, free_port, start_nanio, write_s3_config
 from test_metrics import scrape
 from workload import WriterProcess
 
@@ -82,54 +81,69 @@ def _status(port: int) -> int | None:
         return None
 
 
+@pytest.fixture
+def nanio(tmp_path: Path) -> Iterator[list[S3Server]]:
+    """The test's own nanio; the test may replace it with one started again (the last is stopped)."""
+    servers = [start_nanio(tmp_path)]
+    try:
+        yield servers
+    finally:
+        servers[-1].stop()
+
+
 def test_healthz_and_heartbeat_follow_an_s3_outage(
-    tmp_path: Path, procs: Processes, s3_servers: dict[str, S3Server], s3_env: dict[str, str], pings: Pings
+    tmp_path: Path, procs: Processes, nanio: list[S3Server], s3_env: dict[str, str], pings: Pings
 ) -> None:
-    server = s3_servers["moto"]
+    server = nanio[0]
     db = tmp_path / "app.db"
     writer = WriterProcess(db)
     writer.insert(0)
     port = free_port()
-    with FaultProxy(server.port) as proxy:
-        cfg = write_s3_config(tmp_path, db, server.create_bucket(), proxy.endpoint, replica={"max-lag": "1s"})
-        cfg.write_text(f"addr: 127.0.0.1:{port}\nheartbeat-url: {pings.url}\n"
-                       f"heartbeat-interval: {int(HEARTBEAT_INTERVAL * 1000)}ms\n" + cfg.read_text())
-        p = procs.lsr_replicate("-config", str(cfg), env=s3_env)
-        try:
-            wait_for(lambda: _status(port) == 200, what="healthz 200")
-            wait_for(lambda: pings.count >= 2, what="heartbeats while healthy")
+    bucket = server.create_bucket()
+    cfg = write_s3_config(tmp_path, db, bucket, server.endpoint, replica={"max-lag": "1s"})
+    cfg.write_text(f"addr: 127.0.0.1:{port}\nheartbeat-url: {pings.url}\n"
+                   f"heartbeat-interval: {int(HEARTBEAT_INTERVAL * 1000)}ms\n" + cfg.read_text())
+    p = procs.lsr_replicate("-config", str(cfg), env=s3_env)
+    try:
+        wait_for(lambda: _status(port) == 200, what="healthz 200")
+        wait_for(lambda: pings.count >= 2, what="heartbeats while healthy")
 
-            proxy.outage("refuse")
-            writer.insert(1)  # a commit that cannot leave the host
-            wait_for(lambda: _status(port) == 503, what="healthz 503 during the outage")
-            code, body = healthz(port)
-            [replica] = body["dbs"][0]["replicas"]
-            assert code == 503 and body["healthy"] is False and replica["healthy"] is False
-            assert replica["name"] == "s3" and replica["lag_seconds"] > replica["max_lag_seconds"] == 1
-            assert replica["last_success"] is not None and replica["last_error"] is not None
-            assert replica["last_error"]["consecutive_failures"] >= 1
-            page = scrape(port)
-            labels = {"db": str(db), "name": "s3"}
-            assert page.value("lsr_replica_healthy", **labels) == 0
-            assert page.value("lsr_replica_lag_seconds", **labels) > 1
-            assert page.value("lsr_replica_consecutive_failures", **labels) >= 1
-            assert page.value("lsr_replica_last_error_timestamp_seconds", **labels,
-                              kind=replica["last_error"]["kind"]) > 1.7e9
-            # A ping decided just before the outage showed may still land; none after.
-            time.sleep(2 * HEARTBEAT_INTERVAL)
-            withheld = pings.count
-            time.sleep(5 * HEARTBEAT_INTERVAL)
-            assert _status(port) == 503 and pings.count == withheld
+        server.stop()
+        writer.insert(1)  # a commit that cannot leave the host
+        wait_for(lambda: _status(port) == 503, what="healthz 503 during the outage")
+        code, body = healthz(port)
+        [replica] = body["dbs"][0]["replicas"]
+        assert code == 503 and body["healthy"] is False and replica["healthy"] is False
+        assert replica["name"] == "s3" and replica["lag_seconds"] > replica["max_lag_seconds"] == 1
+        assert replica["last_success"] is not None and replica["last_error"] is not None
+        assert replica["last_error"]["consecutive_failures"] >= 1
+        page = scrape(port)
+        labels = {"db": str(db), "name": "s3"}
+        assert page.value("lsr_replica_healthy", **labels) == 0
+        assert page.value("lsr_replica_lag_seconds", **labels) > 1
+        assert page.value("lsr_replica_consecutive_failures", **labels) >= 1
+        assert page.value("lsr_replica_last_error_timestamp_seconds", **labels,
+                          kind=replica["last_error"]["kind"]) > 1.7e9
+        # A ping decided just before the outage showed may still land; none after.
+        time.sleep(2 * HEARTBEAT_INTERVAL)
+        withheld = pings.count
+        time.sleep(5 * HEARTBEAT_INTERVAL)
+        assert _status(port) == 503 and pings.count == withheld
 
-            proxy.recover()
-            wait_for(lambda: _status(port) == 200, what="healthz 200 after catch-up")
-            code, body = healthz(port)
-            [replica] = body["dbs"][0]["replicas"]
-            assert replica["lag_seconds"] == 0 and replica["position"] == body["dbs"][0]["position"]
-            wait_for(lambda: pings.count > withheld, what="heartbeats to resume")
-            assert scrape(port).value("lsr_replica_healthy", db=str(db), name="s3") == 1
-        finally:
-            Processes.stop(p)
-            writer.close()
+        nanio.append(start_nanio(tmp_path, server.port))
+        wait_for(lambda: _status(port) == 200, what="healthz 200 after catch-up")
+        code, body = healthz(port)
+        [replica] = body["dbs"][0]["replicas"]
+        assert replica["lag_seconds"] == 0 and replica["position"] == body["dbs"][0]["position"]
+        wait_for(lambda: pings.count > withheld, what="heartbeats to resume")
+        assert scrape(port).value("lsr_replica_healthy", db=str(db), name="s3") == 1
+        out = tmp_path / "restored.db"
+        res = run_lsr("restore", "-o", str(out), f"s3://{bucket}/db?endpoint={server.endpoint}&region=us-east-1",
+                      env=s3_env)
+        assert res.returncode == 0, res.stderr
+        assert rows(out, "SELECT id FROM t ORDER BY id") == [(0,), (1,)]  # the commit made during the outage
+    finally:
+        Processes.stop(p)
+        writer.close()
     assert "Traceback" not in Processes.output(p)
     assert PING_KEY not in Processes.output(p)
