@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .options import (
-    config_options, flag, format_time, print_table, replica_option, resolve_target, run, setup_logging,
+    Cell, config_options, flag, json_option, print_rows, replica_option, resolve_target, run, setup_logging,
 )
 
 
@@ -13,8 +13,10 @@ from .options import (
 @config_options
 @replica_option
 @flag("generation", metavar="NAME", default="", help="Only this generation.")
+@json_option
 @click.argument("target", metavar="DB_PATH|REPLICA_URL")
-def command(config_path: str | None, no_expand_env: bool, replica_name: str, generation: str, target: str) -> None:
+def command(config_path: str | None, no_expand_env: bool, replica_name: str, generation: str, as_json: bool,
+            target: str) -> None:
     """List the WAL segments of a database or replica URL.
 
     \b
@@ -26,13 +28,12 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, gen
     def body() -> None:
         setup_logging()
         t = resolve_target(target, config_path, no_expand_env, replica_name)
-        rows = []
+        rows: list[list[Cell]] = []
         for replica in t.replicas:
             generations = [generation] if generation else replica.client.generations()
             for g in generations:
                 for w in replica.client.wal_segments(g):
-                    rows.append([replica.name, w.generation, str(w.index), str(w.offset), str(w.size),
-                                 format_time(w.created_at)])
-        print_table(["replica", "generation", "index", "offset", "size", "created"], rows)
+                    rows.append([replica.name, w.generation, w.index, w.offset, w.size, w.created_at])
+        print_rows(["replica", "generation", "index", "offset", "size", "created"], rows, as_json)
 
     run(body)

@@ -35,11 +35,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "/etc/litestream.yml"
+# Litestream's default for heartbeat-interval.
+DEFAULT_HEARTBEAT_INTERVAL = timedelta(minutes=5)
 
-_TOP_KEYS = {"addr", "dbs", "exec", "access-key-id", "secret-access-key", "logging", "mcp-addr"}
+_TOP_KEYS = {
+    "addr", "dbs", "exec", "access-key-id", "secret-access-key", "logging", "mcp-addr",
+    "socket", "heartbeat-url", "heartbeat-interval",
+}
 # Keys Go Litestream knows that lsr does not implement: refused, never accepted in silence.
 _UNSUPPORTED_TOP_KEYS = {
-    "addr": "lsr serves no metrics (remove addr)",
     "mcp-addr": "lsr has no MCP server (remove mcp-addr)",
 }
 _LOGGING_KEYS = {"level", "type", "stderr"}
@@ -52,7 +56,7 @@ _S3_KEYS = {"access-key-id", "secret-access-key", "region", "bucket", "endpoint"
 _OTHER_BACKEND_KEYS = {"account-name", "account-key", "host", "user", "password", "key-path"}
 _REPLICA_KEYS = {
     "type", "name", "path", "url", "retention", "retention-check-interval", "sync-interval",
-    "snapshot-interval", "validation-interval", "age",
+    "snapshot-interval", "validation-interval", "age", "max-lag",
 } | _S3_KEYS | _OTHER_BACKEND_KEYS
 # Of the backend keys, those each implemented type reads; the others are warned about.
 _BACKEND_KEYS = {"file": set(), "s3": _S3_KEYS}
@@ -129,6 +133,7 @@ class ReplicaConfig:
     sync_interval: timedelta | None = None
     snapshot_interval: timedelta | None = None
     validation_interval: timedelta | None = None
+    max_lag: timedelta | None = None
     access_key_id: str = ""
     secret_access_key: str = ""
     region: str = ""
@@ -168,6 +173,9 @@ class Config:
     secret_access_key: str = ""
     addr: str = ""
     exec: str = ""
+    socket: str = ""  # the control socket; empty: control.default_socket_path
+    heartbeat_url: str = ""
+    heartbeat_interval: timedelta = DEFAULT_HEARTBEAT_INTERVAL
     warnings: list[str] = field(default_factory=list)
 
     def db_config(self, path: str) -> DBConfig | None:
@@ -222,7 +230,8 @@ def _replica(data: dict[str, Any], where: str, warnings: list[str]) -> ReplicaCo
     for key in ("type", "name", "path", "url", "access-key-id", "secret-access-key", "region", "bucket", "endpoint"):
         if data.get(key) is not None:
             setattr(rc, key.replace("-", "_"), str(data[key]))
-    for key in ("retention", "retention-check-interval", "sync-interval", "snapshot-interval", "validation-interval"):
+    for key in ("retention", "retention-check-interval", "sync-interval", "snapshot-interval", "validation-interval",
+                "max-lag"):
         if data.get(key) is not None:
             setattr(rc, key.replace("-", "_"), parse_duration(data[key], f"{where} {key}"))
     if data.get("force-path-style") is not None:
@@ -264,6 +273,14 @@ def parse_config(text: str, *, expand: bool = True, source: str = "config") -> C
     cfg.secret_access_key = str(top.get("secret-access-key") or "")
     cfg.addr = str(top.get("addr") or "")
     cfg.exec = str(top.get("exec") or "")
+    cfg.socket = expand_path(str(top["socket"])) if top.get("socket") else ""
+    cfg.heartbeat_url = str(top.get("heartbeat-url") or "")
+    if cfg.heartbeat_url and urlparse(cfg.heartbeat_url).scheme not in ("http", "https"):
+        raise ConfigError(f"cannot read {source}: heartbeat-url must be an http:// or https:// URL")
+    if top.get("heartbeat-interval") is not None:
+        cfg.heartbeat_interval = parse_duration(top["heartbeat-interval"], "heartbeat-interval")
+        if cfg.heartbeat_interval.total_seconds() <= 0:
+            raise ConfigError(f"cannot read {source}: heartbeat-interval must be positive")
     logging_data = _as_dict(top.get("logging"), "logging")
     _warn_unknown("logging", logging_data, _LOGGING_KEYS, cfg.warnings)
     cfg.logging = LoggingConfig(

@@ -39,6 +39,7 @@ from .errors import DatabaseBusyError, DatabaseError, InUseError
 from .fsutil import atomic_write, fsync_dir
 from .lockfile import ProcessLock, describe_holder
 from .pos import Pos
+from .stats import DBStats
 from .wal import (
     WAL_FRAME_HEADER_SIZE,
     WAL_HEADER_SIZE,
@@ -275,6 +276,7 @@ class DB:
         self._durable = ("", -1, 0)
         self._durable_lock = threading.Lock()
         self._change_listeners: list[Callable[[], None]] = []
+        self.stats = DBStats()
 
     # -- paths -------------------------------------------------------------
     @property
@@ -603,6 +605,17 @@ class DB:
         exist yet is a no-op. Unless ``force``, a WAL whose fingerprint has not
         changed since the last sync is not read at all.
         """
+        started = time.monotonic()
+        try:
+            return self._sync_if_changed(force)
+        except BaseException:
+            self.stats.sync_errors += 1
+            raise
+        finally:
+            self.stats.sync_count += 1
+            self.stats.sync_seconds += time.monotonic() - started
+
+    def _sync_if_changed(self, force: bool) -> bool:
         with self._lock:
             if not self.open():
                 return False
@@ -617,9 +630,12 @@ class DB:
                 and not 0 < self._passive_retry_at <= time.monotonic()
             ):
                 return False
+            if token:
+                self.stats.wal_size = _int(token[1])
             try:
                 changed = self._sync((token, token_at))
                 self._close_writer()
+                self.stats.db_size = os.fstat(self._db_fd).st_size
             except apsw.Error as exc:
                 # A broken connection is reopened by the next sync; the gap in
                 # the read lock forces a careful re-verification then.
@@ -868,7 +884,7 @@ class DB:
             header = WALHeader.parse(shadow.read(WAL_HEADER_SIZE))
             page_size = header.page_size
             frame_size = WAL_FRAME_HEADER_SIZE + page_size
-            size = frame_align(os.fstat(shadow.fileno()).st_size, page_size)
+            size = start = frame_align(os.fstat(shadow.fileno()).st_size, page_size)
             if size > WAL_HEADER_SIZE:
                 shadow.seek(size - frame_size + 16)
                 raw = shadow.read(8)
@@ -905,6 +921,7 @@ class DB:
                         chunk *= 2  # one transaction larger than the chunk
         if commits:
             self.commit_log.record(generation, index, commits)
+        self.stats.total_wal_bytes += size - start
         return size
 
     def _retake_read_lock(self, generation: str, index: int, checkpoint: bool = False) -> _LockedRetake:
@@ -1019,9 +1036,12 @@ class DB:
         """
         timeout = OPPORTUNISTIC_LOCK_TIMEOUT if opportunistic else BUSY_TIMEOUT
         self._write_busy.timeout = timeout.total_seconds()
+        started, failed = time.monotonic(), True
         try:
             self._checkpoint_under_locks(mode, restart_now)
+            failed = False
         except apsw.BusyError:
+            failed = False  # put off, not failed
             # The application held its write lock past the timeout; a later
             # sync tries again.
             log.debug("%s: checkpoint %s skipped: database busy", self.path, mode)
@@ -1031,6 +1051,7 @@ class DB:
                 self._acquire_read_lock()
         finally:
             self._write_busy.timeout = BUSY_TIMEOUT.total_seconds()
+            self.stats.checkpoint(mode, time.monotonic() - started, failed)
 
     def _checkpoint_under_locks(self, mode: str, restart_now: bool) -> None:
         writer = self._writer()

@@ -25,6 +25,8 @@ __all__ = [
     "ThrottledError",
     "TimestampOutOfRangeError",
     "EncryptedReplicaError",
+    "ControlError",
+    "ReplicationTimeoutError",
 ]
 
 
@@ -98,3 +100,11 @@ class ThrottledError(StorageError):
 
 class EncryptedReplicaError(LitestreamError):
     """A replica object is age-encrypted and no configured identity opens it."""
+
+
+class ControlError(LitestreamError):
+    """The running sidecar cannot be reached through its control socket, or refused a request."""
+
+
+class ReplicationTimeoutError(LitestreamError):
+    """Some replica did not hold a commit within the time a barrier allowed."""

@@ -49,6 +49,7 @@ def replica_from_config(rc: ReplicaConfig, db: DB | None, *, read_only: bool = F
     if rc.retention_check_interval is not None:
         replica.retention_check_interval = rc.retention_check_interval
     replica.snapshot_interval = rc.snapshot_interval
+    replica.max_lag = rc.max_lag
     replica.validation_interval = rc.validation_interval
     return replica
 

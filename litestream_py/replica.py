@@ -16,6 +16,7 @@ from .errors import LitestreamError, StorageError
 from .fsutil import read_buffers
 from .pos import Pos, SnapshotInfo
 from .replica_client import ReplicaClient, ReplicaReader
+from .stats import ReplicaStats
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align, frame_headers
 
 if TYPE_CHECKING:
@@ -93,6 +94,8 @@ class Replica:
         # 0: check_intact() before every sync; else the replicator calls it this
         # often (None: only before retention and validation). See factory.
         self.intact_check_interval: timedelta | None = None
+        self.max_lag: timedelta | None = None  # unhealthy past this lag (health.max_lag)
+        self.stats = ReplicaStats()
         self._pos = Pos()
         self._mu = threading.Lock()
         # Only one sync or snapshot at a time per replica.
@@ -282,6 +285,7 @@ class Replica:
         created_at = datetime.fromtimestamp(commits[-1][1] / 1e9, timezone.utc) if commits else _now()
         self.client.write_wal_segment(pos, segment, created_at)
         self._set_pos(Pos(pos.generation, pos.index, end))
+        self.stats.shipped(end - pos.offset, commits[-1][1] if commits else None)
         log.debug("%s: wal segment written %s (%d bytes)", self.name, pos, end - pos.offset, extra=self._fields(pos))
         return True
 
@@ -332,6 +336,7 @@ class Replica:
                         tmp.write(piece)
             tmp.seek(0)
             info = self.client.write_snapshot(pos.generation, pos.index, tmp, created_at)
+        self.stats.shipped(0, None)
         log.info("%s: snapshot written %s/%08x (%d bytes)", self.name, pos.generation, pos.index, info.size,
                  extra=self._fields(pos))
         return info

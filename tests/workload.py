@@ -14,6 +14,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -417,5 +418,35 @@ __all__ = [
     "AGE_MAGIC", "AgeKeyPair", "assert_encrypted", "replica_objects",
     "LSR", "LSR_TABLES", "OpenWEC", "catches_sigterm", "Writer", "assert_same_data", "content_hash", "dump", "local_generation",
     "meta_dir", "new_generation_lines", "open_app_db", "replica_generations", "replica_ready", "restore",
-    "segment_count", "stop_lsr", "wait_ready", "wait_synced", "wal_indexes", "user_tables",
+    "segment_count", "stop_lsr", "wait_ready", "wait_synced", "wal_indexes", "user_tables", "WriterProcess",
 ]
+
+
+# A writer in a process of its own (SQLite's locks are per process): one
+# committed row per line read, acknowledged once committed.
+WRITER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body TEXT)")
+for line in sys.stdin:
+    conn.execute("INSERT INTO t (id, body) VALUES (?, randomblob(200))", (int(line),))
+    print("ok", flush=True)
+"""
+
+
+class WriterProcess:
+    def __init__(self, db: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def insert(self, row_id: int) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{row_id}\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "ok"
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)

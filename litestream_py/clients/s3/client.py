@@ -19,6 +19,7 @@ from ... import paths
 from ...config import ReplicaConfig
 from ...errors import ChecksumMismatchError, ConfigError, LitestreamError, StorageError
 from ...pos import Pos, SnapshotInfo, WALSegmentInfo
+from ...stats import OperationStats
 from .errors import RANGE_CODES, RangeRefused, body_errors, redact, translate_error
 from .routes import sdk_route, standalone_route
 from .settings import DEFAULT_REGION, S3Settings, env_credentials, settings_from_config
@@ -124,6 +125,7 @@ class S3ReplicaClient:
         self.settings = settings
         self.bucket = settings.bucket
         self.path = settings.path
+        self.operations = OperationStats()
         self._max_attempts = max_attempts
         self._multipart_threshold = multipart_threshold
         self._multipart_chunksize = multipart_chunksize
@@ -227,6 +229,7 @@ class S3ReplicaClient:
 
         A prefix is listed once even where a server repeats it on several pages (nanio does).
         """
+        self.operations.add("LIST")
         listed = self._http.list_objects(prefix, delimiter) if self._http is not None else None
         if listed is not None:
             objects, prefixes = listed
@@ -246,6 +249,7 @@ class S3ReplicaClient:
     def _delete_keys(self, keys: list[str]) -> None:
         for i in range(0, len(keys), MAX_KEYS_PER_DELETE):
             batch = keys[i : i + MAX_KEYS_PER_DELETE]
+            self.operations.add("DELETE")
             with self._errors(f"delete {self._url(batch[0])} and {len(batch) - 1} more"):
                 out = self._s3.delete_objects(
                     Bucket=self.bucket,
@@ -275,6 +279,7 @@ class S3ReplicaClient:
                                         max_concurrency=self._multipart_concurrency)
                 with create_transfer_manager(self._s3, config) as manager:
                     manager.upload(f, self.bucket, key, extra_args={"Metadata": metadata}).result()
+        self.operations.add("PUT", size)
         log.debug("wrote %s (%d bytes, crc32c %s)", self._url(key), size, crc)
 
     def _get_object(self, key: str, what: str, byte_range: str | None = None,
@@ -286,6 +291,7 @@ class S3ReplicaClient:
         """
         found = self._direct_get(key, byte_range, if_match)
         if found is not None:
+            self.operations.add("GET", len(found.body))
             return found
         from botocore.exceptions import ClientError
 
@@ -313,6 +319,7 @@ class S3ReplicaClient:
         if len(data) != int(response["ContentLength"]):
             raise StorageError(f"cannot read {what} {self._url(key)}: short read ({len(data)} bytes)")
         metadata = {k.lower(): v for k, v in (response.get("Metadata") or {}).items()}
+        self.operations.add("GET", len(data))
         return ObjectReply(data, response.get("ETag"), response.get("ContentRange"), metadata)
 
     def _direct_get(self, key: str, byte_range: str | None, if_match: str | None) -> ObjectReply | None:
