@@ -28,6 +28,7 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "expand_env",
+    "expand_path",
     "is_url",
     "parse_replica_url",
 ]

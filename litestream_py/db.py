@@ -35,7 +35,7 @@ import apsw
 
 from . import paths
 from .commits import COMMITS_EXT, CommitLog
-from .errors import DatabaseBusyError, DatabaseError, InUseError
+from .errors import DatabaseBusyError, DatabaseError, InUseError, LitestreamError
 from .fsutil import atomic_write, fsync_dir
 from .lockfile import ProcessLock, describe_holder
 from .pos import Pos
@@ -331,8 +331,8 @@ class DB:
         for n in names:
             try:
                 out.append(paths.parse_shadow_wal_path(n))
-            except Exception:
-                continue
+            except LitestreamError:
+                continue  # not a shadow WAL file (a temp file, the commits file)
         return sorted(out)
 
     def current_shadow_index(self, generation: str) -> int:

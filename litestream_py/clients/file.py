@@ -10,7 +10,7 @@ from typing import BinaryIO, Iterable
 
 from .. import paths
 from ..config import ReplicaConfig, expand_path, parse_replica_url
-from ..errors import ConfigError, NotFoundError, StorageError
+from ..errors import ConfigError, LitestreamError, NotFoundError, StorageError
 from ..fsutil import atomic_write, fsync_dir
 from ..pos import Pos, SnapshotInfo, WALSegmentInfo
 from ..stats import OperationStats
@@ -77,7 +77,7 @@ class FileReplicaClient:
             try:
                 index = paths.parse_snapshot_path(e.name)
                 st = e.stat()
-            except (ValueError, OSError, Exception):
+            except (LitestreamError, FileNotFoundError):  # not a snapshot, or deleted since the listing
                 continue
             infos.append(SnapshotInfo(generation, index, st.st_size, _mtime(st)))
         return sorted(infos, key=lambda i: i.index)
@@ -132,7 +132,7 @@ class FileReplicaClient:
             try:
                 index, offset = paths.parse_wal_segment_path(e.name)
                 st = e.stat()
-            except Exception:
+            except (LitestreamError, FileNotFoundError):  # not a segment, or deleted since the listing
                 continue
             infos.append(WALSegmentInfo(generation, index, offset, st.st_size, _mtime(st)))
         return sorted(infos, key=lambda i: (i.index, i.offset))
