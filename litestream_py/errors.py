@@ -23,6 +23,9 @@ __all__ = [
     "BucketNotFoundError",
     "ThrottledError",
     "TimestampOutOfRangeError",
+    "PreconditionFailedError",
+    "LeaseHeldError",
+    "LeaseLostError",
 ]
 
 
@@ -88,3 +91,15 @@ class BucketNotFoundError(StorageError):
 
 class ThrottledError(StorageError):
     """The backend kept asking to slow down after every retry."""
+
+
+class PreconditionFailedError(StorageError):
+    """A conditional write lost: the object was created or replaced by someone else."""
+
+
+class LeaseHeldError(LitestreamError):
+    """Another writer holds the replica's lease."""
+
+
+class LeaseLostError(LitestreamError):
+    """This writer's lease on a replica was taken over: it must not write there again."""

@@ -18,6 +18,7 @@ from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align,
 
 if TYPE_CHECKING:
     from .db import DB
+    from .lease import Lease
 
 __all__ = [
     "Replica",
@@ -79,6 +80,7 @@ class Replica:
         self.validation_interval = validation_interval
         self.max_segment_size = MAX_SEGMENT_SIZE
         self.ships_early = False  # see QUIET_FLUSH
+        self.lease: Lease | None = None  # when set, nothing is written without it (see lease)
         self._pos = Pos()
         self._mu = threading.Lock()
         # Only one sync or snapshot at a time per replica.
@@ -110,6 +112,7 @@ class Replica:
         """
         assert self.db is not None
         with self._sync_lock:
+            self._check_lease()
             try:
                 return self._sync(whole)
             except StorageError:
@@ -250,7 +253,12 @@ class Replica:
     def snapshot(self) -> SnapshotInfo:
         """Write a snapshot of the database at the start of the current shadow index."""
         with self._sync_lock:
+            self._check_lease()
             return self._snapshot()
+
+    def _check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
 
     def _snapshot(self) -> SnapshotInfo:
         assert self.db is not None
@@ -275,6 +283,7 @@ class Replica:
         oldest kept snapshot on.
         """
         assert self.db is not None
+        self._check_lease()
         cutoff = _now() - self.retention
         generations = self.client.generations()
         snapshots = [s for g in generations for s in self.client.snapshots(g)]

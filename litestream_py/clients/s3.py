@@ -48,10 +48,11 @@ from ..errors import (
     ConfigError,
     LitestreamError,
     NotFoundError,
+    PreconditionFailedError,
     StorageError,
     ThrottledError,
 )
-from ..pos import Pos, SnapshotInfo, WALSegmentInfo
+from ..pos import LeaseObject, Pos, SnapshotInfo, WALSegmentInfo
 from .s3_http import S3HTTP, Credentials, quote_key
 
 __all__ = [
@@ -701,6 +702,45 @@ class S3ReplicaClient:
         if keys:
             self._delete_keys(keys)
 
+    # -- the lease ------------------------------------------------------------
+    def read_lease(self) -> LeaseObject | None:
+        key = paths.lease_path(self.path)
+        try:
+            data, response = self._get_object(key, "lease")
+        except NotFoundError:
+            return None
+        return LeaseObject(data, str(response.get("ETag", "")))
+
+    def write_lease(self, data: bytes, expect: str | None) -> str:
+        """One conditional PUT: If-None-Match: * to create, If-Match: ETag to replace.
+
+        A server that ignores both writes anyway; ``lease.Lease`` reads the
+        object back after each write to notice that it lost a race there.
+        """
+        from botocore.exceptions import ClientError
+
+        key = paths.lease_path(self.path)
+        condition = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
+        with self._errors(f"write lease {self._url(key)}"):
+            try:
+                out = self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, **condition)
+            except ClientError as exc:
+                status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+                code = (exc.response.get("Error") or {}).get("Code")
+                if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise PreconditionFailedError(
+                        f"cannot write lease {self._url(key)}: another writer changed it first"
+                    ) from exc
+                raise
+        return str(out.get("ETag", ""))
+
+    def delete_lease(self, expect: str) -> None:
+        current = self.read_lease()
+        if current is not None and current.version == expect:
+            key = paths.lease_path(self.path)
+            with self._errors(f"delete lease {self._url(key)}"):
+                self._s3.delete_object(Bucket=self.bucket, Key=key)
+
 
 class _RangeRefused(StorageError):
     pass
@@ -942,3 +982,4 @@ class _ObjectStream(io.RawIOBase):
         if self._taken >= self._size:
             self._client._check_crc(self._key, self._what, self._metadata, f"{self._crc:08x}")
         self._buf = memoryview(data)
+

@@ -1,0 +1,81 @@
+"""Writer fencing: the lease on each replica, against the file client, moto and nanio."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from fixtures_s3 import make_s3_client
+from litestream_py.clients.file import FileReplicaClient
+from litestream_py.errors import LeaseHeldError, LeaseLostError
+from litestream_py.lease import Lease, LeaseInfo
+from litestream_py.replica_client import ReplicaClient
+
+TTL = timedelta(seconds=30)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["file", "moto", "nanio"])
+def client(request: pytest.FixtureRequest, tmp_path: Path) -> ReplicaClient:
+    if request.param == "file":
+        return FileReplicaClient(str(tmp_path / "replica"))
+    server = request.getfixturevalue("s3_servers")[request.param]
+    return make_s3_client(server, server.create_bucket(), "db")
+
+
+def test_second_writer_is_refused_naming_the_holder(client: ReplicaClient) -> None:
+    first = Lease(client, "/srv/a.db", TTL)
+    assert first.acquire() is False
+    with pytest.raises(LeaseHeldError) as err:
+        Lease(client, "/srv/b.db", TTL).acquire()
+    message = str(err.value)
+    assert message.startswith(f"cannot replicate to {client.describe()}: its lease is held by host ")
+    assert f"pid {os.getpid()} (database /srv/a.db" in message and "-takeover" in message
+    assert first.renew() and first.held
+
+
+def test_takeover_fences_the_old_holder(client: ReplicaClient) -> None:
+    old = Lease(client, "/srv/a.db", TTL)
+    old.acquire()
+    new = Lease(client, "/srv/b.db", TTL, takeover=True)
+    assert new.acquire() is True  # took over a live lease: the caller waits one renewal
+    assert old.renew() is False
+    assert "database /srv/b.db" in old.lost
+    with pytest.raises(LeaseLostError, match="its lease was taken by host .*database /srv/b.db"):
+        old.check()
+    assert old.renew() is False  # lost for good, even if the new holder goes away
+    assert new.renew() and new.held
+    new.check()
+    current = client.read_lease()
+    assert current is not None and LeaseInfo.from_bytes(current.data).db == "/srv/b.db"
+
+
+def test_expired_lease_is_taken_without_takeover(client: ReplicaClient) -> None:
+    clock = FakeClock()
+    gone = Lease(client, "/srv/a.db", TTL, clock=clock)
+    gone.acquire()
+    clock.now += TTL.total_seconds() - 1
+    with pytest.raises(LeaseHeldError):
+        Lease(client, "/srv/b.db", TTL, clock=clock).acquire()
+    clock.now += 2  # the holder has not renewed for longer than its TTL
+    successor = Lease(client, "/srv/b.db", TTL, clock=clock)
+    assert successor.acquire() is False
+    assert gone.renew() is False and gone.lost
+
+
+def test_release_lets_the_next_writer_in(client: ReplicaClient) -> None:
+    first = Lease(client, "/srv/a.db", TTL)
+    first.acquire()
+    first.release()
+    assert client.read_lease() is None
+    Lease(client, "/srv/b.db", TTL).acquire()
