@@ -245,7 +245,7 @@ class Follower:
                 os.unlink(leftover)
         state = self._restore_snapshot(generation, tmp)
         try:
-            Standby.write_initial_state(tmp, state)
+            Standby.prepare(tmp, state)
             os.replace(tmp + STATE_SUFFIX, self.output + STATE_SUFFIX)
             os.link(tmp, self.output)  # never replaces a file that appeared meanwhile
         finally:

@@ -36,7 +36,7 @@ import secrets
 import struct
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import apsw
 
@@ -62,6 +62,8 @@ HDR_VERSION_VALID_FOR = 92
 ROLLBACK_MODE = 1
 # How long one attempt at the exclusive lock waits for readers.
 LOCK_TIMEOUT_MS = 2000
+# Lock timeouts a stopping follower waits out to leave STANDBY in WAL mode.
+CLOSE_ATTEMPTS = 10
 
 
 class StandbyError(LitestreamError):
@@ -155,17 +157,36 @@ class Standby:
             return
         try:
             if state is not None:
-                self._rekey(state, lambda: conn.execute("PRAGMA journal_mode=WAL").fetchall())
+                try:
+                    self._rekey(state, lambda: conn.execute("PRAGMA journal_mode=WAL").fetchall(), CLOSE_ATTEMPTS)
+                except StandbyError as exc:
+                    log.error("%s; it stays in rollback mode: run PRAGMA journal_mode=WAL on it before promoting", exc)
         finally:
             conn.close()
             os.close(self._fd)
             self._fd = -1
 
-    def _rekey(self, state: FollowState, change: Any) -> None:
-        """Run ``change`` (which bumps the change counter) with the state saved for either outcome."""
+    def _rekey(self, state: FollowState, change: Callable[[], object], attempts: int | None = None) -> None:
+        """Run ``change`` (which bumps the change counter) with the state saved for either outcome.
+
+        Switching journal modes needs STANDBY to itself: it is retried while
+        readers have it open, until stopped (or ``attempts`` run out).
+        """
         before = self._counter()
         self._write_states({before: state, (before + 1) & 0xFFFFFFFF: state})
-        change()
+        tries = 0
+        while True:
+            try:
+                change()
+                break
+            except apsw.BusyError:
+                tries += 1
+                if tries == 1:
+                    log.warning("waiting for readers of %s to let it switch journal mode", self.path)
+                if (attempts is not None and tries >= attempts) or (attempts is None and self._stop.is_set()):
+                    raise StandbyError(
+                        f"cannot switch the journal mode of {self.path}: readers keep it open"
+                    ) from None
         self._write_states({self._counter(): state})
 
     # -- the state file ---------------------------------------------------------
@@ -185,8 +206,14 @@ class Standby:
             f.write(json.dumps(body, sort_keys=True).encode())
 
     @staticmethod
-    def write_initial_state(db_path: str, state: FollowState) -> None:
-        """The state of a freshly restored file, before it is moved to STANDBY's path."""
+    def prepare(db_path: str, state: FollowState) -> None:
+        """Ready a freshly restored, private file to become STANDBY: rollback mode
+        (switched while no reader can have it open) and its follow state beside it."""
+        conn = apsw.Connection(db_path)
+        try:
+            conn.execute("PRAGMA journal_mode=DELETE").fetchall()
+        finally:
+            conn.close()
         with open(db_path, "rb") as f:
             counter = struct.unpack(">I", f.read(HDR_CHANGE_COUNTER + 4)[HDR_CHANGE_COUNTER:])[0]
         body = {"states": {str(counter): asdict(state)}}
