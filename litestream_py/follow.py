@@ -121,7 +121,8 @@ class Follower:
             state = self.standby.open()
             log.info("resuming %s from %s/%08x:%d", self.output, state.generation, state.applied_index, state.applied)
         else:
-            self._restore_fresh()
+            if not self._restore_fresh():
+                return None
             state = self.standby.open()
         self._set_state(state)
         self._known = set(self.client.generations())
@@ -234,11 +235,19 @@ class Follower:
         restore(self.client, RestoreOptions(output_path=output, generation=generation, pos=Pos(generation, index, 0)))
         return FollowState(self.replica, generation, index, 0, (0, 0), "", index, 0)
 
-    def _restore_fresh(self) -> None:
-        """Restore STANDBY from scratch; its follow state exists before STANDBY does."""
+    def _restore_fresh(self) -> bool:
+        """Restore STANDBY from scratch (False if stopped first); its follow state exists before STANDBY does.
+
+        A replica without a generation yet (the primary's sidecar is starting) is waited for.
+        """
         generation, _ = calc_restore_target(self.client)
         if not generation:
-            raise LitestreamError(f"cannot follow {self.replica or 'the replica'}: no generation to restore")
+            log.info("waiting for a generation on %s", self.replica or "the replica")
+        while not generation:
+            self._sleep()
+            if self.stop.is_set():
+                return False
+            generation, _ = calc_restore_target(self.client)
         tmp = f"{self.output}.{os.getpid()}.lsr-follow.tmp"
         for leftover in (tmp, tmp + STATE_SUFFIX):
             if os.path.lexists(leftover):
@@ -252,6 +261,7 @@ class Follower:
             os.unlink(tmp)
         fsync_dir(os.path.dirname(self.output))
         log.info("restored %s from generation %s snapshot %08x; following", self.output, generation, state.index)
+        return True
 
     def _install(self, generation: str) -> None:
         """Swap STANDBY to ``generation``'s latest snapshot in one transaction."""
