@@ -85,3 +85,112 @@ def test_eventhistory_standby_follows_resumes_and_promotes(tmp_path: Path, procs
     assert rows(standby, "SELECT count(*), max(id) FROM events") == rows(primary, "SELECT count(*), max(id) FROM events")
     assert not Path(str(standby) + "-journal").exists()
     procs.stop(sidecar)
+
+
+def _segments(replica: Path) -> list[Path]:
+    return sorted(replica.glob("generations/*/wal/*.wal.lz4"))
+
+
+def _insert_events(primary: Path, first: int, last: int, replica: Path) -> None:
+    """One event per commit, each waited for on the replica, so each gets its own segment."""
+    from eventhistory import event_id, payload
+
+    conn = sqlite3.connect(str(primary), isolation_level=None, timeout=30)
+    for n in range(first, last + 1):
+        before = len(_segments(replica))
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO events VALUES (?, 't', ?, 0)", (event_id(n), payload(n)))
+        conn.execute("UPDATE counters SET n = ? WHERE name = 'events'", (n,))
+        conn.execute("COMMIT")
+        wait_for(lambda: len(_segments(replica)) > before, what=f"event {n}'s segment")
+    conn.close()
+
+
+class _Running:
+    """A Follower on its own thread, stopped and joined by the test."""
+
+    def __init__(self, replica: Path, standby: Path) -> None:
+        import threading
+        from datetime import timedelta
+
+        from litestream_py.clients.file import FileReplicaClient
+        from litestream_py.follow import Follower
+
+        self.stop = threading.Event()
+        self.follower = Follower(FileReplicaClient(str(replica)), str(standby), self.stop,
+                                 interval=timedelta(milliseconds=50), watch_dir=str(replica))
+        self.thread = threading.Thread(target=self.follower.run)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+
+
+def test_gap_and_corrupt_segment_are_reported_then_recovered(tmp_path: Path, procs: Processes,
+                                                             caplog: "pytest.LogCaptureFixture") -> None:
+    import logging
+
+    primary, standby, replica = tmp_path / "events.db", tmp_path / "standby.db", tmp_path / "replica"
+    create(str(primary))
+    sidecar = procs.lsr_replicate(str(primary), f"file://{replica}")
+    wait_for(lambda: any(replica.glob("generations/*/snapshots/*")), what="the first snapshot")
+    _insert_events(primary, 1, 12, replica)
+    assert procs.stop(sidecar) == 0
+    segments = _segments(replica)
+    # Events 1..12 are the last 12 segments; hide event 5's, corrupt event 8's.
+    missing, corrupt = segments[-8], segments[-5]
+    hidden = tmp_path / missing.name
+    missing.rename(hidden)
+    good = corrupt.read_bytes()
+    corrupt.write_bytes(good[:-40] + bytes(40))  # valid LZ4 framing is gone or the WAL checksum breaks
+
+    caplog.set_level(logging.INFO, logger="litestream_py")
+    running = _Running(replica, standby)
+    try:
+        wait_for(lambda: "missing wal segment" in running.follower.status().error, timeout=60,
+                 what="the gap to be reported")
+        assert event_count(standby) == 4  # everything before the gap, nothing after it
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and missing.name[:17] in errors[0].getMessage(), errors
+
+        hidden.rename(missing)
+        wait_for(lambda: "cannot apply" in running.follower.status().error, timeout=60,
+                 what="the corrupt segment to be reported")
+        assert event_count(standby) == 7
+        corrupt.write_bytes(good)
+        wait_for(lambda: event_count(standby) == 12, timeout=60, what="the rest to apply")
+        assert running.follower.status().error == ""
+    finally:
+        running.close()
+    assert integrity_ok(standby)
+
+
+def test_new_generation_is_swapped_in(tmp_path: Path, procs: Processes) -> None:
+    """The primary's sidecar restarts without its meta dir: a new generation; the follower
+    restores its snapshot into a temporary file, swaps it in, and follows it on."""
+    from workload import meta_dir
+
+    primary, standby, replica = tmp_path / "events.db", tmp_path / "standby.db", tmp_path / "replica"
+    create(str(primary))
+    sidecar = procs.lsr_replicate(str(primary), f"file://{replica}")
+    wait_for(lambda: any(replica.glob("generations/*/snapshots/*")), what="the first snapshot")
+    _insert_events(primary, 1, 3, replica)
+    running = _Running(replica, standby)
+    try:
+        wait_for(lambda: standby.exists() and event_count(standby) == 3, timeout=60, what="the first generation")
+        first = running.follower.status().position.generation
+        assert procs.stop(sidecar) == 0
+        import shutil
+
+        shutil.rmtree(meta_dir(primary))
+        sidecar = procs.lsr_replicate(str(primary), f"file://{replica}")
+        wait_for(lambda: len(list(replica.glob("generations/*/snapshots/*"))) == 2, what="the new generation")
+        _insert_events(primary, 4, 6, replica)
+        wait_for(lambda: event_count(standby) == 6, timeout=60, what="the new generation on the standby")
+        assert running.follower.status().position.generation not in ("", first)
+    finally:
+        running.close()
+    assert integrity_ok(standby)
+    assert procs.stop(sidecar) == 0
