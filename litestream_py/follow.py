@@ -99,7 +99,8 @@ class Follower:
         self._known: set[str] = set()
         self._gap = ""
         self._gap_seen = 0
-        self._idle = 0
+        self._idle = 0  # polls in a row that found nothing new
+        self._slots = 0  # polls spent on generations or snapshots instead of the WAL
         self._wake = threading.Event()
 
     def status(self) -> FollowStatus:
@@ -117,15 +118,8 @@ class Follower:
     # -- the loop --------------------------------------------------------------
     def run(self) -> FollowState | None:
         """Restore or resume, then follow until stopped; STANDBY is left promotable."""
-        if os.path.lexists(self.output):
-            state = self.standby.open()
-            log.info("resuming %s from %s/%08x:%d", self.output, state.generation, state.applied_index, state.applied)
-        else:
-            if not self._restore_fresh():
-                return None
-            state = self.standby.open()
-        self._set_state(state)
-        self._known = set(self.client.generations())
+        if not self.start():
+            return None
         watcher = self._start_watch()
         try:
             while not self.stop.is_set():
@@ -135,9 +129,26 @@ class Follower:
         finally:
             if watcher is not None:
                 watcher.stop()
-            self.standby.close(self.state)
-        log.info("stopped following; %s is at %s", self.output, self._status.position)
+            self.close()
         return self.state
+
+    def start(self) -> bool:
+        """Restore STANDBY, or resume it from its saved position; False if stopped while waiting."""
+        if os.path.lexists(self.output):
+            state = self.standby.open()
+            log.info("resuming %s from %s/%08x:%d", self.output, state.generation, state.applied_index, state.applied)
+        else:
+            if not self._restore_fresh():
+                return False
+            state = self.standby.open()
+        self._set_state(state)
+        self._known = set(self.client.generations())
+        return True
+
+    def close(self) -> None:
+        """Leave STANDBY complete up to the last applied commit, in WAL mode."""
+        self.standby.close(self.state)
+        log.info("stopped following; %s is at %s", self.output, self._status.position)
 
     def _sleep(self) -> None:
         """Until woken, stopped, or the interval is up (``stop`` cannot wake an Event wait)."""
@@ -165,8 +176,13 @@ class Follower:
         state = self.state
         assert state is not None
         if self._idle and (self.watch_dir or self._idle % GENERATION_CHECK_EVERY == 0):
-            if self._check_generations():
-                return True
+            # An object store spends this interval's one LIST here instead of on the WAL.
+            self._slots += 1
+            stuck = self._gap_seen >= GAP_RETRIES
+            moved = self._resync_past_gap() if stuck and self._slots % 2 else self._check_generations()
+            if moved or not self.watch_dir:
+                self._idle = 0 if moved else self._idle + 1
+                return moved
         segments = [
             s for s in self.client.wal_segments(state.generation)
             if (s.index, s.offset) >= (state.index, state.offset)
@@ -199,8 +215,6 @@ class Follower:
             assert state is not None
             log.error("%s; %s stays at %s until a newer snapshot arrives", problem, self.output, self._status.position)
             self._set_state(state, error=problem)
-        if self._gap_seen >= GAP_RETRIES:
-            self._resync_past_gap()
 
     # -- generations and snapshots ---------------------------------------------
     def _check_generations(self) -> bool:
@@ -217,14 +231,17 @@ class Follower:
             return True
         return False
 
-    def _resync_past_gap(self) -> None:
+    def _resync_past_gap(self) -> bool:
+        """Skip a lasting gap (or corrupt segment) from a newer snapshot of the generation, if there is one."""
         state = self.state
         assert state is not None
-        if any(s.index > state.index for s in self.client.snapshots(state.generation)):
-            log.warning("follow: skipping past the gap from a newer snapshot of generation %s", state.generation)
-            self._install(state.generation)
-            self._gap, self._gap_seen = "", 0
-            self._set_state(self.state or state, error="")
+        if not any(s.index > state.index for s in self.client.snapshots(state.generation)):
+            return False
+        log.warning("follow: skipping past the gap from a newer snapshot of generation %s", state.generation)
+        self._install(state.generation)
+        self._gap, self._gap_seen = "", 0
+        self._set_state(self.state or state, error="")
+        return True
 
     def _restore_snapshot(self, generation: str, output: str) -> FollowState:
         """Restore ``generation``'s latest snapshot (no WAL) into ``output``."""

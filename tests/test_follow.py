@@ -22,11 +22,15 @@ EVENTHISTORY = str(HERE / "eventhistory.py")
 
 
 def event_count(path: Path) -> int:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    try:
-        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
-    finally:
-        conn.close()
+    """Counted in another process: SQLite's locks are per process, and a connection closed
+    here would drop an in-process follower's lock on STANDBY."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True, "
+         "timeout=30); print(c.execute('SELECT count(*) FROM events').fetchone()[0])", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout)
 
 
 def reader_summary(path: Path) -> dict[str, object]:
@@ -48,7 +52,7 @@ def test_eventhistory_standby_follows_resumes_and_promotes(tmp_path: Path, procs
     create(str(primary))
     sidecar = procs.lsr_replicate(str(primary), f"file://{replica}")
     writer = procs.start([sys.executable, EVENTHISTORY, "write", str(primary)], "writer")
-    wait_for(lambda: (replica / "generations").is_dir() and event_count(primary) > 50, what="events on the replica")
+    wait_for(lambda: (replica / "generations").is_dir() and rows(primary, "SELECT count(*) FROM events")[0][0] > 50, what="events on the replica")
 
     follower = follow(procs, standby, f"file://{replica}")
     result, stop_file = tmp_path / "reader.json", tmp_path / "reader.stop"
@@ -60,18 +64,34 @@ def test_eventhistory_standby_follows_resumes_and_promotes(tmp_path: Path, procs
     procs.stop(follower, signal.SIGKILL)
     state = json.loads(Path(str(standby) + STATE_SUFFIX).read_text())
     assert state["states"], state
-    for snap in replica.glob("generations/*/snapshots/*.snapshot.lz4"):
-        snap.unlink()
+    hidden = {snap: tmp_path / snap.name for snap in replica.glob("generations/*/snapshots/*.snapshot.lz4")}
+    for snap, away in hidden.items():
+        snap.rename(away)
     seen = int(reader_summary(result)["max_events"])  # type: ignore[call-overload]
     follower = follow(procs, standby, f"file://{replica}")
     wait_for(lambda: int(reader_summary(result)["max_events"]) > seen + 100, timeout=60,  # type: ignore[call-overload]
              what="the resumed follower to apply new events")
     log = Processes.output(follower)
     assert "resuming" in log and "snapshot" not in log, log
+    for snap, away in hidden.items():
+        away.rename(snap)
 
     procs.stop(writer, signal.SIGKILL)
-    total = event_count(primary)
-    wait_for(lambda: event_count(standby) == total, timeout=60, what="the standby to catch up with the primary")
+    assert procs.stop(sidecar) == 0  # its final sync ships the primary's last commit
+    # The standby must end up with what the replica holds: every commit of the primary, and
+    # possibly one more, which the writer had written when it was killed but SQLite had not
+    # published yet (lsr reads the WAL file, where it is whole).
+    probe = tmp_path / "probe.db"
+    res = subprocess.run([LSR, "restore", "-o", str(probe), f"file://{replica}"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    (total,) = rows(probe, "SELECT count(*) FROM events")[0]
+    assert total - 1 <= rows(primary, "SELECT count(*) FROM events")[0][0] <= total
+    seen_counts: list[int] = []
+    try:
+        wait_for(lambda: seen_counts.append(event_count(standby)) or seen_counts[-1] == total, timeout=60,
+                 what=f"the standby to catch up with the primary's {total} events")
+    except AssertionError:
+        raise AssertionError(f"standby at {seen_counts[-3:]} of {total}; follower:\n{Processes.output(follower)[-3000:]}")
     assert procs.stop(follower, signal.SIGTERM) == 0, Processes.output(follower)
     stop_file.touch()
     assert reader.wait(timeout=30) == 0, Processes.output(reader)
@@ -82,9 +102,15 @@ def test_eventhistory_standby_follows_resumes_and_promotes(tmp_path: Path, procs
     # Promotable as it is: WAL mode, intact, every event, writable.
     assert rows(standby, "PRAGMA journal_mode") == [("wal",)]
     assert integrity_ok(standby)
-    assert rows(standby, "SELECT count(*), max(id) FROM events") == rows(primary, "SELECT count(*), max(id) FROM events")
+    assert rows(standby, "SELECT count(*), max(id) FROM events") == rows(probe, "SELECT count(*), max(id) FROM events")
     assert not Path(str(standby) + "-journal").exists()
-    procs.stop(sidecar)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """As a replica writes: the follower never reads a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _segments(replica: Path) -> list[Path]:
@@ -144,7 +170,7 @@ def test_gap_and_corrupt_segment_are_reported_then_recovered(tmp_path: Path, pro
     hidden = tmp_path / missing.name
     missing.rename(hidden)
     good = corrupt.read_bytes()
-    corrupt.write_bytes(good[:-40] + bytes(40))  # valid LZ4 framing is gone or the WAL checksum breaks
+    replace_file(corrupt, good[:-40] + bytes(40))  # its LZ4 frame no longer decodes
 
     caplog.set_level(logging.INFO, logger="litestream_py")
     running = _Running(replica, standby)
@@ -159,9 +185,9 @@ def test_gap_and_corrupt_segment_are_reported_then_recovered(tmp_path: Path, pro
         wait_for(lambda: "cannot apply" in running.follower.status().error, timeout=60,
                  what="the corrupt segment to be reported")
         assert event_count(standby) == 7
-        corrupt.write_bytes(good)
+        replace_file(corrupt, good)
+        wait_for(lambda: running.follower.status().error == "", timeout=60, what="the follower to recover")
         wait_for(lambda: event_count(standby) == 12, timeout=60, what="the rest to apply")
-        assert running.follower.status().error == ""
     finally:
         running.close()
     assert integrity_ok(standby)
