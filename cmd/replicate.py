@@ -66,21 +66,18 @@ def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, takeove
 
 
 def acquire_leases(dbs: list[DB], ttl: timedelta, takeover: bool, stop: threading.Event) -> LeaseKeeper:
-    """Take every replica's lease (or fail naming its holder), and start renewing them."""
+    """Refuse to start (naming the holder) where another sidecar holds a replica's lease;
+    each lease is then taken by its replica's first write, and renewed from here on."""
     if ttl.total_seconds() <= 0:
         raise ConfigError("cannot use -lease-ttl: it must be positive")
     leases: list[Lease] = []
     took_over = False
-    try:
-        for db in dbs:
-            for replica in db.replicas:
-                lease = Lease(replica.client, db.path, ttl, takeover=takeover)
-                took_over |= lease.acquire()
-                leases.append(lease)
-                replica.lease = lease
-    except BaseException:
-        LeaseKeeper(leases).stop()  # releases the ones taken
-        raise
+    for db in dbs:
+        for replica in db.replicas:
+            lease = Lease(replica.client, db.path, ttl, takeover=takeover)
+            took_over |= lease.check_available()
+            leases.append(lease)
+            replica.lease = lease
     keeper = LeaseKeeper(leases)
     keeper.start()
     if took_over:

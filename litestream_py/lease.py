@@ -102,6 +102,7 @@ class Lease:
         self._version: str | None = None
         self._lost = ""  # who took it, once lost
         self._lock = threading.Lock()
+        self._acquire_lock = threading.Lock()
 
     @property
     def renew_interval(self) -> float:
@@ -118,15 +119,46 @@ class Lease:
         with self._lock:
             return self._lost
 
-    def acquire(self) -> bool:
-        """Take the lease or raise LeaseHeldError naming its holder.
+    def check_available(self) -> bool:
+        """At start-up, before anything is written: raise LeaseHeldError naming a live holder.
 
-        True when an unexpired lease was taken over (the caller waits one
-        renewal interval before writing).
+        True when a live lease will be taken over (``-takeover``): the caller
+        waits one renewal interval before writing. Reads only, so a sidecar
+        that never gets to write (its database never appears) leaves no trace.
         """
+        current = self.client.read_lease()
+        if current is None:
+            return False
+        holder = LeaseInfo.from_bytes(current.data)
+        if holder.expired(self._clock()):
+            return False
+        if not self.takeover:
+            raise LeaseHeldError(
+                f"cannot replicate to {self.client.describe()}: its lease is held by {holder.describe()}; "
+                "stop that sidecar, wait for its lease to expire, or pass -takeover"
+            )
+        return True
+
+    def ensure(self) -> None:
+        """Before a write: hold the lease (taking it on the first write), else raise LeaseLostError."""
+        self.check()
+        if self.held:
+            return
+        with self._acquire_lock:
+            if self.held:
+                return
+            try:
+                self.acquire()
+            except LeaseHeldError as exc:
+                with self._lock:
+                    self._lost = str(exc).split(": ", 1)[-1]
+                log.error("%s; stopped writing to this replica", exc)
+                raise LeaseLostError(f"cannot write to {self.client.describe()}: {exc}") from exc
+
+    def acquire(self) -> None:
+        """Take the lease with a conditional write, or raise LeaseHeldError naming its holder."""
         where = self.client.describe()
         current = self.client.read_lease()
-        took_over = False
         expect: str | None = None
         if current is not None:
             holder = LeaseInfo.from_bytes(current.data)
@@ -136,7 +168,6 @@ class Lease:
                         f"cannot replicate to {where}: its lease is held by {holder.describe()}; "
                         "stop that sidecar, wait for its lease to expire, or pass -takeover"
                     )
-                took_over = True
                 log.warning("%s: taking over the lease held by %s", where, holder.describe())
             else:
                 log.info("%s: the lease of %s expired; taking it", where, holder.describe())
@@ -148,7 +179,6 @@ class Lease:
         self._confirm(where)
         with self._lock:
             self._version = version
-        return took_over
 
     def _confirm(self, where: str) -> None:
         """Read the lease back: on a server without conditional writes a racer may have overwritten it."""

@@ -112,7 +112,8 @@ class Replica:
         """
         assert self.db is not None
         with self._sync_lock:
-            self._check_lease()
+            if not self.db.pos().is_zero():  # nothing to write, no lease to take yet
+                self._check_lease()
             try:
                 return self._sync(whole)
             except StorageError:
@@ -258,7 +259,7 @@ class Replica:
 
     def _check_lease(self) -> None:
         if self.lease is not None:
-            self.lease.check()
+            self.lease.ensure()
 
     def _snapshot(self) -> SnapshotInfo:
         assert self.db is not None

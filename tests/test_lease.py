@@ -35,7 +35,8 @@ def client(request: pytest.FixtureRequest, tmp_path: Path) -> ReplicaClient:
 
 def test_second_writer_is_refused_naming_the_holder(client: ReplicaClient) -> None:
     first = Lease(client, "/srv/a.db", TTL)
-    assert first.acquire() is False
+    assert first.check_available() is False
+    first.acquire()
     with pytest.raises(LeaseHeldError) as err:
         Lease(client, "/srv/b.db", TTL).acquire()
     message = str(err.value)
@@ -48,7 +49,8 @@ def test_takeover_fences_the_old_holder(client: ReplicaClient) -> None:
     old = Lease(client, "/srv/a.db", TTL)
     old.acquire()
     new = Lease(client, "/srv/b.db", TTL, takeover=True)
-    assert new.acquire() is True  # took over a live lease: the caller waits one renewal
+    assert new.check_available() is True  # a live lease: the caller waits one renewal
+    new.ensure()
     assert old.renew() is False
     assert "database /srv/b.db" in old.lost
     with pytest.raises(LeaseLostError, match="its lease was taken by host .*database /srv/b.db"):
@@ -69,7 +71,9 @@ def test_expired_lease_is_taken_without_takeover(client: ReplicaClient) -> None:
         Lease(client, "/srv/b.db", TTL, clock=clock).acquire()
     clock.now += 2  # the holder has not renewed for longer than its TTL
     successor = Lease(client, "/srv/b.db", TTL, clock=clock)
-    assert successor.acquire() is False
+    assert successor.check_available() is False
+    successor.ensure()
+    assert successor.held
     assert gone.renew() is False and gone.lost
 
 
@@ -79,3 +83,16 @@ def test_release_lets_the_next_writer_in(client: ReplicaClient) -> None:
     first.release()
     assert client.read_lease() is None
     Lease(client, "/srv/b.db", TTL).acquire()
+
+
+def test_a_refused_first_write_stops_the_replica_for_good(client: ReplicaClient) -> None:
+    """Two sidecars passed the start-up check of an empty replica; the second to write loses."""
+    first, second = Lease(client, "/srv/a.db", TTL), Lease(client, "/srv/b.db", TTL)
+    assert first.check_available() is False and second.check_available() is False
+    first.ensure()
+    with pytest.raises(LeaseLostError, match="its lease is held by host .*database /srv/a.db"):
+        second.ensure()
+    first.release()
+    with pytest.raises(LeaseLostError):
+        second.ensure()  # never writes there again, even once the replica is free
+    assert client.read_lease() is None
