@@ -10,7 +10,8 @@ lock on a file replica; If-None-Match / If-Match on S3), so of two sidecars
 racing for it exactly one wins.
 
 Another sidecar starts only if the lease is absent, expired (not renewed for
-its TTL: the holder is gone), or with ``-takeover``. A holder whose renewal
+its TTL: the holder is gone), held by a process of the same host that no
+longer exists (a crashed sidecar restarting), or with ``-takeover``. A holder whose renewal
 finds the lease taken marks it lost; ``Replica`` checks ``Lease.check()``
 before every write, so it stops writing there at once and for good. A
 takeover of a lease that has not expired waits one renewal interval before
@@ -75,6 +76,20 @@ class LeaseInfo:
     def expired(self, now: float) -> bool:
         return now > self.renewed_at + self.ttl
 
+    def gone(self, now: float) -> bool:
+        """Expired, or held by a process of this host that no longer exists (a crashed sidecar restarting)."""
+        if self.expired(now):
+            return True
+        if self.host != socket.gethostname() or self.pid == os.getpid():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False  # alive, another user's
+        return False
+
     def describe(self) -> str:
         since = datetime.fromtimestamp(self.started_at, timezone.utc).isoformat(timespec="seconds")
         return f"host {self.host} pid {self.pid} (database {self.db}, since {since})"
@@ -126,11 +141,17 @@ class Lease:
         waits one renewal interval before writing. Reads only, so a sidecar
         that never gets to write (its database never appears) leaves no trace.
         """
-        current = self.client.read_lease()
+        try:
+            current = self.client.read_lease()
+        except LitestreamError as exc:
+            # Unreadable (unreachable store, a file in the replica's place): the first
+            # write takes the lease conditionally, and reports the problem if it lasts.
+            log.debug("%s: cannot check the lease yet: %s", self.client.describe(), exc)
+            return False
         if current is None:
             return False
         holder = LeaseInfo.from_bytes(current.data)
-        if holder.expired(self._clock()):
+        if holder.gone(self._clock()):
             return False
         if not self.takeover:
             raise LeaseHeldError(
@@ -162,7 +183,7 @@ class Lease:
         expect: str | None = None
         if current is not None:
             holder = LeaseInfo.from_bytes(current.data)
-            if not holder.expired(self._clock()):
+            if not holder.gone(self._clock()):
                 if not self.takeover:
                     raise LeaseHeldError(
                         f"cannot replicate to {where}: its lease is held by {holder.describe()}; "
@@ -170,7 +191,7 @@ class Lease:
                     )
                 log.warning("%s: taking over the lease held by %s", where, holder.describe())
             else:
-                log.info("%s: the lease of %s expired; taking it", where, holder.describe())
+                log.info("%s: the lease of %s expired or its holder is gone; taking it", where, holder.describe())
             expect = current.version
         try:
             version = self.client.write_lease(self.info.to_bytes(), expect)

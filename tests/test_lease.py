@@ -96,3 +96,18 @@ def test_a_refused_first_write_stops_the_replica_for_good(client: ReplicaClient)
     with pytest.raises(LeaseLostError):
         second.ensure()  # never writes there again, even once the replica is free
     assert client.read_lease() is None
+
+
+def test_a_crashed_holder_on_this_host_is_gone(client: ReplicaClient, tmp_path: Path) -> None:
+    """A sidecar restarting after a crash takes over its own dead predecessor's lease at once."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lease = Lease(client, "/srv/a.db", TTL)
+    lease.info = LeaseInfo(**{**lease.info.__dict__, "pid": int(dead.stdout)})
+    lease.acquire()
+    successor = Lease(client, "/srv/a.db", TTL)
+    assert successor.check_available() is False
+    successor.ensure()
+    assert successor.held and lease.renew() is False
