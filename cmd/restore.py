@@ -137,7 +137,7 @@ def follow_replica(target: str, config_path: str | None, no_expand_env: bool, re
     if not t.replicas:
         raise ConfigError("cannot follow: no replica configured")
     replica = t.replicas[0]
-    client = replica.client
+    client = replica.client  # with #24 merged: follow replica.reader, which decrypts age replicas
     root = getattr(client, "root", "") if client.type == "file" else ""
     follower = Follower(client, output, stop, replica=client.describe(), interval=every, watch_dir=root)
     follower.run()

@@ -30,7 +30,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from . import codec
-from .errors import LitestreamError, NotFoundError, WALFormatError
+from .errors import LitestreamError, NotFoundError, StorageError, WALFormatError
 from .fsutil import fsync_dir
 from .pos import Pos, WALSegmentInfo
 from .replica_client import ReplicaReader
@@ -121,9 +121,21 @@ class Follower:
         if not self.start():
             return None
         watcher = self._start_watch()
+        failing = ""
         try:
             while not self.stop.is_set():
-                progressed = self.step()
+                try:
+                    progressed = self.step()
+                except StorageError as exc:
+                    # An unreachable store, or an object retention removed mid-read: try again.
+                    if str(exc) != failing:
+                        log.warning("follow: %s (retrying every %s)", exc, self.interval)
+                        failing = str(exc)
+                    progressed = False
+                else:
+                    if failing:
+                        log.info("follow: the replica is readable again")
+                        failing = ""
                 if not progressed:
                     self._sleep()
         finally:
@@ -324,7 +336,9 @@ class Follower:
             except NotFoundError as exc:
                 problem = f"cannot follow generation {seg.generation}: {exc}"
                 break
-            except (WALFormatError, LitestreamError) as exc:
+            except StorageError:
+                raise  # the store, not the segment: run() retries, reading again what was not applied
+            except LitestreamError as exc:  # WALFormatError, ChecksumMismatchError: a corrupt segment
                 problem = f"cannot apply {where}: {exc}"
                 break
             applied_count += 1
