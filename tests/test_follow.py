@@ -220,3 +220,62 @@ def test_new_generation_is_swapped_in(tmp_path: Path, procs: Processes) -> None:
         running.close()
     assert integrity_ok(standby)
     assert procs.stop(sidecar) == 0
+
+
+def test_a_lasting_gap_is_skipped_from_a_newer_snapshot(tmp_path: Path, procs: Processes,
+                                                        caplog: "pytest.LogCaptureFixture") -> None:
+    """A segment is lost for good; a later snapshot of the same generation (what a scheduled
+    snapshot would write) lets the follower swap past the gap instead of staying stuck."""
+    import logging
+
+    from litestream_py import codec
+    from litestream_py.clients.file import FileReplicaClient
+
+    primary, standby, replica = tmp_path / "events.db", tmp_path / "standby.db", tmp_path / "replica"
+    create(str(primary))
+    sidecar = procs.lsr_replicate(str(primary), f"file://{replica}")
+    wait_for(lambda: any(replica.glob("generations/*/snapshots/*")), what="the first snapshot")
+    _insert_events(primary, 1, 8, replica)
+    assert procs.stop(sidecar) == 0
+    _segments(replica)[-4].unlink()  # event 5's segment: gone
+
+    caplog.set_level(logging.INFO, logger="litestream_py")
+    running = _Running(replica, standby)
+    try:
+        wait_for(lambda: running.follower.status().error != "", timeout=60, what="the gap to be reported")
+        assert event_count(standby) == 4
+        # A snapshot of the whole database at the next WAL index, as lsr writes one.
+        conn = sqlite3.connect(str(primary))
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        client = FileReplicaClient(str(replica))
+        (generation,) = client.generations()
+        import io
+
+        data = io.BytesIO(codec.compress(primary.read_bytes()))
+        client.write_snapshot(generation, 1, data)
+        wait_for(lambda: event_count(standby) == 8, timeout=60, what="the newer snapshot on the standby")
+        wait_for(lambda: running.follower.status().error == "", timeout=60, what="the error to clear")
+    finally:
+        running.close()
+    assert any("skipping past the gap" in r.getMessage() for r in caplog.records)
+    assert integrity_ok(standby)
+
+
+def test_follow_bad_input_is_one_line(tmp_path: Path) -> None:
+    from conftest import run_lsr
+
+    url = f"file://{tmp_path / 'replica'}"
+    cases = [
+        (["restore", "-f", url], "cannot follow without -o STANDBY"),
+        (["restore", "-f", "-follow-interval", "soon", "-o", str(tmp_path / "s.db"), url], "soon"),
+        (["restore", "-f", "-follow-interval", "0s", "-o", str(tmp_path / "s.db"), url], "must be positive"),
+        (["restore", "-f", "-timestamp", "2024-01-01T00:00:00Z", "-o", str(tmp_path / "s.db"), url],
+         "do not apply to -f"),
+    ]
+    for args, text in cases:
+        res = run_lsr(*args)
+        assert res.returncode == 1, (args, res.stdout, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and text in lines[0] and "Traceback" not in res.stderr, (args, res.stderr)
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "replica").exists()
