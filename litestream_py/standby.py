@@ -265,7 +265,8 @@ class Standby:
         old_pages = os.fstat(fd).st_size // page_size
         counter = int(struct.unpack_from(">I", page1, HDR_CHANGE_COUNTER)[0])
         new_counter = (counter + 1) & 0xFFFFFFFF
-        touched = sorted({1, *(p for p in pages if p <= old_pages)})
+        # Pages a shrink cuts off are saved too: a rollback extends the file again, with zeros unless journaled.
+        touched = sorted({1, *(p for p in pages if p <= old_pages), *range(db_pages + 1, old_pages + 1)})
         self._write_journal(touched, old_pages, page_size)
         self._write_states({counter: before, new_counter: after})
         first = bytearray(pages[1] if 1 in pages else os.pread(fd, page_size, 0))

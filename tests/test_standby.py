@@ -145,11 +145,17 @@ KILLED_APPLY = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("when", ["before-commit", "after-commit"])
-def test_killed_apply_is_rolled_back_or_kept_whole(dbs: dict[str, Path], when: str) -> None:
+@pytest.mark.parametrize("shrink", [False, True], ids=["grow", "shrink"])
+def test_killed_apply_is_rolled_back_or_kept_whole(dbs: dict[str, Path], when: str, shrink: bool) -> None:
     """SIGKILL inside the apply (pages written, journal not yet deleted) or just after its commit
-    (journal deleted, lock still held): STANDBY and its saved position agree either way."""
+    (journal deleted, lock still held): STANDBY and its saved position agree either way, whether
+    the apply grows the file or truncates it."""
+    old, new = ("b", "a") if shrink else ("a", "b")
+    if shrink:
+        dbs["standby"].write_bytes(dbs["b"].read_bytes())
+        Standby.prepare(str(dbs["standby"]), state(1))
     repo = str(Path(__file__).resolve().parent.parent)
-    proc = subprocess.run([sys.executable, "-c", KILLED_APPLY, str(dbs["standby"]), str(dbs["b"]), when, repo])
+    proc = subprocess.run([sys.executable, "-c", KILLED_APPLY, str(dbs["standby"]), str(dbs[new]), when, repo])
     assert proc.returncode == -signal.SIGKILL
     journal = Path(str(dbs["standby"]) + "-journal")
     assert journal.exists() == (when == "before-commit")
@@ -158,14 +164,14 @@ def test_killed_apply_is_rolled_back_or_kept_whole(dbs: dict[str, Path], when: s
         reader = sqlite3.connect(f"file:{dbs['standby']}?mode=ro", uri=True)
         try:
             seen = reader.execute("SELECT count(*) FROM t").fetchone()[0]
-            assert seen == ROWS["a"]
+            assert seen == ROWS[old]
         except sqlite3.DatabaseError as exc:
             assert "malformed" not in str(exc), exc  # refused (hot journal, read-only), not torn
         finally:
             reader.close()
     standby = Standby(str(dbs["standby"]), threading.Event())
     resumed = standby.open()  # rolls a hot journal back
-    expected = ("a", 1) if when == "before-commit" else ("b", 2)
+    expected = (old, 1) if when == "before-commit" else (new, 2)
     assert resumed.index == expected[1]
     standby.close(resumed)
     assert count(dbs["standby"]) == ROWS[expected[0]]
