@@ -26,6 +26,8 @@ __all__ = [
     "PreconditionFailedError",
     "LeaseHeldError",
     "LeaseLostError",
+    "StandbyError",
+    "SegmentError",
 ]
 
 
@@ -103,3 +105,11 @@ class LeaseHeldError(LitestreamError):
 
 class LeaseLostError(LitestreamError):
     """This writer's lease on a replica was taken over: it must not write there again."""
+
+
+class StandbyError(LitestreamError):
+    """A warm standby cannot be followed as it is (see ``standby``)."""
+
+
+class SegmentError(LitestreamError):
+    """A follower cannot apply the next WAL segment: missing, out of order or corrupt."""

@@ -30,7 +30,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from . import codec
-from .errors import LitestreamError, NotFoundError, StorageError, WALFormatError
+from .errors import LitestreamError, NotFoundError, SegmentError, StorageError, WALFormatError
 from .fsutil import fsync_dir
 from .pos import Pos, WALSegmentInfo
 from .replica_client import ReplicaReader
@@ -58,10 +58,6 @@ GENERATION_CHECK_EVERY = 3
 MAX_APPLY_BYTES = 32 << 20
 # How soon an idle follower notices SIGTERM.
 STOP_CHECK_INTERVAL = 0.1
-
-
-class SegmentError(LitestreamError):
-    """A WAL segment cannot be applied: missing, out of order or corrupt."""
 
 
 @dataclass

@@ -40,10 +40,10 @@ from typing import Any, Callable, Iterable
 
 import apsw
 
-from .errors import LitestreamError
+from .errors import StandbyError
 from .fsutil import atomic_write, fsync_dir
 
-__all__ = ["FollowState", "Standby", "StandbyError", "STATE_SUFFIX", "page_size_of", "read_database_pages"]
+__all__ = ["FollowState", "Standby", "STATE_SUFFIX", "page_size_of", "read_database_pages"]
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,6 @@ ROLLBACK_MODE = 1
 LOCK_TIMEOUT_MS = 2000
 # Lock timeouts a stopping follower waits out to leave STANDBY in WAL mode.
 CLOSE_ATTEMPTS = 10
-
-
-class StandbyError(LitestreamError):
-    """STANDBY cannot be followed as it is."""
 
 
 @dataclass(frozen=True)
