@@ -9,8 +9,10 @@ STANDBY, so a restarted follower resumes where it stopped.
 What it listens for: on a file replica, inotify on the generation's
 directories (plus a poll every interval); on an object store, one LIST per
 interval at most: the current generation's WAL, and while nothing new comes,
-every GENERATION_CHECK_EVERY-th interval the generations instead. Nothing is
-downloaded while nothing is new.
+every GENERATION_CHECK_EVERY-th interval the generations instead, each LIST
+timed to land just after the primary's sidecar ships (see ``_Pacer``); after
+a poll that applied something, an object store still waits its interval.
+Nothing is downloaded while nothing is new.
 
 What it does when the replica misbehaves: a missing segment (gap) or a corrupt
 one is retried GAP_RETRIES times, then logged as an error (``status().error``)
@@ -21,8 +23,11 @@ temporary file and swapped in as one transaction.
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import os
+import statistics
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -98,6 +103,7 @@ class Follower:
         self._idle = 0  # polls in a row that found nothing new
         self._slots = 0  # polls spent on generations or snapshots instead of the WAL
         self._wake = threading.Event()
+        self._pacer = _Pacer(interval.total_seconds())
 
     def status(self) -> FollowStatus:
         with self._lock:
@@ -120,6 +126,7 @@ class Follower:
         failing = ""
         try:
             while not self.stop.is_set():
+                polled_at = time.time()
                 try:
                     progressed = self.step()
                 except StorageError as exc:
@@ -132,8 +139,11 @@ class Follower:
                     if failing:
                         log.info("follow: the replica is readable again")
                         failing = ""
-                if not progressed:
-                    self._sleep()
+                if self.watch_dir:
+                    if not progressed:  # a file replica is listed again at once while it moves
+                        self._sleep(self.interval.total_seconds())
+                else:
+                    self._sleep(self._pacer.delay(polled_at, time.time()))
         finally:
             if watcher is not None:
                 watcher.stop()
@@ -158,9 +168,9 @@ class Follower:
         self.standby.close(self.state)
         log.info("stopped following; %s is at %s", self.output, self._status.position)
 
-    def _sleep(self) -> None:
-        """Until woken, stopped, or the interval is up (``stop`` cannot wake an Event wait)."""
-        deadline = time.monotonic() + self.interval.total_seconds()
+    def _sleep(self, seconds: float) -> None:
+        """Until woken, stopped, or ``seconds`` are up (``stop`` cannot wake an Event wait)."""
+        deadline = time.monotonic() + seconds
         while not self.stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0 or self._wake.wait(min(left, STOP_CHECK_INTERVAL)):
@@ -269,7 +279,7 @@ class Follower:
         if not generation:
             log.info("waiting for a generation on %s", self.replica or "the replica")
         while not generation:
-            self._sleep()
+            self._sleep(self.interval.total_seconds())
             if self.stop.is_set():
                 return False
             generation, _ = calc_restore_target(self.client)
@@ -327,7 +337,9 @@ class Follower:
                 problem = f"cannot follow generation {seg.generation}: missing wal segment at {cur.index:08x}_{cur.offset:08x} (next is {seg.index:08x}_{seg.offset:08x})"
                 break
             try:
-                data, _ = codec.decode_segment(self.client.read_wal_segment(seg.pos), where)
+                data, commits = codec.decode_segment(self.client.read_wal_segment(seg.pos), where)
+                if commits:
+                    self._pacer.saw_segment(commits[-1][1] / 1e9)
                 committed = cur.feed(data, where)
             except NotFoundError as exc:
                 problem = f"cannot follow generation {seg.generation}: {exc}"
@@ -363,6 +375,56 @@ class Follower:
         self.standby.apply(pages, db_pages, before, after)
         self._set_state(after, applied=count)
         log.debug("follow: applied through %s/%08x:%d", after.generation, after.applied_index, after.applied)
+
+
+class _Pacer:
+    """When an object-store follower lists next: an interval after its last LIST, or a little
+    later, just after the primary's sidecar is due to ship again.
+
+    The sidecar and the follower each keep their own one-second clock; out of step, a commit
+    waits up to both. lsr stamps each commit with its capture time, and a segment's last
+    commit was captured just before the segment was cut and shipped, so segments tell when
+    shipments happen (Go's carry no stamps: then the follower simply polls every interval).
+    """
+
+    # After the predicted shipment: its upload has to land before the LIST sees it.
+    UPLOAD_MARGIN = 0.25
+
+    # Shipment gaps the period is the median of (a pause or a quick second shipment is an outlier).
+    GAPS_KEPT = 9
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.last_ship: float | None = None  # wall-clock time of the latest shipment seen
+        self._gaps: collections.deque[float] = collections.deque(maxlen=self.GAPS_KEPT)
+
+    @property
+    def period(self) -> float | None:
+        """Seconds between shipments, once a few were seen."""
+        if len(self._gaps) < 3:
+            return None
+        # Never under the interval: polls may not come faster, and a shorter estimate (capture
+        # times lag shipments by a sync or so) would make them skip every other shipment.
+        return max(statistics.median(self._gaps), self.interval)
+
+    def saw_segment(self, last_commit: float) -> None:
+        last = self.last_ship
+        if last is not None and last_commit <= last:
+            return
+        if last is not None and self.interval / 2 <= last_commit - last <= 4 * self.interval:
+            self._gaps.append(last_commit - last)
+        self.last_ship = last_commit
+
+    def delay(self, polled_at: float, now: float) -> float:
+        """Seconds from ``now`` until the next LIST, never sooner than an interval after the last."""
+        earliest = polled_at + self.interval
+        period = self.period
+        if self.last_ship is None or period is None:
+            return max(earliest - now, 0.0)
+        # The first shipment whose upload lands no more than half a period before the earliest
+        # allowed LIST: one that lands a little too early is caught a little late, not skipped.
+        n = max(math.ceil((earliest - period / 2 - self.UPLOAD_MARGIN - self.last_ship) / period), 1)
+        return max(self.last_ship + n * period + self.UPLOAD_MARGIN, earliest) - now
 
 
 class _Cursor:

@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import Processes, integrity_ok, wait_for
 from eventhistory import create, event_id, payload
 from fixtures_s3 import S3Server, make_s3_client
@@ -146,3 +148,23 @@ def test_an_outage_is_retried_and_logged_once(tmp_path: Path, procs: Processes, 
     assert any("readable again" in r.getMessage() for r in caplog.records)
     assert Processes.stop(sidecar) == 0
     assert integrity_ok(standby)
+
+
+def test_polls_follow_the_primary_s_shipments() -> None:
+    """The pacer (fake times): an interval after the last LIST at the soonest, else just after
+    the shipment the segments' commit stamps predict; never a whole period late."""
+    from litestream_py.follow import _Pacer
+
+    pacer = _Pacer(interval=1.0)
+    margin = _Pacer.UPLOAD_MARGIN
+    assert pacer.delay(polled_at=100.0, now=100.1) == pytest.approx(0.9)  # no stamps yet (Go's segments): the interval
+    for t in (100.05, 101.05, 101.1, 102.05, 103.05):  # shipments every second, one quick second one
+        pacer.saw_segment(t)
+    assert pacer.period == pytest.approx(1.0)
+    # Polled at 103.1: the next shipment lands at 104.05 + margin, after the earliest LIST (104.1).
+    assert pacer.delay(polled_at=103.1, now=103.2) == pytest.approx(104.05 + margin - 103.2)
+    # Polled late (103.4): that shipment would land 0.05 s before the earliest LIST (104.4):
+    # LIST at 104.4, not a period later.
+    assert pacer.delay(polled_at=103.4, now=103.5) == pytest.approx(0.9)
+    for polled_at in (103.0, 103.3, 103.6, 103.9):
+        assert pacer.delay(polled_at, polled_at) >= 1.0 - 1e-9  # one LIST per interval at most
