@@ -36,6 +36,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from .errors import LeaseHeldError, LeaseLostError, LitestreamError, PreconditionFailedError
+from .pos import LeaseObject
 from .replica_client import ReplicaClient
 
 __all__ = ["DEFAULT_LEASE_TTL", "Lease", "LeaseInfo", "LeaseKeeper", "RENEW_FRACTION"]
@@ -148,17 +149,37 @@ class Lease:
             # write takes the lease conditionally, and reports the problem if it lasts.
             log.debug("%s: cannot check the lease yet: %s", self.client.describe(), exc)
             return False
-        if current is None:
-            return False
-        holder = LeaseInfo.from_bytes(current.data)
-        if holder.gone(self._clock()):
+        holder = self._live_holder(current)
+        if holder is None:
             return False
         if not self.takeover:
-            raise LeaseHeldError(
-                f"cannot replicate to {self.client.describe()}: its lease is held by {holder.describe()}; "
-                "stop that sidecar, wait for its lease to expire, or pass -takeover"
-            )
+            raise self._held_by(holder)
         return True
+
+    def _live_holder(self, current: LeaseObject | None) -> LeaseInfo | None:
+        """Who holds the lease, unless nobody does (absent, expired, gone, or not an lsr lease)."""
+        if current is None:
+            return None
+        try:
+            holder = LeaseInfo.from_bytes(current.data)
+        except LitestreamError as exc:
+            log.warning("%s: %s; it will be replaced", self.client.describe(), exc)
+            return None
+        return None if holder.gone(self._clock()) else holder
+
+    def _held_by(self, holder: LeaseInfo) -> LeaseHeldError:
+        return LeaseHeldError(
+            f"cannot replicate to {self.client.describe()}: its lease is held by {holder.describe()}; "
+            "stop that sidecar, wait for its lease to expire, or pass -takeover"
+        )
+
+    def _who(self, current: LeaseObject | None) -> str:
+        if current is None:
+            return "nobody (deleted)"
+        try:
+            return LeaseInfo.from_bytes(current.data).describe()
+        except LitestreamError:
+            return "an unreadable lease"
 
     def ensure(self) -> None:
         """Before a write: hold the lease (taking it on the first write), else raise LeaseLostError."""
@@ -182,32 +203,28 @@ class Lease:
         current = self.client.read_lease()
         expect: str | None = None
         if current is not None:
-            holder = LeaseInfo.from_bytes(current.data)
-            if not holder.gone(self._clock()):
+            holder = self._live_holder(current)
+            if holder is not None:
                 if not self.takeover:
-                    raise LeaseHeldError(
-                        f"cannot replicate to {where}: its lease is held by {holder.describe()}; "
-                        "stop that sidecar, wait for its lease to expire, or pass -takeover"
-                    )
+                    raise self._held_by(holder)
                 log.warning("%s: taking over the lease held by %s", where, holder.describe())
             else:
-                log.info("%s: the lease of %s expired or its holder is gone; taking it", where, holder.describe())
+                log.info("%s: the lease of %s expired or its holder is gone; taking it", where, self._who(current))
             expect = current.version
+        data = self.info.to_bytes()
         try:
-            version = self.client.write_lease(self.info.to_bytes(), expect)
+            version = self.client.write_lease(data, expect)
         except PreconditionFailedError as exc:
             raise LeaseHeldError(f"cannot replicate to {where}: another sidecar took its lease first") from exc
-        self._confirm(where)
+        self._confirm(where, data)
         with self._lock:
             self._version = version
 
-    def _confirm(self, where: str) -> None:
+    def _confirm(self, where: str, written: bytes) -> None:
         """Read the lease back: on a server without conditional writes a racer may have overwritten it."""
         current = self.client.read_lease()
-        holder = LeaseInfo.from_bytes(current.data) if current is not None else None
-        if holder is None or holder.token != self.info.token:
-            who = holder.describe() if holder is not None else "nobody (deleted)"
-            raise LeaseHeldError(f"cannot replicate to {where}: its lease was taken by {who}")
+        if current is None or current.data != written:
+            raise LeaseHeldError(f"cannot replicate to {where}: its lease was taken by {self._who(current)}")
 
     def renew(self) -> bool:
         """Extend the lease; False (and the lease marked lost) if someone else has it."""
@@ -223,10 +240,9 @@ class Lease:
             if current is None or current.version != version:
                 raise PreconditionFailedError(f"cannot renew lease on {where}: it changed")
             new_version = self.client.write_lease(info.to_bytes(), version)
-            self._confirm(where)
+            self._confirm(where, info.to_bytes())
         except (PreconditionFailedError, LeaseHeldError):
-            current = self.client.read_lease()
-            who = LeaseInfo.from_bytes(current.data).describe() if current is not None else "nobody (deleted)"
+            who = self._who(self.client.read_lease())
             with self._lock:
                 self._lost = who
             log.error("%s: lease lost to %s; stopped writing to this replica", where, who)

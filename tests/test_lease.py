@@ -111,3 +111,14 @@ def test_a_crashed_holder_on_this_host_is_gone(client: ReplicaClient, tmp_path: 
     assert successor.check_available() is False
     successor.ensure()
     assert successor.held and lease.renew() is False
+
+
+def test_an_unreadable_lease_is_replaced(client: ReplicaClient) -> None:
+    """Not an lsr lease (hand-edited, truncated): nobody holds it; it is replaced conditionally."""
+    client.write_lease(b"not json", None)
+    lease = Lease(client, "/srv/a.db", TTL)
+    assert lease.check_available() is False
+    lease.ensure()
+    assert lease.held and lease.renew()
+    current = client.read_lease()
+    assert current is not None and LeaseInfo.from_bytes(current.data).db == "/srv/a.db"
