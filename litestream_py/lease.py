@@ -280,13 +280,21 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         interval = min(lease.renew_interval for lease in self.leases)
+        failing: dict[int, str] = {}  # lease -> the error it keeps failing with
         while not self._stop.wait(interval):
-            for lease in self.leases:
+            for i, lease in enumerate(self.leases):
                 try:
                     lease.renew()
                 except LitestreamError as exc:
-                    # Unreachable store: the lease may expire; the replica's own writes fail too.
-                    log.warning("%s: cannot renew lease: %s (retrying)", lease.client.describe(), exc)
+                    # An unreachable store: the replica's own writes fail too and warn about
+                    # it; here it is said once. Past its TTL the lease may be taken meanwhile,
+                    # which the first renewal after the outage finds out.
+                    if failing.get(i) != str(exc):
+                        log.info("%s: cannot renew lease: %s (retrying)", lease.client.describe(), exc)
+                        failing[i] = str(exc)
+                else:
+                    if failing.pop(i, None) is not None:
+                        log.info("%s: lease renewed again", lease.client.describe())
 
     def stop(self, release: bool = True) -> None:
         self._stop.set()
