@@ -3,7 +3,8 @@
 Each replica holds a small lease object beside ``generations/``
 (``paths.LEASE_NAME``, which Go Litestream 0.3.13 never reads) naming its
 holder: host, pid, database, start time, and when it was last renewed. A
-sidecar acquires it before writing anything, renews it every TTL /
+sidecar checks it at start-up (refusing to start where another holds it),
+takes it with its first write to the replica, renews it every TTL /
 RENEW_FRACTION, and releases it when it stops. Every change is a conditional
 write against the version it read (an O_EXCL-style create or compare under a
 lock on a file replica; If-None-Match / If-Match on S3), so of two sidecars

@@ -273,6 +273,9 @@ def test_follow_bad_input_is_one_line(tmp_path: Path) -> None:
         (["restore", "-f", "-timestamp", "2024-01-01T00:00:00Z", "-o", str(tmp_path / "s.db"), url],
          "do not apply to -f"),
     ]
+    unrelated = tmp_path / "unrelated.db"
+    sqlite3.connect(str(unrelated)).execute("CREATE TABLE x (y)").connection.close()
+    cases.append((["restore", "-f", "-o", str(unrelated), url], "does not match it; remove both"))
     for args, text in cases:
         res = run_lsr(*args)
         assert res.returncode == 1, (args, res.stdout, res.stderr)
