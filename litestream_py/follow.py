@@ -24,6 +24,7 @@ temporary file and swapped in as one transaction.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from . import codec
 from .errors import LitestreamError, NotFoundError, SegmentError, StorageError, WALFormatError
-from .fsutil import fsync_dir
+from .fsutil import atomic_write, fsync_dir
 from .pos import Pos, WALSegmentInfo
 from .replica_client import ReplicaReader
 from .restore import RestoreOptions, calc_restore_target, restore
@@ -46,7 +47,7 @@ from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, check_frames
 if TYPE_CHECKING:
     from .watch import DirectoryWatcher
 
-__all__ = ["DEFAULT_FOLLOW_INTERVAL", "Follower", "FollowStatus"]
+__all__ = ["DEFAULT_FOLLOW_INTERVAL", "Follower", "FollowStatus", "STATUS_SUFFIX", "read_status"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,21 @@ GENERATION_CHECK_EVERY = 3
 MAX_APPLY_BYTES = 32 << 20
 # How soon an idle follower notices SIGTERM.
 STOP_CHECK_INTERVAL = 0.1
+# Beside STANDBY: what ``lsr status STANDBY`` shows of its follower (a process
+# with no control socket). Written when the error changes, at start and stop, and
+# otherwise at most this often: applies can come every few milliseconds.
+STATUS_SUFFIX = "-lsr-follow-status.json"
+STATUS_WRITE_INTERVAL = 5.0
+
+
+def read_status(standby: str) -> dict[str, object] | None:
+    """The follower status left beside ``standby``, or None if it was never followed."""
+    try:
+        with open(os.path.abspath(standby) + STATUS_SUFFIX, encoding="utf-8") as f:
+            status: dict[str, object] = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+    return status
 
 
 @dataclass
@@ -104,6 +120,7 @@ class Follower:
         self._slots = 0  # polls spent on generations or snapshots instead of the WAL
         self._wake = threading.Event()
         self._pacer = _Pacer(interval.total_seconds())
+        self._status_written = -math.inf
 
     def status(self) -> FollowStatus:
         with self._lock:
@@ -114,8 +131,26 @@ class Follower:
         with self._lock:
             self._status.position = Pos(state.generation, state.applied_index, state.applied)
             self._status.applied_segments += applied
+            changed = error is not None and error != self._status.error
             if error is not None:
                 self._status.error = error
+        if changed or time.monotonic() - self._status_written >= STATUS_WRITE_INTERVAL:
+            self._write_status(following=True)
+
+    def _write_status(self, following: bool) -> None:
+        status = self.status()
+        record = {
+            "standby": self.output, "replica": self.replica, "pid": os.getpid(), "following": following,
+            "position": str(status.position) if status.position.generation else None,
+            "applied_segments": status.applied_segments, "error": status.error or None,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        try:
+            with atomic_write(self.output + STATUS_SUFFIX) as f:
+                f.write(json.dumps(record).encode())
+        except OSError as exc:  # status only: never stop following for it
+            log.debug("cannot write follow status: %s", exc)
+        self._status_written = time.monotonic()
 
     # -- the loop --------------------------------------------------------------
     def run(self) -> FollowState | None:
@@ -166,6 +201,8 @@ class Follower:
     def close(self) -> None:
         """Leave STANDBY complete up to the last applied commit, in WAL mode."""
         self.standby.close(self.state)
+        if self.state is not None:
+            self._write_status(following=False)
         log.info("stopped following; %s is at %s", self.output, self._status.position)
 
     def _sleep(self, seconds: float) -> None:

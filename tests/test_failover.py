@@ -9,6 +9,8 @@ primary's sidecar, started again, is refused by the lease.
 
 from __future__ import annotations
 
+import json
+
 import shutil
 import signal
 import sqlite3
@@ -139,6 +141,12 @@ def test_a_sidecar_whose_lease_is_taken_stops_writing(tmp_path: Path, procs: Pro
     wait_for(lambda: sum(p.stat().st_size for p in shadow.rglob("*.wal")) > size, what="blue's shadow WAL to grow")
     assert sorted((tmp_path / "replica" / "generations" / blue_gen / "wal").iterdir()) == segments
     assert "lease lost to host" in Processes.output(first) and "database " + str(green) in Processes.output(first)
+    # ... and says so in lsr status.
+    status = run_lsr("status", "-json", str(blue))
+    assert status.returncode == 0, status.stderr
+    [replica] = json.loads(status.stdout)["dbs"][0]["replicas"]
+    assert replica["lease"]["held"] is False and str(green) in replica["lease"]["lost_to"], replica
+    assert replica["healthy"] is False
     conn.close()
     Processes.stop(first)
     assert Processes.stop(second) == 0, Processes.output(second)

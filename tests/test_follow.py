@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import LSR, Processes, integrity_ok, rows, wait_for
+from conftest import LSR, Processes, integrity_ok, rows, run_lsr, wait_for
 from eventhistory import create
 from litestream_py.standby import STATE_SUFFIX
 
@@ -182,6 +182,12 @@ def test_gap_and_corrupt_segment_are_reported_then_recovered(tmp_path: Path, pro
         assert event_count(standby) == 4  # everything before the gap, nothing after it
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == 1 and missing.name[:17] in errors[0].getMessage(), errors
+        # lsr status STANDBY shows the follower stuck, by the error it logged.
+        shown = run_lsr("status", "-json", str(standby))
+        assert shown.returncode == 0, shown.stderr
+        follower_status = json.loads(shown.stdout)["follower"]
+        assert follower_status["following"] is True and missing.name[:17] in follower_status["error"]
+        assert "ERROR" in run_lsr("status", str(standby)).stdout
 
         hidden.rename(missing)
         wait_for(lambda: "cannot apply" in running.follower.status().error, timeout=60,
@@ -190,9 +196,12 @@ def test_gap_and_corrupt_segment_are_reported_then_recovered(tmp_path: Path, pro
         replace_file(corrupt, good)
         wait_for(lambda: running.follower.status().error == "", timeout=60, what="the follower to recover")
         wait_for(lambda: event_count(standby) == 12, timeout=60, what="the rest to apply")
+        assert json.loads(run_lsr("status", "-json", str(standby)).stdout)["follower"]["error"] is None
     finally:
         running.close()
     assert integrity_ok(standby)
+    stopped = json.loads(run_lsr("status", "-json", str(standby)).stdout)["follower"]
+    assert stopped["following"] is False and stopped["position"], stopped
 
 
 def test_new_generation_is_swapped_in(tmp_path: Path, procs: Processes) -> None:
