@@ -293,3 +293,34 @@ def test_follow_bad_input_is_one_line(tmp_path: Path) -> None:
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and text in lines[0] and "Traceback" not in res.stderr, (args, res.stderr)
     assert not (tmp_path / "s.db").exists() and not (tmp_path / "replica").exists()
+
+
+def test_follows_an_encrypted_replica_given_the_identity(tmp_path: Path, procs: Processes) -> None:
+    """restore -f reads an age replica through the same decrypting reader as restore: with the
+    identity in the config it follows; with the recipients only it fails in one line saying so."""
+    from workload import AgeKeyPair
+
+    primary, standby, replica = tmp_path / "events.db", tmp_path / "standby.db", tmp_path / "replica"
+    create(str(primary))
+    pair = AgeKeyPair()
+    cfg, public_only = tmp_path / "lsr.yml", tmp_path / "public.yml"
+    for path, identities in ((cfg, True), (public_only, False)):
+        path.write_text(f"dbs:\n  - path: {primary}\n    replicas:\n      - url: file://{replica}\n"
+                        + pair.yaml(identities=identities))
+    sidecar = procs.start([LSR, "replicate", "-config", str(public_only)], "sidecar")
+    wait_for(lambda: any(replica.glob("generations/*/snapshots/*")), what="the first snapshot")
+    _insert_events(primary, 1, 5, replica)
+    assert next(replica.glob("generations/*/wal/*.wal.lz4")).read_bytes().startswith(b"age-encryption.org/v1")
+
+    refused = run_lsr("restore", "-f", "-config", str(public_only), "-o", str(tmp_path / "no.db"), str(primary))
+    assert refused.returncode == 1 and "age-encrypted" in refused.stderr, refused.stderr
+    assert pair.identity not in refused.stdout + refused.stderr and not (tmp_path / "no.db").exists()
+
+    follower = procs.start([LSR, "restore", "-f", "-config", str(cfg), "-o", str(standby), str(primary)], "follow")
+    wait_for(lambda: standby.exists() and event_count(standby) == 5, timeout=60, what="the standby at 5 events")
+    _insert_events(primary, 6, 9, replica)
+    wait_for(lambda: event_count(standby) == 9, timeout=60, what="the standby to follow to 9 events")
+    assert procs.stop(follower, signal.SIGTERM) == 0, Processes.output(follower)
+    assert procs.stop(sidecar) == 0
+    assert integrity_ok(standby)
+    assert pair.identity not in Processes.output(follower)
