@@ -43,7 +43,7 @@ _DB_KEYS = {
 }
 _REPLICA_KEYS = {
     "type", "name", "path", "url", "retention", "retention-check-interval", "sync-interval",
-    "snapshot-interval", "validation-interval", "access-key-id", "secret-access-key", "region",
+    "snapshot-interval", "validation-interval", "compaction-interval", "access-key-id", "secret-access-key", "region",
     "bucket", "endpoint", "force-path-style", "skip-verify",
     # Keys of backends lsr does not implement; accepted so the type error is the one reported.
     "account-name", "account-key", "host", "user", "password", "key-path", "age",
@@ -121,6 +121,7 @@ class ReplicaConfig:
     sync_interval: timedelta | None = None
     snapshot_interval: timedelta | None = None
     validation_interval: timedelta | None = None
+    compaction_interval: timedelta | None = None  # lsr's own key; 0 turns compaction off
     access_key_id: str = ""
     secret_access_key: str = ""
     region: str = ""
@@ -204,7 +205,8 @@ def _replica(data: dict[str, Any], where: str, warnings: list[str]) -> ReplicaCo
     for key in ("type", "name", "path", "url", "access-key-id", "secret-access-key", "region", "bucket", "endpoint"):
         if data.get(key) is not None:
             setattr(rc, key.replace("-", "_"), str(data[key]))
-    for key in ("retention", "retention-check-interval", "sync-interval", "snapshot-interval", "validation-interval"):
+    for key in ("retention", "retention-check-interval", "sync-interval", "snapshot-interval", "validation-interval",
+                "compaction-interval"):
         if data.get(key) is not None:
             setattr(rc, key.replace("-", "_"), parse_duration(data[key], f"{where} {key}"))
     if data.get("force-path-style") is not None:

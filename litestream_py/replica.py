@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from . import codec
 from .errors import LitestreamError, StorageError
+from .compaction import Compactor
 from .fsutil import read_buffers
 from .pos import Pos, SnapshotInfo
 from .replica_client import ReplicaClient
@@ -91,6 +92,11 @@ class Replica:
         # Only one sync or snapshot at a time per replica.
         self._sync_lock = threading.Lock()
         self._header_cache: tuple[str, WALHeader] | None = None  # (shadow path, its header)
+        # Held by whatever deletes segments (retention, compaction, a wipe's
+        # cleanup), so that none of them writes back what another deleted.
+        self.prune_lock = threading.Lock()
+        self.compaction_interval: timedelta | None = None  # None: never compact
+        self._compactor: Compactor | None = None
 
     @property
     def name(self) -> str:
@@ -179,7 +185,8 @@ class Replica:
         log.warning("%s: generation %s has no snapshot on the replica any more (was it deleted?): "
                     "writing it again from a new snapshot", self.name, pos.generation, extra=self._fields(pos))
         # Segments shipped since the wipe lead nowhere without the ones before them.
-        self.client.delete_generation(pos.generation)
+        with self.prune_lock:
+            self.client.delete_generation(pos.generation)
         self._set_pos(Pos())
         return False
 
@@ -325,6 +332,10 @@ class Replica:
         current = self.db.pos().generation
         if not retained:
             retained = [self.snapshot()]
+        with self.prune_lock:
+            self._prune(generations, retained, current)
+
+    def _prune(self, generations: list[str], retained: list[SnapshotInfo], current: str) -> None:
         for generation in generations:
             kept = [s for s in retained if s.generation == generation]
             if not kept:
@@ -343,3 +354,16 @@ class Replica:
                 self.client.delete_wal_segments(old_segments)
                 log.info("%s: %d wal segments before index %08x deleted by retention", self.name, len(old_segments), oldest,
                          extra=self._fields(Pos(generation)))
+
+    # -- compaction ----------------------------------------------------------
+    @property
+    def compactor(self) -> Compactor | None:
+        """This replica's compactor, or None when compaction is off."""
+        if self._compactor is None and self.compaction_interval:
+            self._compactor = Compactor(self.client, self.name, self.prune_lock, age=self.compaction_interval)
+        return self._compactor
+
+    def compact(self) -> bool:
+        """Merge the segments behind the live edge (see compaction); True if more is left to do."""
+        compactor = self.compactor
+        return compactor.compact() if compactor is not None else False

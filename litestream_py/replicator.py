@@ -155,6 +155,8 @@ class Replicator:
                 shipper = self._ship_task(replica)
                 db.on_change(functools.partial(self._shadow_changed, db, replica, shipper))
                 self._shippers.wake(shipper)
+                if replica.compaction_interval:
+                    self._shippers.wake(self._compact_task(replica))
             self._monitors.wake(monitor)
         self._monitors.start()
         self._shippers.start()
@@ -311,6 +313,32 @@ class Replicator:
         if state.errors.last:
             wait = min(wait, RETRY_INTERVAL)
         return max(wait, 0.0)
+
+    def _compact_task(self, replica: Replica) -> _Task:
+        """Compaction is a task of its own: a long pass never holds back a shipment."""
+        db = replica.db
+        assert db is not None and replica.compaction_interval is not None
+        errors = _ErrorLog(f"{db.path}: compaction of replica {replica.name}", {"db": db.path, "replica": replica.name})
+        interval = replica.compaction_interval.total_seconds()
+        first = [True]
+
+        def step() -> float:
+            if first[0]:  # started with the replicator: nothing is old enough yet
+                first[0] = False
+                return interval
+            try:
+                more = replica.compact()
+                errors.ok()
+            except LitestreamError as exc:
+                errors.failed(exc)
+                return RETRY_INTERVAL
+            except Exception as exc:
+                log.exception("%s: unexpected compaction failure in replica %s", db.path, replica.name)
+                errors.failed(exc)
+                return interval
+            return 0.0 if more else interval
+
+        return _Task(f"{db.path}: compaction of replica {replica.name}", step)
 
     @staticmethod
     def _validate(replica: Replica) -> None:

@@ -371,14 +371,15 @@ class _WALApplier:
                 f"cannot restore generation {self.generation}: {_missing(self.generation, seg.index, self.offset)} "
                 f"(the next one, {where(seg)}, starts at offset {seg.offset})"
             )
-        if seg.offset < self.offset:
-            # Only two writers shipping one replica make segments overlap.
-            raise RestoreGapError(
-                f"cannot restore generation {self.generation}: wal segment {where(seg)} starts at "
-                f"{seg.offset}, inside the previous one (which ended at {self.offset}): were two lsr "
-                "processes shipping to this replica?"
-            )
+        base = seg.offset  # where ``data`` starts in the WAL index
         view = memoryview(data)
+        if seg.offset < self.offset:
+            # A compaction's merged segment is listed with the ones it replaces
+            # until it deletes them: the range applied already is skipped, and
+            # what lies beyond it must continue the checksum chain.
+            if seg.offset + len(data) <= self.offset:
+                return
+            view, base = view[self.offset - seg.offset :], self.offset
         pos = 0
         if self.header is None:
             try:
@@ -390,16 +391,23 @@ class _WALApplier:
         header = self.header
         page_size = header.page_size
         frame_size = WAL_FRAME_HEADER_SIZE + page_size
-        if (len(data) - pos) % frame_size:
+        if (len(view) - pos) % frame_size:
             last = stretch[-1][0]
             raise WALFormatError(f"cannot apply wal segment {where(last)}: it does not end on a frame boundary")
         check = check_frames(view[pos:], header, self.checksum)
+        if check.problem and base != seg.offset and len(check.sums) == 0:
+            # Only two writers shipping one replica make segments overlap otherwise.
+            raise RestoreGapError(
+                f"cannot restore generation {self.generation}: wal segment {where(seg)} starts at "
+                f"{seg.offset}, inside the previous one (which ended at {self.offset}): were two lsr "
+                "processes shipping to this replica?"
+            )
         s0, s1 = self.checksum
         for (pgno, commit_size), (s0, s1) in zip(check.fields[:, :2].tolist(), check.sums.tolist()):
             self.pending[pgno] = bytes(view[pos + WAL_FRAME_HEADER_SIZE : pos + frame_size])
             pos += frame_size
             if commit_size:
-                end = seg.offset + pos
+                end = base + pos
                 if self.cutoff_ns is not None:
                     captured = times.get(end)
                     if captured is None:
@@ -415,12 +423,12 @@ class _WALApplier:
                     return
         if check.problem:
             # Frames before it were applied: a target reached there still restores.
-            bad = seg.offset + pos
+            bad = base + pos
             raise WALFormatError(
                 f"cannot apply wal segment {where(segment_at(bad + 1))}: {check.problem} at offset {bad}"
             )
         self.checksum = (s0, s1)
-        self.offset = seg.offset + len(data)
+        self.offset = base + len(view)
 
     def _commit(self, db_pages: int, page_size: int) -> None:
         self.page_size = page_size

@@ -1,0 +1,238 @@
+"""Compaction: old small segments merged into large ones, and everything that reads them still right.
+
+The engine runs in-process (as in test_restore.py, the application's
+connection is apsw); the races are made deterministic by real clients whose
+read of a segment lets compaction run first, and the crash by a real process
+that SIGKILLs itself between writing a merged segment and deleting the ones
+it replaces.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Processes, integrity_ok, rows, run_lsr, wait_for
+from fixtures_s3 import S3Server, make_s3_client
+from litestream_py import codec
+from litestream_py.clients.file import FileReplicaClient
+from litestream_py.clients.s3 import S3ReplicaClient
+from litestream_py.compaction import Compactor
+from litestream_py.pos import Pos
+from litestream_py.replica import Replica
+from litestream_py.replica_client import ReplicaClient
+from litestream_py.restore import RestoreOptions, restore
+from test_restore import commit_and_ship, engine, replicated_app  # noqa: F401 (engine: a fixture)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def compactor(client: ReplicaClient, **kwargs: Any) -> Compactor:
+    """A compactor to which every segment is old enough."""
+    kwargs.setdefault("age", timedelta(0))
+    return Compactor(client, "test", threading.Lock(), **kwargs)
+
+
+def segment_lengths(client: ReplicaClient) -> list[tuple[int, int, int]]:
+    """(index, offset, WAL bytes) of every segment, in order."""
+    out = []
+    for g in client.generations():
+        for w in client.wal_segments(g):
+            data, _ = codec.decode_segment(client.read_wal_segment(w.pos))
+            out.append((w.index, w.offset, len(data)))
+    return out
+
+
+def commit_times(client: ReplicaClient) -> list[int]:
+    """The capture time of every commit the replica holds, in WAL order."""
+    times = []
+    for g in client.generations():
+        for w in client.wal_segments(g):
+            times += [t for _, t in codec.decode_segment(client.read_wal_segment(w.pos))[1]]
+    return times
+
+
+def restored_count(client: ReplicaClient, out: Path, **opts: Any) -> int:
+    restore(client, RestoreOptions(output_path=str(out), **opts))
+    assert integrity_ok(out)
+    (count,), = rows(out, "SELECT count(*) FROM t")
+    return int(count)  # type: ignore[call-overload]
+
+
+def test_merges_each_index_into_contiguous_capped_segments(tmp_path: Path, engine) -> None:
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 300)
+    before = segment_lengths(client)
+    indexes = {i for i, _, _ in before}
+    assert len(before) >= 300 and len(indexes) > 1
+    cap = 64 << 10
+    c = compactor(client, max_size=cap)
+    c.compact()
+    after = segment_lengths(client)
+    # Each index still covers the same bytes, back to back from 0, in fewer, larger objects.
+    for index in indexes:
+        old = [(o, n) for i, o, n in before if i == index]
+        new = [(o, n) for i, o, n in after if i == index]
+        assert new[0][0] == 0 and all(o + n == o2 for (o, n), (o2, _) in zip(new, new[1:]))
+        assert new[-1][0] + new[-1][1] == old[-1][0] + old[-1][1]
+        assert all(n <= cap for _, n in new) or len(new) == 1
+    assert len(after) <= len(before) // 10
+    assert c.stats.merged - c.stats.written == len(before) - len(after)
+    assert restored_count(client, tmp_path / "out.db") == 300
+    # A second pass finds nothing left to merge, and reads nothing to know it.
+    reads: list[Pos] = []
+    original = client.read_wal_segment
+    client.read_wal_segment = lambda pos: reads.append(pos) or original(pos)  # type: ignore[method-assign]
+    written = c.stats.written
+    c.compact()
+    assert not reads and c.stats.written == written
+    assert segment_lengths(client) == after
+
+
+def test_live_edge_is_left_alone(tmp_path: Path, engine) -> None:
+    """Segments younger than the age stay as shipped; shipping goes on after a compaction."""
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 40)
+    (generation,) = client.generations()
+    segments = client.wal_segments(generation)
+    cutoff = segments[20].created_at
+    c = compactor(client, age=timedelta(seconds=60), now=lambda: cutoff + timedelta(seconds=60))
+    c.compact()
+    after = client.wal_segments(generation)
+    young = [w.pos for w in segments if w.created_at > cutoff]
+    assert young and [w.pos for w in after][-len(young):] == young
+    assert len(after) < len(segments) - 10
+    commit_and_ship(app, db, replica, 10, start=40)
+    assert restored_count(client, tmp_path / "out.db") == 50
+
+
+def test_timestamp_restores_stay_exact_across_a_compacted_range(tmp_path: Path, engine) -> None:
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 60)
+    times = commit_times(client)
+    assert times == sorted(times)
+    inserts = times[len(times) - 60 :]  # the first commits made the table
+    assert len(set(inserts)) == 60
+    (generation,) = client.generations()
+    middle = client.wal_segments(generation)[30].created_at
+    # Compacted mid-way: the first half merged, the second as shipped.
+    compactor(client, age=timedelta(0), now=lambda: middle).compact()
+    assert len(client.wal_segments(generation)) < 40
+    assert commit_times(client) == times  # every commit keeps its own time
+    for k in (1, 7, 29, 30, 31, 59):  # commit 0 was captured before the snapshot was taken
+        # Just past the commit: timestamps hold µs, and restore turns them into ns through a float.
+        at = EPOCH + timedelta(microseconds=inserts[k] // 1000 + 2)
+        assert restored_count(client, tmp_path / f"at-{k}.db", timestamp=at) == k + 1, k
+
+
+class CompactsOnFirstRead(FileReplicaClient):
+    """A real file client whose first segment read lets a whole compaction pass run first."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.fired = False
+
+    def read_wal_segment(self, pos: Pos) -> bytes:
+        if not self.fired:
+            self.fired = True
+            compactor(FileReplicaClient(self.root)).compact()
+        return super().read_wal_segment(pos)
+
+
+def test_restore_racing_a_compaction_starts_over_and_applies_nothing_twice(tmp_path: Path, engine) -> None:
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 80)
+    racing = CompactsOnFirstRead(client.root)
+    assert restored_count(racing, tmp_path / "out.db", parallelism=1) == 80
+    assert racing.fired and len(segment_lengths(client)) < 10
+
+
+class WritesOnly(FileReplicaClient):
+    """A compaction interrupted after its merged objects were written: no deletes."""
+
+    def delete_wal_segments(self, positions: Any) -> None:
+        pass
+
+
+def test_leftovers_of_an_interrupted_pass_are_skipped_then_deleted(tmp_path: Path, engine) -> None:
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 80)
+    before = len(segment_lengths(client))
+    compactor(WritesOnly(client.root)).compact()
+    # Merged objects and every segment they cover, listed side by side: a restore skips what it applied.
+    assert len(segment_lengths(client)) == before
+    assert restored_count(client, tmp_path / "mid.db") == 80
+    c = compactor(client)
+    c.compact()
+    assert c.stats.leftovers > 0 and len(segment_lengths(client)) < 10
+    assert restored_count(client, tmp_path / "out.db") == 80
+
+
+# A compaction pass that SIGKILLs its own process between writing a merged
+# segment and deleting what it replaced: the crash a real sidecar can suffer there.
+KILL_MID_PASS = """
+import os, signal, sys, threading
+from datetime import timedelta
+from litestream_py.clients.file import FileReplicaClient
+from litestream_py.clients.s3 import S3ReplicaClient
+from litestream_py.compaction import Compactor
+
+class Dies(FileReplicaClient):
+    def delete_wal_segments(self, positions):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Compactor(Dies(sys.argv[1]), "killed", threading.Lock(), age=timedelta(0)).compact()
+"""
+
+
+def test_sigkill_mid_compaction_leaves_a_replica_that_restores_and_a_pass_that_finishes(
+        tmp_path: Path, engine) -> None:
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 80)
+    before = segment_lengths(client)
+    p = subprocess.run([sys.executable, "-c", KILL_MID_PASS, client.root], timeout=120)
+    assert p.returncode == -signal.SIGKILL
+    assert len(segment_lengths(client)) == len(before)  # one merged object written, nothing deleted
+    assert restored_count(client, tmp_path / "crashed.db") == 80
+    r = run_lsr("restore", "-o", str(tmp_path / "cli.db"), f"file://{client.root}")
+    assert r.returncode == 0, r.stderr
+    c = compactor(client)
+    c.compact()
+    assert c.stats.leftovers > 0
+    assert len(segment_lengths(client)) < 10
+    assert restored_count(client, tmp_path / "out.db") == 80
+
+
+class RacingS3(S3ReplicaClient):
+    """A real S3 client whose first segment read lets a whole compaction pass (another client) run first."""
+
+    compact_with: ReplicaClient
+    fired = False
+
+    def read_wal_segment(self, pos: Pos) -> bytes:
+        if not self.fired:
+            self.fired = True
+            compactor(self.compact_with).compact()
+        return super().read_wal_segment(pos)
+
+
+def test_restore_racing_compaction_on_s3(tmp_path: Path, s3_server: S3Server, s3_bucket: str) -> None:
+    s3 = make_s3_client(s3_server, s3_bucket)
+    with replicated_app(tmp_path / "app.db", lambda db: Replica(db, s3, "s3"),
+                        min_checkpoint_page_count=200, max_checkpoint_page_count=400) as (app, db, replica):
+        commit_and_ship(app, db, replica, 40)
+    (generation,) = s3.generations()
+    before = len(s3.wal_segments(generation))
+    racing = RacingS3(s3.settings, s3_server.access_key_id, s3_server.secret_access_key)
+    racing.compact_with = s3
+    assert restored_count(racing, tmp_path / "out.db", parallelism=2) == 40
+    assert racing.fired and len(s3.wal_segments(generation)) < before // 5
