@@ -14,13 +14,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import Processes, integrity_ok, rows, run_lsr, wait_for
+from conftest import Processes, integrity_ok, open_app_db, rows, run_lsr, wait_for
 from fixtures_s3 import S3Server, make_s3_client
 from litestream_py import codec
 from litestream_py.clients.file import FileReplicaClient
@@ -30,6 +31,7 @@ from litestream_py.pos import Pos
 from litestream_py.replica import Replica
 from litestream_py.replica_client import ReplicaClient
 from litestream_py.restore import RestoreOptions, restore
+from workload import segment_count, stop_lsr, wait_ready, wait_synced
 from test_restore import commit_and_ship, engine, replicated_app  # noqa: F401 (engine: a fixture)
 
 
@@ -182,29 +184,47 @@ def test_leftovers_of_an_interrupted_pass_are_skipped_then_deleted(tmp_path: Pat
 KILL_MID_PASS = """
 import os, signal, sys, threading
 from datetime import timedelta
-from litestream_py.clients.file import FileReplicaClient
-from litestream_py.clients.s3 import S3ReplicaClient
+from litestream_py.clients import new_client
 from litestream_py.compaction import Compactor
+from litestream_py.config import ReplicaConfig
 
-class Dies(FileReplicaClient):
-    def delete_wal_segments(self, positions):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-Compactor(Dies(sys.argv[1]), "killed", threading.Lock(), age=timedelta(0)).compact()
+client = new_client(ReplicaConfig(url=sys.argv[1]))
+def die(positions):
+    os.kill(os.getpid(), signal.SIGKILL)
+client.delete_wal_segments = die
+Compactor(client, "killed", threading.Lock(), age=timedelta(0)).compact()
 """
 
 
+@pytest.fixture(params=["file", "s3"])
+def any_replica(request: pytest.FixtureRequest, tmp_path: Path, s3_servers: dict[str, S3Server],
+                monkeypatch: pytest.MonkeyPatch) -> tuple[ReplicaClient, str]:
+    """A file or S3 (moto) replica client, and its URL for another process."""
+    if request.param == "file":
+        root = tmp_path / "replica"
+        return FileReplicaClient(str(root)), f"file://{root}"
+    server = s3_servers["moto"]
+    bucket = server.create_bucket()
+    monkeypatch.setenv("LITESTREAM_ACCESS_KEY_ID", server.access_key_id)
+    monkeypatch.setenv("LITESTREAM_SECRET_ACCESS_KEY", server.secret_access_key)
+    return make_s3_client(server, bucket), f"s3://{bucket}/db?endpoint={server.endpoint}"
+
+
 def test_sigkill_mid_compaction_leaves_a_replica_that_restores_and_a_pass_that_finishes(
-        tmp_path: Path, engine) -> None:
-    app, db, client, replica = engine
-    commit_and_ship(app, db, replica, 80)
+        tmp_path: Path, any_replica: tuple[ReplicaClient, str]) -> None:
+    client, url = any_replica
+    with replicated_app(tmp_path / "app.db", lambda db: Replica(db, client, "r"),
+                        min_checkpoint_page_count=200, max_checkpoint_page_count=400) as (app, db, replica):
+        commit_and_ship(app, db, replica, 80)
     before = segment_lengths(client)
-    p = subprocess.run([sys.executable, "-c", KILL_MID_PASS, client.root], timeout=120)
+    p = subprocess.run([sys.executable, "-c", KILL_MID_PASS, url], timeout=120)
     assert p.returncode == -signal.SIGKILL
-    assert len(segment_lengths(client)) == len(before)  # one merged object written, nothing deleted
+    after_kill = segment_lengths(client)
+    assert len(after_kill) == len(before) and after_kill != before  # one merged object written, nothing deleted
     assert restored_count(client, tmp_path / "crashed.db") == 80
-    r = run_lsr("restore", "-o", str(tmp_path / "cli.db"), f"file://{client.root}")
+    r = run_lsr("restore", "-o", str(tmp_path / "cli.db"), url)
     assert r.returncode == 0, r.stderr
+    assert rows(tmp_path / "cli.db", "SELECT count(*) FROM t") == [(80,)]
     c = compactor(client)
     c.compact()
     assert c.stats.leftovers > 0
@@ -236,3 +256,56 @@ def test_restore_racing_compaction_on_s3(tmp_path: Path, s3_server: S3Server, s3
     racing.compact_with = s3
     assert restored_count(racing, tmp_path / "out.db", parallelism=2) == 40
     assert racing.fired and len(s3.wal_segments(generation)) < before // 5
+
+
+def test_the_sidecar_compacts_behind_the_live_edge_while_restores_and_a_kill_race_it(
+        tmp_path: Path, procs: Processes) -> None:
+    """A real lsr with a one-second compaction-interval: it merges what it shipped
+    while the application writes and restores run, survives a SIGKILL, and the
+    replica ends with the database's every row in a few segments."""
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    app = open_app_db(db)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    cfg = tmp_path / "lsr.yml"
+    cfg.write_text(f"dbs:\n  - path: {db}\n    monitor-interval: 50ms\n    replicas:\n"
+                   f"      - type: file\n        path: {replica}\n        compaction-interval: 1s\n")
+    written = [0]
+
+    def write(n: int) -> None:
+        for _ in range(n):
+            app.execute("INSERT INTO t (v) VALUES (?)", ("x" * 200,))
+            written[0] += 1
+            time.sleep(0.005)
+
+    def compactions(p: Any) -> int:
+        return Processes.output(p).count("compacted ")
+
+    for run in range(2):
+        p = procs.lsr_replicate("-config", str(cfg))
+        wait_ready(p, replica)
+        restores = 0
+
+        def compacted_while_restoring() -> bool:
+            nonlocal restores
+            write(20)
+            restores += 1
+            out = tmp_path / f"during-{run}-{restores}.db"
+            r = run_lsr("restore", "-o", str(out), f"file://{replica}")
+            assert r.returncode == 0, r.stderr
+            assert integrity_ok(out)
+            return compactions(p) >= 2
+
+        wait_for(compacted_while_restoring, timeout=120, what="two compaction passes that merged segments")
+        if run == 0:
+            Processes.stop(p, signal.SIGKILL)
+    write(10)
+    wait_synced(db, replica)
+    stop_lsr(p)
+    app.close()
+    restore_url = tmp_path / "final.db"
+    r = run_lsr("restore", "-o", str(restore_url), f"file://{replica}")
+    assert r.returncode == 0, r.stderr
+    assert rows(restore_url, "SELECT count(*) FROM t") == [(written[0],)]
+    assert integrity_ok(restore_url)
+    # Written one commit (or a few) per segment: hundreds, had nothing been merged.
+    assert segment_count(replica) < written[0] / 4
