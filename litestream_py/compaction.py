@@ -41,6 +41,7 @@ __all__ = [
     "MAX_COMPACTED_SEGMENT_SIZE",
     "CompactionStats",
     "Compactor",
+    "segment_extent",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class _Member:
     seg: WALSegmentInfo
     length: int  # WAL bytes
     blob: tuple[bytes, Commits] | None = None  # decoded, once downloaded
+    merged: int = 1  # shipped segments it holds (known once downloaded)
 
 
 @dataclass
@@ -161,11 +163,7 @@ class Compactor:
         end = -1  # where the last segment seen ends
         for seg in segs:
             known = self._lengths.get((seg.pos, seg.size))
-            if known is None:
-                blob = self._read(seg)
-                member = _Member(seg, len(blob[0]), blob)
-            else:
-                member = _Member(seg, known)
+            member = self._read(seg) if known is None else _Member(seg, known)
             if end >= 0 and seg.offset < end:
                 if seg.offset + member.length <= end:
                     p.covered.append(seg)  # left by an interrupted pass: merged already
@@ -185,21 +183,26 @@ class Compactor:
                 return
         self._flush(p, group)
 
-    def _read(self, seg: WALSegmentInfo) -> tuple[bytes, Commits]:
-        blob = codec.decode_segment(self.client.read_wal_segment(seg.pos), f"wal segment {seg.pos}")
-        self._lengths[(seg.pos, seg.size)] = len(blob[0])
-        if seg.offset == 0 and len(blob[0]) >= WAL_HEADER_SIZE:
-            self._page_sizes[(seg.generation, seg.index)] = WALHeader.parse(blob[0][:WAL_HEADER_SIZE], verify=False).page_size
-        return blob
+    def _read(self, seg: WALSegmentInfo) -> _Member:
+        raw = self.client.read_wal_segment(seg.pos)
+        data, commits = codec.decode_segment(raw, f"wal segment {seg.pos}")
+        self._lengths[(seg.pos, seg.size)] = len(data)
+        if seg.offset == 0 and len(data) >= WAL_HEADER_SIZE:
+            self._page_sizes[(seg.generation, seg.index)] = WALHeader.parse(data[:WAL_HEADER_SIZE], verify=False).page_size
+        return _Member(seg, len(data), (data, commits), codec.merged_count(raw))
 
     def _flush(self, p: _Pass, group: list[_Member]) -> None:
         if len(group) < 2:
             return
         parts: list[bytes] = []
         commits: Commits = []
-        for m in group:
-            data, times = m.blob if m.blob is not None else self._read(m.seg)
-            if len(data) != m.length:  # replaced since it was listed: a later pass sees the new one
+        merged = 0
+        for listed in group:
+            m = listed if listed.blob is not None else self._read(listed.seg)
+            assert m.blob is not None
+            data, times = m.blob
+            merged += m.merged
+            if len(data) != listed.length:  # replaced since it was listed: a later pass sees the new one
                 return
             parts.append(data)
             commits.extend(times or self._go_commit_times(m.seg, data))
@@ -207,7 +210,7 @@ class Compactor:
         first, last = group[0].seg, group[-1].seg
         # The last part's time: listings keep dating the merged object like the
         # newest of what it replaces (Go's -timestamp reads listing times).
-        info = self.client.write_wal_segment(first.pos, codec.encode_segment(data, commits), last.created_at)
+        info = self.client.write_wal_segment(first.pos, codec.encode_segment(data, commits, merged), last.created_at)
         self._lengths[(info.pos, info.size)] = len(data)
         self.client.delete_wal_segments([m.seg.pos for m in group[1:]])
         self.stats.merged += len(group)
@@ -234,3 +237,10 @@ class Compactor:
             head, _ = codec.decode_segment(self.client.read_wal_segment(Pos(generation, index, 0)))
             size = self._page_sizes[(generation, index)] = WALHeader.parse(head[:WAL_HEADER_SIZE], verify=False).page_size
         return size
+
+
+def segment_extent(client: ReplicaClient, seg: WALSegmentInfo) -> tuple[int, int]:
+    """A segment's WAL bytes and how many shipped segments it holds (more than 1: merged)."""
+    raw = client.read_wal_segment(seg.pos)
+    data, _ = codec.decode_segment(raw, f"wal segment {seg.pos}")
+    return len(data), codec.merged_count(raw)

@@ -90,6 +90,13 @@ def test_merges_each_index_into_contiguous_capped_segments(tmp_path: Path, engin
     assert len(after) <= len(before) // 10
     assert c.stats.merged - c.stats.written == len(before) - len(after)
     assert restored_count(client, tmp_path / "out.db") == 300
+    # lsr wal -compaction shows it: each segment's WAL bytes, and how many shipped segments it holds.
+    r = run_lsr("wal", "-compaction", f"file://{client.root}")
+    assert r.returncode == 0, r.stderr
+    header, *lines = [line.split() for line in r.stdout.strip().splitlines()]
+    assert header[-2:] == ["wal-size", "merged"]
+    assert [int(line[-2]) for line in lines] == [n for _, _, n in after]
+    assert sum(int(line[-1]) for line in lines) == len(before) and max(int(line[-1]) for line in lines) > 1
     # A second pass finds nothing left to merge, and reads nothing to know it.
     reads: list[Pos] = []
     original = client.read_wal_segment
