@@ -338,12 +338,18 @@ def _details(results: Result) -> str:
                            f"{_num(r['snapshot_seconds'])} | {_num(r['build_seconds'])} | "
                            f"{_num(r['warm_up_seconds'])} | {times} | {server} "
                            f"| {r['check']} |")
-    for backend, by_tool in results.get("compaction", {}).items():
-        for fig in COMPACTION:
-            label = fig.label.format(compaction_txns=settings.get("compaction_txns", 0))
-            row = _row(fig, backend, _value(fig, by_tool.get("lsr")), _value(fig, by_tool.get("go")), label=label)
-            if row.lsr is not None or row.go is not None:  # request counts: nanio only
-                out.append(row)
+    compacted = [(b, t, r) for b, by_tool in results.get("compaction", {}).items() for t, r in by_tool.items()
+                 if "error" not in r]
+    if compacted:
+        out += ["", "| compaction | DB MiB | snapshots | segments | merged segments written | requests while "
+                "writing | requests per restore | restores (s) | check |", "|" + "---|" * 9]
+        for backend, tool, r in compacted:
+            def reqs(d: dict[str, int]) -> str:
+                return ", ".join(f"{k} {v}" for k, v in d.items()) or "-"
+            out.append(f"| {backend} {tool} | {_num(r['db_mib'])} | {r['snapshots']} | {r['segments']} | "
+                       f"{r.get('compactions', 0)} | {reqs(r['requests_writing'])} | "
+                       f"{reqs(r.get('restore_requests', {}))} | "
+                       f"{', '.join(_num(t) for t in r['restore_all'])} | {r.get('check', '-')} |")
     idle = results.get("idle", {})
     if idle:
         out += ["", "| idle | DBs | all snapshotted after (s) | CPU % | RSS MiB | peak RSS MiB |", "|" + "---|" * 6]
