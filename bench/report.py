@@ -400,18 +400,59 @@ def markdown(results: Result, png_name: str | None) -> str:
         f"restore of {s.get('restore_mib')} MiB with >= {s.get('restore_segments')} segments, "
         f"{s.get('restore_repeats')} restores each; {s.get('idle_dbs')} idle DBs over {s.get('idle_seconds')} s.",
         f"Tools: {', '.join(f'{k} = `{v}`' for k, v in results.get('tools', {}).items())}.",
+        *(["Every replica encrypted with age (`--age`), by both tools."] if results.get("age") else []),
         "",
         "## Figures",
         "",
         table(results),
         "",
     ]
+    if results.get("age_cost"):
+        parts += ["## Encryption (age)", "", age_table(results), "", AGE_NOTE, ""]
     if png_name:
         parts += [f"![lag distributions and figures against their targets]({png_name})", ""]
     parts += ["## Details", "", _details(results), "", "## Anomalies", ""]
     parts += [f"- {a}" for a in _anomalies(results)] or ["None seen."]
     parts += ["", "## Method", "", METHOD]
     return "\n".join(parts)
+
+
+# Issue 24's target: age adds at most 15 % to restore time.
+AGE_RESTORE_TARGET = 1.15
+AGE_NOTE = (
+    "lsr alone, on one backend without and with `age:` (one recipient and its identity), the two in "
+    "turns, the order alternating, each figure the median of its runs. CPU is the sidecar's over the "
+    "replication scenario per MiB of WAL shipped; restore time is `lsr restore` of the restore replica."
+)
+
+
+def age_table(results: Result) -> str:
+    """lsr without and with age: sidecar CPU per MiB and restore time, per backend."""
+    settings = results.get("settings", {})
+    head = ["figure", "replica", "unit", "plain", "age", "age/plain", "target", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    restore_label = (f"restore {settings.get('restore_mib', 0):g} MiB, "
+                     f"{settings.get('restore_segments', 0)}+ WAL segments")
+    for backend, cost in results.get("age_cost", {}).items():
+        for label, unit, scenario, key, target in (
+            ("sidecar CPU per MiB of WAL", "s/MiB", "replication", "cpu_per_mib", None),
+            (restore_label, "s", "restore", "restore_seconds", AGE_RESTORE_TARGET),
+        ):
+            plain = cost.get(scenario, {}).get("plain", {}).get(key)
+            sealed = cost.get(scenario, {}).get("age", {}).get(key)
+            ratio = sealed / plain if plain and sealed is not None and _finite(plain) and _finite(sealed) else None
+            verdict = "-"
+            if target is not None and ratio is not None:
+                verdict = "PASS" if ratio <= target else f"MISS ({ratio / target:.2f}x target)"
+            lines.append("| " + " | ".join([
+                label, backend, unit, _fmt(plain), _fmt(sealed), f"{ratio:.2f}" if ratio is not None else "-",
+                f"<= {target:.2f}x plain" if target else "-", verdict,
+            ]) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) and _finite(value) else "-"
 
 
 def plot(results: Result, path: Path) -> bool:

@@ -30,7 +30,7 @@ import compaction
 import report
 import scenarios
 import workload
-from tools import Backend, S3Server, Tool, find_tool
+from tools import AgeKeyPair, Backend, S3Server, Tool, find_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = scenarios.Settings(steady=2.0, rate=100.0, burst=2.0, catchup_timeout=20.0, restore_mib=4.0,
@@ -52,7 +52,11 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--restore-backends", default=None,
                    help="restores from: file,s3,nanio (default: all three; --quick: file)")
     p.add_argument("--tools", default="lsr,go", help="comma-separated: lsr,go")
-    p.add_argument("--only", default="replication,restore,idle,compaction", help="scenarios to run")
+    p.add_argument("--only", default="replication,restore,idle,age,compaction", help="scenarios to run")
+    p.add_argument("--age", action="store_true",
+                   help="encrypt every replica with age (a key pair made for the run), both tools")
+    p.add_argument("--age-backends", default=None,
+                   help="the age scenario (lsr with and without age) on: file,s3 (default: both; --quick: file)")
     p.add_argument("--compaction-backends", default=None,
                    help="compaction scenario on: file,nanio (default: both; --quick: file); nanio counts requests")
     p.add_argument("--steady", type=float, help=f"seconds of steady writing (default {d.steady})")
@@ -194,6 +198,36 @@ def _compactions(results: dict[str, Any], backend: Backend, work: Path, source: 
     return out
 
 
+def _age_cost(results: dict[str, Any], plain: Backend, sealed: Backend, work: Path, large: Path, tool: Tool,
+              s: scenarios.Settings) -> dict[str, Any]:
+    """lsr on one backend without and with age, the two in turns, the order alternating:
+    the sidecar's CPU per MiB (replication runs) and restore time (restore replicas)."""
+    variants = {"plain": plain, "age": sealed}
+    name = plain.name
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for i in range(s.replication_repeats):
+        for v in list(variants) if i % 2 == 0 else list(variants)[::-1]:
+            runs[v].append(_attempt(results, f"age cost {name}: replication {v} #{i + 1}",
+                                    partial(scenarios.replication, tool, variants[v], work / f"age-{v}-{i + 1}", s)))
+    out: dict[str, Any] = {"replication": {v: scenarios.combine_runs(r) for v, r in runs.items()}, "restore": {}}
+    built: dict[str, scenarios.RestoreReplica] = {}
+
+    def build(v: str) -> dict[str, Any]:
+        built[v] = scenarios.build_restore(tool, variants[v], work / f"age-{v}", large, s)
+        return built[v].result
+
+    for v in variants:
+        out["restore"][v] = _attempt(results, f"age cost {name}: restore build {v}", partial(build, v))
+    for v, r in built.items():
+        out["restore"][v] = _attempt(results, f"age cost {name}: restore warm-up {v}",
+                                     partial(scenarios.time_restore, r, warm_up=True))
+    for i in range(s.restore_repeats):
+        for v in list(built) if i % 2 == 0 else list(built)[::-1]:
+            out["restore"][v] = _attempt(results, f"age cost {name}: restore {v} #{i + 1}",
+                                         partial(scenarios.time_restore, built[v]))
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     s = _settings(args)
     backends = (args.backends or ("file" if args.quick else "file,s3")).split(",")
@@ -204,8 +238,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": shlex.join(["python", "bench/run.py", *sys.argv[1:]]),
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": dataclasses.asdict(s), "machine": _machine(), "tools": {}, "errors": [],
-        "replication": {}, "throughput": {}, "restore": {}, "idle": {}, "compaction": {},
+        "replication": {}, "throughput": {}, "restore": {}, "idle": {}, "age": args.age, "age_cost": {},
+        "compaction": {},
     }
+    age = AgeKeyPair() if args.age else None
     for name in args.tools.split(","):
         tool = find_tool(name, args.lsr if name == "lsr" else args.litestream)
         if tool is None:
@@ -221,11 +257,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.monotonic()
     servers: dict[str, S3Server] = {}
 
-    def backend(name: str) -> Backend:
+    def backend(name: str, keys: AgeKeyPair | None = age) -> Backend:
         """``name``'s replicas; its S3 server is started on first use and runs to the end of the scenario."""
         if name in SERVER_KINDS and name not in servers:
             servers[name] = S3Server(SERVER_KINDS[name], work)
-        return Backend(name, servers.get(name), s.s3_poll)
+        return Backend(name, servers.get(name), s.s3_poll, keys)
 
     try:
         for name in backends:
@@ -237,12 +273,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for server in servers.values():
             server.stop()
         servers.clear()
-        if "restore" in only:
-            large = work / "large.db"
+        large = work / "large.db"
+        if only & {"restore", "age"}:
             print(f"building a {s.restore_mib:g} MiB database", flush=True)
             workload.build_large(large, s.restore_mib)
+        if "restore" in only:
             for name in restore_backends:
                 results["restore"][name] = _restores(results, backend(name), work, large, tools, s)
+        lsr = next((t for t in tools if t.name == "lsr"), None)
+        if "age" in only and lsr is not None and not args.age:
+            for name in (args.age_backends or ("file" if args.quick else "file,s3")).split(","):
+                for server in servers.values():  # a fresh server for each (see the restores)
+                    server.stop()
+                servers.clear()
+                results["age_cost"][name] = _age_cost(results, backend(name, None), backend(name, AgeKeyPair()),
+                                                      work, large, lsr, s)
         for server in servers.values():
             server.stop()
         servers.clear()

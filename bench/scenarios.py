@@ -80,7 +80,7 @@ class Decoder:
 
     def get(self, key: str) -> tuple[int, int]:
         if key not in self.cache:
-            self.cache[key] = segment_marker(self.watcher.read(key))
+            self.cache[key] = segment_marker(self.watcher.read(key), self.watcher.identities)
         return self.cache[key]
 
     def segments(self) -> list[measure.Segment]:

@@ -9,6 +9,7 @@ and stopped in a ``finally`` by its PID (SIGTERM, then SIGKILL).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -156,23 +157,43 @@ class Backend:
     name: str
     server: S3Server | None = None
     s3_poll: float = 0.02
+    age: AgeKeyPair | None = None  # encrypt every replica (run.py --age)
 
     def replica(self, work: Path, db_name: str) -> dict[str, object]:
         """A fresh, empty replica's YAML mapping."""
+        age: dict[str, object] = {"age": self.age.config()} if self.age else {}
         if self.name == "file":
             path = work / f"{db_name}-replica"
-            return {"type": "file", "path": str(path)}
+            return {"type": "file", "path": str(path), **age}
         assert self.server is not None
         return {"type": "s3", "bucket": self.server.create_bucket(), "path": db_name, "endpoint": self.server.endpoint,
                 "region": "us-east-1", "force-path-style": True,
-                "access-key-id": ACCESS_KEY_ID, "secret-access-key": SECRET_ACCESS_KEY}
+                "access-key-id": ACCESS_KEY_ID, "secret-access-key": SECRET_ACCESS_KEY, **age}
 
     def watcher(self, replica: dict[str, object]) -> Watcher:
+        watcher: Watcher
         if replica["type"] == "file":
-            return FileWatcher(str(replica["path"]))
-        assert self.server is not None
-        return S3Watcher(str(replica["endpoint"]), str(replica["bucket"]), str(replica["path"]), self.s3_poll,
-                         (ACCESS_KEY_ID, SECRET_ACCESS_KEY), signed=self.server.signed)
+            watcher = FileWatcher(str(replica["path"]))
+        else:
+            assert self.server is not None
+            watcher = S3Watcher(str(replica["endpoint"]), str(replica["bucket"]), str(replica["path"]), self.s3_poll,
+                                (ACCESS_KEY_ID, SECRET_ACCESS_KEY), signed=self.server.signed)
+        if self.age:
+            watcher.identities = [self.age.identity]
+        return watcher
+
+
+class AgeKeyPair:
+    """An age key pair made for one benchmark run."""
+
+    def __init__(self) -> None:
+        from pyrage import x25519
+
+        self.identity = x25519.Identity.generate()
+
+    def config(self) -> dict[str, list[str]]:
+        """The replica's ``age:`` mapping (both keys: the bench restores what it replicates)."""
+        return {"identities": [str(self.identity)], "recipients": [str(self.identity.to_public())]}
 
 
 def write_config(path: Path, dbs: list[tuple[Path, dict[str, object], dict[str, object]]]) -> Path:
@@ -191,6 +212,8 @@ def write_config(path: Path, dbs: list[tuple[Path, dict[str, object], dict[str, 
 
 
 def _yaml(v: object) -> str:
+    if isinstance(v, dict):
+        return json.dumps(v)  # a JSON object is a YAML flow mapping
     return ("true" if v else "false") if isinstance(v, bool) else f'"{v}"'
 
 

@@ -66,8 +66,16 @@ def lz4_decompress_all(blob: bytes) -> bytes:
     return b"".join(out)
 
 
-def segment_marker(compressed: bytes) -> tuple[int, int]:
-    """(largest commit marker in the segment or 0, its WAL bytes)."""
+AGE_MAGIC = b"age-encryption.org/v1"
+
+
+def segment_marker(compressed: bytes, identities: list[Any] | None = None) -> tuple[int, int]:
+    """(largest commit marker in the segment or 0, its WAL bytes); an age-encrypted
+    segment (a replica written with --age) is decrypted with ``identities`` first."""
+    if compressed.startswith(AGE_MAGIC):
+        import pyrage
+
+        compressed = pyrage.decrypt(compressed, identities or [])
     data = lz4_decompress_all(compressed)
     markers = _MARKER_RE.findall(data)
     return (max(int(m) for m in markers) if markers else 0), len(data)
@@ -78,6 +86,7 @@ class Watcher:
 
     def __init__(self) -> None:
         self._arrivals: list[Arrival] = []
+        self.identities: list[Any] = []  # age identities, for encrypted replicas
         self._seen: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -6,12 +6,13 @@ import click
 
 from litestream_py.factory import db_from_config
 
-from .options import config_options, print_table, read_config, run, setup_logging
+from .options import Cell, config_options, json_option, print_rows, read_config, run, setup_logging
 
 
 @click.command("databases")
 @config_options
-def command(config_path: str | None, no_expand_env: bool) -> None:
+@json_option
+def command(config_path: str | None, no_expand_env: bool, as_json: bool) -> None:
     """List the databases in the config file and their replicas.
 
     \b
@@ -23,10 +24,10 @@ def command(config_path: str | None, no_expand_env: bool) -> None:
     def body() -> None:
         setup_logging()
         config = read_config(config_path, no_expand_env)
-        rows = []
+        rows: list[list[Cell]] = []
         for dbc in config.dbs:
             db = db_from_config(dbc, read_only=True)
-            rows.append([db.path, ",".join(r.name for r in db.replicas)])
-        print_table(["path", "replicas"], rows)
+            rows.append([db.path, [r.name for r in db.replicas]])
+        print_rows(["path", "replicas"], rows, as_json)
 
     run(body)

@@ -9,16 +9,15 @@ import click
 
 from litestream_py.restore import generation_time_bounds
 
-from .options import (
-    config_options, format_duration, format_time, print_table, replica_option, resolve_target, run, setup_logging,
-)
+from .options import Cell, config_options, json_option, print_rows, replica_option, resolve_target, run, setup_logging
 
 
 @click.command("generations")
 @config_options
 @replica_option
+@json_option
 @click.argument("target", metavar="DB_PATH|REPLICA_URL")
-def command(config_path: str | None, no_expand_env: bool, replica_name: str, target: str) -> None:
+def command(config_path: str | None, no_expand_env: bool, replica_name: str, as_json: bool, target: str) -> None:
     """List the generations of a database or replica URL: name, generation, lag, start, end.
 
     \b
@@ -35,14 +34,13 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, tar
             mtimes = [os.path.getmtime(p) for p in (t.db.path, t.db.wal_path) if os.path.exists(p)]
             if mtimes:
                 now = datetime.fromtimestamp(max(mtimes), tz=timezone.utc)
-        rows = []
+        rows: list[list[Cell]] = []
         for replica in t.replicas:
             for generation in replica.client.generations():
                 created, updated = generation_time_bounds(replica.client, generation)
                 if created is None or updated is None:
                     continue
-                rows.append([replica.name, generation, format_duration(now - updated),
-                             format_time(created), format_time(updated)])
-        print_table(["name", "generation", "lag", "start", "end"], rows)
+                rows.append([replica.name, generation, now - updated, created, updated])
+        print_rows(["name", "generation", "lag", "start", "end"], rows, as_json)
 
     run(body)

@@ -10,7 +10,9 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "-help", "--help"]}
 
 # Each subcommand's module is imported only when it runs: `lsr restore` need not
 # pay for the replication machinery's imports (watchdog, the replicator).
-SUBCOMMANDS = ("databases", "generations", "replicate", "restore", "snapshots", "verify", "version", "wal")
+SUBCOMMANDS = (
+    "databases", "generations", "replicate", "restore", "snapshots", "status", "sync", "verify", "version", "wal",
+)
 
 
 class _LazyGroup(click.Group):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from litestream_py.config import Config, ReplicaConfig, default_config_path, is_
 from litestream_py.db import DB
 from litestream_py.errors import ConfigError, LitestreamError
 from litestream_py.factory import db_from_config, replica_from_config
+from litestream_py.health import rfc3339
 from litestream_py.replica import Replica
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -101,6 +103,21 @@ def read_config(config_path: str | None, no_expand_env: bool, verbose: bool = Fa
     return config
 
 
+def optional_config(config_path: str | None, no_expand_env: bool) -> Config | None:
+    """The config given, or the default one if it exists (commands that also work without one)."""
+    if config_path is None and not os.path.exists(default_config_path()):
+        return None
+    return read_config(config_path, no_expand_env)
+
+
+def json_option(f: F) -> F:
+    return flag("json", "as_json", is_flag=True, help="Print JSON (times in RFC 3339) instead of a table.")(f)
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
 @dataclass
 class Target:
     """What an inspect/restore command works on: a DB from the config, or a replica URL."""
@@ -179,6 +196,37 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     for row in [header] + rows:
         cells = [c.ljust(w + 2) for c, w in zip(row[:-1], widths)] + [row[-1]]
         click.echo("".join(cells))
+
+
+Cell = str | int | datetime | timedelta | list[str] | None
+
+
+def print_rows(header: list[str], rows: list[list[Cell]], as_json: bool) -> None:
+    """A table, or with ``as_json`` a JSON list of objects with the same fields
+    (times in RFC 3339 to the microsecond, durations in seconds)."""
+    if as_json:
+        keys = [h.replace(" ", "_") for h in header]
+        print_json([{k: _json_cell(c) for k, c in zip(keys, row)} for row in rows])
+    else:
+        print_table(header, [[_table_cell(c) for c in row] for row in rows])
+
+
+def _json_cell(c: Cell) -> Any:
+    if isinstance(c, datetime):
+        return rfc3339(c)
+    if isinstance(c, timedelta):
+        return c.total_seconds()
+    return c
+
+
+def _table_cell(c: Cell) -> str:
+    if isinstance(c, datetime):
+        return format_time(c)
+    if isinstance(c, timedelta):
+        return format_duration(c)
+    if isinstance(c, list):
+        return ",".join(c)
+    return "" if c is None else str(c)
 
 
 def format_time(t: datetime | None) -> str:

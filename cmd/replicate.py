@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from types import FrameType
+from typing import Protocol, Sequence
 
 import click
 
@@ -16,6 +17,9 @@ from litestream_py.config import Config, DBConfig, ReplicaConfig, default_config
 from litestream_py.errors import ConfigError
 from litestream_py.factory import db_from_config
 from litestream_py.replicator import Replicator
+from litestream_py.control import ControlServer
+from litestream_py.heartbeat import Heartbeat
+from litestream_py.monitor import MonitorServer
 
 from .options import config_options, flag, log, run, setup_logging, startup_heap
 
@@ -53,12 +57,22 @@ def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, args: t
             configure_process_for_sidecar()
             dbs = [db_from_config(dbc) for dbc in config.dbs]
             replicator = Replicator(dbs)
+        started: list[Service] = []
         if not stop.is_set():
+            # Each database's lock first: a second lsr is refused naming the holder's pid.
             replicator.start()
+            try:
+                services = _services(config, replicator)
+            except BaseException:
+                replicator.stop()
+                raise
+            for service in services:
+                service.start()
+                started.append(service)
             for db in dbs:
                 log.info("replicating %s to %s", db.path, ", ".join(r.client.describe() for r in db.replicas),
                          extra={"db": db.path})
-        return wait_and_stop(replicator, exec_cmd or config.exec, stop)
+        return wait_and_stop(replicator, exec_cmd or config.exec, stop, started)
 
     raise SystemExit(run(body))
 
@@ -72,6 +86,26 @@ def _config(config_path: str | None, no_expand_env: bool, args: tuple[str, ...])
     if len(args) < 2:
         raise ConfigError("cannot replicate: give DB_PATH followed by at least one REPLICA_URL")
     return Config(dbs=[DBConfig(path=expand_path(args[0]), replicas=[ReplicaConfig(url=u) for u in args[1:]])])
+
+
+class Service(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def _services(config: Config, replicator: Replicator) -> list[Service]:
+    """What runs beside the replication: the control socket, the metrics endpoint, the heartbeat."""
+    services: list[Service] = [ControlServer(replicator, config.socket)]
+    if config.addr:
+        from litestream_py import metrics
+
+        registry = metrics.new_registry(replicator.dbs)
+        services.append(MonitorServer(config.addr, lambda: metrics.render(registry), metrics.CONTENT_TYPE,
+                                      replicator.report))
+    if config.heartbeat_url:
+        services.append(Heartbeat(config.heartbeat_url, config.heartbeat_interval, replicator.healthy))
+    return services
 
 
 class StopSignal(threading.Event):
@@ -88,7 +122,7 @@ class StopSignal(threading.Event):
         self.set()
 
 
-def wait_and_stop(replicator: Replicator, exec_cmd: str, stop: StopSignal) -> int:
+def wait_and_stop(replicator: Replicator, exec_cmd: str, stop: StopSignal, services: Sequence[Service] = ()) -> int:
     """Block until a signal (or the -exec child exits), then stop with a final sync.
 
     Exits non-zero when the final sync could not ship everything.
@@ -117,6 +151,8 @@ def wait_and_stop(replicator: Replicator, exec_cmd: str, stop: StopSignal) -> in
             code = 128 - code
         else:
             log.info("subprocess exited with %d", code)
+    for service in reversed(services):
+        service.stop()
     log.info("shutting down: final sync")
     if not replicator.stop():
         log.error("final sync incomplete: some commits may not have reached every replica")

@@ -89,13 +89,13 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, out
             )
         best: Any = None
         for replica in t.replicas:
-            listing = CachedListing(replica.client)  # the restore reuses what choosing it listed
+            listing = CachedListing(replica.reader)  # the restore reuses what choosing it listed
             g, updated = calc_restore_target(listing, generation, ts)
             if g and (best is None or updated > best[3]):
                 best = (replica, listing, g, updated)
         if best is None:
             if ts is not None and t.replicas:
-                check_timestamp(t.replicas[0].client, ts)  # names the range the replica holds
+                check_timestamp(t.replicas[0].reader, ts)  # names the range the replica holds
             if if_replica_exists:
                 log.info("no matching backups found")
                 return

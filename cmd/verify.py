@@ -34,9 +34,9 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, tim
         failed = False
         for replica in t.replicas:
             if t.db is not None:
-                result = verify_database(t.db.path, replica.client, t.db.meta_path, timeout)
+                result = verify_database(t.db.path, replica.reader, t.db.meta_path, timeout)
             else:
-                result = verify_replica(replica.client)
+                result = verify_replica(replica.reader)
             click.echo(f"{replica.name}: {result.describe()}")
             failed = failed or not result.ok
         if failed:

@@ -6,7 +6,7 @@ import click
 
 from litestream_py.compaction import segment_extent
 from .options import (
-    config_options, flag, format_time, print_table, replica_option, resolve_target, run, setup_logging,
+    Cell, config_options, flag, json_option, print_rows, replica_option, resolve_target, run, setup_logging,
 )
 
 
@@ -16,9 +16,10 @@ from .options import (
 @flag("generation", metavar="NAME", default="", help="Only this generation.")
 @flag("compaction", is_flag=True,
       help="Also read every segment: the WAL bytes it holds and how many shipped segments compaction merged into it.")
+@json_option
 @click.argument("target", metavar="DB_PATH|REPLICA_URL")
 def command(config_path: str | None, no_expand_env: bool, replica_name: str, generation: str, compaction: bool,
-            target: str) -> None:
+            as_json: bool, target: str) -> None:
     """List the WAL segments of a database or replica URL.
 
     \b
@@ -31,17 +32,16 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, gen
     def body() -> None:
         setup_logging()
         t = resolve_target(target, config_path, no_expand_env, replica_name)
-        rows = []
+        rows: list[list[Cell]] = []
         for replica in t.replicas:
             generations = [generation] if generation else replica.client.generations()
             for g in generations:
                 for w in replica.client.wal_segments(g):
-                    row = [replica.name, w.generation, str(w.index), str(w.offset), str(w.size),
-                           format_time(w.created_at)]
+                    row: list[Cell] = [replica.name, w.generation, w.index, w.offset, w.size, w.created_at]
                     if compaction:
-                        row += [str(n) for n in segment_extent(replica.client, w)]
+                        row += list(segment_extent(replica.reader, w))
                     rows.append(row)
         extra = ["wal-size", "merged"] if compaction else []
-        print_table(["replica", "generation", "index", "offset", "size", "created", *extra], rows)
+        print_rows(["replica", "generation", "index", "offset", "size", "created", *extra], rows, as_json)
 
     run(body)

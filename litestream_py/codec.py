@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Iterable, Protocol
+from typing import BinaryIO, Iterable, Iterator, Protocol
 
 import lz4.frame
 
@@ -15,6 +15,7 @@ __all__ = [
     "compress",
     "decompress",
     "compress_chunks",
+    "compress_iter",
     "compress_stream",
     "decompress_stream",
     "encode_segment",
@@ -62,15 +63,27 @@ def decompress(data: bytes, what: str = "object") -> bytes:
         raise ChecksumMismatchError(f"cannot decompress {what}: {exc}") from exc
 
 
+def compress_iter(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """One LZ4 frame of a stream of chunks, in pieces (to write, or to encrypt on the way)."""
+    c = _compressor()
+    yield c.begin()
+    for chunk in chunks:
+        yield c.compress(chunk)
+    yield c.flush()
+
+
 def compress_chunks(chunks: Iterable[bytes], dst: BinaryIO) -> int:
     """Compress a stream of chunks into one LZ4 frame in ``dst``; returns the input size."""
-    c = _compressor()
-    dst.write(c.begin())
     n = 0
-    for chunk in chunks:
-        n += len(chunk)
-        dst.write(c.compress(chunk))
-    dst.write(c.flush())
+
+    def counted() -> Iterator[bytes]:
+        nonlocal n
+        for chunk in chunks:
+            n += len(chunk)
+            yield chunk
+
+    for piece in compress_iter(counted()):
+        dst.write(piece)
     return n
 
 

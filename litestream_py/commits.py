@@ -61,6 +61,17 @@ class CommitLog:
         hi = bisect.bisect_right(times, (end, 2**64))
         return times[lo:hi]
 
+    def cached_first_after(self, generation: str, index: int, offset: int) -> int | None:
+        """Capture time (ns) of the first commit past ``offset`` of an index, from
+        memory only (None if unknown): for lag reports, which must not do I/O."""
+        times = self._times.get((generation, index))
+        if not times:
+            return None
+        try:  # the syncing thread may cut the list meanwhile (a torn tail): then report nothing
+            return times[bisect.bisect_right(times, (offset, 2**64))][1]
+        except IndexError:
+            return None
+
     def forget(self, generation: str, index: int) -> None:
         """Drop what is cached for an index whose files were removed."""
         self._times.pop((generation, index), None)

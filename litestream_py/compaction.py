@@ -33,7 +33,9 @@ from typing import Callable
 from . import codec
 from .errors import NotFoundError
 from .pos import Pos, WALSegmentInfo
-from .replica_client import ReplicaClient
+from .encryption import is_age
+from .errors import EncryptedReplicaError
+from .replica_client import ReplicaClient, ReplicaReader
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_headers
 
 __all__ = [
@@ -108,8 +110,14 @@ class Compactor:
         age: timedelta = DEFAULT_COMPACTION_INTERVAL,
         max_size: int = MAX_COMPACTED_SEGMENT_SIZE,
         now: Callable[[], datetime] = _now,
+        reader: ReplicaReader | None = None,
+        seal: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.client = client
+        # Reads go through ``reader`` (an encryption.AgeReader decrypts); a
+        # merged segment is written through ``seal`` (encrypts), if given.
+        self.reader: ReplicaReader = reader if reader is not None else client
+        self.seal = seal
         self.name = name
         self.prune_lock = prune_lock
         self.age = age
@@ -142,11 +150,14 @@ class Compactor:
         by_index: dict[int, list[WALSegmentInfo]] = {}
         for seg in segments:
             by_index.setdefault(seg.index, []).append(seg)
+        last = segments[-1] if segments else None
         for index, segs in sorted(by_index.items()):
-            # The live edge and what follows it stay as shipped.
+            # The live edge and what follows it stay as shipped, and so does
+            # the generation's last segment: a restarted shipper resumes from it
+            # (an encrypted replica re-ships it whole: see Replica._calc_pos).
             old = []
             for seg in segs:
-                if seg.created_at > cutoff:
+                if seg.created_at > cutoff or seg is last:
                     break
                 old.append(seg)
             if len(old) > 1:
@@ -184,7 +195,11 @@ class Compactor:
         self._flush(p, group)
 
     def _read(self, seg: WALSegmentInfo) -> _Member:
-        raw = self.client.read_wal_segment(seg.pos)
+        raw = self.reader.read_wal_segment(seg.pos)
+        if self.seal is None and is_age(raw):
+            # Merged in plaintext, it would undo the encryption.
+            raise EncryptedReplicaError(f"cannot compact wal segment {seg.pos}: it is age-encrypted and the replica "
+                                        "has no age recipients to encrypt the merged segment to")
         data, commits = codec.decode_segment(raw, f"wal segment {seg.pos}")
         self._lengths[(seg.pos, seg.size)] = len(data)
         if seg.offset == 0 and len(data) >= WAL_HEADER_SIZE:
@@ -210,7 +225,10 @@ class Compactor:
         first, last = group[0].seg, group[-1].seg
         # The last part's time: listings keep dating the merged object like the
         # newest of what it replaces (Go's -timestamp reads listing times).
-        info = self.client.write_wal_segment(first.pos, codec.encode_segment(data, commits, merged), last.created_at)
+        blob = codec.encode_segment(data, commits, merged)
+        if self.seal is not None:
+            blob = self.seal(blob)
+        info = self.client.write_wal_segment(first.pos, blob, last.created_at)
         self._lengths[(info.pos, info.size)] = len(data)
         self.client.delete_wal_segments([m.seg.pos for m in group[1:]])
         self.stats.merged += len(group)
@@ -234,12 +252,12 @@ class Compactor:
     def _page_size(self, generation: str, index: int) -> int:
         size = self._page_sizes.get((generation, index))
         if size is None:
-            head, _ = codec.decode_segment(self.client.read_wal_segment(Pos(generation, index, 0)))
+            head, _ = codec.decode_segment(self.reader.read_wal_segment(Pos(generation, index, 0)))
             size = self._page_sizes[(generation, index)] = WALHeader.parse(head[:WAL_HEADER_SIZE], verify=False).page_size
         return size
 
 
-def segment_extent(client: ReplicaClient, seg: WALSegmentInfo) -> tuple[int, int]:
+def segment_extent(client: ReplicaReader, seg: WALSegmentInfo) -> tuple[int, int]:
     """A segment's WAL bytes and how many shipped segments it holds (more than 1: merged)."""
     raw = client.read_wal_segment(seg.pos)
     data, _ = codec.decode_segment(raw, f"wal segment {seg.pos}")

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from .encryption import AgeKeys, parse_age
 from .errors import ConfigError
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "expand_env",
+    "expand_path",
     "is_url",
     "parse_replica_url",
 ]
@@ -34,20 +36,31 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "/etc/litestream.yml"
+# Litestream's default for heartbeat-interval.
+DEFAULT_HEARTBEAT_INTERVAL = timedelta(minutes=5)
 
-_TOP_KEYS = {"addr", "dbs", "exec", "access-key-id", "secret-access-key", "logging", "mcp-addr"}
+_TOP_KEYS = {
+    "addr", "dbs", "exec", "access-key-id", "secret-access-key", "logging", "mcp-addr",
+    "socket", "heartbeat-url", "heartbeat-interval",
+}
+# Keys Go Litestream knows that lsr does not implement: refused, never accepted in silence.
+_UNSUPPORTED_TOP_KEYS = {
+    "mcp-addr": "lsr has no MCP server (remove mcp-addr)",
+}
 _LOGGING_KEYS = {"level", "type", "stderr"}
 _DB_KEYS = {
     "path", "dir", "pattern", "meta-path", "monitor-interval", "checkpoint-interval",
     "min-checkpoint-page-count", "max-checkpoint-page-count", "replicas",
 }
+_S3_KEYS = {"access-key-id", "secret-access-key", "region", "bucket", "endpoint", "force-path-style", "skip-verify"}
+# Keys of backends lsr does not implement (abs, sftp); known so that the type error is the one reported.
+_OTHER_BACKEND_KEYS = {"account-name", "account-key", "host", "user", "password", "key-path"}
 _REPLICA_KEYS = {
     "type", "name", "path", "url", "retention", "retention-check-interval", "sync-interval",
-    "snapshot-interval", "validation-interval", "compaction-interval", "access-key-id", "secret-access-key", "region",
-    "bucket", "endpoint", "force-path-style", "skip-verify",
-    # Keys of backends lsr does not implement; accepted so the type error is the one reported.
-    "account-name", "account-key", "host", "user", "password", "key-path", "age",
-}
+    "snapshot-interval", "validation-interval", "compaction-interval", "age", "max-lag",
+} | _S3_KEYS | _OTHER_BACKEND_KEYS
+# Of the backend keys, those each implemented type reads; the others are warned about.
+_BACKEND_KEYS = {"file": set(), "s3": _S3_KEYS}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {
     "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
@@ -121,6 +134,7 @@ class ReplicaConfig:
     sync_interval: timedelta | None = None
     snapshot_interval: timedelta | None = None
     validation_interval: timedelta | None = None
+    max_lag: timedelta | None = None
     compaction_interval: timedelta | None = None  # lsr's own key; 0 turns compaction off
     access_key_id: str = ""
     secret_access_key: str = ""
@@ -129,6 +143,7 @@ class ReplicaConfig:
     endpoint: str = ""
     force_path_style: bool | None = None
     skip_verify: bool = False
+    age: AgeKeys | None = None  # the replica's ``age:`` keys (see encryption)
 
     def replica_type(self) -> str:
         if self.url:
@@ -160,6 +175,9 @@ class Config:
     secret_access_key: str = ""
     addr: str = ""
     exec: str = ""
+    socket: str = ""  # the control socket; empty: control.default_socket_path
+    heartbeat_url: str = ""
+    heartbeat_interval: timedelta = DEFAULT_HEARTBEAT_INTERVAL
     warnings: list[str] = field(default_factory=list)
 
     def db_config(self, path: str) -> DBConfig | None:
@@ -177,6 +195,15 @@ def _warn_unknown(section: str, data: dict[str, Any], known: set[str], warnings:
     for key in data:
         if key not in known:
             warnings.append(f"unknown config key {key!r} in {section} (ignored)")
+
+
+def _refuse_misplaced_age(data: dict[str, Any], where: str) -> None:
+    """``age:`` outside a replica would encrypt nothing: refused, not warned about."""
+    if "age" in data:
+        raise ConfigError(
+            f"cannot read config: age in {where} encrypts nothing; it belongs in a replica "
+            "(dbs[].replicas[].age)"
+        )
 
 
 def _as_dict(value: Any, where: str) -> dict[str, Any]:
@@ -206,17 +233,23 @@ def _replica(data: dict[str, Any], where: str, warnings: list[str]) -> ReplicaCo
         if data.get(key) is not None:
             setattr(rc, key.replace("-", "_"), str(data[key]))
     for key in ("retention", "retention-check-interval", "sync-interval", "snapshot-interval", "validation-interval",
-                "compaction-interval"):
+                "max-lag", "compaction-interval"):
         if data.get(key) is not None:
             setattr(rc, key.replace("-", "_"), parse_duration(data[key], f"{where} {key}"))
     if data.get("force-path-style") is not None:
         rc.force_path_style = _bool(data["force-path-style"], f"{where} force-path-style")
     if data.get("skip-verify") is not None:
         rc.skip_verify = _bool(data["skip-verify"], f"{where} skip-verify")
+    if "age" in data:
+        rc.age = parse_age(data["age"], f"{where}.age")
     if rc.path and is_url(rc.path):
         raise ConfigError(f"cannot read config: {where} path cannot be a url, use the 'url' field: {rc.path}")
     if rc.url and rc.path and rc.replica_type() == "file":
         raise ConfigError(f"cannot read config: {where} sets both url and path")
+    applies = _BACKEND_KEYS.get(rc.replica_type())
+    if applies is not None:
+        for key in sorted(set(data) & (_S3_KEYS | _OTHER_BACKEND_KEYS) - applies):
+            warnings.append(f"config key {key!r} in {where} does not apply to type {rc.replica_type()} (ignored)")
     return rc
 
 
@@ -234,10 +267,22 @@ def parse_config(text: str, *, expand: bool = True, source: str = "config") -> C
     top = _as_dict(raw, "the top level")
     cfg = Config()
     _warn_unknown("the top level", top, _TOP_KEYS, cfg.warnings)
+    for key, why in _UNSUPPORTED_TOP_KEYS.items():
+        if top.get(key) is not None:
+            raise ConfigError(f"cannot read config: {key} is not supported by lsr yet: {why}")
+    _refuse_misplaced_age(top, "the top level")
     cfg.access_key_id = str(top.get("access-key-id") or "")
     cfg.secret_access_key = str(top.get("secret-access-key") or "")
     cfg.addr = str(top.get("addr") or "")
     cfg.exec = str(top.get("exec") or "")
+    cfg.socket = expand_path(str(top["socket"])) if top.get("socket") else ""
+    cfg.heartbeat_url = str(top.get("heartbeat-url") or "")
+    if cfg.heartbeat_url and urlparse(cfg.heartbeat_url).scheme not in ("http", "https"):
+        raise ConfigError(f"cannot read {source}: heartbeat-url must be an http:// or https:// URL")
+    if top.get("heartbeat-interval") is not None:
+        cfg.heartbeat_interval = parse_duration(top["heartbeat-interval"], "heartbeat-interval")
+        if cfg.heartbeat_interval.total_seconds() <= 0:
+            raise ConfigError(f"cannot read {source}: heartbeat-interval must be positive")
     logging_data = _as_dict(top.get("logging"), "logging")
     _warn_unknown("logging", logging_data, _LOGGING_KEYS, cfg.warnings)
     cfg.logging = LoggingConfig(
@@ -251,6 +296,7 @@ def parse_config(text: str, *, expand: bool = True, source: str = "config") -> C
     for i, item in enumerate(dbs):
         data = _as_dict(item, f"dbs[{i}]")
         _warn_unknown(f"dbs[{i}]", data, _DB_KEYS, cfg.warnings)
+        _refuse_misplaced_age(data, f"dbs[{i}]")
         if not data.get("path") and not data.get("dir"):
             raise ConfigError(f"cannot read {source}: dbs[{i}] needs a path (or a dir and a pattern)")
         if data.get("path") and data.get("dir"):

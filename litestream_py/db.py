@@ -35,10 +35,11 @@ import apsw
 
 from . import paths
 from .commits import COMMITS_EXT, CommitLog
-from .errors import DatabaseBusyError, DatabaseError, InUseError
+from .errors import DatabaseBusyError, DatabaseError, InUseError, LitestreamError
 from .fsutil import atomic_write, fsync_dir
 from .lockfile import ProcessLock, describe_holder
 from .pos import Pos
+from .stats import DBStats
 from .wal import (
     WAL_FRAME_HEADER_SIZE,
     WAL_HEADER_SIZE,
@@ -275,6 +276,7 @@ class DB:
         self._durable = ("", -1, 0)
         self._durable_lock = threading.Lock()
         self._change_listeners: list[Callable[[], None]] = []
+        self.stats = DBStats()
 
     # -- paths -------------------------------------------------------------
     @property
@@ -295,6 +297,10 @@ class DB:
 
     def shadow_wal_path(self, generation: str, index: int) -> str:
         return f"{self.meta_path}/generations/{generation}/wal/{paths.format_shadow_wal_path(index)}"
+
+    def replica_formats_path(self, generation: str) -> str:
+        """How each replica writes this generation (see _format_change)."""
+        return f"{self.meta_path}/generations/{generation}/replicas"
 
     def commits_path(self, generation: str, index: int) -> str:
         """Capture times of the commits in one shadow WAL index (see commits.CommitLog)."""
@@ -325,8 +331,8 @@ class DB:
         for n in names:
             try:
                 out.append(paths.parse_shadow_wal_path(n))
-            except Exception:
-                continue
+            except LitestreamError:
+                continue  # not a shadow WAL file (a temp file, the commits file)
         return sorted(out)
 
     def current_shadow_index(self, generation: str) -> int:
@@ -599,6 +605,17 @@ class DB:
         exist yet is a no-op. Unless ``force``, a WAL whose fingerprint has not
         changed since the last sync is not read at all.
         """
+        started = time.monotonic()
+        try:
+            return self._sync_if_changed(force)
+        except BaseException:
+            self.stats.sync_errors += 1
+            raise
+        finally:
+            self.stats.sync_count += 1
+            self.stats.sync_seconds += time.monotonic() - started
+
+    def _sync_if_changed(self, force: bool) -> bool:
         with self._lock:
             if not self.open():
                 return False
@@ -613,9 +630,12 @@ class DB:
                 and not 0 < self._passive_retry_at <= time.monotonic()
             ):
                 return False
+            if token:
+                self.stats.wal_size = _int(token[1])
             try:
                 changed = self._sync((token, token_at))
                 self._close_writer()
+                self.stats.db_size = os.fstat(self._db_fd).st_size
             except apsw.Error as exc:
                 # A broken connection is reopened by the next sync; the gap in
                 # the read lock forces a careful re-verification then.
@@ -740,6 +760,9 @@ class DB:
         if not generation:
             return _SyncState(reason="no generation exists")
         state = _SyncState(generation)
+        if not self._continuous and (change := self._format_change(generation)):
+            state.reason = change
+            return state
         if index < 0:
             state.reason = "no shadow wal"
             return state
@@ -776,9 +799,39 @@ class DB:
             return state
         return state
 
+    def _replica_formats(self) -> str:
+        return "".join(f"{r.name}\t{r.encryption}\n" for r in self.replicas)
+
+    def _format_change(self, generation: str) -> str:
+        """Why ``generation`` cannot go on with the replicas as configured now, or "".
+
+        An encrypted generation never continues a plaintext one, nor one
+        encrypted to other recipients (nor the reverse): a generation's objects
+        are all written one way. A generation without a record (written by Go,
+        or by an lsr older than encryption) counts as plaintext: an encrypted
+        replica then starts a new generation rather than guess.
+        """
+        try:
+            with open(self.replica_formats_path(generation), encoding="utf-8") as f:
+                recorded = dict(line.split("\t", 1) for line in f.read().splitlines() if "\t" in line)
+        except FileNotFoundError:
+            recorded = {}
+        for r in self.replicas:
+            before, now = recorded.get(r.name, "plain"), r.encryption
+            if before == now:
+                continue
+            if before == "plain":
+                return f"replica {r.name} is now age-encrypted; its plaintext generation is not continued"
+            if now == "plain":
+                return f"replica {r.name} is no longer encrypted; its encrypted generation is not continued"
+            return f"replica {r.name} has new age recipients; a generation is encrypted to one set"
+        return ""
+
     def _create_generation(self) -> str:
         generation = paths.new_generation_name()
         os.makedirs(self.shadow_wal_dir(generation), mode=0o700, exist_ok=True)
+        with atomic_write(self.replica_formats_path(generation)) as f:
+            f.write(self._replica_formats().encode())
         self._init_shadow_wal(generation, 0)
         with atomic_write(self.generation_name_path) as f:
             f.write(generation.encode() + b"\n")
@@ -831,7 +884,7 @@ class DB:
             header = WALHeader.parse(shadow.read(WAL_HEADER_SIZE))
             page_size = header.page_size
             frame_size = WAL_FRAME_HEADER_SIZE + page_size
-            size = frame_align(os.fstat(shadow.fileno()).st_size, page_size)
+            size = start = frame_align(os.fstat(shadow.fileno()).st_size, page_size)
             if size > WAL_HEADER_SIZE:
                 shadow.seek(size - frame_size + 16)
                 raw = shadow.read(8)
@@ -868,6 +921,7 @@ class DB:
                         chunk *= 2  # one transaction larger than the chunk
         if commits:
             self.commit_log.record(generation, index, commits)
+        self.stats.total_wal_bytes += size - start
         return size
 
     def _retake_read_lock(self, generation: str, index: int, checkpoint: bool = False) -> _LockedRetake:
@@ -982,9 +1036,12 @@ class DB:
         """
         timeout = OPPORTUNISTIC_LOCK_TIMEOUT if opportunistic else BUSY_TIMEOUT
         self._write_busy.timeout = timeout.total_seconds()
+        started, failed = time.monotonic(), True
         try:
             self._checkpoint_under_locks(mode, restart_now)
+            failed = False
         except apsw.BusyError:
+            failed = False  # put off, not failed
             # The application held its write lock past the timeout; a later
             # sync tries again.
             log.debug("%s: checkpoint %s skipped: database busy", self.path, mode)
@@ -994,6 +1051,7 @@ class DB:
                 self._acquire_read_lock()
         finally:
             self._write_busy.timeout = BUSY_TIMEOUT.total_seconds()
+            self.stats.checkpoint(mode, time.monotonic() - started, failed)
 
     def _checkpoint_under_locks(self, mode: str, restart_now: bool) -> None:
         writer = self._writer()

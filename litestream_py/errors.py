@@ -24,6 +24,9 @@ __all__ = [
     "BucketNotFoundError",
     "ThrottledError",
     "TimestampOutOfRangeError",
+    "EncryptedReplicaError",
+    "ControlError",
+    "ReplicationTimeoutError",
 ]
 
 
@@ -93,3 +96,15 @@ class BucketNotFoundError(StorageError):
 
 class ThrottledError(StorageError):
     """The backend kept asking to slow down after every retry."""
+
+
+class EncryptedReplicaError(LitestreamError):
+    """A replica object is age-encrypted and no configured identity opens it."""
+
+
+class ControlError(LitestreamError):
+    """The running sidecar cannot be reached through its control socket, or refused a request."""
+
+
+class ReplicationTimeoutError(LitestreamError):
+    """Some replica did not hold a commit within the time a barrier allowed."""

@@ -17,7 +17,19 @@ __all__ = ["db_from_config", "replica_from_config"]
 def replica_from_config(rc: ReplicaConfig, db: DB | None, *, read_only: bool = False) -> Replica:
     """``read_only``: for commands that only inspect or restore (see ``new_client``)."""
     client = new_client(rc, read_only=read_only)
-    replica = Replica(db, client, rc.name)
+    if not read_only and rc.age is not None:
+        # Refused at start: a replica the operator means to encrypt must never be written in plaintext.
+        if not rc.age.recipients:
+            raise ConfigError(
+                f"cannot replicate to {client.describe()}: age has no recipients "
+                "(add age.recipients: the public keys, age1..., to encrypt to)"
+            )
+        if rc.validation_interval and not rc.age.identities:
+            raise ConfigError(
+                f"cannot replicate to {client.describe()}: validation-interval restores the encrypted "
+                "replica, which needs age.identities (or remove validation-interval)"
+            )
+    replica = Replica(db, client, rc.name, age=rc.age)
     if rc.sync_interval is not None:
         replica.sync_interval = rc.sync_interval
     elif client.type == "file":
@@ -38,6 +50,7 @@ def replica_from_config(rc: ReplicaConfig, db: DB | None, *, read_only: bool = F
     if rc.retention_check_interval is not None:
         replica.retention_check_interval = rc.retention_check_interval
     replica.snapshot_interval = rc.snapshot_interval
+    replica.max_lag = rc.max_lag
     replica.validation_interval = rc.validation_interval
     interval = DEFAULT_COMPACTION_INTERVAL if rc.compaction_interval is None else rc.compaction_interval
     replica.compaction_interval = interval if interval > timedelta(0) else None

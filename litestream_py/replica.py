@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import tempfile
@@ -10,11 +11,13 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from . import codec
+from .encryption import AgeKeys, AgeReader
 from .errors import LitestreamError, StorageError
-from .compaction import Compactor
+from .compaction import CompactionStats, Compactor
 from .fsutil import read_buffers
 from .pos import Pos, SnapshotInfo
-from .replica_client import ReplicaClient
+from .replica_client import ReplicaClient, ReplicaReader
+from .stats import ReplicaStats
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align, frame_headers
 
 if TYPE_CHECKING:
@@ -73,9 +76,14 @@ class Replica:
         retention_check_interval: timedelta = DEFAULT_RETENTION_CHECK_INTERVAL,
         snapshot_interval: timedelta | None = None,
         validation_interval: timedelta | None = None,
+        age: AgeKeys | None = None,
     ) -> None:
         self.db = db
         self.client = client
+        # What restore, verify and inspection read through: decrypts age objects.
+        self.reader: ReplicaReader = AgeReader(client, age)
+        # Objects are encrypted to these recipients (Go's rule: encrypt when there are recipients).
+        self.age = age if age is not None and age.recipients else None
         self._name = name
         self.sync_interval = sync_interval
         self.retention = retention
@@ -87,6 +95,8 @@ class Replica:
         # 0: check_intact() before every sync; else the replicator calls it this
         # often (None: only before retention and validation). See factory.
         self.intact_check_interval: timedelta | None = None
+        self.max_lag: timedelta | None = None  # unhealthy past this lag (health.max_lag)
+        self.stats = ReplicaStats()
         self._pos = Pos()
         self._mu = threading.Lock()
         # Only one sync or snapshot at a time per replica.
@@ -97,6 +107,7 @@ class Replica:
         self.prune_lock = threading.Lock()
         self.compaction_interval: timedelta | None = None  # None: never compact
         self._compactor: Compactor | None = None
+        self._compaction_skip_logged = False
 
     @property
     def name(self) -> str:
@@ -104,6 +115,11 @@ class Replica:
 
     def __repr__(self) -> str:
         return f"Replica({self.name!r}, {self.client.describe()})"
+
+    @property
+    def encryption(self) -> str:
+        """How this replica writes its objects: "plain", or "age" and its recipients' fingerprint."""
+        return f"age {self.age.fingerprint}" if self.age is not None else "plain"
 
     def pos(self) -> Pos:
         with self._mu:
@@ -200,6 +216,13 @@ class Replica:
         if not segments or segments[-1].index < last_snapshot:
             return Pos(generation, last_snapshot, 0)
         last = segments[-1]
+        if self.age is not None:
+            # Where an encrypted segment ends is inside its ciphertext, and the
+            # private key need not be here: ship it again from its start, from
+            # the shadow WAL (append-only, durable up to every shipped end), as
+            # one segment of the same name holding as much or more.
+            log.info("%s: resuming at the start of the last wal segment %s (encrypted)", self.name, last.pos)
+            return Pos(generation, last.index, last.offset)
         data, _ = codec.decode_segment(self.client.read_wal_segment(last.pos), f"wal segment {last.pos}")
         return Pos(generation, last.index, last.offset + len(data))
 
@@ -263,11 +286,14 @@ class Replica:
                 segment = codec.encode_segment(data, commits)
         finally:
             os.close(fd)
+        if self.age is not None:
+            segment = self.age.encrypt(segment)  # commit times included: nothing readable at rest
         # The segment's timestamp is its last commit's capture time, so even
         # Go Litestream's timestamp rule (file mtime) lands close to exact.
         created_at = datetime.fromtimestamp(commits[-1][1] / 1e9, timezone.utc) if commits else _now()
         self.client.write_wal_segment(pos, segment, created_at)
         self._set_pos(Pos(pos.generation, pos.index, end))
+        self.stats.shipped(end - pos.offset, commits[-1][1] if commits else None)
         log.debug("%s: wal segment written %s (%d bytes)", self.name, pos, end - pos.offset, extra=self._fields(pos))
         return True
 
@@ -309,10 +335,16 @@ class Replica:
             with self.db.snapshot_source(taken) as source:
                 pos = source.pos
                 created_at = _now()
-                tmp.write(codec.snapshot_header(int(created_at.timestamp() * 1e9)))
-                codec.compress_chunks(source.chunks(), tmp)
+                header = codec.snapshot_header(int(created_at.timestamp() * 1e9))
+                frames = itertools.chain([header], codec.compress_iter(source.chunks()))
+                if self.age is not None:
+                    self.age.encrypt_chunks(frames, tmp)
+                else:
+                    for piece in frames:
+                        tmp.write(piece)
             tmp.seek(0)
             info = self.client.write_snapshot(pos.generation, pos.index, tmp, created_at)
+        self.stats.shipped(0, None)
         log.info("%s: snapshot written %s/%08x (%d bytes)", self.name, pos.generation, pos.index, info.size,
                  extra=self._fields(pos))
         return info
@@ -358,12 +390,28 @@ class Replica:
     # -- compaction ----------------------------------------------------------
     @property
     def compactor(self) -> Compactor | None:
-        """This replica's compactor, or None when compaction is off."""
+        """This replica's compactor, or None when compaction is off (or cannot run: see compact)."""
         if self._compactor is None and self.compaction_interval:
-            self._compactor = Compactor(self.client, self.name, self.prune_lock, age=self.compaction_interval)
+            if self.age is not None and not self.age.identities:
+                return None
+            # An encrypted replica's segments are decrypted to merge, and the
+            # merged one encrypted to the same recipients.
+            self._compactor = Compactor(self.client, self.name, self.prune_lock, age=self.compaction_interval,
+                                        reader=self.reader, seal=self.age.encrypt if self.age is not None else None)
         return self._compactor
+
+    def compaction_stats(self) -> CompactionStats | None:
+        """What compaction did here so far; None when it is off or cannot run."""
+        compactor = self.compactor
+        return compactor.stats if compactor is not None else None
 
     def compact(self) -> bool:
         """Merge the segments behind the live edge (see compaction); True if more is left to do."""
         compactor = self.compactor
-        return compactor.compact() if compactor is not None else False
+        if compactor is None:
+            if self.compaction_interval and not self._compaction_skip_logged:
+                self._compaction_skip_logged = True
+                log.info("%s: compaction skipped: the replica is age-encrypted and only its recipients are "
+                         "configured (add age.identities to merge its segments)", self.name, extra=self._fields())
+            return False
+        return compactor.compact()

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import BinaryIO, Iterable, Protocol, runtime_checkable
 
 from .pos import Pos, SnapshotInfo, WALSegmentInfo
+from .stats import OperationStats
 
 __all__ = ["ReplicaClient", "ReplicaReader"]
 
@@ -43,6 +44,9 @@ class ReplicaReader(Protocol):
 @runtime_checkable
 class ReplicaClient(ReplicaReader, Protocol):
     """Storage for one replica: generations of snapshots and WAL segments."""
+
+    # Requests made to the storage, by operation (GET, PUT, DELETE, LIST), for metrics.
+    operations: OperationStats
 
     @property
     def type(self) -> str:

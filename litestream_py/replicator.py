@@ -18,11 +18,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import os
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
+from . import health
 from .db import DB
 from .errors import DatabaseBusyError, DatabaseError, LitestreamError
+from .pos import Pos
 from .replica import QUIET_FLUSH, Replica
 from .scheduler import MAX_BUSY_SPACING, RETRY_INTERVAL
 from .scheduler import Periodic as _Periodic
@@ -104,6 +110,11 @@ class _ShipState:
     validation: _Periodic
     intact: _Periodic  # the replica still holds its snapshot (object stores; files check every sync)
     whole: _Periodic  # shipping everything, partial segment included
+    task: _Task | None = None
+    # Barriers that asked for everything to ship at once, and how many of them a
+    # step has served: a request made while a step runs is served by the next.
+    flush_requests: int = 0
+    flushed: int = 0
 
 
 class Replicator:
@@ -118,6 +129,9 @@ class Replicator:
         self._shippers = _Pool("lsr-ship")
         self._monitor_tasks: list[_Task] = []
         self._unserved: set[str] = set()  # paths of the DBs that cannot be opened at all, now
+        self._ship_states: dict[int, _ShipState] = {}  # by id(replica)
+        # Notified after every shipping step: the sync barrier waits on it.
+        self._shipped = threading.Condition()
         self._watcher: WALWatcher | None = WALWatcher(self._events_may_wait) if watch else None
 
     def start(self) -> None:
@@ -152,6 +166,7 @@ class Replicator:
             if watcher is not None:
                 watcher.watch(db.path, functools.partial(self._monitors.wake, monitor))
             for replica in db.replicas:
+                replica.stats.pending()  # behind until a first step shows otherwise
                 shipper = self._ship_task(replica)
                 db.on_change(functools.partial(self._shadow_changed, db, replica, shipper))
                 self._shippers.wake(shipper)
@@ -202,6 +217,7 @@ class Replicator:
         return min(soonest - now, MAX_BUSY_SPACING)
 
     def _shadow_changed(self, db: DB, replica: Replica, shipper: _Task) -> None:
+        replica.stats.pending()
         # A new generation's snapshot goes out at once, whatever the sync-interval,
         # and so do the full segments of a replica that ships early.
         urgent = replica.pos().generation != db.pos().generation
@@ -268,6 +284,8 @@ class Replicator:
         settle = QUIET_FLUSH.total_seconds() if replica.ships_early else 0.0
         task = _Task(f"{db.path}: replica {replica.name}", lambda: self._ship_step(replica, db, state, task), spacing,
                      settle=settle, quiet_for=db.unwritten_for)
+        state.task = task
+        self._ship_states[id(replica)] = state
         return task
 
     def _ship_step(self, replica: Replica, db: DB, state: _ShipState, task: _Task) -> float:
@@ -275,7 +293,9 @@ class Replicator:
             now = time.monotonic()
             # An early run (full segments pending, the interval not yet up) ships
             # only those; once per interval, or after a pause, everything goes.
-            whole = not replica.ships_early or state.whole.take(now) or task.quiet()
+            requested = state.flush_requests
+            whole = not replica.ships_early or requested != state.flushed or state.whole.take(now) or task.quiet()
+            state.flushed = requested
             if state.intact.take(now):
                 replica.check_intact()  # if wiped, this sync ships it again from a new snapshot
             # Only a step that wrote to the replica shows an outage is over: an
@@ -301,11 +321,16 @@ class Replicator:
                 reached = True
             if reached:
                 state.errors.ok()
+            replica.stats.succeeded(caught_up=replica.pos() == db.pos())
         except LitestreamError as exc:
             state.errors.failed(exc)
+            replica.stats.failed(exc)
         except Exception as exc:
             log.exception("%s: unexpected failure in replica %s", db.path, replica.name)
             state.errors.failed(exc)
+            replica.stats.failed(exc)
+        with self._shipped:
+            self._shipped.notify_all()
         # Until the next scheduled job; new WAL wakes the shipper sooner.
         now = time.monotonic()
         jobs = (state.snapshot, state.retention, state.validation, state.intact)
@@ -345,8 +370,64 @@ class Replicator:
         db = replica.db
         assert db is not None
         replica.check_intact()  # a wiped replica is shipped again (catch_up) before it is compared
-        result = verify_database(db.path, replica.client, db.meta_path, shm_fd=db.shm_fd, catch_up=replica.sync)
+        result = verify_database(db.path, replica.reader, db.meta_path, shm_fd=db.shm_fd, catch_up=replica.sync)
+        replica.stats.validations["ok" if result.ok else "error"] += 1
         if result.ok:
             log.info("%s: replica %s verified: %s", db.path, replica.name, result.describe())
         else:
             log.error("%s: replica %s verification failed: %s", db.path, replica.name, result.describe())
+
+    # -- what the control socket and the monitor ask -----------------------------
+    def find_db(self, path: str) -> DB | None:
+        """The replicated DB at ``path`` (as given, or after resolving links)."""
+        wanted = {os.path.abspath(path), os.path.realpath(path)}
+        return next((db for db in self.dbs if db.path in wanted or os.path.realpath(db.path) in wanted), None)
+
+    def schedules(self, db: DB) -> dict[str, dict[str, float | None]]:
+        """replica name -> {"snapshot", "retention"} -> when the job runs next (wall time)."""
+        offset = time.time() - time.monotonic()
+        out: dict[str, dict[str, float | None]] = {}
+        for replica in db.replicas:
+            state = self._ship_states.get(id(replica))
+            if state is not None:
+                out[replica.name] = {
+                    job: (periodic.due + offset if math.isfinite(periodic.due) else None)
+                    for job, periodic in (("snapshot", state.snapshot), ("retention", state.retention))
+                }
+        return out
+
+    def flush(self, db: DB) -> Pos:
+        """Copy the WAL now and have every replica that lacks some of it ship at
+        once; returns the position every commit made before the call is within.
+
+        A replica that already holds it is not woken: the barrier makes no request then.
+        """
+        db.sync()
+        target = db.pos()
+        for replica in db.replicas:
+            state = self._ship_states.get(id(replica))
+            if state is not None and state.task is not None and not health.holds(replica.pos(), target, target.generation):
+                state.flush_requests += 1
+                self._shippers.wake(state.task, urgent=True)
+        return target
+
+    def wait_replicated(self, db: DB, target: Pos, timeout: float) -> list[Replica]:
+        """Wait until every replica of ``db`` holds ``target``; the replicas that do not, at the timeout."""
+        deadline = time.monotonic() + timeout
+
+        def behind() -> list[Replica]:
+            current = db.pos().generation
+            return [r for r in db.replicas if not health.holds(r.pos(), target, current)]
+
+        with self._shipped:
+            while (late := behind()) and (left := deadline - time.monotonic()) > 0:
+                self._shipped.wait(min(left, RETRY_INTERVAL))
+        return late
+
+    def report(self, dbs: list[DB] | None = None) -> dict[str, Any]:
+        """The state of ``dbs`` (default: all) and their replicas, as /healthz and ``lsr status`` show it."""
+        now = time.time()
+        return health.report([health.db_report(db, now, self.schedules(db)) for db in (dbs or self.dbs)])
+
+    def healthy(self) -> bool:
+        return health.healthy(r for db in self.dbs for r in db.replicas)

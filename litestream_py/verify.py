@@ -25,7 +25,7 @@ from . import paths
 from .db import BUMP_SEQ_SQL
 from .errors import DatabaseError, LitestreamError, NoSnapshotError, RestoreGapError
 from .pos import Pos
-from .replica_client import ReplicaClient
+from .replica_client import ReplicaReader
 from .restore import CachedListing, RestoreOptions, calc_restore_target, restore
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE
 
@@ -153,7 +153,7 @@ def _shadow_pos(meta: str, wal_header: bytes, end: int, wait: float = DEFAULT_WA
         time.sleep(0.1)
 
 
-def _restore_to_temp(client: ReplicaClient, opts: RestoreOptions, wait: float,
+def _restore_to_temp(client: ReplicaReader, opts: RestoreOptions, wait: float,
                      catch_up: Callable[[], object] | None) -> None:
     deadline = time.monotonic() + wait
     while True:
@@ -172,7 +172,7 @@ def _restore_to_temp(client: ReplicaClient, opts: RestoreOptions, wait: float,
 
 def verify_database(
     db_path: str,
-    client: ReplicaClient,
+    client: ReplicaReader,
     meta_path: str | None = None,
     wait: float = DEFAULT_WAIT,
     *,
@@ -196,7 +196,7 @@ def verify_database(
     return _compare(live, restored, pos)
 
 
-def verify_replica(client: ReplicaClient) -> VerifyResult:
+def verify_replica(client: ReplicaReader) -> VerifyResult:
     """Without a live database: restore the latest state and check its integrity."""
     with tempfile.TemporaryDirectory(prefix="lsr-verify-") as tmp:
         out = os.path.join(tmp, "restored.db")

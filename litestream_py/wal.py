@@ -36,6 +36,7 @@ __all__ = [
     "WALHeader",
     "FrameHeader",
     "checksum",
+    "checksum_reference",
     "frame_align",
     "wal_size",
     "scan_frames",

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -123,6 +123,21 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
         yield p
     finally:
         p.kill_all()
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[Any]:
+    """A writer process on ``tmp_path / "app.db"`` (workload.WriterProcess), with row 0 written."""
+    from workload import WriterProcess  # workload imports this module
+
+    w = WriterProcess(tmp_path / "app.db")
+    w.insert(0)
+    try:
+        yield w
+    finally:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 30, interval: float = 0.05, what: str = "condition") -> None:

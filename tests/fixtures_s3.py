@@ -139,11 +139,14 @@ def start_moto(work_dir: Path, env: dict[str, str] | None = None) -> S3Server:
     return server
 
 
-def start_nanio(work_dir: Path) -> S3Server:
-    """nanio always checks SigV4 signatures against its one configured user."""
-    port = free_port()
+def start_nanio(work_dir: Path, port: int | None = None) -> S3Server:
+    """nanio always checks SigV4 signatures against its one configured user.
+
+    ``port``: start again a server stopped there, with the objects it held.
+    """
+    port = port or free_port()
     data_dir = work_dir / f"nanio-data-{port}"
-    data_dir.mkdir(parents=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
     log_path = work_dir / f"nanio-{port}.log"
     env = {"NANIO_ACCESS_KEY": ACCESS_KEY_ID, "NANIO_SECRET_KEY": SECRET_ACCESS_KEY}
     args = [

@@ -1,4 +1,5 @@
-"""The benchmark's tiny smoke run: both tools, every scenario, no crash, every figure measured.
+"""The benchmark's tiny smoke run: both tools, every scenario (lsr with and without age too), no crash,
+every figure measured.
 
 Speed is judged by the full benchmark (bench/run.py, docs/bench.md), never here.
 """
@@ -31,3 +32,8 @@ def test_bench_quick_runs_lsr_and_go_side_by_side(tmp_path: Path) -> None:
     assert all(data["throughput"]["file"][tool]["ratio"] > 0 for tool in ("lsr", "go"))
     row = next(line for line in table.splitlines() if line.startswith("| writer throughput, with / alone | file |"))
     assert float(row.split("|")[4]) > 0, row  # lsr's median pair reached the table
+    # lsr without and with age, in turns (issue 24): both measured, and the section rendered.
+    for scenario, key in (("replication", "cpu_per_mib"), ("restore", "restore_seconds")):
+        for variant in ("plain", "age"):
+            assert data["age_cost"]["file"][scenario][variant][key] > 0, (scenario, variant)
+    assert "## Encryption (age)" in table

@@ -9,6 +9,8 @@ it replaces.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -27,11 +29,12 @@ from litestream_py import codec
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.clients.s3 import S3ReplicaClient
 from litestream_py.compaction import Compactor
+from litestream_py.encryption import AgeKeys, AgeReader
 from litestream_py.pos import Pos
 from litestream_py.replica import Replica
 from litestream_py.replica_client import ReplicaClient
 from litestream_py.restore import RestoreOptions, restore
-from workload import segment_count, stop_lsr, wait_ready, wait_synced
+from workload import AgeKeyPair, assert_encrypted, segment_count, stop_lsr, wait_ready, wait_synced
 from test_restore import commit_and_ship, engine, replicated_app  # noqa: F401 (engine: a fixture)
 
 
@@ -193,6 +196,7 @@ import os, signal, sys, threading
 from datetime import timedelta
 from litestream_py.clients import new_client
 from litestream_py.compaction import Compactor
+from litestream_py.encryption import AgeKeys, AgeReader
 from litestream_py.config import ReplicaConfig
 
 client = new_client(ReplicaConfig(url=sys.argv[1]))
@@ -305,6 +309,13 @@ def test_the_sidecar_compacts_behind_the_live_edge_while_restores_and_a_kill_rac
         wait_for(compacted_while_restoring, timeout=120, what="two compaction passes that merged segments")
         if run == 0:
             Processes.stop(p, signal.SIGKILL)
+    # lsr status shows what compaction did in this process.
+    res = run_lsr("status", "-json", str(db))
+    assert res.returncode == 0, res.stderr
+    [entry] = json.loads(res.stdout)["dbs"]
+    [r] = entry["replicas"]
+    assert r["compaction"]["segments_merged"] > r["compaction"]["segments_written"] >= 2
+    assert "segments into" in run_lsr("status", str(db)).stdout
     write(10)
     wait_synced(db, replica)
     stop_lsr(p)
@@ -316,3 +327,34 @@ def test_the_sidecar_compacts_behind_the_live_edge_while_restores_and_a_kill_rac
     assert integrity_ok(restore_url)
     # Written one commit (or a few) per segment: hundreds, had nothing been merged.
     assert segment_count(replica) < written[0] / 4
+
+
+def test_encrypted_replica_compacts_with_its_identity_and_is_skipped_once_without(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pair = AgeKeyPair()
+    keys = pair.keys()
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    with replicated_app(tmp_path / "app.db", lambda db: Replica(db, client, "file", age=keys),
+                        min_checkpoint_page_count=200, max_checkpoint_page_count=400) as (app, db, replica):
+        commit_and_ship(app, db, replica, 40)
+        reader = AgeReader(client, keys)
+        (generation,) = client.generations()
+        before = len(client.wal_segments(generation))
+        times = commit_times(reader)
+
+        # Recipients only (the sidecar cannot decrypt): skipped, and said once.
+        sealed_only = Replica(db, client, "sealed", age=AgeKeys([], keys.recipients))
+        sealed_only.compaction_interval = timedelta(microseconds=1)
+        with caplog.at_level(logging.INFO, logger="litestream_py.replica"):
+            assert sealed_only.compact() is False
+            assert sealed_only.compact() is False
+        assert len([r for r in caplog.records if "compaction skipped" in r.getMessage()]) == 1
+        assert len(client.wal_segments(generation)) == before
+
+        # With the identity: decrypted, merged, encrypted again to the same recipients.
+        replica.compaction_interval = timedelta(microseconds=1)
+        replica.compact()
+    assert len(client.wal_segments(generation)) < before // 5
+    assert_encrypted(tmp_path / "replica", b"row-")
+    assert commit_times(reader) == times
+    assert restored_count(reader, tmp_path / "out.db") == 40

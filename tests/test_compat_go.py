@@ -19,8 +19,11 @@ import pytest
 from conftest import Processes, integrity_ok, open_app_db, rows, run_lsr, wait_for
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.compaction import Compactor
+from litestream_py.encryption import AgeReader
 from workload import (
+    AgeKeyPair,
     OpenWEC,
+    assert_encrypted,
     assert_same_data,
     dump,
     local_generation,
@@ -39,21 +42,27 @@ def go_run(go: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([go, *args], capture_output=True, text=True, timeout=120)
 
 
-def go_restore(go: str, replica: Path, out: Path) -> None:
-    res = go_run(go, "restore", "-o", str(out), f"file://{replica}")
+def go_restore(go: str, replica: Path, out: Path, config: Path | None = None, db: Path | None = None) -> None:
+    """Go restores the replica by URL, or through ``config``'s replica of ``db`` (with its age identities)."""
+    source = ["-config", str(config), str(db)] if config else [f"file://{replica}"]
+    res = go_run(go, "restore", "-o", str(out), *source)
     assert res.returncode == 0, f"litestream restore failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
     assert out.exists()
 
 
-def compact(replica: Path) -> None:
-    """Merge every segment of a file replica, as a sidecar's compaction does once they are old enough."""
+def compact(replica: Path, age: AgeKeyPair | None = None) -> None:
+    """Merge every segment of a file replica, as a sidecar's compaction does once they are old enough
+    (decrypted and encrypted again with ``age``'s keys)."""
     (generation,) = replica_generations(replica)
     assert segment_count(replica) > len(wal_indexes(replica, generation))
-    Compactor(FileReplicaClient(str(replica)), "test", threading.Lock(), age=timedelta(0)).compact()
-    assert segment_count(replica) == len(wal_indexes(replica, generation))  # one segment per index
+    client, keys = FileReplicaClient(str(replica)), age.keys() if age else None
+    Compactor(client, "test", threading.Lock(), age=timedelta(0), reader=AgeReader(client, keys),
+              seal=keys.encrypt if keys else None).compact()
+    # One segment per index, and the generation's last one (where a restarted lsr resumes) as shipped.
+    assert segment_count(replica) - len(wal_indexes(replica, generation)) in (0, 1)
 
 
-def write_config(path: Path, db: Path, replica: Path, page_count: int) -> Path:
+def write_config(path: Path, db: Path, replica: Path, page_count: int, age: AgeKeyPair | None = None) -> Path:
     path.write_text(
         f"dbs:\n"
         f"  - path: {db}\n"
@@ -63,8 +72,21 @@ def write_config(path: Path, db: Path, replica: Path, page_count: int) -> Path:
         f"      - type: file\n"
         f"        path: {replica}\n"
         f"        sync-interval: 50ms\n"
+        + (age.yaml() if age else "")
     )
     return path
+
+
+def lsr_restore(replica: Path, out: Path, config: Path | None = None, db: Path | None = None) -> None:
+    """lsr restores the replica by URL, or through ``config``'s replica of ``db``."""
+    if config:
+        restore(str(db), out, "-config", str(config))
+    else:
+        restore(f"file://{replica}", out)
+
+
+# Encrypted variants run at one page size: encryption wraps whole objects, page size does not matter to it.
+PAGE_SIZES_AND_AGE = [(512, False), (1024, False), (4096, False), (65536, False), (4096, True)]
 
 
 def start_go(procs: Processes, go: str, cfg: Path) -> subprocess.Popen[bytes]:
@@ -125,52 +147,65 @@ def checkpoint_pages(page_size: int) -> int:
 
 # -- (a) lsr writes, Go reads -------------------------------------------------------
 
-@pytest.mark.parametrize("page_size", [512, 1024, 4096, 65536])
-def test_go_restores_what_lsr_replicated(tmp_path: Path, procs: Processes, go: str, page_size: int) -> None:
+@pytest.mark.parametrize("page_size,encrypted", PAGE_SIZES_AND_AGE)
+def test_go_restores_what_lsr_replicated(tmp_path: Path, procs: Processes, go: str, page_size: int,
+                                         encrypted: bool) -> None:
     db, replica = tmp_path / "app.db", tmp_path / "replica"
     app = open_app_db(db, page_size=page_size)
     app.execute("CREATE TABLE seed (id INTEGER PRIMARY KEY)")
     assert rows(db, "PRAGMA page_size") == [(page_size,)]
-    cfg = write_config(tmp_path / "lsr.yml", db, replica, page_count=checkpoint_pages(page_size))
+    age = AgeKeyPair() if encrypted else None
+    cfg = write_config(tmp_path / "lsr.yml", db, replica, page_count=checkpoint_pages(page_size), age=age)
     p = procs.lsr_replicate("-config", str(cfg))
     wait_ready(p, replica)
     workload(db, page_size, rounds=12, replica=replica)
-    stop_lsr(p)
+    out = stop_lsr(p)
     app.close()
 
     (generation,) = replica_generations(replica)
     assert len(wal_indexes(replica, generation)) >= 3, "no checkpoints: several WAL indexes were wanted"
     by_go, by_lsr = tmp_path / "go.db", tmp_path / "lsr.db"
-    go_restore(go, replica, by_go)
-    restore(f"file://{replica}", by_lsr)
+    via = (cfg, db) if age else (None, None)
+    if age:
+        assert_encrypted(replica, b"machine-")  # OpenWEC's machine names are in every round
+        age.assert_absent(out)
+    go_restore(go, replica, by_go, *via)
+    lsr_restore(replica, by_lsr, *via)
     assert_same_data(db, by_go)
     assert_same_data(db, by_lsr)
     # Compacted, the replica holds fewer, larger segments under the same names: Go still restores it.
-    compact(replica)
-    go_restore(go, replica, tmp_path / "go-compacted.db")
+    compact(replica, age)
+    if age:
+        assert_encrypted(replica, b"machine-")
+    go_restore(go, replica, tmp_path / "go-compacted.db", *via)
     assert_same_data(db, tmp_path / "go-compacted.db")
 
 
 # -- (b) Go writes, lsr reads -------------------------------------------------------
 
-@pytest.mark.parametrize("page_size", [512, 1024, 4096, 65536])
-def test_lsr_restores_what_go_replicated(tmp_path: Path, procs: Processes, go: str, page_size: int) -> None:
+@pytest.mark.parametrize("page_size,encrypted", PAGE_SIZES_AND_AGE)
+def test_lsr_restores_what_go_replicated(tmp_path: Path, procs: Processes, go: str, page_size: int,
+                                         encrypted: bool) -> None:
     db, replica = tmp_path / "app.db", tmp_path / "replica"
     app = open_app_db(db, page_size=page_size)
     app.execute("CREATE TABLE seed (id INTEGER PRIMARY KEY)")
-    cfg = write_config(tmp_path / "go.yml", db, replica, page_count=checkpoint_pages(page_size))
+    age = AgeKeyPair() if encrypted else None
+    cfg = write_config(tmp_path / "go.yml", db, replica, page_count=checkpoint_pages(page_size), age=age)
+    via = (cfg, db) if age else (None, None)
     p = start_go(procs, go, cfg)
     wait_ready(p, replica)
     workload(db, page_size, rounds=12, replica=replica)
-    wait_synced(db, replica)  # Go ships everything before its (racy) final sync
+    wait_synced(db, replica, config=via[0])  # Go ships everything before its (racy) final sync
     stop_go(p)
     app.close()
 
     (generation,) = replica_generations(replica)
     assert len(wal_indexes(replica, generation)) >= 2
+    if age:
+        assert_encrypted(replica, b"machine-")
     by_lsr, by_go = tmp_path / "lsr.db", tmp_path / "go.db"
-    restore(f"file://{replica}", by_lsr)
-    go_restore(go, replica, by_go)
+    lsr_restore(replica, by_lsr, *via)
+    go_restore(go, replica, by_go, *via)
     assert_same_data(by_go, by_lsr)
     assert_same_data(db, by_lsr)
 
@@ -198,22 +233,26 @@ def assert_same_listings(go: str, replica: Path) -> None:
     assert header.split() == go_header.split()
 
 
-@pytest.mark.parametrize("writer", ["go", "lsr"])
-def test_listings_match_go(tmp_path: Path, procs: Processes, go: str, writer: str) -> None:
+@pytest.mark.parametrize("writer,encrypted", [("go", False), ("lsr", False), ("go", True), ("lsr", True)])
+def test_listings_match_go(tmp_path: Path, procs: Processes, go: str, writer: str, encrypted: bool) -> None:
+    """Listings read names and sizes only: an encrypted replica lists without any key."""
     db, replica = tmp_path / "app.db", tmp_path / "replica"
     app = open_app_db(db)
     app.execute("CREATE TABLE seed (id INTEGER PRIMARY KEY)")
-    cfg = write_config(tmp_path / "cfg.yml", db, replica, page_count=64)
+    age = AgeKeyPair() if encrypted else None
+    cfg = write_config(tmp_path / "cfg.yml", db, replica, page_count=64, age=age)
     p = start_go(procs, go, cfg) if writer == "go" else procs.lsr_replicate("-config", str(cfg))
     wait_ready(p, replica)
     workload(db, 4096, rounds=8, replica=replica)
-    wait_synced(db, replica)
+    wait_synced(db, replica, config=cfg if age else None)
     stop_go(p) if writer == "go" else stop_lsr(p)
     app.close()
     assert len(wal_indexes(replica, replica_generations(replica)[0])) >= 2
+    if age:
+        assert_encrypted(replica)
     assert_same_listings(go, replica)
     if writer == "lsr":
-        compact(replica)
+        compact(replica, age)
         assert_same_listings(go, replica)
 
 

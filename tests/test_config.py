@@ -74,3 +74,26 @@ def test_directory_with_glob_pattern(tmp_path: Path) -> None:
     )
     assert [d.path for d in cfg.dbs] == [str(tmp_path / "a.db"), str(tmp_path / "b.db")]
     assert [d.replicas[0].url for d in cfg.dbs] == ["file:///backups/all/a.db", "file:///backups/all/b.db"]
+
+
+def test_keys_lsr_does_not_implement_are_refused() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config("mcp-addr: ':9090'\ndbs:\n  - path: /a.db\n")
+    assert str(err.value).startswith("cannot read config: mcp-addr is not supported by lsr yet")
+    assert "\n" not in str(err.value)
+    # addr is implemented (Prometheus metrics): read, not refused.
+    assert parse_config("addr: ':9090'\ndbs:\n  - path: /a.db\n").addr == ":9090"
+
+
+def test_backend_keys_on_another_backend_are_warned_about() -> None:
+    cfg = parse_config(
+        "access-key-id: AKID\n"  # global S3 keys apply to S3 replicas only, and are not a mistake
+        "dbs:\n  - path: /a.db\n    replicas:\n"
+        "      - path: /r\n        bucket: b\n        host: h\n"
+        "      - type: s3\n        bucket: b\n        key-path: /k\n"
+    )
+    assert cfg.warnings == [
+        "config key 'bucket' in dbs[0].replicas[0] does not apply to type file (ignored)",
+        "config key 'host' in dbs[0].replicas[0] does not apply to type file (ignored)",
+        "config key 'key-path' in dbs[0].replicas[1] does not apply to type s3 (ignored)",
+    ]

@@ -14,14 +14,18 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from conftest import LSR, Processes, open_app_db, run_lsr, wait_for
+
+if TYPE_CHECKING:
+    from litestream_py.encryption import AgeKeys
 
 # Tables lsr creates in the application's database for its own bookkeeping.
 LSR_TABLES = ("_litestream_seq", "_litestream_lock")
@@ -237,6 +241,66 @@ class Writer(threading.Thread):
         return self.count
 
 
+# -- age keys for encrypted replicas ------------------------------------------------
+
+AGE_MAGIC = b"age-encryption.org/v1"
+
+
+class AgeKeyPair:
+    """A fresh age key pair made at test time (never a real secret)."""
+
+    def __init__(self) -> None:
+        from pyrage import x25519
+
+        identity = x25519.Identity.generate()
+        self.identity = str(identity)
+        self.recipient = str(identity.to_public())
+
+    def yaml(self, identities: bool = True, recipients: bool = True, indent: int = 8) -> str:
+        """The replica's ``age:`` block, as config lines."""
+        pad = " " * indent
+        lines = [f"{pad}age:"]
+        if identities:
+            lines.append(f"{pad}  identities: [{self.identity}]")
+        if recipients:
+            lines.append(f"{pad}  recipients: [{self.recipient}]")
+        return "\n".join(lines) + "\n"
+
+    def keys(self) -> "AgeKeys":
+        """The engine's keys for this pair (to read the replica in-process)."""
+        from pyrage import x25519
+
+        from litestream_py.encryption import AgeKeys
+
+        return AgeKeys([x25519.Identity.from_str(self.identity)], [x25519.Recipient.from_str(self.recipient)])
+
+    def flow(self) -> str:
+        """The ``age:`` value as one YAML flow mapping (for write_s3_config's replica keys)."""
+        return f"{{identities: [{self.identity}], recipients: [{self.recipient}]}}"
+
+    def assert_absent(self, *texts: str) -> None:
+        """The secret key appears in none of ``texts`` (logs, error lines)."""
+        for text in texts:
+            assert self.identity not in text, "the age secret key leaked into output"
+            assert self.identity[:20] not in text, "part of the age secret key leaked into output"
+
+
+def replica_objects(replica: Path) -> list[Path]:
+    return sorted(replica.rglob("*.lz4"))
+
+
+def assert_encrypted(replica: Path, *plaintexts: bytes) -> int:
+    """Every snapshot and segment is age-encrypted, none holds ``plaintexts``; returns the count."""
+    objects = replica_objects(replica)
+    assert objects, f"no objects in {replica}"
+    for path in objects:
+        blob = path.read_bytes()
+        assert blob.startswith(AGE_MAGIC), f"{path} is not age-encrypted"
+        for text in plaintexts:
+            assert text not in blob, f"{path} holds plaintext {text!r}"
+    return len(objects)
+
+
 # -- lsr process helpers ------------------------------------------------------
 
 def rollback_db(path: Path) -> None:
@@ -326,8 +390,9 @@ def new_generation_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if "new generation" in line]
 
 
-def wait_synced(db: Path, replica: Path, timeout: float = 30) -> None:
-    """Wait until a restore of the replica holds everything the source holds now."""
+def wait_synced(db: Path, replica: Path, timeout: float = 30, config: Path | None = None) -> None:
+    """Wait until a restore of the replica holds everything the source holds now
+    (through ``config``'s replica of ``db`` when given: an encrypted one needs its identity)."""
     want = dump(db)
     tmp = db.parent / "probe"
     tmp.mkdir(exist_ok=True)
@@ -336,7 +401,8 @@ def wait_synced(db: Path, replica: Path, timeout: float = 30) -> None:
     def caught_up() -> bool:
         n[0] += 1
         out = tmp / f"probe-{n[0]}.db"
-        res = run_lsr("restore", "-o", str(out), f"file://{replica}")
+        source = ["-config", str(config), str(db)] if config else [f"file://{replica}"]
+        res = run_lsr("restore", "-o", str(out), *source)
         if res.returncode != 0:
             return False
         try:
@@ -349,7 +415,38 @@ def wait_synced(db: Path, replica: Path, timeout: float = 30) -> None:
 
 
 __all__ = [
+    "AGE_MAGIC", "AgeKeyPair", "assert_encrypted", "replica_objects",
     "LSR", "LSR_TABLES", "OpenWEC", "catches_sigterm", "Writer", "assert_same_data", "content_hash", "dump", "local_generation",
     "meta_dir", "new_generation_lines", "open_app_db", "replica_generations", "replica_ready", "restore",
-    "segment_count", "stop_lsr", "wait_ready", "wait_synced", "wal_indexes", "user_tables",
+    "segment_count", "stop_lsr", "wait_ready", "wait_synced", "wal_indexes", "user_tables", "WriterProcess",
 ]
+
+
+# A writer in a process of its own (SQLite's locks are per process): one
+# committed row per line read, acknowledged once committed.
+WRITER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body TEXT)")
+for line in sys.stdin:
+    conn.execute("INSERT INTO t (id, body) VALUES (?, randomblob(200))", (int(line),))
+    print("ok", flush=True)
+"""
+
+
+class WriterProcess:
+    def __init__(self, db: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def insert(self, row_id: int) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{row_id}\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "ok"
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)

@@ -10,9 +10,10 @@ from typing import BinaryIO, Iterable
 
 from .. import paths
 from ..config import ReplicaConfig, expand_path, parse_replica_url
-from ..errors import ConfigError, NotFoundError, StorageError
+from ..errors import ConfigError, LitestreamError, NotFoundError, StorageError
 from ..fsutil import atomic_write, fsync_dir
 from ..pos import Pos, SnapshotInfo, WALSegmentInfo
+from ..stats import OperationStats
 
 __all__ = ["FileReplicaClient"]
 
@@ -36,6 +37,7 @@ class FileReplicaClient:
         if not root:
             raise StorageError("cannot open file replica: path required")
         self.root = os.path.abspath(root)
+        self.operations = OperationStats()
 
     @classmethod
     def from_config(cls, rc: ReplicaConfig, *, read_only: bool = False) -> FileReplicaClient:
@@ -50,6 +52,7 @@ class FileReplicaClient:
         return f"file://{self.root}"
 
     def _listdir(self, path: str) -> list[os.DirEntry[str]]:
+        self.operations.add("LIST")
         try:
             with os.scandir(path) as it:
                 return list(it)
@@ -65,6 +68,7 @@ class FileReplicaClient:
         return sorted(e.name for e in self._listdir(root) if paths.is_generation_name(e.name) and e.is_dir())
 
     def delete_generation(self, generation: str) -> None:
+        self.operations.add("DELETE")
         shutil.rmtree(paths.generation_dir(self.root, generation), ignore_errors=True)
 
     def snapshots(self, generation: str) -> list[SnapshotInfo]:
@@ -73,7 +77,7 @@ class FileReplicaClient:
             try:
                 index = paths.parse_snapshot_path(e.name)
                 st = e.stat()
-            except (ValueError, OSError, Exception):
+            except (LitestreamError, FileNotFoundError):  # not a snapshot, or deleted since the listing
                 continue
             infos.append(SnapshotInfo(generation, index, st.st_size, _mtime(st)))
         return sorted(infos, key=lambda i: i.index)
@@ -91,9 +95,11 @@ class FileReplicaClient:
                     # Before the rename: the file never appears with another time.
                     ts = created_at.timestamp()
                     os.utime(f.fileno(), (ts, ts))
-                return os.fstat(f.fileno())
+                st = os.fstat(f.fileno())
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
+        self.operations.add("PUT", st.st_size)
+        return st
 
     def write_snapshot(
         self, generation: str, index: int, data: BinaryIO, created_at: datetime | None = None
@@ -105,13 +111,16 @@ class FileReplicaClient:
     def open_snapshot(self, generation: str, index: int) -> BinaryIO:
         path = paths.snapshot_path(self.root, generation, index)
         try:
-            return open(path, "rb")
+            f = open(path, "rb")
         except FileNotFoundError as exc:
             raise NotFoundError(f"cannot read snapshot {generation}/{index:08x}: not found at {path}") from exc
         except OSError as exc:
             raise StorageError(f"cannot read snapshot {path}: {exc.strerror}") from exc
+        self.operations.add("GET", os.fstat(f.fileno()).st_size)
+        return f
 
     def delete_snapshot(self, generation: str, index: int) -> None:
+        self.operations.add("DELETE")
         try:
             os.unlink(paths.snapshot_path(self.root, generation, index))
         except FileNotFoundError:
@@ -123,7 +132,7 @@ class FileReplicaClient:
             try:
                 index, offset = paths.parse_wal_segment_path(e.name)
                 st = e.stat()
-            except Exception:
+            except (LitestreamError, FileNotFoundError):  # not a segment, or deleted since the listing
                 continue
             infos.append(WALSegmentInfo(generation, index, offset, st.st_size, _mtime(st)))
         return sorted(infos, key=lambda i: (i.index, i.offset))
@@ -137,16 +146,19 @@ class FileReplicaClient:
         path = paths.wal_segment_path(self.root, pos.generation, pos.index, pos.offset)
         try:
             with open(path, "rb") as f:
-                return f.read()
+                data = f.read()
         except FileNotFoundError as exc:
             raise NotFoundError(f"cannot read wal segment {pos}: not found at {path}") from exc
         except OSError as exc:
             raise StorageError(f"cannot read wal segment {path}: {exc.strerror}") from exc
+        self.operations.add("GET", len(data))
+        return data
 
     def delete_wal_segments(self, positions: Iterable[Pos]) -> None:
         dirs = set()
         for pos in positions:
             path = paths.wal_segment_path(self.root, pos.generation, pos.index, pos.offset)
+            self.operations.add("DELETE")
             try:
                 os.unlink(path)
                 dirs.add(os.path.dirname(path))

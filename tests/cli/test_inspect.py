@@ -5,6 +5,7 @@ Every flag is accepted with one dash (as Litestream spells it) and with two.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -129,3 +130,36 @@ def test_empty_replica_prints_headers_only(tmp_path: Path) -> None:
     for command in ("generations", "snapshots", "wal"):
         assert lsr_table(command, f"file://{tmp_path / 'nothing-here'}") == []
 
+
+
+RFC3339_SUBSECOND = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+
+
+def test_json_has_the_tables_fields(setup: tuple[Path, Path, dict[str, Path]]) -> None:
+    """-json prints the table's rows as objects: same fields, typed, times in RFC 3339 to the microsecond."""
+    cfg, db, replicas = setup
+    for command, extra in (("generations", [str(db)]), ("snapshots", [str(db)]), ("wal", [str(db)]),
+                           ("databases", []), ("snapshots", [f"file://{replicas['beta']}"])):
+        args = [command, "-config", str(cfg), *extra] if not extra or not extra[0].startswith("file:") else [
+            command, *extra]
+        res = run_lsr(*args, "-json")
+        assert res.returncode == 0, res.stderr
+        objects = json.loads(res.stdout)
+        header, table_rows = table(run_lsr(*args).stdout)
+        assert [list(o) for o in objects] == [[h.replace(" ", "_") for h in header]] * len(table_rows)
+        assert objects, command
+        for obj, row in zip(objects, table_rows):
+            for key, cell in zip(obj, row):
+                value = obj[key]
+                if key in ("start", "end", "created"):
+                    assert RFC3339_SUBSECOND.match(value) and value[:19] == cell[:19], (key, value, cell)
+                elif key == "lag":
+                    assert isinstance(value, float) and value >= 0
+                elif key == "replicas":
+                    assert value == ["alpha", "beta"] and cell == "alpha,beta"
+                elif key in ("index", "offset", "size"):
+                    assert value == int(cell)
+                else:
+                    assert value == cell
+    gens = json.loads(run_lsr("generations", "-config", str(cfg), str(db), "-json").stdout)
+    assert {g["generation"] for g in gens} == {local_generation(db)}

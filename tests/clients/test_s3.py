@@ -22,7 +22,7 @@ from litestream_py.clients.s3 import (
     parse_host,
     settings_from_config,
 )
-from litestream_py.clients.s3_http import S3HTTP, Credentials
+from litestream_py.clients.s3.signed import S3HTTP, Credentials
 from litestream_py.config import ReplicaConfig, parse_config
 from litestream_py import codec
 from litestream_py.errors import ChecksumMismatchError, ConfigError, NotFoundError

@@ -19,8 +19,9 @@ from typing import Iterator
 import pytest
 
 from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client
-from litestream_py.clients.s3 import FIRST_RANGE, S3ReplicaClient, S3Settings, _standalone_route
-from litestream_py.clients.s3_http import S3HTTP, Credentials, sign
+from litestream_py.clients.s3 import FIRST_RANGE, S3ReplicaClient, S3Settings
+from litestream_py.clients.s3.routes import standalone_route
+from litestream_py.clients.s3.signed import S3HTTP, Credentials, sign
 from litestream_py.errors import NotFoundError, StorageError
 from litestream_py.pos import Pos
 
@@ -74,14 +75,14 @@ def test_listing_pages_and_odd_keys(s3_server: S3Server, s3_bucket: str) -> None
     listed = direct.list_objects("a b/", None, max_keys=2)
     assert listed is not None
     objects, prefixes = listed
-    assert sorted(o["Key"] for o in objects) == sorted(keys[:-1])
-    assert all(o["Size"] == len(o["Key"].encode()) for o in objects)
-    assert all(o["LastModified"].tzinfo is not None for o in objects)
+    assert sorted(o.key for o in objects) == sorted(keys[:-1])
+    assert all(o.size == len(o.key.encode()) for o in objects)
+    assert all(o.last_modified.tzinfo is not None for o in objects)
     assert prefixes == []
     listed = direct.list_objects("a b/", "/", max_keys=2)
     assert listed is not None
     objects, prefixes = listed
-    assert sorted(o["Key"] for o in objects) == sorted(k for k in keys[:-1] if k.count("/") == 1)
+    assert sorted(o.key for o in objects) == sorted(k for k in keys[:-1] if k.count("/") == 1)
     assert set(prefixes) == {odd[1].rpartition("/")[0] + "/"}  # nanio repeats it on each page
 
 
@@ -142,35 +143,35 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
 
 
 def test_standalone_route_credentials(clean_env: pytest.MonkeyPatch) -> None:
-    route = _standalone_route(SETTINGS, "AK", "SK")
+    route = standalone_route(SETTINGS, "AK", "SK")
     assert route is not None and route.base_url == "http://127.0.0.1:9/b" and route.credentials() == Credentials("AK", "SK")
-    assert _standalone_route(SETTINGS, "AK", "") is None  # botocore reports the missing half
-    assert _standalone_route(SETTINGS, "", "") is None  # botocore's chain: profiles, roles...
+    assert standalone_route(SETTINGS, "AK", "") is None  # botocore reports the missing half
+    assert standalone_route(SETTINGS, "", "") is None  # botocore's chain: profiles, roles...
     clean_env.setenv("AWS_ACCESS_KEY_ID", "EK")
     clean_env.setenv("AWS_SECRET_ACCESS_KEY", "ES")
     clean_env.setenv("AWS_SESSION_TOKEN", "ET")
-    route = _standalone_route(SETTINGS, "", "")
+    route = standalone_route(SETTINGS, "", "")
     assert route is not None and route.credentials() == Credentials("EK", "ES", "ET")
     clean_env.setenv("AWS_CREDENTIAL_EXPIRATION", "2030-01-01T00:00:00Z")
-    assert _standalone_route(SETTINGS, "", "") is None
+    assert standalone_route(SETTINGS, "", "") is None
 
 
 def test_standalone_route_declines_what_botocore_decides(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert _standalone_route(S3Settings(bucket="b", region="us-east-1"), "AK", "SK") is None  # AWS itself
+    assert standalone_route(S3Settings(bucket="b", region="us-east-1"), "AK", "SK") is None  # AWS itself
     virtual = S3Settings(bucket="b", endpoint="http://127.0.0.1:9", force_path_style=False)
-    assert _standalone_route(virtual, "AK", "SK") is None
+    assert standalone_route(virtual, "AK", "SK") is None
     clean_env.setenv("HTTPS_PROXY", "http://proxy:3128")
-    assert _standalone_route(SETTINGS, "AK", "SK") is None
+    assert standalone_route(SETTINGS, "AK", "SK") is None
     clean_env.delenv("HTTPS_PROXY")
     https = S3Settings(bucket="b", endpoint="https://s3.example", force_path_style=True)
     clean_env.setenv("AWS_CA_BUNDLE", "/some/bundle.pem")
-    route = _standalone_route(https, "AK", "SK")
+    route = standalone_route(https, "AK", "SK")
     assert route is not None and route.verify == "/some/bundle.pem" and route.base_url == "https://s3.example/b"
     clean_env.delenv("AWS_CA_BUNDLE")
     (tmp_path / "aws-config").write_text("[default]\nca_bundle = /other.pem\n")
-    assert _standalone_route(https, "AK", "SK") is None
+    assert standalone_route(https, "AK", "SK") is None
     skip = S3Settings(bucket="b", endpoint="https://s3.example", force_path_style=True, skip_verify=True)
-    route = _standalone_route(skip, "AK", "SK")
+    route = standalone_route(skip, "AK", "SK")
     assert route is not None and route.verify is False
 
 

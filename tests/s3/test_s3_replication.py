@@ -34,7 +34,9 @@ from litestream_py import codec
 from litestream_py.errors import LitestreamError
 from litestream_py.pos import Pos, WALSegmentInfo
 from litestream_py.restore import RestoreOptions, restore
-from workload import Writer, assert_same_data, dump, stop_lsr
+from litestream_py.encryption import AgeReader
+from litestream_py.replica_client import ReplicaReader
+from workload import AGE_MAGIC, AgeKeyPair, Writer, assert_same_data, dump, stop_lsr
 
 # The outage test keeps the server unreachable this long (the scenario is "a minute").
 OUTAGE_SECONDS = float(os.environ.get("LSR_S3_OUTAGE_SECONDS", "60"))
@@ -73,7 +75,7 @@ def insert(conn: sqlite3.Connection, i: int, rows: int = 5, size: int = 200) -> 
     conn.execute("COMMIT")
 
 
-def restore_to(client: S3ReplicaClient, out: Path) -> bool:
+def restore_to(client: ReplicaReader, out: Path) -> bool:
     """An in-process restore (faster than spawning lsr for polling); False if not possible yet."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{out}{suffix}").unlink(missing_ok=True)
@@ -84,7 +86,7 @@ def restore_to(client: S3ReplicaClient, out: Path) -> bool:
     return True
 
 
-def wait_caught_up(db: Path, client: S3ReplicaClient, timeout: float, what: str = "the replica to catch up") -> float:
+def wait_caught_up(db: Path, client: ReplicaReader, timeout: float, what: str = "the replica to catch up") -> float:
     """Seconds until a restore of the replica equals the source as it is now."""
     want = dump(db)
     probe = db.parent / "probe.db"
@@ -353,19 +355,33 @@ def _go_stop(p: subprocess.Popen[bytes]) -> str:
     return Processes.output(p)
 
 
+def assert_encrypted_on_s3(server: S3Server, bucket: str) -> None:
+    """Every object under the replica's path is age-encrypted and holds no row text."""
+    raw = server.raw_client()
+    keys = [o["Key"] for o in raw.list_objects_v2(Bucket=bucket, Prefix="db/").get("Contents", [])]
+    assert keys
+    for key in keys:
+        blob = raw.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert blob.startswith(AGE_MAGIC), f"{key} is not age-encrypted"
+        assert b"xxxxxxxxxx" not in blob, f"{key} holds row text"
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "age"])
 def test_go_replicates_lsr_restores(tmp_path: Path, procs: Processes, s3_server: S3Server, s3_bucket: str,
-                                    s3_env: dict[str, str], go: str) -> None:
+                                    s3_env: dict[str, str], encrypted: bool, go: str) -> None:
     db, conn = new_db(tmp_path)
     for i in range(10):
         insert(conn, i)
+    age = AgeKeyPair() if encrypted else None
     # A low checkpoint threshold: the replica spans several WAL indexes.
-    cfg = write_s3_config(tmp_path, db, s3_bucket, s3_server.endpoint, min_checkpoint_page_count=100)
+    cfg = write_s3_config(tmp_path, db, s3_bucket, s3_server.endpoint, min_checkpoint_page_count=100,
+                          replica={"age": age.flow()} if age else None)
     p = procs.start([go, "replicate", "-config", str(cfg)], "go-litestream", env=s3_env)
     client = make_s3_client(s3_server, s3_bucket)
     wait_replica_ready(p, client)
     for i in range(10, 200):
         insert(conn, i, size=500)
-    wait_caught_up(db, client, CATCH_UP_SECONDS + 10)
+    wait_caught_up(db, AgeReader(client, age.keys() if age else None), CATCH_UP_SECONDS + 10)
     out = _go_stop(p)
     assert "write snapshot" in out, out
     [generation] = client.generations()
@@ -375,27 +391,43 @@ def test_go_replicates_lsr_restores(tmp_path: Path, procs: Processes, s3_server:
                                f"_{client.wal_segments(generation)[0].offset:08x}.wal.lz4")
     assert "crc32c" not in head.get("Metadata", {})
     assert len({w.index for w in client.wal_segments(generation)}) > 1, "expected several WAL indexes"
+    if age:
+        assert_encrypted_on_s3(s3_server, s3_bucket)
+        # Without the identity: one line naming the encryption, and nothing written.
+        res = run_lsr("restore", "-o", str(tmp_path / "by-url.db"), url(s3_server, s3_bucket), env=s3_env)
+        assert res.returncode == 1 and "age-encrypted" in res.stderr and "lz4" not in res.stderr.lower(), res
+        assert not (tmp_path / "by-url.db").exists()
+        age.assert_absent(lsr_restore_ok(db, str(db), tmp_path / "by-config.db", s3_env, "-config", str(cfg)))
+        return
     lsr_restore_ok(db, url(s3_server, s3_bucket), tmp_path / "by-url.db", s3_env)
     lsr_restore_ok(db, str(db), tmp_path / "by-config.db", s3_env, "-config", str(cfg))
 
 
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "age"])
 def test_lsr_replicates_go_restores(tmp_path: Path, procs: Processes, s3_server: S3Server, s3_bucket: str,
-                                    s3_env: dict[str, str], go: str) -> None:
+                                    s3_env: dict[str, str], encrypted: bool, go: str) -> None:
     db, conn = new_db(tmp_path)
+    age = AgeKeyPair() if encrypted else None
     cfg = write_s3_config(tmp_path, db, s3_bucket, s3_server.endpoint, monitor_interval="100ms",
-                       min_checkpoint_page_count=100)
+                       min_checkpoint_page_count=100, replica={"age": age.flow()} if age else None)
     p = procs.lsr_replicate("-config", str(cfg), env=s3_env)
     client = make_s3_client(s3_server, s3_bucket)
     wait_replica_ready(p, client)
     for i in range(200):
         insert(conn, i, size=500)
-    wait_caught_up(db, client, CATCH_UP_SECONDS)
-    stop_lsr(p)
+    wait_caught_up(db, AgeReader(client, age.keys() if age else None), CATCH_UP_SECONDS)
+    out = stop_lsr(p)
     [generation] = client.generations()
     assert len({w.index for w in client.wal_segments(generation)}) > 1, "expected several WAL indexes"
+    sources = [("by-config", ["-config", str(cfg), str(db)])]
+    if age:
+        age.assert_absent(out)
+        assert_encrypted_on_s3(s3_server, s3_bucket)
+    else:
+        sources.append(("by-url", [go_url(s3_server, s3_bucket)]))
 
     before = len(client.wal_segments(generation))
-    for name, args in (("by-config", ["-config", str(cfg), str(db)]), ("by-url", [go_url(s3_server, s3_bucket)])):
+    for name, args in sources:
         out = tmp_path / f"{name}.db"
         res = subprocess.run([go, "restore", "-o", str(out), *args], capture_output=True, text=True,
                              env={**os.environ, **s3_env}, timeout=120)
@@ -403,10 +435,18 @@ def test_lsr_replicates_go_restores(tmp_path: Path, procs: Processes, s3_server:
         assert integrity_ok(out)
         assert_same_data(db, out)
         # Go restores it as shipped (by config), then compacted: one merged segment
-        # per WAL index, under the same names (by URL).
-        Compactor(client, "s3", threading.Lock(), age=timedelta(0)).compact()
+        # per WAL index, under the same names, encrypted again if it was (issue 29).
+        keys = age.keys() if age else None
+        Compactor(client, "s3", threading.Lock(), age=timedelta(0), reader=AgeReader(client, keys),
+                  seal=keys.encrypt if keys else None).compact()
         segments = client.wal_segments(generation)
-        assert len(segments) < before and len(segments) == len({w.index for w in segments})
+        indexes = [w.index for w in segments]
+        # One segment per index; the last index keeps the generation's last one (lsr resumes there) apart.
+        assert len(segments) < before and len(segments) - len(set(indexes)) <= indexes.count(max(indexes)) - 1 <= 1
+        if age:
+            assert_encrypted_on_s3(s3_server, s3_bucket)
+        if age and name == "by-config":
+            sources.append(("compacted", ["-config", str(cfg), str(db)]))
 
 
 # -- 7. a slow endpoint holds up shipments, never the local syncs -------------------------

@@ -27,7 +27,7 @@ from functools import lru_cache
 from typing import Any, Callable
 from urllib.parse import quote, unquote_plus, urlsplit
 
-__all__ = ["Credentials", "Reply", "S3HTTP", "quote_key", "sign"]
+__all__ = ["Credentials", "ListedObject", "Reply", "S3HTTP", "quote_key", "sign"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,15 @@ class Credentials:
     access_key: str
     secret_key: str = field(repr=False)
     token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One entry of a listing, the same whichever path (this or botocore) listed it."""
+
+    key: str
+    size: int
+    last_modified: datetime
 
 
 @dataclass
@@ -165,14 +174,14 @@ class S3HTTP:
 
     def list_objects(
         self, prefix: str, delimiter: str | None, max_keys: int | None = None
-    ) -> tuple[list[dict[str, Any]], list[str]] | None:
-        """Every object (Key, Size, LastModified) and common prefix under ``prefix``, or None."""
+    ) -> tuple[list[ListedObject], list[str]] | None:
+        """Every object and common prefix under ``prefix``, or None."""
         query = [("list-type", "2"), ("prefix", prefix), ("encoding-type", "url")]
         if delimiter:
             query.append(("delimiter", delimiter))
         if max_keys is not None:
             query.append(("max-keys", str(max_keys)))
-        objects: list[dict[str, Any]] = []
+        objects: list[ListedObject] = []
         prefixes: list[str] = []
         token = ""
         while True:
@@ -189,7 +198,7 @@ class S3HTTP:
                 return objects, prefixes
 
     @staticmethod
-    def _parse_page(body: bytes, objects: list[dict[str, Any]], prefixes: list[str]) -> str:
+    def _parse_page(body: bytes, objects: list[ListedObject], prefixes: list[str]) -> str:
         """Adds one ListObjectsV2 page to ``objects`` and ``prefixes``; the next page's token."""
         root = ElementTree.fromstring(body)
         fields = {_local_name(e): e.text or "" for e in root if len(e) == 0}
@@ -199,11 +208,8 @@ class S3HTTP:
             name = _local_name(element)
             if name == "Contents":
                 entry = {_local_name(e): e.text or "" for e in element}
-                objects.append({
-                    "Key": decode(entry["Key"]),
-                    "Size": int(entry["Size"]),
-                    "LastModified": datetime.fromisoformat(entry["LastModified"]),
-                })
+                objects.append(ListedObject(decode(entry["Key"]), int(entry["Size"]),
+                                            datetime.fromisoformat(entry["LastModified"])))
             elif name == "CommonPrefixes":
                 prefixes.extend(decode(e.text or "") for e in element if _local_name(e) == "Prefix")
         if fields.get("IsTruncated", "false").lower() != "true":
