@@ -358,3 +358,39 @@ def test_encrypted_replica_compacts_with_its_identity_and_is_skipped_once_withou
     assert_encrypted(tmp_path / "replica", b"row-")
     assert commit_times(reader) == times
     assert restored_count(reader, tmp_path / "out.db") == 40
+
+
+class RetentionDuringCompaction(FileReplicaClient):
+    """A real file client whose first segment read (by compaction) starts retention on another thread."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.replica: Replica | None = None
+        self.retention: threading.Thread | None = None
+        self.lock_held = False
+
+    def read_wal_segment(self, pos: Pos) -> bytes:
+        if self.retention is None and self.replica is not None:
+            self.lock_held = self.replica.prune_lock.locked()
+            self.retention = threading.Thread(target=self.replica.enforce_retention)
+            self.retention.start()
+        return super().read_wal_segment(pos)
+
+
+def test_retention_waits_for_a_compaction_pass_and_nothing_it_deleted_comes_back(tmp_path: Path) -> None:
+    client = RetentionDuringCompaction(str(tmp_path / "replica"))
+    with replicated_app(tmp_path / "app.db", lambda db: Replica(db, client, "file"),
+                        min_checkpoint_page_count=200, max_checkpoint_page_count=400) as (app, db, replica):
+        commit_and_ship(app, db, replica, 320)
+        replica.retention = timedelta(0)
+        replica.compaction_interval = timedelta(microseconds=1)
+        client.replica = replica
+        replica.compact()
+        assert client.retention is not None
+        client.retention.join(timeout=60)
+        assert client.lock_held  # the pass held the lock retention waits for
+    (generation,) = client.generations()
+    # Retention (0) took a new snapshot and kept only it, and the WAL from its index on.
+    (snapshot,) = client.snapshots(generation)
+    assert snapshot.index > 0 and all(w.index >= snapshot.index for w in client.wal_segments(generation))
+    assert restored_count(client, tmp_path / "out.db") == 320
