@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from contextlib import contextmanager
@@ -134,7 +135,9 @@ class S3Server:
         for m in _ACCESS_RE.finditer(self.log.read_text(errors="replace")):
             method, target = m.group(1), m.group(2)
             if method == "GET":
-                counts["LIST" if "list-type=" in target else "GET"] += 1
+                # Path-style: a GET of the bucket itself (no key) is a listing, V1 or V2.
+                key = urllib.parse.urlsplit(target).path.lstrip("/").partition("/")[2]
+                counts["GET" if key else "LIST"] += 1
             elif method == "DELETE" or (method == "POST" and "?delete" in target):
                 counts["DELETE"] += 1
             elif method == "PUT":

@@ -75,19 +75,20 @@ class _ErrorLog:
     to MAX_UNSERVED_RETRY: an operator tailing the log sees it is still down.
     """
 
-    def __init__(self, what: str, fields: dict[str, str]) -> None:
+    def __init__(self, what: str, fields: dict[str, str], retry: float = RETRY_INTERVAL) -> None:
         self.what = what
         self.fields = fields  # structured log fields (db, replica)
         self.last = ""
         self.since = 0.0
-        self.retry = RETRY_INTERVAL
+        self.first_retry = retry
+        self.retry = retry
         self.logged_at = 0.0
 
     def failed(self, exc: BaseException, repeat: bool = False) -> None:
         message = str(exc) or type(exc).__name__
         now = time.monotonic()
         if message != self.last:
-            self.last, self.since, self.retry = message, now, RETRY_INTERVAL
+            self.last, self.since, self.retry = message, now, self.first_retry
         elif not repeat or now - self.logged_at < self.retry * 0.9:
             return  # a wake between retries (inotify) need not repeat it
         else:
@@ -99,7 +100,7 @@ class _ErrorLog:
         if self.last:
             log.info("%s: recovered after %.1fs", self.what, time.monotonic() - self.since, extra=self.fields)
             self.last = ""
-            self.retry = RETRY_INTERVAL
+            self.retry = self.first_retry
 
 
 @dataclass
@@ -343,8 +344,11 @@ class Replicator:
         """Compaction is a task of its own: a long pass never holds back a shipment."""
         db = replica.db
         assert db is not None and replica.compaction_interval is not None
-        errors = _ErrorLog(f"{db.path}: compaction of replica {replica.name}", {"db": db.path, "replica": replica.name})
         interval = replica.compaction_interval.total_seconds()
+        # A failed pass is tried again at the next interval: a pass costs
+        # requests, and nothing waits for it.
+        errors = _ErrorLog(f"{db.path}: compaction of replica {replica.name}", {"db": db.path, "replica": replica.name},
+                           retry=interval)
         first = [True]
 
         def step() -> float:
@@ -356,7 +360,7 @@ class Replicator:
                 errors.ok()
             except LitestreamError as exc:
                 errors.failed(exc)
-                return RETRY_INTERVAL
+                return interval
             except Exception as exc:
                 log.exception("%s: unexpected compaction failure in replica %s", db.path, replica.name)
                 errors.failed(exc)
