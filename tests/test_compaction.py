@@ -28,7 +28,10 @@ from fixtures_s3 import S3Server, make_s3_client
 from litestream_py import codec
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.clients.s3 import S3ReplicaClient
-from litestream_py.compaction import Compactor
+from litestream_py.compaction import DEFAULT_COMPACTION_INTERVAL, Compactor
+from litestream_py.config import parse_config
+from litestream_py.errors import ConfigError
+from litestream_py.factory import replica_from_config
 from litestream_py.encryption import AgeKeys, AgeReader
 from litestream_py.pos import Pos
 from litestream_py.replica import Replica
@@ -195,7 +198,10 @@ KILL_MID_PASS = """
 import os, signal, sys, threading
 from datetime import timedelta
 from litestream_py.clients import new_client
-from litestream_py.compaction import Compactor
+from litestream_py.compaction import DEFAULT_COMPACTION_INTERVAL, Compactor
+from litestream_py.config import parse_config
+from litestream_py.errors import ConfigError
+from litestream_py.factory import replica_from_config
 from litestream_py.encryption import AgeKeys, AgeReader
 from litestream_py.config import ReplicaConfig
 
@@ -394,3 +400,23 @@ def test_retention_waits_for_a_compaction_pass_and_nothing_it_deleted_comes_back
     (snapshot,) = client.snapshots(generation)
     assert snapshot.index > 0 and all(w.index >= snapshot.index for w in client.wal_segments(generation))
     assert restored_count(client, tmp_path / "out.db") == 320
+
+
+def test_compaction_interval_config_key(tmp_path: Path) -> None:
+    """On by default (10s), set per replica, 0 turns it off, a bad value is one config error."""
+    def replica(extra: str) -> Replica:
+        cfg = parse_config(f"dbs:\n  - path: {tmp_path}/a.db\n    replicas:\n      - url: file://{tmp_path}/r\n{extra}")
+        assert not cfg.warnings
+        return replica_from_config(cfg.dbs[0].replicas[0], None)
+
+    assert replica("").compaction_interval == DEFAULT_COMPACTION_INTERVAL == timedelta(seconds=10)
+    assert replica("        compaction-interval: 1m\n").compaction_interval == timedelta(minutes=1)
+    off = replica("        compaction-interval: 0\n")
+    assert off.compaction_interval is None and off.compaction_stats() is None and off.compact() is False
+    with pytest.raises(ConfigError, match="compaction-interval: 'often' is not a duration"):
+        replica("        compaction-interval: often\n")
+    bad = tmp_path / "bad.yml"
+    bad.write_text(f"dbs:\n  - path: {tmp_path}/a.db\n    replicas:\n      - url: file://{tmp_path}/r\n"
+                   "        compaction-interval: often\n")
+    r = run_lsr("replicate", "-config", str(bad))
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "compaction-interval" in r.stderr
