@@ -30,15 +30,17 @@ from litestream_py.clients.file import FileReplicaClient
 from litestream_py.clients.s3 import S3ReplicaClient
 from litestream_py.compaction import DEFAULT_COMPACTION_INTERVAL, Compactor
 from litestream_py.config import parse_config
-from litestream_py.errors import ConfigError
+from litestream_py.db import DB
+from litestream_py.errors import ConfigError, LitestreamError
 from litestream_py.factory import replica_from_config
 from litestream_py.encryption import AgeKeys, AgeReader
 from litestream_py.pos import Pos
 from litestream_py.replica import Replica
 from litestream_py.replica_client import ReplicaClient
+from litestream_py.replicator import Replicator
 from litestream_py.restore import RestoreOptions, restore
 from workload import AgeKeyPair, assert_encrypted, segment_count, stop_lsr, wait_ready, wait_synced
-from test_restore import commit_and_ship, engine, replicated_app  # noqa: F401 (engine: a fixture)
+from test_restore import app_connection, commit_and_ship, engine, replicated_app  # noqa: F401 (engine: a fixture)
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -200,7 +202,8 @@ from datetime import timedelta
 from litestream_py.clients import new_client
 from litestream_py.compaction import DEFAULT_COMPACTION_INTERVAL, Compactor
 from litestream_py.config import parse_config
-from litestream_py.errors import ConfigError
+from litestream_py.db import DB
+from litestream_py.errors import ConfigError, LitestreamError
 from litestream_py.factory import replica_from_config
 from litestream_py.encryption import AgeKeys, AgeReader
 from litestream_py.config import ReplicaConfig
@@ -420,3 +423,57 @@ def test_compaction_interval_config_key(tmp_path: Path) -> None:
                    "        compaction-interval: often\n")
     r = run_lsr("replicate", "-config", str(bad))
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "compaction-interval" in r.stderr
+
+
+class SlowReads(FileReplicaClient):
+    """A file client whose reads hang while ``slow`` is set, until ``gate`` opens: storage that
+    stalls a compaction pass (a fault no local part makes on demand; shipping only writes)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.slow = False
+        self.gate = threading.Event()
+        self.stuck = threading.Event()
+
+    def read_wal_segment(self, pos: Pos) -> bytes:
+        if self.slow:
+            self.stuck.set()
+            self.gate.wait(120)
+        return super().read_wal_segment(pos)
+
+
+def test_a_stuck_compaction_pass_never_holds_back_shipping(tmp_path: Path) -> None:
+    app = app_connection(tmp_path / "app.db")
+    client = SlowReads(str(tmp_path / "replica"))
+    db = DB(str(tmp_path / "app.db"))
+    replica = Replica(db, client, "file", sync_interval=timedelta(0))
+    replica.compaction_interval = timedelta(milliseconds=100)
+    db.replicas.append(replica)
+    replicator = Replicator([db])
+    replicator.start()
+    plain = FileReplicaClient(client.root)
+    tries = [0]
+
+    def replica_holds(n: int) -> bool:
+        tries[0] += 1
+        try:
+            return restored_count(plain, tmp_path / f"probe-{tries[0]}.db") == n
+        except LitestreamError:
+            return False  # nothing shipped yet
+
+    try:
+        app.execute("INSERT INTO t (v) VALUES ('first')")
+        wait_for(lambda: replica_holds(1), what="the first row on the replica")
+        client.slow = True
+        for i in range(30):
+            app.execute("INSERT INTO t (v) VALUES (?)", (f"row-{i}",))
+            time.sleep(0.01)
+        wait_for(client.stuck.is_set, timeout=60, what="a compaction pass stuck on a read")
+        for i in range(30, 50):
+            app.execute("INSERT INTO t (v) VALUES (?)", (f"row-{i}",))
+        wait_for(lambda: replica_holds(51), timeout=60, what="every row shipped while compaction is stuck")
+        assert not client.gate.is_set()
+    finally:
+        client.gate.set()
+        replicator.stop()
+        app.close()
