@@ -32,6 +32,8 @@ from workload import (
     replica_ready,
     restore,
     segment_count,
+    segment_names,
+    shipped_since,
     stop_lsr,
     wait_synced,
     wal_indexes,
@@ -131,12 +133,12 @@ def workload(conn_path: Path, page_size: int, rounds: int, replica: Path) -> Non
     wec.init()
     app.execute("CREATE TABLE attachments (id INTEGER PRIMARY KEY, body BLOB)")
     for r in range(rounds):
-        shipped = segment_count(replica)
+        shipped = segment_names(replica)
         wec.round()
         app.execute("INSERT INTO attachments (body) VALUES (randomblob(?))", (3 * page_size + 17,))
         if r == rounds // 2:
             wec.migrate()
-        wait_for(lambda: segment_count(replica) > shipped, timeout=30, what="the replica to ship the round")
+        wait_for(lambda: shipped_since(replica, shipped) > 0, timeout=30, what="the replica to ship the round")
     app.close()
 
 
