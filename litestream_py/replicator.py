@@ -8,7 +8,8 @@ that writes new segments as soon as the shadow WAL changes (at most once per
 the syncs allow, but at least MIN_SHIP_SPACING apart; an object store left
 at its default interval also ships full segments at once, and the rest when
 the writer pauses: see replica.QUIET_FLUSH), and runs retention and
-scheduled snapshots. A task is a step that runs when it is woken or its timer
+scheduled snapshots; a compaction task per replica merges old segments
+(compaction.py) on a thread of its own, never in a shipment's way. A task is a step that runs when it is woken or its timer
 is due, never on two threads at once (scheduler.py). ``stop()`` ends the pool, then runs one
 final sync of every DB and replica so that nothing committed before shutdown
 stays behind.
