@@ -129,11 +129,16 @@ class Compactor:
         self._lengths: dict[tuple[Pos, int], int] = {}
         self._page_sizes: dict[tuple[str, int], int] = {}
 
-    def compact(self) -> bool:
-        """One pass over every generation. Returns True when a budget ran out (more to do)."""
+    def compact(self, generations: list[str] | None = None) -> bool:
+        """One pass over ``generations`` (default: all). Returns True when a budget ran out (more to do).
+
+        A sidecar passes only the generation it writes: an object store dates
+        a merged segment by its upload, and a restore (lsr's, and Go's) takes
+        the generation with the latest date for the newest one.
+        """
         cutoff = self.now() - self.age
         more = False
-        for generation in self.client.generations():
+        for generation in self.client.generations() if generations is None else generations:
             with self.prune_lock:
                 try:
                     more = self._compact_generation(_Pass(generation), cutoff) or more

@@ -414,4 +414,8 @@ class Replica:
                 log.info("%s: compaction skipped: the replica is age-encrypted and only its recipients are "
                          "configured (add age.identities to merge its segments)", self.name, extra=self._fields())
             return False
-        return compactor.compact()
+        if self.db is None:
+            return compactor.compact()
+        # Only the generation being written: see Compactor.compact.
+        generation = self.db.pos().generation
+        return compactor.compact([generation] if generation else [])

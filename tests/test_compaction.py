@@ -477,3 +477,22 @@ def test_a_stuck_compaction_pass_never_holds_back_shipping(tmp_path: Path) -> No
         client.gate.set()
         replicator.stop()
         app.close()
+
+
+def test_a_sidecar_compacts_only_the_generation_it_writes(tmp_path: Path, engine) -> None:
+    """An object store dates a merged segment by its upload: an older generation compacted
+    later would look newest to a restore (lsr's and Go's), so the sidecar leaves it alone."""
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 30)
+    (current,) = client.generations()
+    older = "0000000000000001"
+    for s in client.snapshots(current):
+        with client.open_snapshot(current, s.index) as f:
+            client.write_snapshot(older, s.index, f, s.created_at)
+    for w in client.wal_segments(current):
+        client.write_wal_segment(Pos(older, w.index, w.offset), client.read_wal_segment(w.pos), w.created_at)
+    before = len(client.wal_segments(older))
+    replica.compaction_interval = timedelta(microseconds=1)
+    replica.compact()
+    assert len(client.wal_segments(older)) == before
+    assert len(client.wal_segments(current)) < before // 5
