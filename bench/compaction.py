@@ -56,6 +56,8 @@ def build(tool: Tool, backend: Backend, work: Path, source_db: Path, s: Settings
     db = d / "app.db"
     shutil.copyfile(source_db, db)
     replica = backend.replica(d, "app")  # the tool's defaults: nothing else set
+    if s.compaction_interval and tool.name == "lsr":
+        replica["compaction-interval"] = s.compaction_interval
     config = write_config(d / "litestream.yml", [(db, replica, {})])
     log = d / "sidecar.log"
     watcher = backend.watcher(replica)
