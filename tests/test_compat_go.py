@@ -25,6 +25,7 @@ from workload import (
     OpenWEC,
     assert_encrypted,
     assert_same_data,
+    content_hash,
     dump,
     local_generation,
     new_generation_lines,
@@ -210,6 +211,20 @@ def test_lsr_restores_what_go_replicated(tmp_path: Path, procs: Processes, go: s
     go_restore(go, replica, by_go, *via)
     assert_same_data(by_go, by_lsr)
     assert_same_data(db, by_lsr)
+    # An lsr taking over compacts Go's segments too, their commits dated by each segment's
+    # time (Go's rule): a restore to a time inside the chain gives the same database after.
+    segments = FileReplicaClient(str(replica)).wal_segments(generation)
+    at = ["-timestamp", segments[len(segments) // 2].created_at.isoformat(), *(["-config", str(cfg)] if age else [])]
+    source = str(db) if age else f"file://{replica}"
+    restore(source, tmp_path / "at-before.db", *at)
+    compact(replica, age)
+    restore(source, tmp_path / "at-after.db", *at)
+    assert content_hash(tmp_path / "at-after.db") == content_hash(tmp_path / "at-before.db")
+    assert content_hash(tmp_path / "at-after.db") != content_hash(db)  # a point inside, not the end
+    lsr_restore(replica, tmp_path / "lsr-compacted.db", *via)
+    go_restore(go, replica, tmp_path / "go-compacted.db", *via)
+    assert_same_data(db, tmp_path / "lsr-compacted.db")
+    assert_same_data(db, tmp_path / "go-compacted.db")
 
 
 # -- (c) both list the same replica the same way ---------------------------------------
