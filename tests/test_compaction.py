@@ -31,7 +31,7 @@ from litestream_py.clients.s3 import S3ReplicaClient
 from litestream_py.compaction import DEFAULT_COMPACTION_INTERVAL, Compactor
 from litestream_py.config import parse_config
 from litestream_py.db import DB
-from litestream_py.errors import ConfigError, LitestreamError
+from litestream_py.errors import ConfigError, LitestreamError, RestoreGapError
 from litestream_py.factory import replica_from_config
 from litestream_py.encryption import AgeKeys, AgeReader
 from litestream_py.pos import Pos
@@ -39,6 +39,7 @@ from litestream_py.replica import Replica
 from litestream_py.replica_client import ReplicaClient
 from litestream_py.replicator import Replicator
 from litestream_py.restore import RestoreOptions, restore
+from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader
 from workload import AgeKeyPair, assert_encrypted, segment_count, stop_lsr, wait_ready, wait_synced
 from test_restore import app_connection, commit_and_ship, engine, replicated_app  # noqa: F401 (engine: a fixture)
 
@@ -203,7 +204,7 @@ from litestream_py.clients import new_client
 from litestream_py.compaction import DEFAULT_COMPACTION_INTERVAL, Compactor
 from litestream_py.config import parse_config
 from litestream_py.db import DB
-from litestream_py.errors import ConfigError, LitestreamError
+from litestream_py.errors import ConfigError, LitestreamError, RestoreGapError
 from litestream_py.factory import replica_from_config
 from litestream_py.encryption import AgeKeys, AgeReader
 from litestream_py.config import ReplicaConfig
@@ -496,3 +497,25 @@ def test_a_sidecar_compacts_only_the_generation_it_writes(tmp_path: Path, engine
     replica.compact()
     assert len(client.wal_segments(older)) == before
     assert len(client.wal_segments(current)) < before // 5
+
+
+def test_a_segment_inside_the_previous_one_that_breaks_the_chain_is_still_refused(tmp_path: Path, engine) -> None:
+    """Skipping what a merged segment covers must not hide two writers: a segment that starts
+    inside the previous one and does not continue its checksum chain fails as before."""
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 5)
+    app.execute("INSERT INTO t (v) VALUES (?)", ("x" * 20_000,))  # a segment of several frames
+    db.sync()
+    replica.sync()
+    commit_and_ship(app, db, replica, 5, start=5)
+    (generation,) = client.generations()
+    segments = [w for w in client.wal_segments(generation) if w.index == 0]
+    page_size = WALHeader.parse(codec.decode_segment(client.read_wal_segment(segments[0].pos))[0][:WAL_HEADER_SIZE],
+                                verify=False).page_size
+    frame = WAL_FRAME_HEADER_SIZE + page_size
+    # A segment with two frames or more, and an impostor starting at its second frame.
+    victim = next(w for w in segments[1:] if len(codec.decode_segment(client.read_wal_segment(w.pos))[0]) >= 2 * frame)
+    foreign = codec.decode_segment(client.read_wal_segment(segments[-1].pos))[0]
+    client.write_wal_segment(Pos(generation, 0, victim.offset + frame), codec.encode_segment(foreign, []))
+    with pytest.raises(RestoreGapError, match="inside the previous one"):
+        restore(client, RestoreOptions(output_path=str(tmp_path / "out.db")))
