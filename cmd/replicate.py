@@ -7,15 +7,20 @@ import signal
 import subprocess
 import threading
 import time
+from datetime import timedelta
 from types import FrameType
 from typing import Protocol, Sequence
 
 import click
 
+from litestream_py.config import (
+    Config, DBConfig, ReplicaConfig, default_config_path, expand_path, load_config, parse_duration,
+)
+from litestream_py.db import DB
 from litestream_py.process import configure_process_for_sidecar, release_free_memory
-from litestream_py.config import Config, DBConfig, ReplicaConfig, default_config_path, expand_path, load_config
 from litestream_py.errors import ConfigError
 from litestream_py.factory import db_from_config
+from litestream_py.lease import Lease, LeaseKeeper
 from litestream_py.replicator import Replicator
 from litestream_py.control import ControlServer
 from litestream_py.heartbeat import Heartbeat
@@ -30,12 +35,17 @@ RELEASE_MEMORY_INTERVAL = 10.0
 @click.command("replicate")
 @config_options
 @flag("exec", "exec_cmd", metavar="CMD", default="", help="Run CMD as a subprocess; stop when it exits.")
+@flag("takeover", is_flag=True, help="Take each replica's lease even if another sidecar holds it (failover).")
+@flag("lease-ttl", metavar="DURATION", default="30s",
+      help="How long a replica's lease outlives a sidecar that stops renewing it.")
 @click.argument("args", nargs=-1, metavar="[DB_PATH REPLICA_URL...]")
-def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, args: tuple[str, ...]) -> None:
+def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, takeover: bool, lease_ttl: str,
+            args: tuple[str, ...]) -> None:
     """Replicate databases continuously, until SIGTERM or SIGINT (then a final sync).
 
     With DB_PATH and replica URLs, no config file is read. With -exec, lsr exits
-    with the command's exit status (128+N if a signal N killed it).
+    with the command's exit status (128+N if a signal N killed it). Each replica
+    is written under a lease: a second writer is refused unless -takeover.
 
     \b
     Examples:
@@ -58,23 +68,50 @@ def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, args: t
             dbs = [db_from_config(dbc) for dbc in config.dbs]
             replicator = Replicator(dbs)
         started: list[Service] = []
-        if not stop.is_set():
-            # Each database's lock first: a second lsr is refused naming the holder's pid.
-            replicator.start()
-            try:
-                services = _services(config, replicator)
-            except BaseException:
-                replicator.stop()
-                raise
-            for service in services:
-                service.start()
-                started.append(service)
-            for db in dbs:
-                log.info("replicating %s to %s", db.path, ", ".join(r.client.describe() for r in db.replicas),
-                         extra={"db": db.path})
-        return wait_and_stop(replicator, exec_cmd or config.exec, stop, started)
+        keeper = acquire_leases(dbs, parse_duration(lease_ttl, "-lease-ttl"), takeover, stop)
+        try:
+            if not stop.is_set():
+                # Each database's lock first: a second lsr is refused naming the holder's pid.
+                replicator.start()
+                try:
+                    services = _services(config, replicator)
+                except BaseException:
+                    replicator.stop()
+                    raise
+                for service in services:
+                    service.start()
+                    started.append(service)
+                for db in dbs:
+                    log.info("replicating %s to %s", db.path, ", ".join(r.client.describe() for r in db.replicas),
+                             extra={"db": db.path})
+            return wait_and_stop(replicator, exec_cmd or config.exec, stop, started)
+        finally:
+            keeper.stop()
 
     raise SystemExit(run(body))
+
+
+def acquire_leases(dbs: list[DB], ttl: timedelta, takeover: bool, stop: threading.Event) -> LeaseKeeper:
+    """Refuse to start (naming the holder) where another sidecar holds a replica's lease;
+    each lease is then taken by its replica's first write, and renewed from here on."""
+    if ttl.total_seconds() <= 0:
+        raise ConfigError("cannot use -lease-ttl: it must be positive")
+    leases: list[Lease] = []
+    took_over = False
+    for db in dbs:
+        for replica in db.replicas:
+            lease = Lease(replica.client, db.path, ttl, takeover=takeover)
+            took_over |= lease.check_available()
+            leases.append(lease)
+            replica.lease = lease
+    keeper = LeaseKeeper(leases)
+    keeper.start()
+    if took_over:
+        # A live previous holder notices at its next renewal; write only after it has.
+        wait = max(lease.renew_interval for lease in leases)
+        log.info("waiting %.1fs for the previous lease holder to stop writing", wait)
+        stop.wait(wait)
+    return keeper
 
 
 def _config(config_path: str | None, no_expand_env: bool, args: tuple[str, ...]) -> Config:

@@ -51,23 +51,34 @@ def parse_index(value: str | None) -> int | None:
 @flag("if-db-not-exists", is_flag=True, help="Exit 0 if the output database already exists.")
 @flag("if-replica-exists", is_flag=True, help="Exit 0 if no backup is found.")
 @flag("v", "verbose", is_flag=True, help="Verbose output.")
+@click.option("-f", "-follow", "--follow", "follow", is_flag=True,
+              help="Keep STANDBY (-o) current: apply new WAL segments until SIGTERM (see README, Standby).")
+@flag("follow-interval", metavar="DURATION", default="1s",
+      help="With -f, how often to poll the replica (one LIST each); file replicas also use inotify.")
 @click.argument("target", metavar="DB_PATH|REPLICA_URL")
 def command(config_path: str | None, no_expand_env: bool, replica_name: str, output: str | None,
             generation: str, index: str | None, timestamp: str | None, parallelism: int,
-            if_db_not_exists: bool, if_replica_exists: bool, verbose: bool, target: str) -> None:
+            if_db_not_exists: bool, if_replica_exists: bool, verbose: bool, follow: bool,
+            follow_interval: str, target: str) -> None:
     """Restore a database from its replicas or a replica URL.
 
     To the latest state, a WAL index, or a point in time. Nothing is written at
-    the output path unless the restore completes.
+    the output path unless the restore completes. With -f, keep following the
+    replica into a read-only warm standby (see README, Standby and failover).
 
     \b
     Examples:
       lsr restore -o /tmp/app.db /var/db/app.db
       lsr restore -o /tmp/app.db -timestamp 2024-05-01T09:19:50Z s3://my-backups/app
+      lsr restore -f -o /srv/standby/app.db file:///var/backups/app
     """
 
     def body() -> None:
         setup_logging(verbose=verbose)
+        if follow:
+            follow_replica(target, config_path, no_expand_env, replica_name, output, follow_interval,
+                           bool(generation or index or timestamp))
+            return
         ts = parse_timestamp(timestamp) if timestamp else None
         idx = parse_index(index)
         if idx is not None and ts is not None:
@@ -114,3 +125,32 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, out
         log.debug("restored from replica %s", replica.name)
 
     run(body)
+
+
+def follow_replica(target: str, config_path: str | None, no_expand_env: bool, replica_name: str,
+                   output: str | None, interval: str, pinned: bool) -> None:
+    """``restore -f``: restore (or resume) STANDBY, then follow until SIGTERM or SIGINT."""
+    from litestream_py.config import parse_duration
+    from litestream_py.follow import Follower
+
+    from .replicate import StopSignal
+
+    stop = StopSignal()
+    if pinned:
+        raise ConfigError("cannot follow: -generation, -index and -timestamp do not apply to -f")
+    if not output:
+        raise ConfigError("cannot follow without -o STANDBY: the standby must not be the primary's path")
+    every = parse_duration(interval)
+    if every.total_seconds() <= 0:
+        raise ConfigError(f"cannot use -follow-interval {interval!r}: it must be positive")
+    t = resolve_target(target, config_path, no_expand_env, replica_name)
+    if t.db is not None and os.path.abspath(output) == os.path.abspath(t.db.path):
+        raise ConfigError(f"cannot follow into {output}: it is the primary database's own path")
+    if not t.replicas:
+        raise ConfigError("cannot follow: no replica configured")
+    replica = t.replicas[0]
+    client = replica.client
+    root = getattr(client, "root", "") if client.type == "file" else ""
+    # Read through replica.reader, which decrypts an age replica (given the identity).
+    follower = Follower(replica.reader, output, stop, replica=client.describe(), interval=every, watch_dir=root)
+    follower.run()

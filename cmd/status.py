@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from litestream_py import control
+from litestream_py.errors import ControlError
+from litestream_py.follow import read_status
 
 from .options import config_options, format_duration, json_option, optional_config, print_json, print_table, run
 
@@ -29,7 +31,14 @@ def command(config_path: str | None, no_expand_env: bool, as_json: bool, db_path
     """
 
     def body() -> None:
-        report = control.status(optional_config(config_path, no_expand_env), db_path)
+        try:
+            report = control.status(optional_config(config_path, no_expand_env), db_path)
+        except ControlError:
+            followed = read_status(db_path) if db_path else None
+            if followed is None:
+                raise
+            _print_follower(followed, as_json)  # a standby: its follower has no socket
+            return
         if as_json:
             print_json(report)
             return
@@ -58,3 +67,15 @@ def _compaction(c: dict[str, Any] | None) -> str:
     if c is None:
         return "off"
     return f"{c['segments_merged']} segments into {c['segments_written']} (last pass {c['last_pass'] or '-'})"
+
+
+def _print_follower(status: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json({"follower": status})
+        return
+    state = "following" if status.get("following") else "stopped"
+    click.echo(f"{status.get('standby')}  standby, {state} {status.get('replica') or '-'} (pid {status.get('pid')})")
+    click.echo(f"  position {status.get('position') or '-'}  applied segments {status.get('applied_segments')}  "
+               f"as of {status.get('updated')}")
+    if status.get("error"):
+        click.echo(f"  ERROR {status['error']}")

@@ -112,12 +112,16 @@ class Compactor:
         now: Callable[[], datetime] = _now,
         reader: ReplicaReader | None = None,
         seal: Callable[[bytes], bytes] | None = None,
+        guard: Callable[[], None] = lambda: None,
     ) -> None:
         self.client = client
         # Reads go through ``reader`` (an encryption.AgeReader decrypts); a
         # merged segment is written through ``seal`` (encrypts), if given.
         self.reader: ReplicaReader = reader if reader is not None else client
         self.seal = seal
+        # Called before every write and delete: raises when this sidecar may no
+        # longer write to the replica (its lease was taken: see lease).
+        self.guard = guard
         self.name = name
         self.prune_lock = prune_lock
         self.age = age
@@ -170,6 +174,7 @@ class Compactor:
             if p.budget <= 0:
                 break
         if p.covered:
+            self.guard()
             self.client.delete_wal_segments([s.pos for s in p.covered])
             self.stats.leftovers += len(p.covered)
         return p.budget <= 0
@@ -233,8 +238,10 @@ class Compactor:
         blob = codec.encode_segment(data, commits, merged)
         if self.seal is not None:
             blob = self.seal(blob)
+        self.guard()
         info = self.client.write_wal_segment(first.pos, blob, last.created_at)
         self._lengths[(info.pos, info.size)] = len(data)
+        self.guard()
         self.client.delete_wal_segments([m.seg.pos for m in group[1:]])
         self.stats.merged += len(group)
         self.stats.written += 1

@@ -27,6 +27,11 @@ __all__ = [
     "EncryptedReplicaError",
     "ControlError",
     "ReplicationTimeoutError",
+    "PreconditionFailedError",
+    "LeaseHeldError",
+    "LeaseLostError",
+    "StandbyError",
+    "SegmentError",
 ]
 
 
@@ -108,3 +113,23 @@ class ControlError(LitestreamError):
 
 class ReplicationTimeoutError(LitestreamError):
     """Some replica did not hold a commit within the time a barrier allowed."""
+
+
+class PreconditionFailedError(StorageError):
+    """A conditional write lost: the object was created or replaced by someone else."""
+
+
+class LeaseHeldError(LitestreamError):
+    """Another writer holds the replica's lease."""
+
+
+class LeaseLostError(LitestreamError):
+    """This writer's lease on a replica was taken over: it must not write there again."""
+
+
+class StandbyError(LitestreamError):
+    """A warm standby cannot be followed as it is (see ``standby``)."""
+
+
+class SegmentError(LitestreamError):
+    """A follower cannot apply the next WAL segment: missing, out of order or corrupt."""

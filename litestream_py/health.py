@@ -111,13 +111,16 @@ def _replica_report(replica: Replica, now: float, schedule: dict[str, float | No
     if stats.last_error:
         error = {"kind": stats.last_error_kind, "message": stats.last_error, "at": rfc3339(stats.last_error_at),
                  "consecutive_failures": stats.consecutive_failures}
+    lost_to = replica.lease.lost if replica.lease is not None else ""
     return {
         "name": replica.name,
         "type": replica.client.type,
         "position": str(replica.pos()),
         "lag_seconds": round(seconds, 6),
         "max_lag_seconds": limit,
-        "healthy": seconds <= limit,
+        # A fenced replica is written by another sidecar now, never again by this one.
+        "healthy": seconds <= limit and not lost_to,
+        "lease": None if replica.lease is None else {"held": replica.lease.held, "lost_to": lost_to or None},
         "last_replicated_commit": rfc3339(last_commit),
         "last_shipment": rfc3339(stats.last_shipment),
         "last_success": rfc3339(stats.last_success),

@@ -137,6 +137,10 @@ class SidecarCollector(Collector):
                    "When a shipping round last ended without error (Unix time).", _REPLICA).add(label, s.last_success)
         family("lsr_replica_consecutive_failures", "gauge", "Shipping rounds failed in a row.", _REPLICA).add(
             label, s.consecutive_failures)
+        if replica.lease is not None:
+            family("lsr_replica_lease_lost", "gauge",
+                   "1 once another sidecar took the replica's lease: this one writes there no more.",
+                   _REPLICA).add(label, 1.0 if replica.lease.lost else 0.0)
         if s.last_error_at is not None:
             family("lsr_replica_last_error_timestamp_seconds", "gauge",
                    "When the replica last failed (Unix time), labelled with the error's kind.",

@@ -31,6 +31,8 @@ __all__ = [
     "wal_dir",
     "snapshot_path",
     "wal_segment_path",
+    "LEASE_NAME",
+    "lease_path",
 ]
 
 GENERATION_NAME_LEN = 16
@@ -38,6 +40,8 @@ SNAPSHOT_EXT = ".snapshot.lz4"
 WAL_SEGMENT_EXT = ".wal.lz4"
 SHADOW_WAL_EXT = ".wal"
 META_DIR_SUFFIX = "-litestream"
+# Beside generations/: Go Litestream 0.3.13 lists only generations/ and never sees it.
+LEASE_NAME = "lsr-lease.json"
 
 _GENERATION_RE = re.compile(r"^[0-9a-f]{16}$")
 _SNAPSHOT_RE = re.compile(r"^([0-9a-f]{8})\.snapshot\.lz4$")
@@ -119,3 +123,7 @@ def snapshot_path(root: str, generation: str, index: int) -> str:
 
 def wal_segment_path(root: str, generation: str, index: int, offset: int) -> str:
     return _join(wal_dir(root, generation), format_wal_segment_path(index, offset))
+
+
+def lease_path(root: str) -> str:
+    return _join(root, LEASE_NAME)

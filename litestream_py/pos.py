@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ["Pos", "SnapshotInfo", "WALSegmentInfo"]
+__all__ = ["LeaseObject", "Pos", "SnapshotInfo", "WALSegmentInfo"]
 
 
 @dataclass(frozen=True, order=True)
@@ -52,3 +52,11 @@ class WALSegmentInfo:
     @property
     def pos(self) -> Pos:
         return Pos(self.generation, self.index, self.offset)
+
+
+@dataclass(frozen=True)
+class LeaseObject:
+    """The replica's lease object and the version a conditional write must name to replace it."""
+
+    data: bytes
+    version: str

@@ -22,6 +22,7 @@ from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align,
 
 if TYPE_CHECKING:
     from .db import DB
+    from .lease import Lease
 
 __all__ = [
     "Replica",
@@ -97,6 +98,7 @@ class Replica:
         self.intact_check_interval: timedelta | None = None
         self.max_lag: timedelta | None = None  # unhealthy past this lag (health.max_lag)
         self.stats = ReplicaStats()
+        self.lease: Lease | None = None  # when set, nothing is written without it (see lease)
         self._pos = Pos()
         self._mu = threading.Lock()
         # Only one sync or snapshot at a time per replica.
@@ -150,6 +152,8 @@ class Replica:
         """
         assert self.db is not None
         with self._sync_lock:
+            if not self.db.pos().is_zero():  # nothing to write, no lease to take yet
+                self._check_lease()
             try:
                 if self.intact_check_interval == timedelta(0):
                     self._check_intact()
@@ -325,7 +329,12 @@ class Replica:
     def snapshot(self) -> SnapshotInfo:
         """Write a snapshot of the database at the start of the current shadow index."""
         with self._sync_lock:
+            self._check_lease()
             return self._snapshot()
+
+    def _check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.ensure()
 
     def _snapshot(self) -> SnapshotInfo:
         assert self.db is not None
@@ -357,6 +366,7 @@ class Replica:
         oldest kept snapshot on.
         """
         assert self.db is not None
+        self._check_lease()
         cutoff = _now() - self.retention
         generations = self.client.generations()
         snapshots = [s for g in generations for s in self.client.snapshots(g)]
@@ -397,7 +407,8 @@ class Replica:
             # An encrypted replica's segments are decrypted to merge, and the
             # merged one encrypted to the same recipients.
             self._compactor = Compactor(self.client, self.name, self.prune_lock, age=self.compaction_interval,
-                                        reader=self.reader, seal=self.age.encrypt if self.age is not None else None)
+                                        reader=self.reader, seal=self.age.encrypt if self.age is not None else None,
+                                        guard=self._check_lease)
         return self._compactor
 
     def compaction_stats(self) -> CompactionStats | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import BinaryIO, Iterable, Protocol, runtime_checkable
 
-from .pos import Pos, SnapshotInfo, WALSegmentInfo
+from .pos import LeaseObject, Pos, SnapshotInfo, WALSegmentInfo
 from .stats import OperationStats
 
 __all__ = ["ReplicaClient", "ReplicaReader"]
@@ -74,3 +74,17 @@ class ReplicaClient(ReplicaReader, Protocol):
         ...
 
     def delete_wal_segments(self, positions: Iterable[Pos]) -> None: ...
+
+    # -- the writer's lease (see ``lease``) -------------------------------------
+    def read_lease(self) -> LeaseObject | None:
+        """The lease object beside ``generations/``, or None if there is none."""
+        ...
+
+    def write_lease(self, data: bytes, expect: str | None) -> str:
+        """Create the lease (``expect=None``: only if absent) or replace the version ``expect``;
+        returns the new version. Raises PreconditionFailedError when that condition fails."""
+        ...
+
+    def delete_lease(self, expect: str) -> None:
+        """Remove the lease if it is still at version ``expect``."""
+        ...

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any, Callable
 
-__all__ = ["WALWatcher", "Wake", "Pause"]
+__all__ = ["DirectoryWatcher", "WALWatcher", "Wake", "Pause"]
 
 # What a watch calls when its DB should sync (thread-safe, returns at once).
 Wake = Callable[[], None]
@@ -206,6 +206,82 @@ class WALWatcher:
         with self._lock:  # no monitor arms a watch from here on
             inotify, self._inotify = self._inotify, None
             self.stopping = True
+        if inotify is not None:
+            inotify.stop()
+            inotify.join()
+
+
+class _TreeDirectory:
+    """The callback for one directory of a replica tree: wakes on anything appearing in it."""
+
+    def __init__(self, watcher: DirectoryWatcher, path: str, depth: int) -> None:
+        self.watcher = watcher
+        self.path = path
+        self.depth = depth
+
+    def on_event(self, event: Any) -> None:
+        if event.mask & _IN.IN_ISDIR and self.depth > 0:
+            self.watcher.add_tree(os.path.join(self.path, os.fsdecode(event.name)), self.depth - 1)
+        self.watcher.wake()
+
+    def on_watch_deleted(self, wd: int) -> None:
+        pass  # a deleted generation: the follower finds out by listing
+
+    def on_queue_overflow(self) -> None:
+        self.watcher.wake()
+
+
+class DirectoryWatcher:
+    """Wakes a follower when a file appears under a file replica's ``generations/``
+    (a generation, a snapshot or a WAL segment: writes end in a rename into place).
+
+    Watches ``generations/`` and the two levels below it, adding directories as
+    they appear. Without inotify it does nothing: the follower polls anyway.
+    """
+
+    # generations/ -> <generation>/ -> snapshots/, wal/
+    DEPTH = 2
+
+    def __init__(self, wake: Wake) -> None:
+        self.wake = wake
+        self._inotify: Any = None
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+
+    def start(self, root: str) -> bool:
+        if _InotifyFD is None:
+            return False
+        try:
+            self._inotify = _BatchingInotify(lambda: 0.0, time.sleep)
+            self._inotify.start()
+        except OSError as exc:
+            log.warning("cannot watch %s (%s): polling instead", root, exc)
+            self._inotify = None
+            return False
+        self.add_tree(os.path.join(root, "generations"), self.DEPTH)
+        return True
+
+    def add_tree(self, path: str, depth: int) -> None:
+        with self._lock:
+            if self._inotify is None:
+                return
+            try:
+                self._inotify.add_callback(
+                    os.fsencode(path), _IN.IN_CREATE | _IN.IN_MOVED_TO, _TreeDirectory(self, path, depth), next(self._ids)
+                )
+            except OSError:
+                return  # gone already, or not a directory
+        if depth > 0:
+            try:
+                subdirs = [e.path for e in os.scandir(path) if e.is_dir()]
+            except OSError:
+                return
+            for sub in subdirs:
+                self.add_tree(sub, depth - 1)
+
+    def stop(self) -> None:
+        with self._lock:
+            inotify, self._inotify = self._inotify, None
         if inotify is not None:
             inotify.stop()
             inotify.join()

@@ -41,6 +41,7 @@ from litestream_py.replicator import Replicator
 from litestream_py.restore import RestoreOptions, restore
 from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader
 from workload import AgeKeyPair, assert_encrypted, segment_count, stop_lsr, wait_ready, wait_synced
+from test_follow import _Running as Following  # a follower on its own thread
 from test_restore import app_connection, commit_and_ship, engine, replicated_app  # noqa: F401 (engine: a fixture)
 
 
@@ -519,3 +520,39 @@ def test_a_segment_inside_the_previous_one_that_breaks_the_chain_is_still_refuse
     client.write_wal_segment(Pos(generation, 0, victim.offset + frame), codec.encode_segment(foreign, []))
     with pytest.raises(RestoreGapError, match="inside the previous one"):
         restore(client, RestoreOptions(output_path=str(tmp_path / "out.db")))
+
+
+def standby_rows(path: Path) -> int:
+    """Counted in another process: a connection closed here would drop the follower's lock on STANDBY."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True, "
+         "timeout=30); print(c.execute('SELECT count(*) FROM t').fetchone()[0])", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    return int(out.stdout) if out.returncode == 0 else -1
+
+
+def test_a_follower_whose_position_compaction_merged_away_reads_on_from_inside_the_merged_segment(
+        tmp_path: Path, engine) -> None:
+    app, db, client, replica = engine
+    standby = tmp_path / "standby.db"
+    commit_and_ship(app, db, replica, 30)
+    following = Following(Path(client.root), standby)
+    try:
+        wait_for(lambda: standby_rows(standby) == 30, timeout=60, what="the standby to follow 30 rows")
+    finally:
+        following.close()
+    # While it is stopped: more segments, then a compaction that merges across its position.
+    commit_and_ship(app, db, replica, 30, start=30)
+    (generation,) = client.generations()
+    before = len(client.wal_segments(generation))
+    compactor(client).compact()
+    assert len(client.wal_segments(generation)) < before // 5
+    following = Following(Path(client.root), standby)
+    try:
+        wait_for(lambda: standby_rows(standby) == 60, timeout=60, what="the standby to read on past the merge")
+        assert following.follower.status().error == ""
+    finally:
+        following.close()
+    assert integrity_ok(standby)
+    assert rows(standby, "SELECT v FROM t ORDER BY id") == [(f"row-{i}",) for i in range(60)]

@@ -167,6 +167,7 @@ def test_lsr_serves_go_metric_names_types_and_labels(
     # lsr's own series, per replica.
     assert lsr_page.value("lsr_replica_lag_seconds", db=str(lsr_db), name="s3") >= 0
     assert lsr_page.value("lsr_replica_consecutive_failures", db=str(lsr_db), name="s3") == 0
+    assert lsr_page.value("lsr_replica_lease_lost", db=str(lsr_db), name="s3") == 0  # it writes under its lease
     assert lsr_page.value("lsr_replica_last_replicated_commit_timestamp_seconds", db=str(lsr_db), name="s3") > 1.7e9
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 from .. import paths
 from ..config import ReplicaConfig, expand_path, parse_replica_url
-from ..errors import ConfigError, LitestreamError, NotFoundError, StorageError
+from ..errors import ConfigError, LitestreamError, NotFoundError, PreconditionFailedError, StorageError
 from ..fsutil import atomic_write, fsync_dir
-from ..pos import Pos, SnapshotInfo, WALSegmentInfo
+from ..pos import LeaseObject, Pos, SnapshotInfo, WALSegmentInfo
 from ..stats import OperationStats
 
 __all__ = ["FileReplicaClient"]
@@ -22,6 +25,8 @@ log = logging.getLogger(__name__)
 # Litestream creates replica files 0600 and directories 0700 unless told otherwise.
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+# Serialises the lease's compare-and-replace; flock is released when its holder dies.
+LEASE_LOCK_NAME = ".lsr-lease.lock"
 
 
 def _mtime(st: os.stat_result) -> datetime:
@@ -166,3 +171,46 @@ class FileReplicaClient:
                 pass
         for d in dirs:
             fsync_dir(d)
+
+    # -- the lease ------------------------------------------------------------
+    @contextmanager
+    def _lease_lock(self) -> Iterator[None]:
+        try:
+            os.makedirs(self.root, mode=DIR_MODE, exist_ok=True)
+            fd = os.open(os.path.join(self.root, LEASE_LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        except OSError as exc:
+            raise StorageError(f"cannot lock the lease of {self.root}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def read_lease(self) -> LeaseObject | None:
+        path = paths.lease_path(self.root)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read lease {path}: {exc.strerror}") from exc
+        return LeaseObject(data, hashlib.sha256(data).hexdigest())
+
+    def write_lease(self, data: bytes, expect: str | None) -> str:
+        path = paths.lease_path(self.root)
+        with self._lease_lock():
+            current = self.read_lease()
+            found = current.version if current is not None else None
+            if found != expect:
+                raise PreconditionFailedError(
+                    f"cannot write lease {path}: it is at version {found or 'none'}, expected {expect or 'none'}"
+                )
+            self._write(path, data, None)
+        return hashlib.sha256(data).hexdigest()
+
+    def delete_lease(self, expect: str) -> None:
+        with self._lease_lock():
+            current = self.read_lease()
+            if current is not None and current.version == expect:
+                os.unlink(paths.lease_path(self.root))

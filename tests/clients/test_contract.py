@@ -37,6 +37,8 @@ class Backend:
     # Stores bytes at a path relative to the replica root, bypassing the client
     # (to plant objects the client did not write).
     put_raw: Callable[[str, bytes], None]
+    # Whether the server honours If-None-Match / If-Match on PUT (nanio 0.1.7 ignores both).
+    conditional_writes: bool = True
 
 
 def _file_backend(tmp_path: Path) -> Backend:
@@ -59,7 +61,7 @@ def _s3_backend(server: S3Server) -> Backend:
     def put_raw(rel: str, data: bytes) -> None:
         raw.put_object(Bucket=bucket, Key=f"replicas/app.db/{rel}", Body=data)
 
-    return Backend(f"s3-{server.name}", client, put_raw)
+    return Backend(f"s3-{server.name}", client, put_raw, conditional_writes=server.name != "nanio")
 
 
 @pytest.fixture(params=["file", "s3-moto", "s3-nanio"])
@@ -255,3 +257,49 @@ def test_more_than_1000_segments(backend: Backend) -> None:
     assert [w.pos for w in c.wal_segments(GEN_A)] == positions[1100:]
     c.delete_generation(GEN_A)
     assert c.generations() == []
+
+
+def test_lease_conditional_writes(backend: Backend) -> None:
+    """Create only if absent, replace only the version read: of two racers exactly one wins."""
+    from litestream_py.errors import PreconditionFailedError
+
+    client = backend.client
+    assert client.read_lease() is None
+    v1 = client.write_lease(b'{"a": 1}', None)
+    if not backend.conditional_writes:
+        # Documented in README (Standby and failover): such a server takes every write;
+        # lease.Lease reads before and after writing instead. If this fails, the server learnt them.
+        v2 = client.write_lease(b'{"b": 1}', None)
+        v3 = client.write_lease(b'{"c": 1}', v1)
+        current = client.read_lease()
+        assert current is not None and current.data == b'{"c": 1}' and current.version == v3 != v2
+        return
+    with pytest.raises(PreconditionFailedError):
+        client.write_lease(b'{"b": 1}', None)  # it exists now
+    current = client.read_lease()
+    assert current is not None and current.data == b'{"a": 1}' and current.version == v1
+    v2 = client.write_lease(b'{"a": 2}', v1)
+    assert v2 != v1
+    with pytest.raises(PreconditionFailedError):
+        client.write_lease(b'{"b": 2}', v1)  # a stale version loses
+    assert client.read_lease() == type(current)(b'{"a": 2}', v2)
+    # Racers with the same version: exactly one replaces it.
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: _try_write_lease(client, i, v2), range(4)))
+    assert sum(results) == 1, results
+    client.delete_lease(v2)  # stale: nothing happens
+    latest = client.read_lease()
+    assert latest is not None
+    client.delete_lease(latest.version)
+    assert client.read_lease() is None
+    assert client.generations() == []  # the lease is no generation
+
+
+def _try_write_lease(client: ReplicaClient, i: int, version: str) -> bool:
+    from litestream_py.errors import PreconditionFailedError
+
+    try:
+        client.write_lease(f'{{"racer": {i}}}'.encode(), version)
+        return True
+    except PreconditionFailedError:
+        return False

@@ -17,8 +17,15 @@ import crc32c
 
 from ... import paths
 from ...config import ReplicaConfig
-from ...errors import ChecksumMismatchError, ConfigError, LitestreamError, StorageError
-from ...pos import Pos, SnapshotInfo, WALSegmentInfo
+from ...errors import (
+    ChecksumMismatchError,
+    ConfigError,
+    LitestreamError,
+    NotFoundError,
+    PreconditionFailedError,
+    StorageError,
+)
+from ...pos import LeaseObject, Pos, SnapshotInfo, WALSegmentInfo
 from ...stats import OperationStats
 from .errors import RANGE_CODES, RangeRefused, body_errors, redact, translate_error
 from .routes import sdk_route, standalone_route
@@ -438,3 +445,44 @@ class S3ReplicaClient:
         keys = [paths.wal_segment_path(self.path, p.generation, p.index, p.offset) for p in positions]
         if keys:
             self._delete_keys(keys)
+
+    # -- the lease ------------------------------------------------------------
+    def read_lease(self) -> LeaseObject | None:
+        key = paths.lease_path(self.path)
+        try:
+            reply = self._get_object(key, "lease")
+        except NotFoundError:
+            return None
+        return LeaseObject(reply.body, reply.etag or "")
+
+    def write_lease(self, data: bytes, expect: str | None) -> str:
+        """One conditional PUT: If-None-Match: * to create, If-Match: ETag to replace.
+
+        A server that ignores both writes anyway; ``lease.Lease`` reads the
+        object back after each write to notice that it lost a race there.
+        """
+        from botocore.exceptions import ClientError
+
+        key = paths.lease_path(self.path)
+        condition = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": expect}
+        with self._errors(f"write lease {self._url(key)}"):
+            try:
+                out = self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, **condition)
+            except ClientError as exc:
+                status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+                code = (exc.response.get("Error") or {}).get("Code")
+                if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise PreconditionFailedError(
+                        f"cannot write lease {self._url(key)}: another writer changed it first"
+                    ) from exc
+                raise
+        self.operations.add("PUT", len(data))
+        return str(out.get("ETag", ""))
+
+    def delete_lease(self, expect: str) -> None:
+        current = self.read_lease()
+        if current is not None and current.version == expect:
+            key = paths.lease_path(self.path)
+            with self._errors(f"delete lease {self._url(key)}"):
+                self._s3.delete_object(Bucket=self.bucket, Key=key)
+            self.operations.add("DELETE")
