@@ -31,9 +31,10 @@ from litestream_py.clients.s3 import S3ReplicaClient
 from litestream_py.compaction import DEFAULT_COMPACTION_INTERVAL, Compactor
 from litestream_py.config import parse_config
 from litestream_py.db import DB
-from litestream_py.errors import ConfigError, LitestreamError, RestoreGapError
+from litestream_py.errors import ConfigError, LeaseLostError, LitestreamError, RestoreGapError
 from litestream_py.factory import replica_from_config
 from litestream_py.encryption import AgeKeys, AgeReader
+from litestream_py.lease import Lease
 from litestream_py.pos import Pos
 from litestream_py.replica import Replica
 from litestream_py.replica_client import ReplicaClient
@@ -205,7 +206,7 @@ from litestream_py.clients import new_client
 from litestream_py.compaction import DEFAULT_COMPACTION_INTERVAL, Compactor
 from litestream_py.config import parse_config
 from litestream_py.db import DB
-from litestream_py.errors import ConfigError, LitestreamError, RestoreGapError
+from litestream_py.errors import ConfigError, LeaseLostError, LitestreamError, RestoreGapError
 from litestream_py.factory import replica_from_config
 from litestream_py.encryption import AgeKeys, AgeReader
 from litestream_py.config import ReplicaConfig
@@ -556,3 +557,17 @@ def test_a_follower_whose_position_compaction_merged_away_reads_on_from_inside_t
         following.close()
     assert integrity_ok(standby)
     assert rows(standby, "SELECT v FROM t ORDER BY id") == [(f"row-{i}",) for i in range(60)]
+
+
+def test_a_fenced_sidecar_stops_compacting(tmp_path: Path, engine) -> None:
+    """Another sidecar took the replica's lease: this one's compaction writes and deletes nothing."""
+    app, db, client, replica = engine
+    replica.lease = Lease(client, str(tmp_path / "app.db"), timedelta(seconds=30))
+    commit_and_ship(app, db, replica, 30)
+    Lease(client, "/elsewhere/app.db", timedelta(seconds=30), takeover=True).ensure()
+    assert replica.lease.renew() is False
+    before = segment_lengths(client)
+    replica.compaction_interval = timedelta(microseconds=1)
+    with pytest.raises(LeaseLostError, match="its lease was taken"):
+        replica.compact()
+    assert segment_lengths(client) == before
