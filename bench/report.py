@@ -100,6 +100,15 @@ METHOD = """\
   the one the replication runs filled) and lsr 1.2 ms, so from S3 both tools
   wait on the server; what lsr adds is its start-up (interpreter, imports,
   config and three LISTs: ~0.13 s).
+- **Compaction** (issue 29): a copy of a `compaction_mib` MiB database is
+  written by `compaction_txns` small transactions (a few blob rows each) over
+  `compaction_seconds`, each tool replicating it with nothing but the replica's
+  path or bucket configured; the sidecar then runs on for `compaction_settle`
+  seconds (past two of lsr's 10 s compaction intervals; Go 0.3.13 does not
+  compact, so the wait changes nothing for it) and stops. Objects are the
+  snapshots and segments then listed; requests are counted from nanio's
+  access log (2xx only), while writing (after the first snapshot, the
+  shutdown's final sync included) and during the last timed restore.
 - **nanio** (restores only) is a second local S3 server that installs from
   PyPI: objects are files, ranges are read as ranges, every request's SigV4
   signature is checked. It is not the bottleneck there, so the `nanio` row
@@ -138,6 +147,18 @@ REPLICATION = [
 ]
 RESTORE = [Figure("restore {restore_mib:g} MiB, {restore_segments}+ WAL segments", "s",
                   lambda r: r["restore_seconds"], vs_go=0.8, backends=("file", "s3", "nanio"))]
+# Issue 29: each tool's replica of one workload under its own defaults (bench/compaction.py).
+COMPACTION = [
+    Figure("replica objects after {compaction_txns} txns", "objects", lambda r: r["objects"], vs_go=1.0,
+           backends=("file", "nanio"), issue_go="11 segments (lsr: 124)"),
+    Figure("restore of that replica", "s", lambda r: r["restore_seconds"], vs_go=0.5, backends=("file", "nanio"),
+           issue_go="0.20 (lsr: 0.30)"),
+    Figure("PUTs while writing (compaction included)", "requests", lambda r: r["requests_writing"]["PUT"]),
+    Figure("GETs while writing (compaction's reads)", "requests", lambda r: r["requests_writing"]["GET"]),
+    Figure("LISTs while writing", "requests", lambda r: r["requests_writing"]["LIST"]),
+    Figure("GETs per restore", "requests", lambda r: r["restore_requests"]["GET"]),
+    Figure("LISTs per restore", "requests", lambda r: r["restore_requests"]["LIST"]),
+]
 IDLE = [
     Figure("idle DBs: CPU", "% of a core", lambda r: r["cpu_percent"], 1.0),
     Figure("idle DBs: RSS", "MiB", lambda r: r["rss_mib"], 200),
@@ -235,6 +256,12 @@ def rows(results: Result) -> list[Row]:
                                      restore_segments=settings.get("restore_segments", 0))
             out.append(_row(fig, backend, _value(fig, by_tool.get("lsr")), _value(fig, by_tool.get("go")),
                             label=label))
+    for backend, by_tool in results.get("compaction", {}).items():
+        for fig in COMPACTION:
+            label = fig.label.format(compaction_txns=settings.get("compaction_txns", 0))
+            row = _row(fig, backend, _value(fig, by_tool.get("lsr")), _value(fig, by_tool.get("go")), label=label)
+            if row.lsr is not None or row.go is not None:  # request counts: nanio only
+                out.append(row)
     idle = results.get("idle", {})
     if idle:
         n = next((r["dbs"] for r in idle.values() if "dbs" in r), 0)
@@ -311,6 +338,18 @@ def _details(results: Result) -> str:
                            f"{_num(r['snapshot_seconds'])} | {_num(r['build_seconds'])} | "
                            f"{_num(r['warm_up_seconds'])} | {times} | {server} "
                            f"| {r['check']} |")
+    compacted = [(b, t, r) for b, by_tool in results.get("compaction", {}).items() for t, r in by_tool.items()
+                 if "error" not in r]
+    if compacted:
+        out += ["", "| compaction | DB MiB | snapshots | segments | merged segments written | requests while "
+                "writing | requests per restore | restores (s) | check |", "|" + "---|" * 9]
+        for backend, tool, r in compacted:
+            def reqs(d: dict[str, int]) -> str:
+                return ", ".join(f"{k} {v}" for k, v in d.items()) or "-"
+            out.append(f"| {backend} {tool} | {_num(r['db_mib'])} | {r['snapshots']} | {r['segments']} | "
+                       f"{r.get('compactions', 0)} | {reqs(r['requests_writing'])} | "
+                       f"{reqs(r.get('restore_requests', {}))} | "
+                       f"{', '.join(_num(t) for t in r['restore_all'])} | {r.get('check', '-')} |")
     idle = results.get("idle", {})
     if idle:
         out += ["", "| idle | DBs | all snapshotted after (s) | CPU % | RSS MiB | peak RSS MiB |", "|" + "---|" * 6]
@@ -325,7 +364,7 @@ def _details(results: Result) -> str:
 
 def _anomalies(results: Result) -> list[str]:
     found = list(results.get("errors", []))
-    for section in ("replication", "throughput", "restore"):
+    for section in ("replication", "throughput", "restore", "compaction"):
         for backend, by_tool in results.get(section, {}).items():
             for tool, r in by_tool.items():
                 where = f"{section} {backend} {tool}"

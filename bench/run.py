@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import compaction
 import report
 import scenarios
 import workload
@@ -34,7 +35,9 @@ from tools import AgeKeyPair, Backend, S3Server, Tool, find_tool
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = scenarios.Settings(steady=2.0, rate=100.0, burst=2.0, catchup_timeout=20.0, restore_mib=4.0,
                            restore_segments=20, restore_repeats=1, replication_repeats=1,
-                           throughput_slices=4, throughput_slice=0.5, idle_dbs=20, idle_seconds=2.0, idle_settle=1.0)
+                           throughput_slices=4, throughput_slice=0.5, idle_dbs=20, idle_seconds=2.0, idle_settle=1.0,
+                           compaction_mib=8.0, compaction_txns=60, compaction_seconds=2.0, compaction_settle=3.0,
+                           compaction_interval="1s")
 
 
 # The S3 server behind each S3 backend: moto for replication and restores, nanio
@@ -50,11 +53,13 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--restore-backends", default=None,
                    help="restores from: file,s3,nanio (default: all three; --quick: file)")
     p.add_argument("--tools", default="lsr,go", help="comma-separated: lsr,go")
-    p.add_argument("--only", default="replication,restore,idle,age", help="scenarios to run")
+    p.add_argument("--only", default="replication,restore,idle,age,compaction", help="scenarios to run")
     p.add_argument("--age", action="store_true",
                    help="encrypt every replica with age (a key pair made for the run), both tools")
     p.add_argument("--age-backends", default=None,
                    help="the age scenario (lsr with and without age) on: file,s3 (default: both; --quick: file)")
+    p.add_argument("--compaction-backends", default=None,
+                   help="compaction scenario on: file,nanio (default: both; --quick: file); nanio counts requests")
     p.add_argument("--steady", type=float, help=f"seconds of steady writing (default {d.steady})")
     p.add_argument("--rate", type=float, help=f"steady transactions per second (default {d.rate})")
     p.add_argument("--burst", type=float, help=f"seconds of back-to-back writing (default {d.burst})")
@@ -67,6 +72,9 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--restore-mib", type=float, help=f"restore database size (default {d.restore_mib})")
     p.add_argument("--restore-segments", type=int, help=f"WAL segments to restore (default {d.restore_segments})")
     p.add_argument("--restore-repeats", type=int, help=f"restores timed per tool (default {d.restore_repeats})")
+    p.add_argument("--compaction-mib", type=float, help=f"compaction database size (default {d.compaction_mib})")
+    p.add_argument("--compaction-settle", type=float,
+                   help=f"seconds the sidecar runs on after the writes (default {d.compaction_settle})")
     p.add_argument("--idle-dbs", type=int, help=f"idle databases (default {d.idle_dbs})")
     p.add_argument("--idle-seconds", type=float, help=f"idle CPU window (default {d.idle_seconds})")
     p.add_argument("--s3-poll", type=float, help=f"S3 listing period in seconds (default {d.s3_poll})")
@@ -172,6 +180,25 @@ def _restores(results: dict[str, Any], backend: Backend, work: Path, large: Path
     return out
 
 
+def _compactions(results: dict[str, Any], backend: Backend, work: Path, source: Path, tools: list[Tool],
+                 s: scenarios.Settings) -> dict[str, Any]:
+    """Each tool's replica of issue 29's workload under its own defaults, then restores timed in turns."""
+    out: dict[str, Any] = {}
+    for t in tools:
+        out[t.name] = _attempt(results, f"compaction {backend.name} {t.name}: build",
+                               partial(compaction.build, t, backend, work, source, s))
+    ok = [t for t in tools if "error" not in out[t.name]]
+    for t in ok:
+        out[t.name] = _attempt(results, f"compaction {backend.name} {t.name}: warm-up",
+                               partial(compaction.time_restore, t, backend, out[t.name], warm_up=True))
+    for i in range(s.restore_repeats):
+        for t in ok if i % 2 == 0 else ok[::-1]:
+            if "error" not in out[t.name]:
+                out[t.name] = _attempt(results, f"compaction {backend.name} {t.name}: restore #{i + 1}",
+                                       partial(compaction.time_restore, t, backend, out[t.name]))
+    return out
+
+
 def _age_cost(results: dict[str, Any], plain: Backend, sealed: Backend, work: Path, large: Path, tool: Tool,
               s: scenarios.Settings) -> dict[str, Any]:
     """lsr on one backend without and with age, the two in turns, the order alternating:
@@ -213,6 +240,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": dataclasses.asdict(s), "machine": _machine(), "tools": {}, "errors": [],
         "replication": {}, "throughput": {}, "restore": {}, "idle": {}, "age": args.age, "age_cost": {},
+        "compaction": {},
     }
     age = AgeKeyPair() if args.age else None
     for name in args.tools.split(","):
@@ -261,6 +289,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 servers.clear()
                 results["age_cost"][name] = _age_cost(results, backend(name, None), backend(name, AgeKeyPair()),
                                                       work, large, lsr, s)
+        for server in servers.values():
+            server.stop()
+        servers.clear()
+        if "compaction" in only:
+            source = work / "compaction.db"
+            workload.build_large(source, s.compaction_mib)
+            for name in (args.compaction_backends or ("file" if args.quick else "file,nanio")).split(","):
+                if name in SERVER_KINDS:  # a server of its own, whose access log counts the requests
+                    servers[name] = S3Server(SERVER_KINDS[name], work, access_log=True)
+                results["compaction"][name] = _compactions(results, backend(name), work, source, tools, s)
         if "idle" in only:
             results["idle"] = {t.name: _attempt(results, f"idle {t.name}", partial(scenarios.idle, t, work, s))
                                for t in tools}

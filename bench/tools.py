@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from contextlib import contextmanager
@@ -91,18 +93,19 @@ class S3Server:
     every request's SigV4 signature checked.
     """
 
-    def __init__(self, kind: str, work: Path) -> None:
+    def __init__(self, kind: str, work: Path, access_log: bool = False) -> None:
         self.kind, self.port = kind, _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.signed = kind == "nanio"
-        self.log = work / f"{kind}.log"
+        self.log = work / f"{kind}-{self.port}.log"
         if kind == "moto":
             args, env = [str(BIN_DIR / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)], None
         else:
             data = work / "nanio-data"
             data.mkdir(parents=True, exist_ok=True)
             args = [str(BIN_DIR / "nanio"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                    "--data-dir", str(data), "--no-access-log", "--log-level", "warning"]
+                    "--data-dir", str(data), *(["--log-level", "info"] if access_log else
+                                               ["--no-access-log", "--log-level", "warning"])]
             env = {"NANIO_ACCESS_KEY": ACCESS_KEY_ID, "NANIO_SECRET_KEY": SECRET_ACCESS_KEY}
         self.proc = _spawn(args, self.log, env)
         deadline = time.monotonic() + 30
@@ -126,8 +129,27 @@ class S3Server:
         self._request("PUT", f"/{name}")
         return name
 
+    def requests(self) -> dict[str, int]:
+        """Requests so far by kind (PUT, GET, LIST, DELETE), from nanio's access log."""
+        counts = {"PUT": 0, "GET": 0, "LIST": 0, "DELETE": 0}
+        for m in _ACCESS_RE.finditer(self.log.read_text(errors="replace")):
+            method, target = m.group(1), m.group(2)
+            if method == "GET":
+                # Path-style: a GET of the bucket itself (no key) is a listing, V1 or V2.
+                key = urllib.parse.urlsplit(target).path.lstrip("/").partition("/")[2]
+                counts["GET" if key else "LIST"] += 1
+            elif method == "DELETE" or (method == "POST" and "?delete" in target):
+                counts["DELETE"] += 1
+            elif method == "PUT":
+                counts["PUT"] += 1
+        return counts
+
     def stop(self) -> None:
         stop(self.proc)
+
+
+# A uvicorn access log line: '127.0.0.1:55068 - "GET /b?list-type=2 HTTP/1.1" 200 OK'.
+_ACCESS_RE = re.compile(r'"(GET|PUT|POST|DELETE|HEAD) (\S+) HTTP/[\d.]+" 2\d\d')
 
 
 @dataclass

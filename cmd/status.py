@@ -49,7 +49,7 @@ def command(config_path: str | None, no_expand_env: bool, as_json: bool, db_path
             click.echo(f"  generation {db['generation'] or '-'}  position {db['position'] or '-'}  "
                        f"last checkpoint {db['last_checkpoint'] or '-'}")
             print_table(["replica", "type", "position", "lag", "last shipment", "last error", "next snapshot",
-                         "next retention"], [_replica_row(r) for r in db["replicas"]])
+                         "next retention", "compaction"], [_replica_row(r) for r in db["replicas"]])
 
     run(body)
 
@@ -58,7 +58,15 @@ def _replica_row(r: dict[str, Any]) -> list[str]:
     error = r["last_error"]
     failing = f"{error['kind']} at {error['at']}: {error['message']}" if error else "-"
     return [r["name"], r["type"], r["position"] or "-", format_duration(timedelta(seconds=r["lag_seconds"])),
-            r["last_shipment"] or "-", failing, r["next_snapshot"] or "-", r["next_retention"] or "-"]
+            r["last_shipment"] or "-", failing, r["next_snapshot"] or "-", r["next_retention"] or "-",
+            _compaction(r.get("compaction"))]
+
+
+def _compaction(c: dict[str, Any] | None) -> str:
+    """What compaction did, in a few words: segments merged into how many, and when it last looked."""
+    if c is None:
+        return "off"
+    return f"{c['segments_merged']} segments into {c['segments_written']} (last pass {c['last_pass'] or '-'})"
 
 
 def _print_follower(status: dict[str, Any], as_json: bool) -> None:

@@ -20,6 +20,7 @@ __all__ = [
     "decompress_stream",
     "encode_segment",
     "decode_segment",
+    "merged_count",
     "snapshot_header",
     "read_snapshot_header",
     "Writer",
@@ -132,33 +133,59 @@ SKIPPABLE_MAGIC = 0x184D2A5C
 COMMIT_TIMES_TAG = b"LSRT\x01"
 
 
-def encode_segment(data: bytes | memoryview, commits: list[tuple[int, int]]) -> bytes:
-    """LZ4-compress WAL bytes, prefixed with the commits' capture times."""
+# A merged segment (compaction) also records how many shipped segments it replaces.
+MERGED_TAG = b"LSRM\x01"
+_MERGED = struct.Struct("<I")
+
+
+def _skippable(payload: bytes) -> bytes:
+    return struct.pack("<II", SKIPPABLE_MAGIC, len(payload)) + payload
+
+
+def encode_segment(data: bytes | memoryview, commits: list[tuple[int, int]], merged: int = 0) -> bytes:
+    """LZ4-compress WAL bytes, prefixed with the commits' capture times (and,
+    for a merged segment, the count of shipped segments it replaces)."""
     body = compress(data)
-    if not commits:
-        return body
-    entries = b"".join(COMMIT_ENTRY.pack(o, t) for o, t in commits)
-    payload = COMMIT_TIMES_TAG + struct.pack("<I", len(commits)) + entries
-    return struct.pack("<II", SKIPPABLE_MAGIC, len(payload)) + payload + body
+    head = _skippable(MERGED_TAG + _MERGED.pack(merged)) if merged > 1 else b""
+    if commits:
+        entries = b"".join(COMMIT_ENTRY.pack(o, t) for o, t in commits)
+        head += _skippable(COMMIT_TIMES_TAG + struct.pack("<I", len(commits)) + entries)
+    return head + body
 
 
-def decode_segment(blob: bytes, what: str = "wal segment") -> tuple[bytes, list[tuple[int, int]]]:
-    """WAL bytes and commit capture times (empty for segments written by Go Litestream)."""
-    commits: list[tuple[int, int]] = []
+def _frames(blob: bytes) -> tuple[list[bytes], int]:
+    """The payloads of the skippable frames a segment starts with, and where its LZ4 frame starts."""
+    payloads = []
     start = 0
     while len(blob) - start >= 8:
         magic, size = struct.unpack_from("<II", blob, start)
         if magic & 0xFFFFFFF0 != 0x184D2A50:
             break
-        payload = blob[start + 8 : start + 8 + size]
+        payloads.append(blob[start + 8 : start + 8 + size])
+        start += 8 + size
+    return payloads, start
+
+
+def decode_segment(blob: bytes, what: str = "wal segment") -> tuple[bytes, list[tuple[int, int]]]:
+    """WAL bytes and commit capture times (empty for segments written by Go Litestream)."""
+    commits: list[tuple[int, int]] = []
+    payloads, start = _frames(blob)
+    for payload in payloads:
         if payload.startswith(COMMIT_TIMES_TAG) and len(payload) >= len(COMMIT_TIMES_TAG) + 4:
             (count,) = struct.unpack_from("<I", payload, len(COMMIT_TIMES_TAG))
             base = len(COMMIT_TIMES_TAG) + 4
             if len(payload) < base + count * COMMIT_ENTRY.size:
                 raise ChecksumMismatchError(f"cannot decode {what}: truncated commit times")
             commits = [COMMIT_ENTRY.unpack_from(payload, base + i * COMMIT_ENTRY.size) for i in range(count)]
-        start += 8 + size
     return decompress(blob[start:], what), commits
+
+
+def merged_count(blob: bytes) -> int:
+    """How many shipped segments a segment holds: 1 unless compaction merged several into it."""
+    for payload in _frames(blob)[0]:
+        if payload.startswith(MERGED_TAG) and len(payload) >= len(MERGED_TAG) + _MERGED.size:
+            return int(_MERGED.unpack_from(payload, len(MERGED_TAG))[0])
+    return 1
 
 
 SNAPSHOT_TIME_TAG = b"LSRS\x01"
@@ -171,8 +198,7 @@ def snapshot_header(created_ns: int) -> bytes:
     Object stores list times to the second and stamp upload completion; this
     is the instant the snapshot's database state was taken.
     """
-    payload = SNAPSHOT_TIME_TAG + _SNAPSHOT_TIME.pack(created_ns)
-    return struct.pack("<II", SKIPPABLE_MAGIC, len(payload)) + payload
+    return _skippable(SNAPSHOT_TIME_TAG + _SNAPSHOT_TIME.pack(created_ns))
 
 
 def read_snapshot_header(src: BinaryIO) -> int | None:

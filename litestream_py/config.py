@@ -57,7 +57,7 @@ _S3_KEYS = {"access-key-id", "secret-access-key", "region", "bucket", "endpoint"
 _OTHER_BACKEND_KEYS = {"account-name", "account-key", "host", "user", "password", "key-path"}
 _REPLICA_KEYS = {
     "type", "name", "path", "url", "retention", "retention-check-interval", "sync-interval",
-    "snapshot-interval", "validation-interval", "age", "max-lag",
+    "snapshot-interval", "validation-interval", "compaction-interval", "age", "max-lag",
 } | _S3_KEYS | _OTHER_BACKEND_KEYS
 # Of the backend keys, those each implemented type reads; the others are warned about.
 _BACKEND_KEYS = {"file": set(), "s3": _S3_KEYS}
@@ -135,6 +135,7 @@ class ReplicaConfig:
     snapshot_interval: timedelta | None = None
     validation_interval: timedelta | None = None
     max_lag: timedelta | None = None
+    compaction_interval: timedelta | None = None  # lsr's own key; 0 turns compaction off
     access_key_id: str = ""
     secret_access_key: str = ""
     region: str = ""
@@ -232,7 +233,7 @@ def _replica(data: dict[str, Any], where: str, warnings: list[str]) -> ReplicaCo
         if data.get(key) is not None:
             setattr(rc, key.replace("-", "_"), str(data[key]))
     for key in ("retention", "retention-check-interval", "sync-interval", "snapshot-interval", "validation-interval",
-                "max-lag"):
+                "max-lag", "compaction-interval"):
         if data.get(key) is not None:
             setattr(rc, key.replace("-", "_"), parse_duration(data[key], f"{where} {key}"))
     if data.get("force-path-style") is not None:

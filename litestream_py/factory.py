@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from .clients import new_client
+from .compaction import DEFAULT_COMPACTION_INTERVAL
 from .config import DBConfig, ReplicaConfig
 from .db import DB
 from .errors import ConfigError
@@ -51,6 +52,8 @@ def replica_from_config(rc: ReplicaConfig, db: DB | None, *, read_only: bool = F
     replica.snapshot_interval = rc.snapshot_interval
     replica.max_lag = rc.max_lag
     replica.validation_interval = rc.validation_interval
+    interval = DEFAULT_COMPACTION_INTERVAL if rc.compaction_interval is None else rc.compaction_interval
+    replica.compaction_interval = interval if interval > timedelta(0) else None
     return replica
 
 

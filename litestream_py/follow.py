@@ -238,13 +238,16 @@ class Follower:
             if moved or not self.watch_dir:
                 self._idle = 0 if moved else self._idle + 1
                 return moved
-        segments = [
-            s for s in self.client.wal_segments(state.generation)
-            if (s.index, s.offset) >= (state.index, state.offset)
-        ]
+        listed = self.client.wal_segments(state.generation)
+        segments = [s for s in listed if (s.index, s.offset) >= (state.index, state.offset)]
         if not segments:
             self._idle += 1
             return False
+        if (segments[0].index, segments[0].offset) != (state.index, state.offset):
+            # Compaction may have merged the segment that started here into one
+            # that starts before: read on from inside it (see _apply).
+            covering = [s for s in listed if s.index == state.index and s.offset < state.offset]
+            segments[:0] = covering[-1:]
         try:
             moved = self._apply(segments)
         except SegmentError as exc:
@@ -370,11 +373,16 @@ class Follower:
             where = f"wal segment {seg.generation}/{seg.index:08x}_{seg.offset:08x}"
             if seg.index == cur.index + 1 and seg.offset == 0 and cur.offset > 0:
                 cur.next_index()
-            if (seg.index, seg.offset) != (cur.index, cur.offset):
+            inside = seg.index == cur.index and seg.offset < cur.offset
+            if not inside and (seg.index, seg.offset) != (cur.index, cur.offset):
                 problem = f"cannot follow generation {seg.generation}: missing wal segment at {cur.index:08x}_{cur.offset:08x} (next is {seg.index:08x}_{seg.offset:08x})"
                 break
             try:
                 data, commits = codec.decode_segment(self.client.read_wal_segment(seg.pos), where)
+                if inside:  # a merged segment holding the position: only what lies past it is new
+                    if seg.offset + len(data) <= cur.offset:
+                        continue
+                    data = data[cur.offset - seg.offset :]
                 if commits:
                     self._pacer.saw_segment(commits[-1][1] / 1e9)
                 committed = cur.feed(data, where)

@@ -127,7 +127,18 @@ def _replica_report(replica: Replica, now: float, schedule: dict[str, float | No
         "last_error": error,
         "next_snapshot": rfc3339(schedule.get("snapshot")),
         "next_retention": rfc3339(schedule.get("retention")),
+        "compaction": _compaction_report(replica),
     }
+
+
+def _compaction_report(replica: Replica) -> dict[str, Any] | None:
+    """What compaction did since the sidecar started (None: off, or an encrypted replica without its identity)."""
+    stats = replica.compaction_stats()
+    if stats is None:
+        return None
+    return {"passes": stats.passes, "segments_merged": stats.merged, "segments_written": stats.written,
+            "leftovers_deleted": stats.leftovers, "wal_bytes_rewritten": stats.bytes,
+            "last_pass": rfc3339(stats.last_pass)}
 
 
 def db_report(db: DB, now: float | None = None,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from . import codec
 from .encryption import AgeKeys, AgeReader
 from .errors import LitestreamError, StorageError
+from .compaction import CompactionStats, Compactor
 from .fsutil import read_buffers
 from .pos import Pos, SnapshotInfo
 from .replica_client import ReplicaClient, ReplicaReader
@@ -103,6 +104,12 @@ class Replica:
         # Only one sync or snapshot at a time per replica.
         self._sync_lock = threading.Lock()
         self._header_cache: tuple[str, WALHeader] | None = None  # (shadow path, its header)
+        # Held by whatever deletes segments (retention, compaction, a wipe's
+        # cleanup), so that none of them writes back what another deleted.
+        self.prune_lock = threading.Lock()
+        self.compaction_interval: timedelta | None = None  # None: never compact
+        self._compactor: Compactor | None = None
+        self._compaction_skip_logged = False
 
     @property
     def name(self) -> str:
@@ -198,7 +205,8 @@ class Replica:
         log.warning("%s: generation %s has no snapshot on the replica any more (was it deleted?): "
                     "writing it again from a new snapshot", self.name, pos.generation, extra=self._fields(pos))
         # Segments shipped since the wipe lead nowhere without the ones before them.
-        self.client.delete_generation(pos.generation)
+        with self.prune_lock:
+            self.client.delete_generation(pos.generation)
         self._set_pos(Pos())
         return False
 
@@ -366,6 +374,10 @@ class Replica:
         current = self.db.pos().generation
         if not retained:
             retained = [self.snapshot()]
+        with self.prune_lock:
+            self._prune(generations, retained, current)
+
+    def _prune(self, generations: list[str], retained: list[SnapshotInfo], current: str) -> None:
         for generation in generations:
             kept = [s for s in retained if s.generation == generation]
             if not kept:
@@ -384,3 +396,37 @@ class Replica:
                 self.client.delete_wal_segments(old_segments)
                 log.info("%s: %d wal segments before index %08x deleted by retention", self.name, len(old_segments), oldest,
                          extra=self._fields(Pos(generation)))
+
+    # -- compaction ----------------------------------------------------------
+    @property
+    def compactor(self) -> Compactor | None:
+        """This replica's compactor, or None when compaction is off (or cannot run: see compact)."""
+        if self._compactor is None and self.compaction_interval:
+            if self.age is not None and not self.age.identities:
+                return None
+            # An encrypted replica's segments are decrypted to merge, and the
+            # merged one encrypted to the same recipients.
+            self._compactor = Compactor(self.client, self.name, self.prune_lock, age=self.compaction_interval,
+                                        reader=self.reader, seal=self.age.encrypt if self.age is not None else None,
+                                        guard=self._check_lease)
+        return self._compactor
+
+    def compaction_stats(self) -> CompactionStats | None:
+        """What compaction did here so far; None when it is off or cannot run."""
+        compactor = self.compactor
+        return compactor.stats if compactor is not None else None
+
+    def compact(self) -> bool:
+        """Merge the segments behind the live edge (see compaction); True if more is left to do."""
+        compactor = self.compactor
+        if compactor is None:
+            if self.compaction_interval and not self._compaction_skip_logged:
+                self._compaction_skip_logged = True
+                log.info("%s: compaction skipped: the replica is age-encrypted and only its recipients are "
+                         "configured (add age.identities to merge its segments)", self.name, extra=self._fields())
+            return False
+        if self.db is None:
+            return compactor.compact()
+        # Only the generation being written: see Compactor.compact.
+        generation = self.db.pos().generation
+        return compactor.compact([generation] if generation else [])

@@ -8,7 +8,8 @@ that writes new segments as soon as the shadow WAL changes (at most once per
 the syncs allow, but at least MIN_SHIP_SPACING apart; an object store left
 at its default interval also ships full segments at once, and the rest when
 the writer pauses: see replica.QUIET_FLUSH), and runs retention and
-scheduled snapshots. A task is a step that runs when it is woken or its timer
+scheduled snapshots; a compaction task per replica merges old segments
+(compaction.py) on a thread of its own, never in a shipment's way. A task is a step that runs when it is woken or its timer
 is due, never on two threads at once (scheduler.py). ``stop()`` ends the pool, then runs one
 final sync of every DB and replica so that nothing committed before shutdown
 stays behind.
@@ -75,19 +76,20 @@ class _ErrorLog:
     to MAX_UNSERVED_RETRY: an operator tailing the log sees it is still down.
     """
 
-    def __init__(self, what: str, fields: dict[str, str]) -> None:
+    def __init__(self, what: str, fields: dict[str, str], retry: float = RETRY_INTERVAL) -> None:
         self.what = what
         self.fields = fields  # structured log fields (db, replica)
         self.last = ""
         self.since = 0.0
-        self.retry = RETRY_INTERVAL
+        self.first_retry = retry
+        self.retry = retry
         self.logged_at = 0.0
 
     def failed(self, exc: BaseException, repeat: bool = False) -> None:
         message = str(exc) or type(exc).__name__
         now = time.monotonic()
         if message != self.last:
-            self.last, self.since, self.retry = message, now, RETRY_INTERVAL
+            self.last, self.since, self.retry = message, now, self.first_retry
         elif not repeat or now - self.logged_at < self.retry * 0.9:
             return  # a wake between retries (inotify) need not repeat it
         else:
@@ -99,7 +101,7 @@ class _ErrorLog:
         if self.last:
             log.info("%s: recovered after %.1fs", self.what, time.monotonic() - self.since, extra=self.fields)
             self.last = ""
-            self.retry = RETRY_INTERVAL
+            self.retry = self.first_retry
 
 
 @dataclass
@@ -170,6 +172,8 @@ class Replicator:
                 shipper = self._ship_task(replica)
                 db.on_change(functools.partial(self._shadow_changed, db, replica, shipper))
                 self._shippers.wake(shipper)
+                if replica.compaction_interval:
+                    self._shippers.wake(self._compact_task(replica))
             self._monitors.wake(monitor)
         self._monitors.start()
         self._shippers.start()
@@ -336,6 +340,35 @@ class Replicator:
         if state.errors.last:
             wait = min(wait, RETRY_INTERVAL)
         return max(wait, 0.0)
+
+    def _compact_task(self, replica: Replica) -> _Task:
+        """Compaction is a task of its own: a long pass never holds back a shipment."""
+        db = replica.db
+        assert db is not None and replica.compaction_interval is not None
+        interval = replica.compaction_interval.total_seconds()
+        # A failed pass is tried again at the next interval: a pass costs
+        # requests, and nothing waits for it.
+        errors = _ErrorLog(f"{db.path}: compaction of replica {replica.name}", {"db": db.path, "replica": replica.name},
+                           retry=interval)
+        first = [True]
+
+        def step() -> float:
+            if first[0]:  # started with the replicator: nothing is old enough yet
+                first[0] = False
+                return interval
+            try:
+                more = replica.compact()
+                errors.ok()
+            except LitestreamError as exc:
+                errors.failed(exc)
+                return interval
+            except Exception as exc:
+                log.exception("%s: unexpected compaction failure in replica %s", db.path, replica.name)
+                errors.failed(exc)
+                return interval
+            return 0.0 if more else interval
+
+        return _Task(f"{db.path}: compaction of replica {replica.name}", step)
 
     @staticmethod
     def _validate(replica: Replica) -> None:

@@ -333,6 +333,7 @@ class _WALApplier:
         self.pending: dict[int, bytes] = {}
         self.transactions = 0
         self.last_commit = Pos()
+        self.tail = (0, memoryview(b""))  # (offset, bytes) of the last stretch applied in this index
 
     def feed(self, run: list[tuple[WALSegmentInfo, Segment]]) -> None:
         """Apply segments in order; each stretch of byte-contiguous ones is checked in one pass."""
@@ -366,19 +367,25 @@ class _WALApplier:
         if seg.index != self.index:
             self.index, self.offset, self.header = seg.index, 0, None
             self.pending.clear()
+            self.tail = (0, memoryview(b""))
         if seg.offset > self.offset:
             raise RestoreGapError(
                 f"cannot restore generation {self.generation}: {_missing(self.generation, seg.index, self.offset)} "
                 f"(the next one, {where(seg)}, starts at offset {seg.offset})"
             )
-        if seg.offset < self.offset:
-            # Only two writers shipping one replica make segments overlap.
-            raise RestoreGapError(
-                f"cannot restore generation {self.generation}: wal segment {where(seg)} starts at "
-                f"{seg.offset}, inside the previous one (which ended at {self.offset}): were two lsr "
-                "processes shipping to this replica?"
-            )
+        base = seg.offset  # where ``data`` starts in the WAL index
         view = memoryview(data)
+        if seg.offset < self.offset:
+            # A compaction's merged segment is listed with the ones it replaces
+            # until it deletes them: the range applied already is skipped (if
+            # it was just applied, it must hold the same bytes), and what lies
+            # beyond it must continue the checksum chain.
+            if seg.offset + len(data) <= self.offset:
+                start = seg.offset - self.tail[0]
+                if start >= 0 and self.tail[1][start : start + len(data)] != view:
+                    raise self._overlap(where(seg), seg.offset)
+                return
+            view, base = view[self.offset - seg.offset :], self.offset
         pos = 0
         if self.header is None:
             try:
@@ -390,16 +397,18 @@ class _WALApplier:
         header = self.header
         page_size = header.page_size
         frame_size = WAL_FRAME_HEADER_SIZE + page_size
-        if (len(data) - pos) % frame_size:
+        if (len(view) - pos) % frame_size:
             last = stretch[-1][0]
             raise WALFormatError(f"cannot apply wal segment {where(last)}: it does not end on a frame boundary")
         check = check_frames(view[pos:], header, self.checksum)
+        if check.problem and base != seg.offset and len(check.sums) == 0:
+            raise self._overlap(where(seg), seg.offset)
         s0, s1 = self.checksum
         for (pgno, commit_size), (s0, s1) in zip(check.fields[:, :2].tolist(), check.sums.tolist()):
             self.pending[pgno] = bytes(view[pos + WAL_FRAME_HEADER_SIZE : pos + frame_size])
             pos += frame_size
             if commit_size:
-                end = seg.offset + pos
+                end = base + pos
                 if self.cutoff_ns is not None:
                     captured = times.get(end)
                     if captured is None:
@@ -415,12 +424,20 @@ class _WALApplier:
                     return
         if check.problem:
             # Frames before it were applied: a target reached there still restores.
-            bad = seg.offset + pos
+            bad = base + pos
             raise WALFormatError(
                 f"cannot apply wal segment {where(segment_at(bad + 1))}: {check.problem} at offset {bad}"
             )
         self.checksum = (s0, s1)
-        self.offset = seg.offset + len(data)
+        self.offset = base + len(view)
+        self.tail = (base, view)
+
+    def _overlap(self, where: str, offset: int) -> RestoreGapError:
+        # Only two writers shipping one replica make segments overlap otherwise.
+        return RestoreGapError(
+            f"cannot restore generation {self.generation}: wal segment {where} starts at {offset}, inside the "
+            f"previous one (which ended at {self.offset}): were two lsr processes shipping to this replica?"
+        )
 
     def _commit(self, db_pages: int, page_size: int) -> None:
         self.page_size = page_size

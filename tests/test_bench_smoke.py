@@ -37,3 +37,9 @@ def test_bench_quick_runs_lsr_and_go_side_by_side(tmp_path: Path) -> None:
         for variant in ("plain", "age"):
             assert data["age_cost"]["file"][scenario][variant][key] > 0, (scenario, variant)
     assert "## Encryption (age)" in table
+    # Each tool's replica of issue 29's workload, and its restore (compaction on, for lsr).
+    for tool in ("lsr", "go"):
+        r = data["compaction"]["file"][tool]
+        assert r["objects"] > 0 and r["restore_seconds"] > 0 and r["check"] == "ok", (tool, r)
+    assert data["compaction"]["file"]["lsr"]["compactions"] > 0, "lsr's replica was not compacted"
+    assert "replica objects after" in table

@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from conftest import Processes, integrity_ok, open_app_db, rows, run_lsr, wait_for
+from litestream_py.clients.file import FileReplicaClient
+from litestream_py.compaction import Compactor
+from litestream_py.encryption import AgeReader
 from workload import (
     AgeKeyPair,
     OpenWEC,
     assert_encrypted,
     assert_same_data,
+    content_hash,
     dump,
     local_generation,
     new_generation_lines,
@@ -27,6 +33,8 @@ from workload import (
     replica_ready,
     restore,
     segment_count,
+    segment_names,
+    shipped_since,
     stop_lsr,
     wait_synced,
     wal_indexes,
@@ -43,6 +51,18 @@ def go_restore(go: str, replica: Path, out: Path, config: Path | None = None, db
     res = go_run(go, "restore", "-o", str(out), *source)
     assert res.returncode == 0, f"litestream restore failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
     assert out.exists()
+
+
+def compact(replica: Path, age: AgeKeyPair | None = None) -> None:
+    """Merge every segment of a file replica, as a sidecar's compaction does once they are old enough
+    (decrypted and encrypted again with ``age``'s keys)."""
+    (generation,) = replica_generations(replica)
+    assert segment_count(replica) > len(wal_indexes(replica, generation))
+    client, keys = FileReplicaClient(str(replica)), age.keys() if age else None
+    Compactor(client, "test", threading.Lock(), age=timedelta(0), reader=AgeReader(client, keys),
+              seal=keys.encrypt if keys else None).compact()
+    # One segment per index, and the generation's last one (where a restarted lsr resumes) as shipped.
+    assert segment_count(replica) - len(wal_indexes(replica, generation)) in (0, 1)
 
 
 def write_config(path: Path, db: Path, replica: Path, page_count: int, age: AgeKeyPair | None = None) -> Path:
@@ -114,12 +134,12 @@ def workload(conn_path: Path, page_size: int, rounds: int, replica: Path) -> Non
     wec.init()
     app.execute("CREATE TABLE attachments (id INTEGER PRIMARY KEY, body BLOB)")
     for r in range(rounds):
-        shipped = segment_count(replica)
+        shipped = segment_names(replica)
         wec.round()
         app.execute("INSERT INTO attachments (body) VALUES (randomblob(?))", (3 * page_size + 17,))
         if r == rounds // 2:
             wec.migrate()
-        wait_for(lambda: segment_count(replica) > shipped, timeout=30, what="the replica to ship the round")
+        wait_for(lambda: shipped_since(replica, shipped) > 0, timeout=30, what="the replica to ship the round")
     app.close()
 
 
@@ -156,6 +176,12 @@ def test_go_restores_what_lsr_replicated(tmp_path: Path, procs: Processes, go: s
     lsr_restore(replica, by_lsr, *via)
     assert_same_data(db, by_go)
     assert_same_data(db, by_lsr)
+    # Compacted, the replica holds fewer, larger segments under the same names: Go still restores it.
+    compact(replica, age)
+    if age:
+        assert_encrypted(replica, b"machine-")
+    go_restore(go, replica, tmp_path / "go-compacted.db", *via)
+    assert_same_data(db, tmp_path / "go-compacted.db")
 
 
 # -- (b) Go writes, lsr reads -------------------------------------------------------
@@ -185,6 +211,20 @@ def test_lsr_restores_what_go_replicated(tmp_path: Path, procs: Processes, go: s
     go_restore(go, replica, by_go, *via)
     assert_same_data(by_go, by_lsr)
     assert_same_data(db, by_lsr)
+    # An lsr taking over compacts Go's segments too, their commits dated by each segment's
+    # time (Go's rule): a restore to a time inside the chain gives the same database after.
+    segments = FileReplicaClient(str(replica)).wal_segments(generation)
+    at = ["-timestamp", segments[len(segments) // 2].created_at.isoformat(), *(["-config", str(cfg)] if age else [])]
+    source = str(db) if age else f"file://{replica}"
+    restore(source, tmp_path / "at-before.db", *at)
+    compact(replica, age)
+    restore(source, tmp_path / "at-after.db", *at)
+    assert content_hash(tmp_path / "at-after.db") == content_hash(tmp_path / "at-before.db")
+    assert content_hash(tmp_path / "at-after.db") != content_hash(db)  # a point inside, not the end
+    lsr_restore(replica, tmp_path / "lsr-compacted.db", *via)
+    go_restore(go, replica, tmp_path / "go-compacted.db", *via)
+    assert_same_data(db, tmp_path / "lsr-compacted.db")
+    assert_same_data(db, tmp_path / "go-compacted.db")
 
 
 # -- (c) both list the same replica the same way ---------------------------------------
@@ -228,6 +268,9 @@ def test_listings_match_go(tmp_path: Path, procs: Processes, go: str, writer: st
     if age:
         assert_encrypted(replica)
     assert_same_listings(go, replica)
+    if writer == "lsr":
+        compact(replica, age)
+        assert_same_listings(go, replica)
 
 
 # -- (d) taking over from each other ---------------------------------------------------

@@ -31,7 +31,8 @@ from workload import (
     new_generation_lines,
     replica_generations,
     restore,
-    segment_count,
+    segment_names,
+    shipped_since,
     stop_lsr,
     wait_ready,
     wait_synced,
@@ -179,8 +180,8 @@ def test_sigkill_mid_load_then_restart(tmp_path: Path, procs: Processes) -> None
                 else:
                     assert any(gen in line and re.search(r"\(.+\)", line) for line in lines), lines
                     outcomes.append("new generation: " + lines[-1].split("(", 1)[1].rstrip(")"))
-            n = segment_count(replica)
-            wait_for(lambda: segment_count(replica) >= n + 5, timeout=30, what="segments after the restart")
+            n = segment_names(replica)
+            wait_for(lambda: shipped_since(replica, n) >= 5, timeout=30, what="segments after the restart")
             if cycle == 3:
                 break
             p.send_signal(signal.SIGKILL)
@@ -244,9 +245,9 @@ def test_restart_resumes_generation_when_continuity_is_provable(tmp_path: Path, 
 
     # Restart with nothing written meanwhile: same generation.
     p = procs.lsr_replicate(str(db), f"file://{replica}")
-    shipped = segment_count(replica)
+    shipped = segment_names(replica)
     app.execute("INSERT INTO t (v) VALUES ('during 2nd run')")
-    wait_for(lambda: segment_count(replica) > shipped, what="the 2nd run to ship the write")
+    wait_for(lambda: shipped_since(replica, shipped) > 0, what="the 2nd run to ship the write")
     out = stop_lsr(p)
     assert not new_generation_lines(out), out
     assert local_generation(db) == generation
@@ -255,9 +256,9 @@ def test_restart_resumes_generation_when_continuity_is_provable(tmp_path: Path, 
     for i in range(50):
         app.execute("INSERT INTO t (v) VALUES (?)", (f"while down {i}",))
     p = procs.lsr_replicate(str(db), f"file://{replica}")
-    shipped = segment_count(replica)
+    shipped = segment_names(replica)
     app.execute("INSERT INTO t (v) VALUES ('during 3rd run')")
-    wait_for(lambda: segment_count(replica) > shipped, what="the 3rd run to ship the writes")
+    wait_for(lambda: shipped_since(replica, shipped) > 0, what="the 3rd run to ship the writes")
     out = stop_lsr(p)
     assert not new_generation_lines(out), out
     assert local_generation(db) == generation
@@ -487,9 +488,9 @@ def test_long_reader_pins_the_wal_then_lets_go(tmp_path: Path, procs: Processes)
     # backfill. So the index is pinned from the first shipped round on.
     pinned = -1
     for i in range(5):
-        shipped = segment_count(replica)
+        shipped = segment_names(replica)
         wec.round()
-        wait_for(lambda: segment_count(replica) > shipped, what="the round to be shipped")
+        wait_for(lambda: shipped_since(replica, shipped) > 0, what="the round to be shipped")
         if i == 0:
             pinned = max(wal_indexes(replica, generation))
     # The reader's snapshot holds, so no checkpoint could finish: still the same WAL index.

@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import Processes, open_app_db, wait_for
 from litestream_py.watch import WALWatcher
 from test_replicate_e2e import start_lsr
-from workload import assert_same_data, restore, segment_count, stop_lsr, wait_ready
+from workload import assert_same_data, restore, segment_names, shipped_since, stop_lsr, wait_ready
 
 WAKE_TIMEOUT = 5.0
 
@@ -152,10 +152,10 @@ def test_commits_ship_without_waiting_for_the_poll(tmp_path: Path, procs: Proces
     p = start_lsr(procs, tmp_path, db, replica, "config", **{"monitor-interval": "1h"})
     wait_ready(p, replica)
     for i in range(3):
-        shipped = segment_count(replica)
+        shipped = segment_names(replica)
         app.execute("INSERT INTO t (v) VALUES (?)", (f"row {i}",))
         deadline = time.monotonic() + 10
-        while segment_count(replica) <= shipped:
+        while not shipped_since(replica, shipped):
             assert time.monotonic() < deadline, f"commit {i} not shipped within 10 s: no inotify wake"
             time.sleep(0.02)
     stop_lsr(p)

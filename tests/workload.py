@@ -329,8 +329,18 @@ def replica_generations(replica: Path) -> list[str]:
 
 
 def segment_count(replica: Path, generation: str | None = None) -> int:
+    return len(segment_names(replica, generation))
+
+
+def segment_names(replica: Path, generation: str | None = None) -> set[str]:
     gens = [generation] if generation else replica_generations(replica)
-    return sum(len(list((replica / "generations" / g / "wal").glob("*.wal.lz4"))) for g in gens)
+    return {f"{g}/{p.name}" for g in gens for p in (replica / "generations" / g / "wal").glob("*.wal.lz4")}
+
+
+def shipped_since(replica: Path, before: set[str]) -> int:
+    """Segments shipped since ``before`` (segment_names) was taken. Counted by new names,
+    not by count: compaction merges old segments into the first one's name meanwhile."""
+    return len(segment_names(replica) - before)
 
 
 def wal_indexes(replica: Path, generation: str) -> set[int]:
