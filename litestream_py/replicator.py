@@ -28,7 +28,7 @@ from typing import Any
 
 from . import health
 from .db import DB
-from .errors import DatabaseBusyError, DatabaseError, LitestreamError
+from .errors import DatabaseBusyError, DatabaseError, LitestreamError, StorageError
 from .pos import Pos
 from .replica import QUIET_FLUSH, Replica
 from .scheduler import MAX_BUSY_SPACING, RETRY_INTERVAL
@@ -76,8 +76,12 @@ class _ErrorLog:
     to MAX_UNSERVED_RETRY: an operator tailing the log sees it is still down.
     """
 
-    def __init__(self, what: str, fields: dict[str, str], retry: float = RETRY_INTERVAL) -> None:
+    def __init__(self, what: str, fields: dict[str, str], retry: float = RETRY_INTERVAL,
+                 storage_level: int = logging.WARNING) -> None:
         self.what = what
+        # How a StorageError is logged: a job whose replica's shipper already
+        # warns about an unreachable store need not warn a second time.
+        self.storage_level = storage_level
         self.fields = fields  # structured log fields (db, replica)
         self.last = ""
         self.since = 0.0
@@ -95,7 +99,8 @@ class _ErrorLog:
         else:
             self.retry = min(self.retry * 2, MAX_UNSERVED_RETRY)
         self.logged_at = now
-        log.warning("%s: %s (retrying in %gs)", self.what, message, self.retry, extra=self.fields)
+        level = self.storage_level if isinstance(exc, StorageError) else logging.WARNING
+        log.log(level, "%s: %s (retrying in %gs)", self.what, message, self.retry, extra=self.fields)
 
     def ok(self) -> None:
         if self.last:
@@ -349,7 +354,7 @@ class Replicator:
         # A failed pass is tried again at the next interval: a pass costs
         # requests, and nothing waits for it.
         errors = _ErrorLog(f"{db.path}: compaction of replica {replica.name}", {"db": db.path, "replica": replica.name},
-                           retry=interval)
+                           retry=interval, storage_level=logging.INFO)
         first = [True]
 
         def step() -> float:
