@@ -107,8 +107,9 @@ def test_exact_restores_from_s3(tmp_path: Path, server_name: str, s3_servers: di
     server = s3_servers[server_name]
     bucket = server.create_bucket()
     replica = f"s3://{bucket}/events?endpoint={server.endpoint}"
-    db, replica, windows = replicate_events(tmp_path, replica, S3_ENV)
-    for i, (t, expected) in enumerate(random_instants(windows, 20, seed=8)):
+    # Half the file test's events and instants: the rule is the same, S3 restores cost more.
+    db, replica, windows = replicate_events(tmp_path, replica, S3_ENV, events=EVENTS // 2)
+    for i, (t, expected) in enumerate(random_instants(windows, 10, seed=8)):
         out = tmp_path / f"s3-pitr-{i}.db"
         r = run_lsr("restore", "-timestamp", iso(t), "-o", str(out), replica, env=S3_ENV)
         assert r.returncode == 0, r.stderr

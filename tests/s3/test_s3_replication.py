@@ -39,8 +39,8 @@ from litestream_py.replica_client import ReplicaReader
 from workload import AGE_MAGIC, AgeKeyPair, Writer, assert_same_data, dump, stop_lsr
 
 # The outage test keeps the server unreachable this long (LSR_S3_OUTAGE_SECONDS=60 for "a minute";
-# 15 s is past every retry and backoff of a shipment, and keeps CI under 10 minutes).
-OUTAGE_SECONDS = float(os.environ.get("LSR_S3_OUTAGE_SECONDS", "15"))
+# 10 s is ten of the shipper's 1 s retries, and keeps CI under 10 minutes).
+OUTAGE_SECONDS = float(os.environ.get("LSR_S3_OUTAGE_SECONDS", "10"))
 # Once faults stop, the replica must hold everything within this many seconds.
 CATCH_UP_SECONDS = 20.0
 WRONG_SECRET = "wrong-secret-NEVER-PRINT-5a6b7c"
