@@ -469,7 +469,7 @@ class DB:
             # Nothing proves the WAL kept continuity while lsr was not running,
             # so check the shadow against the WAL byte for byte, and copy up to
             # the WAL's end before the read lock starts (module docstring).
-            state = self._verify()
+            state = self._check_continuity()
             if not state.reason and not state.restart:
                 self._copy_to_shadow(state.generation, state.shadow_index)
                 self._continuous = True
@@ -677,7 +677,7 @@ class DB:
         position; a WAL that no longer continues the shadow starts a new index
         (restarted) or a new generation. Returns the shadow's size."""
         self._ensure_wal_exists()
-        state = self._verify()
+        state = self._check_continuity()
         if state.reason:
             generation = self._create_generation()
             log.info("%s: new generation %s (%s)", self.path, generation, state.reason,
@@ -754,7 +754,7 @@ class DB:
             pass
         self._writer().execute(BUMP_SEQ_SQL)
 
-    def _verify(self) -> _SyncState:
+    def _check_continuity(self) -> _SyncState:
         """Decide whether the shadow WAL still continues the real WAL."""
         generation, index = self._current_head()
         if not generation:

@@ -143,9 +143,9 @@ class Replica:
             self._pos = pos
 
     # -- shipping -------------------------------------------------------------
-    def sync(self, whole: bool = True) -> bool:
+    def sync(self, include_partial: bool = True) -> bool:
         """Ship everything the DB's shadow WAL holds beyond this replica's position
-        (``whole=False``: only full segments and the ends of finished indexes,
+        (``include_partial=False``: only full segments and the ends of finished indexes,
         leaving the current index's last, partial segment for later).
 
         Returns True when anything was written.
@@ -157,7 +157,7 @@ class Replica:
             try:
                 if self.intact_check_interval == timedelta(0):
                     self._check_intact()
-                return self._sync(whole)
+                return self._sync(include_partial)
             except StorageError:
                 # The position advances only after a successful write, so it
                 # stays valid: the failed upload is simply retried, without
@@ -168,7 +168,7 @@ class Replica:
                 self._set_pos(Pos())
                 raise
 
-    def _sync(self, whole: bool = True) -> bool:
+    def _sync(self, include_partial: bool = True) -> bool:
         assert self.db is not None
         dpos = self.db.pos()
         if dpos.is_zero():
@@ -182,7 +182,7 @@ class Replica:
                     return wrote  # a new generation began meanwhile; next sync
             self._set_pos(self._calc_pos(dpos.generation))
         while True:
-            shipped = self._ship_next(whole)
+            shipped = self._ship_next(include_partial)
             if not shipped:
                 return wrote
             wrote = True
@@ -247,9 +247,9 @@ class Replica:
         """Where a segment starting at ``pos`` of shadow WAL ``path`` ends once it is full (a frame boundary)."""
         return frame_align(pos.offset + self._max_segment(path), self._page_size(path))
 
-    def _ship_next(self, whole: bool = True) -> bool:
+    def _ship_next(self, include_partial: bool = True) -> bool:
         """Write one WAL segment, or move to the next shadow index. False when caught up
-        (``whole=False``: when only a partial segment of the current index is left)."""
+        (``include_partial=False``: when only a partial segment of the current index is left)."""
         assert self.db is not None
         pos = self.pos()
         dpos = self.db.pos()
@@ -276,7 +276,7 @@ class Replica:
                 return True
             return False
         full = self._full_segment_end(pos, path)
-        if not whole and pos.index == dpos.index and end < full:
+        if not include_partial and pos.index == dpos.index and end < full:
             return False
         end = min(end, full)
         self.db.make_durable(pos.generation, pos.index, end)

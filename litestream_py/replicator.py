@@ -47,18 +47,13 @@ FALLBACK_POLL_INTERVAL = 30.0
 # A replica with nothing to do still wakes this often (timers, lost notifications).
 IDLE_WAKE_INTERVAL = 60.0
 # Shortest time between two syncs of one DB: a busy writer's commits go out in
-# batches, bounding the per-sync and per-segment overhead (a new file, fsyncs,
-# requests) at a few ms of added lag. Under commits every 10 ms, 50 ms gives a
-# median lag near 29 ms (the target is 35 ms) for a quarter less steady-state
-# CPU than 35 ms (22 ms) took; in this Python sidecar, each sync and segment
-# costs ~3 ms of CPU.
+# batches, so the per-sync and per-segment costs (a new file, fsyncs, requests)
+# are paid per batch, not per commit, for a few ms of added lag (docs/bench.md).
 MIN_SYNC_SPACING = 0.05
 # Shortest time between two shipments of a replica without a sync-interval.
 # The syncs that feed it already come at most every MIN_SYNC_SPACING; spaced
 # alike, the shipper's start would wander out of step with them (each spacing
-# counts from its own start) and ship a sync's commits up to a whole spacing
-# late: in the benchmark, shipments 34 ms behind their sync at p90 (3 ms at
-# the median) and a median file lag of 32-38 ms, against 7 ms and 28-29 ms.
+# counts from its own start) and ship a sync's commits up to a whole spacing late.
 MIN_SHIP_SPACING = MIN_SYNC_SPACING / 2
 # A DB's sync that took t seconds starts again no sooner than BUSY_SPACING_FACTOR * t
 # after it began (at most scheduler.MAX_BUSY_SPACING): under a saturated writer each
@@ -116,7 +111,7 @@ class _ShipState:
     retention: _Periodic
     validation: _Periodic
     intact: _Periodic  # the replica still holds its snapshot (object stores; files check every sync)
-    whole: _Periodic  # shipping everything, partial segment included
+    include_partial: _Periodic  # shipping everything, the partial segment included
     task: _Task | None = None
     # Barriers that asked for everything to ship at once, and how many of them a
     # step has served: a request made while a step runs is served by the next.
@@ -283,7 +278,7 @@ class Replicator:
             retention=_Periodic(retention_check if replica.retention.total_seconds() > 0 else None),
             validation=_Periodic(replica.validation_interval),
             intact=_Periodic(replica.intact_check_interval or None),
-            whole=_Periodic(replica.sync_interval, now=True, slack=MIN_SYNC_SPACING),
+            include_partial=_Periodic(replica.sync_interval, now=True, slack=MIN_SYNC_SPACING),
         )
         # sync-interval bounds the request rate (object stores bill per PUT).
         interval = replica.sync_interval.total_seconds()
@@ -301,29 +296,30 @@ class Replicator:
             # An early run (full segments pending, the interval not yet up) ships
             # only those; once per interval, or after a pause, everything goes.
             requested = state.flush_requests
-            whole = not replica.ships_early or requested != state.flushed or state.whole.take(now) or task.quiet()
+            include_partial = (not replica.ships_early or requested != state.flushed
+                               or state.include_partial.claim(now) or task.quiet())
             state.flushed = requested
-            if state.intact.take(now):
+            if state.intact.claim(now):
                 replica.check_intact()  # if wiped, this sync ships it again from a new snapshot
             # Only a step that wrote to the replica shows an outage is over: an
             # early run with no full segment to ship sends nothing at all.
-            reached = replica.sync(whole)
-            if not whole and replica.pos() != db.pos():
+            reached = replica.sync(include_partial)
+            if not include_partial and replica.pos() != db.pos():
                 # What is left goes at the pause or at the interval, whichever
                 # comes first: the wakes that would bring it may all be spent.
                 self._shippers.wake(task)
             now = time.monotonic()
-            if state.snapshot.take(now):
+            if state.snapshot.claim(now):
                 replica.snapshot()
                 reached = True
-            if state.retention.take(now):
+            if state.retention.claim(now):
                 # Retention on a wiped replica would snapshot an index whose
                 # start was never shipped: ship it again first.
                 if not replica.check_intact():
                     replica.sync()
                 replica.enforce_retention()
                 reached = True
-            if state.validation.take(now):
+            if state.validation.claim(now):
                 self._validate(replica)
                 reached = True
             if reached:

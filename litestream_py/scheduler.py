@@ -303,7 +303,7 @@ class Periodic:
         self.slack = slack
         self.due = math.inf if self.seconds <= 0 else clock.now() + (0.0 if now else self.seconds)
 
-    def take(self, now: float) -> bool:
+    def claim(self, now: float) -> bool:
         """Whether the job is due at ``now``; if so, its next run is one interval later."""
         if now < self.due - self.slack:
             return False
