@@ -141,9 +141,10 @@ def _compaction_report(replica: Replica) -> dict[str, Any] | None:
             "last_pass": rfc3339(stats.last_pass)}
 
 
-def db_report(db: DB, now: float | None = None,
-              schedules: dict[str, dict[str, float | None]] | None = None) -> dict[str, Any]:
-    """A database's state and its replicas' (``schedules``: replica name -> job -> wall time)."""
+def db_report(db: DB, now: float | None = None, schedules: dict[str, dict[str, float | None]] | None = None,
+              unserved: str | None = None) -> dict[str, Any]:
+    """A database's state and its replicas' (``schedules``: replica name -> job -> wall time;
+    ``unserved``: why the database cannot be replicated at all, if it cannot)."""
     now = time.time() if now is None else now
     pos = db.pos()
     replicas = [_replica_report(r, now, (schedules or {}).get(r.name, {})) for r in db.replicas]
@@ -152,7 +153,9 @@ def db_report(db: DB, now: float | None = None,
         "generation": pos.generation,
         "position": str(pos),
         "last_checkpoint": rfc3339(db.stats.last_checkpoint),
-        "healthy": all(r["healthy"] for r in replicas),
+        "served": unserved is None,
+        "error": unserved,
+        "healthy": unserved is None and all(r["healthy"] for r in replicas),
         "replicas": replicas,
     }
 

@@ -78,6 +78,9 @@ class SidecarCollector(Collector):
                 label, pos.index)
             family("litestream_shadow_wal_size", "gauge", "Size of the current shadow WAL, in bytes.", _DB).add(
                 label, pos.offset)
+            family("lsr_db_open", "gauge",
+                   "1 while lsr holds the database open (0: not created yet, or it cannot be served).", _DB).add(
+                label, 1.0 if db.is_open() else 0.0)
             family("litestream_sync_count", "counter", "Syncs of the WAL into the shadow WAL.", _DB).add(
                 label, s.sync_count)
             family("litestream_sync_error_count", "counter", "Syncs that failed.", _DB).add(label, s.sync_errors)

@@ -130,7 +130,7 @@ class Replicator:
         self._monitors = _Pool("lsr-sync")
         self._shippers = _Pool("lsr-ship")
         self._monitor_tasks: list[_Task] = []
-        self._unserved: set[str] = set()  # paths of the DBs that cannot be opened at all, now
+        self._unserved: dict[str, str] = {}  # the DBs that cannot be opened at all, now: path -> why
         self._ship_states: dict[int, _ShipState] = {}  # by id(replica)
         # Notified after every shipping step: the sync barrier waits on it.
         self._shipped = threading.Condition()
@@ -160,7 +160,7 @@ class Replicator:
                 log.error("%s", failure, extra={"db": db.path})
             raise DatabaseError(f"cannot replicate: none of the {len(failures)} databases can be served (see above)")
         unserved = {db.path: exc for db, exc in failures}
-        self._unserved.update(unserved)
+        self._unserved.update((path, str(exc)) for path, exc in unserved.items())
         watcher = self._watcher if self._watcher is not None and self._watcher.start() else None
         for db in self.dbs:
             monitor = self._monitor_task(db, unserved.get(db.path))
@@ -255,9 +255,9 @@ class Replicator:
             log.exception("%s: unexpected sync failure", db.path)
             errors.failed(exc)
         if unserved:
-            self._unserved.add(db.path)
+            self._unserved[db.path] = errors.last
         else:
-            self._unserved.discard(db.path)
+            self._unserved.pop(db.path, None)
         wait = self._poll_interval(db)
         if unserved:
             wait = errors.retry
@@ -433,7 +433,8 @@ class Replicator:
     def report(self, dbs: list[DB] | None = None) -> dict[str, Any]:
         """The state of ``dbs`` (default: all) and their replicas, as /healthz and ``lsr status`` show it."""
         now = time.time()
-        return health.report([health.db_report(db, now, self.schedules(db)) for db in (dbs or self.dbs)])
+        return health.report([health.db_report(db, now, self.schedules(db), self._unserved.get(db.path))
+                              for db in (dbs or self.dbs)])
 
     def healthy(self) -> bool:
         return health.healthy(r for db in self.dbs for r in db.replicas)

@@ -175,6 +175,14 @@ def test_bad_databases_do_not_stop_the_others(tmp_path: Path, db_path: Path, pro
     assert logged(rf"{re.escape(str(rollback))}.*not WAL")
     assert logged(rf"{re.escape(str(junk))}.*file is not a database")
     assert "unable to open database file" not in Processes.output(p)
+    # lsr status says which databases are not served, and why.
+    shown = run_lsr("status", "-json", "-config", str(cfg))
+    assert shown.returncode == 0, shown.stderr
+    report = {db["path"]: db for db in json.loads(shown.stdout)["dbs"]}
+    assert report[str(directory)]["served"] is False and "is a directory" in report[str(directory)]["error"]
+    assert report[str(rollback)]["healthy"] is False and "WAL" in report[str(rollback)]["error"]
+    assert report[str(db_path)]["served"] is True and report[str(db_path)]["error"] is None
+    assert json.loads(shown.stdout)["healthy"] is False
     # Once fixed, the bad database is picked up without a restart.
     conn = sqlite3.connect(str(rollback))
     conn.execute("PRAGMA journal_mode=WAL")
