@@ -324,7 +324,7 @@ def test_large_backlog_ships_in_bounded_frame_aligned_segments(tmp_path: Path, e
 
 
 def test_an_early_shipment_leaves_the_partial_segment_for_later(tmp_path: Path, engine) -> None:
-    """``sync(whole=False)``, an S3 replica's shipment before its interval is up,
+    """``sync(include_partial=False)``, an S3 replica's shipment before its interval is up,
     writes only full segments (what any shipment would cut anyway); the partial
     one at the end waits for the next whole shipment."""
     app, db, client, replica = engine
@@ -339,14 +339,14 @@ def test_an_early_shipment_leaves_the_partial_segment_for_later(tmp_path: Path, 
     app.execute("COMMIT")
     db.sync()
     assert replica.has_full_segment()
-    assert replica.sync(whole=False)
+    assert replica.sync(include_partial=False)
     full = (64 * 1024 // (WAL_FRAME_HEADER_SIZE + 4096)) * (WAL_FRAME_HEADER_SIZE + 4096)
     sizes = [len(codec.decode_segment(client.read_wal_segment(w.pos))[0])
              for w in client.wal_segments(generation) if w.pos not in before]
     assert len(sizes) >= 3 and all(size >= full for size in sizes), sizes
     left = db.pos().offset - replica.pos().offset
     assert 0 < left < full and not replica.has_full_segment()
-    assert not replica.sync(whole=False)
+    assert not replica.sync(include_partial=False)
     assert replica.sync() and replica.pos() == db.pos()
     out = tmp_path / "out.db"
     restore(client, RestoreOptions(output_path=str(out)))
