@@ -56,6 +56,10 @@ MULTIPART_THRESHOLD = 16 << 20
 MULTIPART_CHUNKSIZE = 8 << 20
 MULTIPART_CONCURRENCY = 4
 
+# The conditions a GET may carry, by HTTP header name, as botocore's parameters.
+_SDK_PARAMS = {"Range": "Range", "If-Match": "IfMatch"}
+
+
 @dataclass(frozen=True)
 class ObjectReply:
     """One GET's answer, the same whichever path (``signed`` or botocore) fetched it."""
@@ -296,23 +300,28 @@ class S3ReplicaClient:
         Tried first through ``signed``; botocore then does what that did not:
         retries (a body cut off mid-read is retried here), redirects, errors.
         """
-        found = self._direct_get(key, byte_range, if_match)
-        if found is not None:
-            self.operations.add("GET", len(found.body))
-            return found
+        headers = {}  # as HTTP names them; botocore's parameters are _SDK_PARAMS of them
+        if byte_range:
+            headers["Range"] = byte_range
+        if if_match:
+            headers["If-Match"] = if_match
+        reply = self._direct_get(key, headers)
+        if reply is None:
+            reply = self._sdk_get(key, what, headers)
+        self.operations.add("GET", len(reply.body))
+        return reply
+
+    def _sdk_get(self, key: str, what: str, headers: dict[str, str]) -> ObjectReply:
+        """The GET through botocore, which retries (and here, a body cut off mid-read)."""
         from botocore.exceptions import ClientError
 
-        extra = {}
-        if byte_range:
-            extra["Range"] = byte_range
-        if if_match:
-            extra["IfMatch"] = if_match
+        extra = {_SDK_PARAMS[name]: value for name, value in headers.items()}
         with self._errors(f"read {what} {self._url(key)}"):
             for attempt in range(1, self._max_attempts + 1):
                 try:
                     response = self._s3.get_object(Bucket=self.bucket, Key=key, **extra)
                 except ClientError as exc:
-                    if byte_range and (exc.response.get("Error") or {}).get("Code") in RANGE_CODES:
+                    if "Range" in headers and (exc.response.get("Error") or {}).get("Code") in RANGE_CODES:
                         raise RangeRefused(f"cannot read {what} {self._url(key)}: range refused") from exc
                     raise
                 try:
@@ -326,18 +335,12 @@ class S3ReplicaClient:
         if len(data) != int(response["ContentLength"]):
             raise StorageError(f"cannot read {what} {self._url(key)}: short read ({len(data)} bytes)")
         metadata = {k.lower(): v for k, v in (response.get("Metadata") or {}).items()}
-        self.operations.add("GET", len(data))
         return ObjectReply(data, response.get("ETag"), response.get("ContentRange"), metadata)
 
-    def _direct_get(self, key: str, byte_range: str | None, if_match: str | None) -> ObjectReply | None:
-        """The object (or ``byte_range`` of it) through ``signed``; None to leave the GET to botocore."""
+    def _direct_get(self, key: str, headers: dict[str, str]) -> ObjectReply | None:
+        """The object (or the range in ``headers``) through ``signed``; None to leave the GET to botocore."""
         if self._http is None:
             return None
-        headers = {}
-        if byte_range:
-            headers["Range"] = byte_range
-        if if_match:
-            headers["If-Match"] = if_match
         reply = self._http.get(key, headers)
         if reply is None:
             return None
