@@ -23,37 +23,29 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import shutil
-import sys
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
 
 import apsw
 
 from . import paths
-from .commits import COMMITS_EXT, CommitLog
-from .errors import DatabaseBusyError, DatabaseError, InUseError, LitestreamError
-from .fsutil import atomic_write, fsync_dir
+from .errors import DatabaseBusyError, DatabaseError, InUseError
+from .fingerprint import WALFingerprint, Token
+from .fsutil import read_pieces
 from .lockfile import ProcessLock, describe_holder
 from .pos import Pos
+from .shadow import ShadowWAL, WALTail
+from .sqlite_locks import BUMP_SEQ_SQL, PollingBusyHandler, begin_read, end_read, hold_write_lock, read_wal_index
 from .stats import DBStats
-from .wal import (
-    WAL_FRAME_HEADER_SIZE,
-    WAL_HEADER_SIZE,
-    WALHeader,
-    frame_align,
-    scan_frames,
-    wal_size,
-)
-
-if TYPE_CHECKING:
-    from .replica import Replica
+from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align, wal_size
 
 __all__ = [
     "DB",
+    "ReplicaView",
     "DEFAULT_MONITOR_INTERVAL",
     "DEFAULT_CHECKPOINT_INTERVAL",
     "DEFAULT_MIN_CHECKPOINT_PAGE_COUNT",
@@ -79,73 +71,35 @@ OPPORTUNISTIC_RETRY_INTERVAL = 0.1
 # A checkpoint from a sync restarts the WAL with a write of lsr's own only once
 # the application has not written for this long; before, its next commit does.
 RESTART_QUIET = timedelta(milliseconds=50)
-# How often lsr's writer retries a busy write lock. SQLite's own busy timeout
-# sleeps ever longer (up to 100 ms) and rarely hits the short gaps between a
-# busy application's transactions; polling finds one within milliseconds.
-WRITE_LOCK_POLL = 0.0005
-
 # In the meta directory: held (flock) by the one lsr process replicating the database.
 LOCK_FILE_NAME = "lsr.lock"
 
 # A WAL index lsr will not exceed within a generation (Litestream's MaxIndex).
 MAX_WAL_INDEX = 0x7FFFFFFF
-# Copy the WAL in bounded pieces so a WAL that grew while lsr was down does not
-# have to fit in memory at once.
-COPY_CHUNK_SIZE = 256 << 10
-# The most WAL a checkpoint reads into memory under the write lock (_read_wal_tail):
-# a bound on lsr's memory, as the application rarely commits more while lsr waits for the lock.
-MAX_WAL_TAIL = 4 << 20
-# The two copies of the WalIndexHdr and the checkpoint info at the start of -shm.
-WAL_INDEX_HEADER_SIZE = 136
-# The two WalIndexHdr copies alone: every commit rewrites them, while checkpoints
-# and read locks (the application's included) change only the checkpoint info.
-WAL_INDEX_HDR_COPIES_SIZE = 96
-# Of a WAL fingerprint (DB._change_token), the parts only a write changes: the
-# file's identity, size and mtime, and the WalIndexHdr copies.
-WRITTEN_TOKEN_PARTS = 4
-# In -shm (native byte order): WalIndexHdr.mxFrame, the WAL's last committed
-# frame, and WalCkptInfo.nBackfill, the last frame checkpointed into the database.
-SHM_MX_FRAME_OFFSET = 16
-SHM_BACKFILL_OFFSET = 96
-
 CHECKPOINT_PASSIVE = "PASSIVE"
 CHECKPOINT_RESTART = "RESTART"
 CHECKPOINT_TRUNCATE = "TRUNCATE"
 
-BUMP_SEQ_SQL = (
-    "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) "
-    "ON CONFLICT (id) DO UPDATE SET seq = seq + 1"
-)
+class ReplicaView(Protocol):
+    """What a DB needs of a replica: how far it shipped, and how it writes (a generation's format)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def encryption(self) -> str: ...
+
+    def pos(self) -> Pos: ...
 
 
-def _commit_time(wal_fd: int) -> int:
-    """When the commits just read from the WAL were made, as time_ns: an upper bound.
-
-    The WAL's mtime, taken after the read, is the time of the last write to it,
-    and so no earlier than any commit the read returned; it does not lag behind
-    the commit when lsr is slow to get to the read (a loaded machine), as the
-    time of the read does. The read's own time bounds it from above (a clock
-    step, an mtime set by hand). Of several commits in one read, all but the
-    last are stamped late: that is as much as the kernel can prove.
-    """
-    now = time.time_ns()
-    return min(os.fstat(wal_fd).st_mtime_ns, now)
-
-
-@dataclass
-class _WALTail:
-    """WAL bytes from ``offset`` on, read at ``captured`` (time_ns) under the write lock."""
-
-    offset: int
-    data: bytes
-    captured: int
+R = TypeVar("R", bound=ReplicaView)
 
 
 @dataclass
 class _LockedRetake:
     """What DB._retake_read_lock did under the write lock, and for how long (s)."""
 
-    tail: _WALTail | None
+    tail: WALTail | None
     counts: tuple[int, int, int] | None  # the checkpoint's (busy, frames, backfilled)
     held: float
 
@@ -159,53 +113,13 @@ class _SyncState:
     shadow_size: int = 0
 
 
-class _PollingBusyHandler:
-    """A busy handler that retries every WRITE_LOCK_POLL for up to ``timeout``."""
-
-    def __init__(self, timeout: timedelta) -> None:
-        self.timeout = timeout.total_seconds()
-        self._since = 0.0
-
-    def __call__(self, prior_calls: int) -> bool:
-        now = time.monotonic()
-        if prior_calls == 0:
-            self._since = now
-        if now - self._since >= self.timeout:
-            return False
-        time.sleep(WRITE_LOCK_POLL)
-        return True
-
-
-def _begin_read(conn: apsw.Connection) -> None:
-    """Start a read transaction on ``conn`` that holds a WAL read lock until it ends."""
-    conn.execute("BEGIN")
-    try:
-        conn.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
 def _int(value: object) -> int:
     """An SQLite integer result."""
     assert isinstance(value, int)
     return value
 
 
-def _read_at(path: str, offset: int, size: int) -> bytes:
-    return _read_pieces(path, (offset, size))[0]
-
-
-def _read_pieces(path: str, *pieces: tuple[int, int]) -> list[bytes]:
-    """The bytes at each (offset, size) of ``path`` (fewer at its end), through one open."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return [os.pread(fd, size, offset) for offset, size in pieces]
-    finally:
-        os.close(fd)
-
-
-class DB:
+class DB(Generic[R]):
     """A database file, its shadow WAL and the replicas it feeds."""
 
     def __init__(
@@ -229,7 +143,8 @@ class DB:
         self.min_checkpoint_page_count = min_checkpoint_page_count
         self.max_checkpoint_page_count = max_checkpoint_page_count
         self.truncate_page_count = truncate_page_count
-        self.replicas: list[Replica] = []
+        self.replicas: list[R] = []
+        self.shadow = ShadowWAL(self.meta_path)
         # Two sidecars shipping one shadow WAL interleave their segments and
         # break the replica: the first to open the database keeps it until close().
         self._meta_lock = ProcessLock(os.path.join(self.meta_path, LOCK_FILE_NAME))
@@ -246,7 +161,7 @@ class DB:
         # Writes and checkpoints; opened on demand and closed after each sync so
         # that an idle database costs one connection, not two.
         self._conn: apsw.Connection | None = None
-        self._write_busy = _PollingBusyHandler(BUSY_TIMEOUT)
+        self._write_busy = PollingBusyHandler(BUSY_TIMEOUT)
         self._read_conn: apsw.Connection | None = None  # holds the read lock
         self._read_lock_held = False
         # The read lock was taken on a fully checkpointed WAL, so SQLite gave it
@@ -261,20 +176,13 @@ class DB:
         # try again (monotonic; 0 = nothing pending).
         self._passive_retry_at = 0.0
         self._waiting_logged = False
-        self._last_token: tuple[object, ...] = ()
-        # The written parts of the newest fingerprint seen (by a sync or by
-        # unwritten_for), and since when (monotonic).
-        self._last_written: tuple[tuple[object, ...], float] = ((), 0.0)
-        self.commit_log = CommitLog(self.commits_path)
+        self.fingerprint = WALFingerprint(self.wal_path, lambda: self._shm_fd)
         # Position published to replicas: only whole, synced transactions.
         self._pos = Pos()
         # (generation, index) of the current shadow WAL as this process last
         # wrote it, so that a sync needs no directory listing; None re-reads disk.
         self._head: tuple[str, int] | None = None
         self._cleaned: tuple[str, int] | None = None  # what _clean last saw shipped
-        # (generation, index, size): shadow bytes known to be on disk (see make_durable).
-        self._durable = ("", -1, 0)
-        self._durable_lock = threading.Lock()
         self._change_listeners: list[Callable[[], None]] = []
         self.stats = DBStats()
 
@@ -282,29 +190,6 @@ class DB:
     @property
     def wal_path(self) -> str:
         return self.path + "-wal"
-
-    # Plain formatting, not os.path.join: several of these are built per sync
-    # (meta_path is absolute and normalized).
-    @property
-    def generation_name_path(self) -> str:
-        return f"{self.meta_path}/generation"
-
-    def generation_path(self, generation: str) -> str:
-        return f"{self.meta_path}/generations/{generation}"
-
-    def shadow_wal_dir(self, generation: str) -> str:
-        return f"{self.meta_path}/generations/{generation}/wal"
-
-    def shadow_wal_path(self, generation: str, index: int) -> str:
-        return f"{self.meta_path}/generations/{generation}/wal/{paths.format_shadow_wal_path(index)}"
-
-    def replica_formats_path(self, generation: str) -> str:
-        """How each replica writes this generation (see _format_change)."""
-        return f"{self.meta_path}/generations/{generation}/replicas"
-
-    def commits_path(self, generation: str, index: int) -> str:
-        """Capture times of the commits in one shadow WAL index (see commits.CommitLog)."""
-        return f"{self.meta_path}/generations/{generation}/wal/{index:08x}{COMMITS_EXT}"
 
     @property
     def page_size(self) -> int:
@@ -314,38 +199,13 @@ class DB:
         return f"DB({self.path!r})"
 
     # -- state -------------------------------------------------------------
-    def current_generation(self) -> str:
-        try:
-            with open(self.generation_name_path) as f:
-                name = f.read().strip()
-        except FileNotFoundError:
-            return ""
-        return name if paths.is_generation_name(name) else ""
-
-    def shadow_indexes(self, generation: str) -> list[int]:
-        try:
-            names = os.listdir(self.shadow_wal_dir(generation))
-        except FileNotFoundError:
-            return []
-        out = []
-        for n in names:
-            try:
-                out.append(paths.parse_shadow_wal_path(n))
-            except LitestreamError:
-                continue  # not a shadow WAL file (a temp file, the commits file)
-        return sorted(out)
-
-    def current_shadow_index(self, generation: str) -> int:
-        indexes = self.shadow_indexes(generation)
-        return indexes[-1] if indexes else 0
-
     def _current_head(self) -> tuple[str, int]:
         """(generation, shadow index) now being written, from memory when possible."""
         if self._head is None:
-            generation = self.current_generation()
+            generation = self.shadow.current_generation()
             if not generation:
                 return "", 0
-            indexes = self.shadow_indexes(generation)
+            indexes = self.shadow.indexes(generation)
             if not indexes:
                 return generation, -1
             self._head = (generation, indexes[-1])
@@ -354,14 +214,6 @@ class DB:
     def pos(self) -> Pos:
         """The last position copied into the shadow WAL and synced to disk."""
         return self._pos
-
-    def shadow_wal_size(self, generation: str, index: int) -> int:
-        """Frame-aligned size of a shadow WAL file; 0 if it does not exist."""
-        try:
-            size = os.path.getsize(self.shadow_wal_path(generation, index))
-        except FileNotFoundError:
-            return 0
-        return frame_align(size, self._page_size) if self._page_size else size
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the syncing thread) whenever the shadow WAL changes."""
@@ -463,7 +315,7 @@ class DB:
         os.makedirs(self.meta_path, mode=0o700, exist_ok=True)
         # The read lock is only ever taken under the write lock (module docstring).
         self._ensure_wal_exists()
-        self._truncate_shadow_tail()
+        self.shadow.truncate_torn_tail()
         self._continuous = False
         with self._write_lock():
             # Nothing proves the WAL kept continuity while lsr was not running,
@@ -513,7 +365,7 @@ class DB:
         if self._read_lock_held:
             return
         try:
-            _begin_read(self._read_conn)
+            begin_read(self._read_conn)
         except BaseException:
             # A gap in the read lock: continuity can no longer be proven.
             self._continuous = False
@@ -522,25 +374,14 @@ class DB:
 
     def _read_lock_taken(self) -> None:
         self._read_lock_held = True
-        mx_frame, backfilled = self._wal_frames()
-        self._read_lock_on_db_file = mx_frame == backfilled
+        shm = read_wal_index(self._shm_fd)
+        self._read_lock_on_db_file = shm.mx_frame == shm.backfilled
 
     def _release_read_lock(self) -> None:
         if self._read_lock_held and self._read_conn is not None:
-            try:
-                self._read_conn.execute("ROLLBACK")
-            except apsw.Error:
-                pass
+            end_read(self._read_conn)
         self._read_lock_held = False
         self._read_lock_on_db_file = False
-
-    def _wal_frames(self) -> tuple[int, int]:
-        """The WAL's last committed frame and its last checkpointed one, from -shm."""
-        shm = os.pread(self._shm_fd, WAL_INDEX_HEADER_SIZE, 0)
-        if len(shm) < WAL_INDEX_HEADER_SIZE:
-            return 0, 0
-        return (int.from_bytes(shm[SHM_MX_FRAME_OFFSET:SHM_MX_FRAME_OFFSET + 4], sys.byteorder),
-                int.from_bytes(shm[SHM_BACKFILL_OFFSET:SHM_BACKFILL_OFFSET + 4], sys.byteorder))
 
     def _move_read_lock_off_db_file(self) -> None:
         """Move a read lock on read-mark 0 onto a frame of the WAL, once there is one,
@@ -559,12 +400,12 @@ class DB:
         """
         if not self._read_lock_on_db_file:
             return
-        mx_frame, backfilled = self._wal_frames()
-        if mx_frame <= backfilled:
+        shm = read_wal_index(self._shm_fd)
+        if shm.mx_frame <= shm.backfilled:
             return  # still fully checkpointed: a new reader would get read-mark 0 again
         conn = self._new_connection(statement_cache=0)
         try:
-            _begin_read(conn)
+            begin_read(conn)
         except apsw.Error as exc:
             conn.close()
             log.debug("%s: read lock stays on read-mark 0: %s", self.path, exc)
@@ -582,20 +423,9 @@ class DB:
         finally:
             old.close()
 
-    class _WriteLock:
-        def __init__(self, db: DB) -> None:
-            self.db = db
-
-        def __enter__(self) -> None:
-            self.db._writer().execute("BEGIN IMMEDIATE")
-
-        def __exit__(self, *exc: object) -> None:
-            assert self.db._conn is not None
-            self.db._conn.execute("ROLLBACK")
-
-    def _write_lock(self) -> DB._WriteLock:
+    def _write_lock(self) -> AbstractContextManager[None]:
         """Hold SQLite's write lock: the application cannot commit meanwhile."""
-        return DB._WriteLock(self)
+        return hold_write_lock(self._writer())
 
     # -- sync ----------------------------------------------------------------
     def sync(self, force: bool = False) -> bool:
@@ -621,10 +451,10 @@ class DB:
                 return False
             # Taken before copying: a commit that lands during the copy changes
             # the fingerprint, so the next sync will not skip it.
-            token, token_at = self._change_token(), time.monotonic()
+            token, token_at = self.fingerprint.take(), time.monotonic()
             if (
                 not force
-                and token == self._last_token
+                and token == self.fingerprint.synced
                 and self._continuous
                 and not self._checkpoint_interval_due()
                 and not 0 < self._passive_retry_at <= time.monotonic()
@@ -645,7 +475,7 @@ class DB:
             self._notify()
         return changed
 
-    def _sync(self, token: tuple[tuple[object, ...], float] | None = None) -> bool:
+    def _sync(self, token: tuple[Token, float] | None = None) -> bool:
         """Copy the WAL's new frames to the shadow WAL, then checkpoint when due.
 
         ``token``: the WAL's fingerprint taken before this sync began, and when.
@@ -665,14 +495,14 @@ class DB:
             # index now, not at the next wake: until it is copied, the WAL looks
             # written to (unwritten_for), and a paused writer's S3 replica would
             # wait one more sync for its flush.
-            self._copy_new_frames((self._change_token(), time.monotonic()) if token is not None else None)
+            self._copy_new_frames((self.fingerprint.take(), time.monotonic()) if token is not None else None)
             changed = True
         self._move_read_lock_off_db_file()
         changed = changed or self._pos != published
         self._clean()
         return changed
 
-    def _copy_new_frames(self, token: tuple[tuple[object, ...], float] | None) -> int:
+    def _copy_new_frames(self, token: tuple[Token, float] | None) -> int:
         """Copy what the WAL committed since the last copy and publish the new
         position; a WAL that no longer continues the shadow starts a new index
         (restarted) or a new generation. Returns the shadow's size."""
@@ -693,48 +523,12 @@ class DB:
         self._continuous = True
         self._publish(state.generation, state.shadow_index)
         if token is not None:
-            self._last_token = token[0]
-            self._see_written(token[0][:WRITTEN_TOKEN_PARTS], token[1])
+            self.fingerprint.saw_synced(*token)
         return after
 
-    def _change_token(self) -> tuple[object, ...]:
-        """Cheap fingerprint of the WAL: file identity and size, plus the wal-index header.
-
-        SQLite rewrites the wal-index header (in the -shm file) on every commit
-        and checkpoint, so an equal token means there is nothing new to copy.
-        """
-        try:
-            st = os.stat(self.wal_path)
-        except FileNotFoundError:
-            return ()
-        shm = os.pread(self._shm_fd, WAL_INDEX_HEADER_SIZE, 0) if self._shm_fd >= 0 else b""
-        # The first WRITTEN_TOKEN_PARTS change only with a write (unwritten_for).
-        return (st.st_ino, st.st_size, st.st_mtime_ns, shm[:WAL_INDEX_HDR_COPIES_SIZE], shm[WAL_INDEX_HDR_COPIES_SIZE:])
-
     def unwritten_for(self) -> float:
-        """Seconds for which the WAL has certainly not been written: since a sync
-        or this call last saw its fingerprint change; 0 if it changed just now.
-        A stat and a 136-byte read, cheap enough to ask from any thread at any time.
-
-        Counted from what this call sees too, not only from syncs: a commit
-        updates the wal-index header after writing its frames, and a sync that
-        ran in between copied the commit but kept the old header, with nothing
-        (no inotify event) to bring another sync. A checkpoint is not a write
-        here: the application's rewrites -shm's checkpoint info, not the WAL."""
-        try:
-            written = self._change_token()[:WRITTEN_TOKEN_PARTS]
-        except OSError:  # closed meanwhile
-            return 0.0
-        now = time.monotonic()
-        return now - self._see_written(written, now)
-
-    def _see_written(self, written: tuple[object, ...], at: float) -> float:
-        """Note the written parts of a fingerprint taken at ``at``; returns since when they stand."""
-        seen, since = self._last_written
-        if written != seen:
-            self._last_written = (written, at)
-            return at
-        return since
+        """Seconds for which the WAL has certainly not been written (see fingerprint)."""
+        return self.fingerprint.unwritten_for()
 
     def _checkpoint_interval_due(self) -> bool:
         interval = self.checkpoint_interval.total_seconds()
@@ -743,7 +537,7 @@ class DB:
         )
 
     def _publish(self, generation: str, index: int) -> None:
-        self._pos = Pos(generation, index, self.shadow_wal_size(generation, index))
+        self._pos = Pos(generation, index, self.shadow.size(generation, index, self._page_size))
 
     def _ensure_wal_exists(self) -> None:
         """Make sure the WAL has a header: a write to lsr's own table creates one."""
@@ -770,8 +564,8 @@ class DB:
             state.reason = "max wal index exceeded"
             return state
         state.shadow_index = index
-        shadow_path = self.shadow_wal_path(generation, index)
-        shadow_size = self.shadow_wal_size(generation, index)
+        shadow_path = self.shadow.wal_path(generation, index)
+        shadow_size = self.shadow.size(generation, index, self._page_size)
         state.shadow_size = shadow_size
         if shadow_size < WAL_HEADER_SIZE:
             state.reason = "short shadow wal"
@@ -782,8 +576,8 @@ class DB:
         pieces = [(0, WAL_HEADER_SIZE)]
         if shadow_size > WAL_HEADER_SIZE:
             pieces.append((shadow_size - frame, frame))
-        wal_header, *wal_last = _read_pieces(self.wal_path, *pieces)
-        shadow_header, *shadow_last = _read_pieces(shadow_path, *pieces)
+        wal_header, *wal_last = read_pieces(self.wal_path, *pieces)
+        shadow_header, *shadow_last = read_pieces(shadow_path, *pieces)
         if wal_header != shadow_header:
             if self._continuous:
                 state.restart = True
@@ -812,7 +606,7 @@ class DB:
         replica then starts a new generation rather than guess.
         """
         try:
-            with open(self.replica_formats_path(generation), encoding="utf-8") as f:
+            with open(self.shadow.replica_formats_path(generation), encoding="utf-8") as f:
                 recorded = dict(line.split("\t", 1) for line in f.read().splitlines() if "\t" in line)
         except FileNotFoundError:
             recorded = {}
@@ -828,13 +622,9 @@ class DB:
         return ""
 
     def _create_generation(self) -> str:
-        generation = paths.new_generation_name()
-        os.makedirs(self.shadow_wal_dir(generation), mode=0o700, exist_ok=True)
-        with atomic_write(self.replica_formats_path(generation)) as f:
-            f.write(self._replica_formats().encode())
+        generation = self.shadow.create_generation(self._replica_formats())
         self._init_shadow_wal(generation, 0)
-        with atomic_write(self.generation_name_path) as f:
-            f.write(generation.encode() + b"\n")
+        self.shadow.set_current(generation)
         self._head = (generation, 0)
         self._continuous = True
         self._clean()
@@ -842,85 +632,16 @@ class DB:
 
     def _init_shadow_wal(self, generation: str, index: int) -> None:
         """Start shadow index ``index`` with the real WAL's current header."""
-        header = WALHeader.parse(_read_at(self.wal_path, 0, WAL_HEADER_SIZE))
+        header = WALHeader.parse(read_pieces(self.wal_path, (0, WAL_HEADER_SIZE))[0])
         self._page_size = header.page_size
-        path = self.shadow_wal_path(generation, index)
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with atomic_write(path) as f:
-            f.write(header.raw)
+        self.shadow.init_index(generation, index, header)
         if self._head is not None and self._head[0] == generation:
             self._head = (generation, index)
         self._copy_to_shadow(generation, index)
 
-    def _truncate_shadow_tail(self) -> None:
-        """Drop a torn frame left at the end of the shadow WAL by a crash."""
-        generation = self.current_generation()
-        if not generation:
-            return
-        index = self.current_shadow_index(generation)
-        path = self.shadow_wal_path(generation, index)
-        try:
-            size = os.path.getsize(path)
-            header = WALHeader.parse(_read_at(path, 0, WAL_HEADER_SIZE))
-        except (FileNotFoundError, Exception):
-            return
-        aligned = frame_align(size, header.page_size)
-        if aligned != size:
-            with open(path, "r+b") as f:
-                f.truncate(aligned)
-                os.fsync(f.fileno())
-
-    def _copy_to_shadow(self, generation: str, index: int, tail: _WALTail | None = None) -> int:
-        """Append the WAL's newly committed, checksum-verified frames to the shadow.
-
-        Reads only the bytes past the shadow's end, or takes them from ``tail``
-        (see _read_wal_tail). Returns the new shadow size.
-        Not fsynced here: a replica makes what it ships durable first
-        (``make_durable``), so a busy WAL costs one fsync per shipment, not one
-        per sync, and none while the write lock is held.
-        """
-        path = self.shadow_wal_path(generation, index)
-        with open(path, "r+b") as shadow:
-            header = WALHeader.parse(shadow.read(WAL_HEADER_SIZE))
-            page_size = header.page_size
-            frame_size = WAL_FRAME_HEADER_SIZE + page_size
-            size = start = frame_align(os.fstat(shadow.fileno()).st_size, page_size)
-            if size > WAL_HEADER_SIZE:
-                shadow.seek(size - frame_size + 16)
-                raw = shadow.read(8)
-                s0, s1 = int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:], "big")
-            else:
-                s0, s1 = header.checksum1, header.checksum2
-            commits: list[tuple[int, int]] = []
-            if tail is not None and tail.offset != size:
-                raise DatabaseError(f"shadow wal {path} changed while lsr held the wal's tail")
-            with open(self.wal_path, "rb") as wal:
-                # Start small: past the live end of a restarted WAL lie stale
-                # frames that every sync would otherwise read again. (Bounded
-                # pieces of a held tail too: scanning makes copies of each.)
-                chunk = max(COPY_CHUNK_SIZE // frame_size, 1) * frame_size
-                while True:
-                    if tail is not None:
-                        data: bytes | memoryview = memoryview(tail.data)[size - tail.offset:][:chunk]
-                        captured = tail.captured
-                    else:
-                        data = os.pread(wal.fileno(), chunk, size)
-                        captured = _commit_time(wal.fileno())
-                    if len(data) < frame_size:
-                        break
-                    result = scan_frames(data, header, (s0, s1))
-                    if result.committed:
-                        shadow.seek(size)
-                        shadow.write(memoryview(data)[: result.committed])
-                        commits += [(size + end, captured) for end in result.commits]
-                        size += result.committed
-                        s0, s1 = result.checksum
-                    if len(data) < chunk or result.frames < len(data) // frame_size:
-                        break  # reached the end of the file (or tail) or of the valid frames
-                    if not result.committed:
-                        chunk *= 2  # one transaction larger than the chunk
-        if commits:
-            self.commit_log.record(generation, index, commits)
+    def _copy_to_shadow(self, generation: str, index: int, tail: WALTail | None = None) -> int:
+        """Append the WAL's newly committed frames to the shadow (shadow.append); returns its size."""
+        start, size = self.shadow.append(generation, index, self.wal_path, tail)
         self.stats.total_wal_bytes += size - start
         return size
 
@@ -944,7 +665,7 @@ class DB:
             held = time.monotonic() - locked_at
         return _LockedRetake(tail, counts, held)
 
-    def _copy_tail_to_shadow(self, generation: str, index: int, tail: _WALTail | None) -> None:
+    def _copy_tail_to_shadow(self, generation: str, index: int, tail: WALTail | None) -> None:
         """Write a tail read under the write lock to the shadow, before anything
         reads the WAL again: the application may restart it once the lock is
         gone, and then these bytes exist only here."""
@@ -956,7 +677,7 @@ class DB:
             self._continuous = False  # the shadow may now miss frames the WAL lost
             raise
 
-    def _read_wal_tail(self, generation: str, index: int) -> _WALTail | None:
+    def _read_wal_tail(self, generation: str, index: int) -> WALTail | None:
         """The WAL's committed bytes past the shadow's end, read in one go.
 
         Under the write lock, where nothing else can commit, this is all the
@@ -964,38 +685,8 @@ class DB:
         the lock is released (_copy_to_shadow), so the application waits for a
         read from the page cache, not for the whole copy.
         """
-        path = self.shadow_wal_path(generation, index)
-        offset = frame_align(os.path.getsize(path), self._page_size)
-        frame_size = WAL_FRAME_HEADER_SIZE + self._page_size
-        end = WAL_HEADER_SIZE + self._wal_frames()[0] * frame_size
-        if end - offset > MAX_WAL_TAIL:
-            return None  # too much to hold in memory at once: copy it the usual way
-        with open(self.wal_path, "rb") as wal:
-            data = os.pread(wal.fileno(), end - offset, offset) if end > offset else b""
-            captured = _commit_time(wal.fileno())
-        return _WALTail(offset, data, captured)
-
-    def make_durable(self, generation: str, index: int, end: int) -> None:
-        """fsync shadow index ``index`` if its first ``end`` bytes may not be on disk yet.
-
-        Called before they are shipped: a replica must never hold frames that a
-        power loss could take from the shadow, or lsr would resume behind it.
-        """
-        with self._durable_lock:
-            g, i, size = self._durable
-            if (g, i) == (generation, index) and end <= size:
-                return
-            path = self.shadow_wal_path(generation, index)
-            try:
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    size = os.fstat(fd).st_size  # all of it: what a sync appends meanwhile waits
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                raise DatabaseError(f"cannot sync shadow wal {path}: {exc.strerror}") from exc
-            self._durable = (generation, index, size)
+        end = WAL_HEADER_SIZE + read_wal_index(self._shm_fd).mx_frame * (WAL_FRAME_HEADER_SIZE + self._page_size)
+        return self.shadow.read_wal_tail(generation, index, self.wal_path, end)
 
     # -- checkpoints -----------------------------------------------------------
     def _checkpoint_due(self, shadow_size: int) -> str:
@@ -1140,29 +831,10 @@ class DB:
             if self._cleaned == (generation, shipped):
                 return  # nothing shipped since the last clean
             self._cleaned = (generation, shipped)
-        generations_dir = os.path.join(self.meta_path, "generations")
-        try:
-            names = os.listdir(generations_dir)
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            if name != generation:
-                shutil.rmtree(os.path.join(generations_dir, name), ignore_errors=True)
+        self.shadow.remove_other_generations(generation)
         if not generation or not self.replicas:
             return
-        keep_from = shipped - 1  # keep one shipped index as a margin, like Litestream
-        removed = False
-        for index in self.shadow_indexes(generation):
-            if index < keep_from:
-                for path in (self.shadow_wal_path(generation, index), self.commits_path(generation, index)):
-                    try:
-                        os.unlink(path)
-                        removed = True
-                    except FileNotFoundError:
-                        pass
-                self.commit_log.forget(generation, index)
-        if removed:
-            fsync_dir(self.shadow_wal_dir(generation))
+        self.shadow.remove_before(generation, shipped - 1)  # keep one shipped index as a margin, like Litestream
 
     # -- snapshots -------------------------------------------------------------
     def snapshot_source(self, taken: set[int] | None = None) -> _SnapshotSource:
@@ -1182,7 +854,7 @@ class DB:
 
 
 class _SnapshotSource:
-    def __init__(self, db: DB, taken: set[int]) -> None:
+    def __init__(self, db: DB[Any], taken: set[int]) -> None:
         self.db = db
         self.taken = taken
         self.pos = Pos()

@@ -14,7 +14,7 @@ from .replica import OBJECT_STORE_INTACT_CHECK_INTERVAL, OBJECT_STORE_MAX_SEGMEN
 __all__ = ["db_from_config", "replica_from_config"]
 
 
-def replica_from_config(rc: ReplicaConfig, db: DB | None, *, read_only: bool = False) -> Replica:
+def replica_from_config(rc: ReplicaConfig, db: DB[Replica] | None, *, read_only: bool = False) -> Replica:
     """``read_only``: for commands that only inspect or restore (see ``new_client``)."""
     client = new_client(rc, read_only=read_only)
     if not read_only and rc.age is not None:
@@ -57,8 +57,8 @@ def replica_from_config(rc: ReplicaConfig, db: DB | None, *, read_only: bool = F
     return replica
 
 
-def db_from_config(dbc: DBConfig, *, read_only: bool = False) -> DB:
-    db = DB(dbc.path, meta_path=dbc.meta_path)
+def db_from_config(dbc: DBConfig, *, read_only: bool = False) -> DB[Replica]:
+    db: DB[Replica] = DB(dbc.path, meta_path=dbc.meta_path)
     if dbc.monitor_interval is not None:
         db.monitor_interval = dbc.monitor_interval
     if dbc.checkpoint_interval is not None:

@@ -122,7 +122,7 @@ class _ShipState:
 class Replicator:
     """Runs and stops the replication of a set of databases."""
 
-    def __init__(self, dbs: list[DB], *, watch: bool = True) -> None:
+    def __init__(self, dbs: list[DB[Replica]], *, watch: bool = True) -> None:
         self.dbs = dbs
         # A pool each: shipments waiting on a slow or dead endpoint (up to the
         # client's timeouts and retries) may take every shipper thread, never a
@@ -143,7 +143,7 @@ class Replicator:
         by another lsr process...) does not hold up the others: it is logged
         and retried (see _ErrorLog). Raises only when no DB can be served.
         """
-        failures: list[tuple[DB, LitestreamError]] = []
+        failures: list[tuple[DB[Replica], LitestreamError]] = []
         for db in self.dbs:
             try:
                 db.open()
@@ -218,7 +218,7 @@ class Replicator:
         soonest = min((task.earliest for task in self._monitor_tasks), default=now)
         return min(soonest - now, MAX_BUSY_SPACING)
 
-    def _shadow_changed(self, db: DB, replica: Replica, shipper: _Task) -> None:
+    def _shadow_changed(self, db: DB[Replica], replica: Replica, shipper: _Task) -> None:
         replica.stats.pending()
         # A new generation's snapshot goes out at once, whatever the sync-interval,
         # and so do the full segments of a replica that ships early.
@@ -226,20 +226,20 @@ class Replicator:
         urgent = urgent or (replica.ships_early and replica.has_full_segment())
         self._shippers.wake(shipper, urgent=urgent)
 
-    def _poll_interval(self, db: DB) -> float:
+    def _poll_interval(self, db: DB[Replica]) -> float:
         """With inotify, polling is only a safety net; without it, it is the detector."""
         interval = db.monitor_interval.total_seconds()
         watched = self._watcher is not None and self._watcher.watching(db.path)
         return max(interval, FALLBACK_POLL_INTERVAL) if watched else interval
 
-    def _monitor_task(self, db: DB, failure: LitestreamError | None = None) -> _Task:
+    def _monitor_task(self, db: DB[Replica], failure: LitestreamError | None = None) -> _Task:
         errors = _ErrorLog(f"{db.path}: sync", {"db": db.path})
         if failure is not None:
             errors.failed(failure)
         # A busy writer's commits are copied in batches, not one sync each.
         return _Task(f"{db.path}: sync", lambda: self._monitor_step(db, errors), MIN_SYNC_SPACING, BUSY_SPACING_FACTOR)
 
-    def _monitor_step(self, db: DB, errors: _ErrorLog) -> float:
+    def _monitor_step(self, db: DB[Replica], errors: _ErrorLog) -> float:
         if self._watcher is not None:
             self._watcher.arm(db.path)  # before the sync reads the WAL: no write goes unseen
         unserved = False  # the database cannot be opened at all (not WAL, a directory...)
@@ -290,7 +290,7 @@ class Replicator:
         self._ship_states[id(replica)] = state
         return task
 
-    def _ship_step(self, replica: Replica, db: DB, state: _ShipState, task: _Task) -> float:
+    def _ship_step(self, replica: Replica, db: DB[Replica], state: _ShipState, task: _Task) -> float:
         try:
             now = time.monotonic()
             # An early run (full segments pending, the interval not yet up) ships
@@ -384,12 +384,12 @@ class Replicator:
             log.error("%s: replica %s verification failed: %s", db.path, replica.name, result.describe())
 
     # -- what the control socket and the monitor ask -----------------------------
-    def find_db(self, path: str) -> DB | None:
+    def find_db(self, path: str) -> DB[Replica] | None:
         """The replicated DB at ``path`` (as given, or after resolving links)."""
         wanted = {os.path.abspath(path), os.path.realpath(path)}
         return next((db for db in self.dbs if db.path in wanted or os.path.realpath(db.path) in wanted), None)
 
-    def schedules(self, db: DB) -> dict[str, dict[str, float | None]]:
+    def schedules(self, db: DB[Replica]) -> dict[str, dict[str, float | None]]:
         """replica name -> {"snapshot", "retention"} -> when the job runs next (wall time)."""
         offset = time.time() - time.monotonic()
         out: dict[str, dict[str, float | None]] = {}
@@ -402,7 +402,7 @@ class Replicator:
                 }
         return out
 
-    def flush(self, db: DB) -> Pos:
+    def flush(self, db: DB[Replica]) -> Pos:
         """Copy the WAL now and have every replica that lacks some of it ship at
         once; returns the position every commit made before the call is within.
 
@@ -417,7 +417,7 @@ class Replicator:
                 self._shippers.wake(state.task, urgent=True)
         return target
 
-    def wait_replicated(self, db: DB, target: Pos, timeout: float) -> list[Replica]:
+    def wait_replicated(self, db: DB[Replica], target: Pos, timeout: float) -> list[Replica]:
         """Wait until every replica of ``db`` holds ``target``; the replicas that do not, at the timeout."""
         deadline = time.monotonic() + timeout
 
@@ -430,7 +430,7 @@ class Replicator:
                 self._shipped.wait(min(left, RETRY_INTERVAL))
         return late
 
-    def report(self, dbs: list[DB] | None = None) -> dict[str, Any]:
+    def report(self, dbs: list[DB[Replica]] | None = None) -> dict[str, Any]:
         """The state of ``dbs`` (default: all) and their replicas, as /healthz and ``lsr status`` show it."""
         now = time.time()
         return health.report([health.db_report(db, now, self.schedules(db), self._unserved.get(db.path))

@@ -552,7 +552,7 @@ def test_shadow_frames_are_on_disk_before_they_are_shipped(tmp_path: Path, engin
 
     def spy_write(pos: Pos, data: bytes, created_at: datetime | None = None) -> WALSegmentInfo:
         end = pos.offset + len(codec.decode_segment(data)[0])
-        events.append(("ship", db.shadow_wal_path(pos.generation, pos.index), end))
+        events.append(("ship", db.shadow.wal_path(pos.generation, pos.index), end))
         return real_write(pos, data, created_at)
 
     monkeypatch.setattr(os, "fsync", spy_fsync)

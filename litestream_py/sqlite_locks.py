@@ -1,0 +1,123 @@
+"""SQLite's locks as lsr takes them, and the -shm header fields lsr reads.
+
+lsr never writes the database: it holds a read transaction to pin the WAL
+(db.py's invariant), takes the write lock to keep the application from
+committing for a moment, and writes one row of its own table to give an empty
+WAL a header or to restart a checkpointed one. The -shm (wal-index) header
+tells it, without a query, how far the WAL is committed and backfilled.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Iterator
+
+import apsw
+
+__all__ = [
+    "BUMP_SEQ_SQL",
+    "PollingBusyHandler",
+    "WAL_INDEX_HEADER_SIZE",
+    "WAL_INDEX_HDR_COPIES_SIZE",
+    "WalIndex",
+    "begin_read",
+    "end_read",
+    "hold_write_lock",
+    "read_wal_index",
+]
+
+# How often lsr's writer retries a busy write lock. SQLite's own busy timeout
+# sleeps ever longer (up to 100 ms) and rarely hits the short gaps between a
+# busy application's transactions; polling finds one within milliseconds.
+WRITE_LOCK_POLL = 0.0005
+
+# lsr's one write: a commit to its own table (created at open).
+BUMP_SEQ_SQL = (
+    "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) "
+    "ON CONFLICT (id) DO UPDATE SET seq = seq + 1"
+)
+
+# The two copies of the WalIndexHdr and the checkpoint info at the start of -shm.
+WAL_INDEX_HEADER_SIZE = 136
+# The two WalIndexHdr copies alone: every commit rewrites them, while checkpoints
+# and read locks (the application's included) change only the checkpoint info.
+WAL_INDEX_HDR_COPIES_SIZE = 96
+# In -shm (native byte order): WalIndexHdr.szPage (the page size, 65536 as 1),
+# WalIndexHdr.mxFrame, the WAL's last committed frame, and
+# WalCkptInfo.nBackfill, the last frame checkpointed into the database.
+SHM_PAGE_SIZE_OFFSET = 14
+SHM_MX_FRAME_OFFSET = 16
+SHM_BACKFILL_OFFSET = 96
+
+
+class WalIndex:
+    """The -shm header fields lsr reads (all 0 for a missing or empty -shm)."""
+
+    __slots__ = ("mx_frame", "backfilled", "page_size")
+
+    def __init__(self, shm: bytes) -> None:
+        if len(shm) < WAL_INDEX_HEADER_SIZE:
+            self.mx_frame = self.backfilled = self.page_size = 0
+            return
+
+        def field(offset: int, size: int = 4) -> int:
+            return int.from_bytes(shm[offset:offset + size], sys.byteorder)
+
+        self.mx_frame = field(SHM_MX_FRAME_OFFSET)
+        self.backfilled = field(SHM_BACKFILL_OFFSET)
+        sz_page = field(SHM_PAGE_SIZE_OFFSET, 2)
+        self.page_size = (sz_page & 0xFE00) + ((sz_page & 1) << 16)
+
+
+def read_wal_index(shm_fd: int) -> WalIndex:
+    """The -shm header as it stands (read with pread: never close another descriptor of -shm)."""
+    return WalIndex(os.pread(shm_fd, WAL_INDEX_HEADER_SIZE, 0))
+
+
+class PollingBusyHandler:
+    """A busy handler that retries every WRITE_LOCK_POLL for up to ``timeout``."""
+
+    def __init__(self, timeout: timedelta) -> None:
+        self.timeout = timeout.total_seconds()
+        self._since = 0.0
+
+    def __call__(self, prior_calls: int) -> bool:
+        now = time.monotonic()
+        if prior_calls == 0:
+            self._since = now
+        if now - self._since >= self.timeout:
+            return False
+        time.sleep(WRITE_LOCK_POLL)
+        return True
+
+
+def begin_read(conn: apsw.Connection) -> None:
+    """Start a read transaction on ``conn`` that holds a WAL read lock until it ends."""
+    conn.execute("BEGIN")
+    try:
+        conn.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def end_read(conn: apsw.Connection) -> None:
+    """End the read transaction on ``conn``, if any (a broken connection has none left)."""
+    try:
+        conn.execute("ROLLBACK")
+    except apsw.Error:
+        pass
+
+
+@contextmanager
+def hold_write_lock(conn: apsw.Connection) -> Iterator[None]:
+    """Hold SQLite's write lock through ``conn``: the application cannot commit meanwhile."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
