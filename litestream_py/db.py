@@ -20,65 +20,71 @@ while lsr was down) lsr starts a new generation.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import threading
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Generic, Iterator, Protocol, TypeVar
+from typing import Callable, Generic, Iterator, Protocol, TypeVar
 
 import apsw
 
 from . import paths
+from .checkpoint_policy import (
+    CHECKPOINT_PASSIVE,
+    CHECKPOINT_TRUNCATE,
+    DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_MAX_CHECKPOINT_PAGE_COUNT,
+    DEFAULT_MIN_CHECKPOINT_PAGE_COUNT,
+    DEFAULT_TRUNCATE_PAGE_COUNT,
+    CheckpointPolicy,
+)
 from .errors import DatabaseBusyError, DatabaseError, InUseError
 from .fingerprint import WALFingerprint, Token
 from .fsutil import read_pieces
 from .lockfile import ProcessLock, describe_holder
 from .pos import Pos
 from .shadow import ShadowWAL, WALTail
-from .sqlite_locks import BUMP_SEQ_SQL, PollingBusyHandler, begin_read, end_read, hold_write_lock, read_wal_index
+from .sqlite_locks import (
+    BUMP_SEQ_SQL,
+    PollingBusyHandler,
+    ReadLock,
+    begin_read,
+    connect,
+    hold_write_lock,
+    read_wal_index,
+)
 from .stats import DBStats
-from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align, wal_size
+from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align
 
 __all__ = [
     "DB",
     "ReplicaView",
     "DEFAULT_MONITOR_INTERVAL",
-    "DEFAULT_CHECKPOINT_INTERVAL",
-    "DEFAULT_MIN_CHECKPOINT_PAGE_COUNT",
-    "DEFAULT_MAX_CHECKPOINT_PAGE_COUNT",
-    "DEFAULT_TRUNCATE_PAGE_COUNT",
     "BUSY_TIMEOUT",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MONITOR_INTERVAL = timedelta(seconds=1)
-DEFAULT_CHECKPOINT_INTERVAL = timedelta(minutes=1)
-DEFAULT_MIN_CHECKPOINT_PAGE_COUNT = 1000
-DEFAULT_MAX_CHECKPOINT_PAGE_COUNT = 10000
-DEFAULT_TRUNCATE_PAGE_COUNT = 500_000
 BUSY_TIMEOUT = timedelta(seconds=1)
 FORCED_CHECKPOINT_RETRY = 0.01
 # Scheduled PASSIVE checkpoints are opportunistic: under a busy writer they give
 # up on the write lock quickly (instead of stalling every sync behind it) and
-# try again a little later; the forced modes wait the full busy timeout.
+# try again a little later (checkpoint_policy); the forced modes wait the full busy timeout.
 OPPORTUNISTIC_LOCK_TIMEOUT = timedelta(milliseconds=20)
-OPPORTUNISTIC_RETRY_INTERVAL = 0.1
 # A checkpoint from a sync restarts the WAL with a write of lsr's own only once
 # the application has not written for this long; before, its next commit does.
 RESTART_QUIET = timedelta(milliseconds=50)
+
 # In the meta directory: held (flock) by the one lsr process replicating the database.
 LOCK_FILE_NAME = "lsr.lock"
 
 # A WAL index lsr will not exceed within a generation (Litestream's MaxIndex).
 MAX_WAL_INDEX = 0x7FFFFFFF
-CHECKPOINT_PASSIVE = "PASSIVE"
-CHECKPOINT_RESTART = "RESTART"
-CHECKPOINT_TRUNCATE = "TRUNCATE"
+
 
 class ReplicaView(Protocol):
     """What a DB needs of a replica: how far it shipped, and how it writes (a generation's format)."""
@@ -139,10 +145,8 @@ class DB(Generic[R]):
             directory, f".{name}{paths.META_DIR_SUFFIX}"
         )
         self.monitor_interval = monitor_interval
-        self.checkpoint_interval = checkpoint_interval
-        self.min_checkpoint_page_count = min_checkpoint_page_count
-        self.max_checkpoint_page_count = max_checkpoint_page_count
-        self.truncate_page_count = truncate_page_count
+        self.checkpoints = CheckpointPolicy(checkpoint_interval, min_checkpoint_page_count,
+                                            max_checkpoint_page_count, truncate_page_count)
         self.replicas: list[R] = []
         self.shadow = ShadowWAL(self.meta_path)
         # Two sidecars shipping one shadow WAL interleave their segments and
@@ -162,19 +166,11 @@ class DB(Generic[R]):
         # that an idle database costs one connection, not two.
         self._conn: apsw.Connection | None = None
         self._write_busy = PollingBusyHandler(BUSY_TIMEOUT)
-        self._read_conn: apsw.Connection | None = None  # holds the read lock
-        self._read_lock_held = False
-        # The read lock was taken on a fully checkpointed WAL, so SQLite gave it
-        # read-mark 0 (see _move_read_lock_off_db_file).
-        self._read_lock_on_db_file = False
+        self._read_lock = ReadLock()
         # True once the read lock has been held without a gap since the shadow
         # last matched the end of the WAL (see the module docstring).
         self._continuous = False
         self._page_size = 0
-        self._last_checkpoint = time.monotonic()
-        # After an opportunistic checkpoint gave way to the application: when to
-        # try again (monotonic; 0 = nothing pending).
-        self._passive_retry_at = 0.0
         self._waiting_logged = False
         self.fingerprint = WALFingerprint(self.wal_path, lambda: self._shm_fd)
         # Position published to replicas: only whole, synced transactions.
@@ -236,12 +232,12 @@ class DB(Generic[R]):
         return self._shm_fd
 
     def is_open(self) -> bool:
-        return self._read_conn is not None
+        return self._read_lock.conn is not None
 
     def open(self) -> bool:
         """Connect if the database exists; False while it does not exist yet."""
         with self._lock:
-            if self._read_conn is not None:
+            if self._read_lock.conn is not None:
                 return True
             self.check_path()
             if not os.path.exists(self.path):
@@ -264,21 +260,9 @@ class DB(Generic[R]):
                 raise
             return True
 
-    def _new_connection(self, statement_cache: int = 32) -> apsw.Connection:
-        try:
-            conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE, statementcachesize=statement_cache)
-        except apsw.Error as exc:
-            raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
-        conn.set_busy_timeout(int(BUSY_TIMEOUT.total_seconds() * 1000))
-        # Keep the WAL file when lsr's connections close: deleting it would end
-        # the generation for no reason.
-        persist = ctypes.c_int(1)
-        conn.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(persist))
-        return conn
-
     def _writer(self) -> apsw.Connection:
         if self._conn is None:
-            conn = self._new_connection()
+            conn = connect(self.path, BUSY_TIMEOUT)
             # lsr checkpoints on its own schedule, never as a side effect of its writes.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.set_busy_handler(self._write_busy)
@@ -309,7 +293,7 @@ class DB(Generic[R]):
         self._page_size = _int(conn.execute("PRAGMA page_size").fetchall()[0][0])
         # It stays open as long as lsr runs, for three statements that rarely
         # run: caching them would cost ~6 KiB per database.
-        self._read_conn = self._new_connection(statement_cache=0)
+        self._read_lock.conn = connect(self.path, BUSY_TIMEOUT, statement_cache=0)
         self._db_fd = os.open(self.path, os.O_RDONLY)
         self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
         os.makedirs(self.meta_path, mode=0o700, exist_ok=True)
@@ -344,14 +328,14 @@ class DB(Generic[R]):
             self._meta_lock.release()
 
     def _disconnect(self) -> None:
-        self._release_read_lock()
-        for conn in (self._read_conn, self._conn):
+        self._read_lock.release()
+        for conn in (self._read_lock.conn, self._conn):
             if conn is not None:
                 try:
                     conn.close()
                 except apsw.Error:
                     pass
-        self._conn = self._read_conn = None
+        self._conn = self._read_lock.conn = None
         for fd in (self._db_fd, self._shm_fd):
             if fd >= 0:
                 os.close(fd)
@@ -361,27 +345,12 @@ class DB(Generic[R]):
 
     # -- locks -------------------------------------------------------------
     def _acquire_read_lock(self) -> None:
-        assert self._read_conn is not None
-        if self._read_lock_held:
-            return
         try:
-            begin_read(self._read_conn)
+            self._read_lock.acquire(self._shm_fd)
         except BaseException:
             # A gap in the read lock: continuity can no longer be proven.
             self._continuous = False
             raise
-        self._read_lock_taken()
-
-    def _read_lock_taken(self) -> None:
-        self._read_lock_held = True
-        shm = read_wal_index(self._shm_fd)
-        self._read_lock_on_db_file = shm.mx_frame == shm.backfilled
-
-    def _release_read_lock(self) -> None:
-        if self._read_lock_held and self._read_conn is not None:
-            end_read(self._read_conn)
-        self._read_lock_held = False
-        self._read_lock_on_db_file = False
 
     def _move_read_lock_off_db_file(self) -> None:
         """Move a read lock on read-mark 0 onto a frame of the WAL, once there is one,
@@ -398,12 +367,12 @@ class DB(Generic[R]):
         end in between, so the read lock never lets a checkpoint pass the
         shadow's end (module docstring).
         """
-        if not self._read_lock_on_db_file:
+        if not self._read_lock.on_db_file:
             return
         shm = read_wal_index(self._shm_fd)
         if shm.mx_frame <= shm.backfilled:
             return  # still fully checkpointed: a new reader would get read-mark 0 again
-        conn = self._new_connection(statement_cache=0)
+        conn = connect(self.path, BUSY_TIMEOUT, statement_cache=0)
         try:
             begin_read(conn)
         except apsw.Error as exc:
@@ -415,13 +384,7 @@ class DB(Generic[R]):
         except BaseException:
             conn.close()
             raise
-        old, self._read_conn = self._read_conn, conn
-        self._read_lock_taken()
-        assert old is not None
-        try:
-            old.execute("ROLLBACK")
-        finally:
-            old.close()
+        self._read_lock.hand_over(conn, self._shm_fd)
 
     def _write_lock(self) -> AbstractContextManager[None]:
         """Hold SQLite's write lock: the application cannot commit meanwhile."""
@@ -456,8 +419,8 @@ class DB(Generic[R]):
                 not force
                 and token == self.fingerprint.synced
                 and self._continuous
-                and not self._checkpoint_interval_due()
-                and not 0 < self._passive_retry_at <= time.monotonic()
+                and not self.checkpoints.interval_due(self._page_size, self._pos.offset)
+                and not self.checkpoints.retry_pending()
             ):
                 return False
             if token:
@@ -485,7 +448,7 @@ class DB(Generic[R]):
         # Frames may have been copied before this sync (at open): compare what
         # replicas were last told, not what this call copied.
         changed = self._pos != published
-        mode = self._checkpoint_due(after)
+        mode = self.checkpoints.due(self._page_size, os.path.getsize(self.wal_path), after, self._pos.offset)
         if mode:
             if changed:
                 self._notify()  # replicas ship what was copied while the checkpoint runs
@@ -530,12 +493,6 @@ class DB(Generic[R]):
         """Seconds for which the WAL has certainly not been written (see fingerprint)."""
         return self.fingerprint.unwritten_for()
 
-    def _checkpoint_interval_due(self) -> bool:
-        interval = self.checkpoint_interval.total_seconds()
-        return interval > 0 and time.monotonic() - self._last_checkpoint > interval and (
-            self._pos.offset > wal_size(self._page_size, 1)
-        )
-
     def _publish(self, generation: str, index: int) -> None:
         self._pos = Pos(generation, index, self.shadow.size(generation, index, self._page_size))
 
@@ -554,7 +511,7 @@ class DB(Generic[R]):
         if not generation:
             return _SyncState(reason="no generation exists")
         state = _SyncState(generation)
-        if not self._continuous and (change := self._format_change(generation)):
+        if not self._continuous and (change := self.shadow.format_change(generation, self._replica_formats())):
             state.reason = change
             return state
         if index < 0:
@@ -593,33 +550,8 @@ class DB(Generic[R]):
             return state
         return state
 
-    def _replica_formats(self) -> str:
-        return "".join(f"{r.name}\t{r.encryption}\n" for r in self.replicas)
-
-    def _format_change(self, generation: str) -> str:
-        """Why ``generation`` cannot go on with the replicas as configured now, or "".
-
-        An encrypted generation never continues a plaintext one, nor one
-        encrypted to other recipients (nor the reverse): a generation's objects
-        are all written one way. A generation without a record (written by Go,
-        or by an lsr older than encryption) counts as plaintext: an encrypted
-        replica then starts a new generation rather than guess.
-        """
-        try:
-            with open(self.shadow.replica_formats_path(generation), encoding="utf-8") as f:
-                recorded = dict(line.split("\t", 1) for line in f.read().splitlines() if "\t" in line)
-        except FileNotFoundError:
-            recorded = {}
-        for r in self.replicas:
-            before, now = recorded.get(r.name, "plain"), r.encryption
-            if before == now:
-                continue
-            if before == "plain":
-                return f"replica {r.name} is now age-encrypted; its plaintext generation is not continued"
-            if now == "plain":
-                return f"replica {r.name} is no longer encrypted; its encrypted generation is not continued"
-            return f"replica {r.name} has new age recipients; a generation is encrypted to one set"
-        return ""
+    def _replica_formats(self) -> list[tuple[str, str]]:
+        return [(r.name, r.encryption) for r in self.replicas]
 
     def _create_generation(self) -> str:
         generation = self.shadow.create_generation(self._replica_formats())
@@ -656,11 +588,11 @@ class DB(Generic[R]):
             tail = self._read_wal_tail(generation, index)
             if tail is None:
                 self._copy_to_shadow(generation, index)
-            self._release_read_lock()
+            self._read_lock.release()
             if checkpoint:
                 # The write connection is inside its transaction; checkpoint from
                 # the (now idle) read connection.
-                counts = self._run_checkpoint(self._read_conn)
+                counts = self._run_checkpoint(self._read_lock.conn)
             self._acquire_read_lock()
             held = time.monotonic() - locked_at
         return _LockedRetake(tail, counts, held)
@@ -686,25 +618,9 @@ class DB(Generic[R]):
         read from the page cache, not for the whole copy.
         """
         end = WAL_HEADER_SIZE + read_wal_index(self._shm_fd).mx_frame * (WAL_FRAME_HEADER_SIZE + self._page_size)
-        return self.shadow.read_wal_tail(generation, index, self.wal_path, end)
+        return self.shadow.read_wal_tail(generation, index, self._page_size, self.wal_path, end)
 
     # -- checkpoints -----------------------------------------------------------
-    def _checkpoint_due(self, shadow_size: int) -> str:
-        ps = self._page_size
-        wal_file_size = os.path.getsize(self.wal_path)
-        if self.truncate_page_count > 0 and wal_file_size >= wal_size(ps, self.truncate_page_count):
-            return CHECKPOINT_TRUNCATE
-        if self.max_checkpoint_page_count > 0 and shadow_size >= wal_size(ps, self.max_checkpoint_page_count):
-            return CHECKPOINT_RESTART
-        if time.monotonic() < self._passive_retry_at:
-            return ""
-        self._passive_retry_at = 0.0  # due now, or moot: a restart by the application emptied the shadow
-        if shadow_size >= wal_size(ps, self.min_checkpoint_page_count):
-            return CHECKPOINT_PASSIVE
-        if self._checkpoint_interval_due():
-            return CHECKPOINT_PASSIVE
-        return ""
-
     def checkpoint(self, mode: str = CHECKPOINT_PASSIVE) -> None:
         """Checkpoint now (after copying everything to the shadow WAL)."""
         with self._lock:
@@ -737,8 +653,8 @@ class DB(Generic[R]):
             # sync tries again.
             log.debug("%s: checkpoint %s skipped: database busy", self.path, mode)
             if opportunistic:
-                self._retry_checkpoint_later()
-            if not self._read_lock_held:
+                self.checkpoints.retry_later()
+            if not self._read_lock.held:
                 self._acquire_read_lock()
         finally:
             self._write_busy.timeout = BUSY_TIMEOUT.total_seconds()
@@ -777,7 +693,7 @@ class DB(Generic[R]):
                 break
             time.sleep(FORCED_CHECKPOINT_RETRY)
         self._publish(generation, index)
-        self._last_checkpoint = time.monotonic()
+        self.checkpoints.last = time.monotonic()
         if busy or frames != backfilled:
             log.debug("%s: checkpoint %s partial (%d of %d frames, write lock held %.1f ms): readers pin the wal",
                       self.path, mode, backfilled, frames, held * 1000)
@@ -789,7 +705,7 @@ class DB(Generic[R]):
             # lock: at least the 1 ms first step of SQLite's busy handler.
             log.debug("%s: checkpoint %s done (%d frames, write lock held %.1f ms); the application restarts the wal",
                       self.path, mode, frames, held * 1000)
-            self._retry_checkpoint_later()  # in case it went quiet instead
+            self.checkpoints.retry_later()  # in case it went quiet instead
             return
         limit = 0 if mode == CHECKPOINT_TRUNCATE else -1
         writer.execute(f"PRAGMA journal_size_limit = {limit}")
@@ -799,21 +715,12 @@ class DB(Generic[R]):
             # The WAL is fully backfilled: the application's next write restarts it,
             # or lsr's own retry does.
             log.debug("%s: checkpoint %s done; wal restart deferred: database busy", self.path, mode)
-            self._retry_checkpoint_later()
+            self.checkpoints.retry_later()
             return
         finally:
             writer.execute("PRAGMA journal_size_limit = -1")
-        self._passive_retry_at = 0.0
+        self.checkpoints.retry_at = 0.0
         log.debug("%s: checkpoint %s done (%d frames, write lock held %.1f ms)", self.path, mode, frames, held * 1000)
-
-    def _retry_checkpoint_later(self) -> None:
-        self._passive_retry_at = time.monotonic() + OPPORTUNISTIC_RETRY_INTERVAL
-
-    def seconds_until_checkpoint_retry(self) -> float | None:
-        """When the monitor should sync again for a deferred checkpoint, even without writes."""
-        if not self._passive_retry_at:
-            return None
-        return max(self._passive_retry_at - time.monotonic(), 0.0)
 
     @staticmethod
     def _run_checkpoint(conn: apsw.Connection | None) -> tuple[int, int, int]:
@@ -837,8 +744,10 @@ class DB(Generic[R]):
         self.shadow.remove_before(generation, shipped - 1)  # keep one shipped index as a margin, like Litestream
 
     # -- snapshots -------------------------------------------------------------
-    def snapshot_source(self, taken: set[int] | None = None) -> _SnapshotSource:
-        """A consistent view of the database file for a snapshot.
+    @contextmanager
+    def snapshot_source(self, taken: set[int] | None = None) -> Iterator[Pos]:
+        """A consistent view of the database file for a snapshot, at the position it yields;
+        read the file meanwhile with ``file_chunks``.
 
         Holding lsr's lock keeps lsr's own checkpoints out; the read lock keeps
         the application's checkpoints from writing frames past the shadow
@@ -850,41 +759,24 @@ class DB(Generic[R]):
         base): when the current index is in ``taken``, the WAL is restarted
         first so that the snapshot opens a new index.
         """
-        return _SnapshotSource(self, taken or set())
-
-
-class _SnapshotSource:
-    def __init__(self, db: DB[Any], taken: set[int]) -> None:
-        self.db = db
-        self.taken = taken
-        self.pos = Pos()
-
-    def __enter__(self) -> _SnapshotSource:
-        self.db._lock.acquire()
-        try:
-            if not self.db.open():
-                raise DatabaseError(f"cannot snapshot {self.db.path}: database does not exist")
-            self.db._sync()
-            if self.db.pos().index in self.taken:
-                self.db._checkpoint(CHECKPOINT_PASSIVE)
-                self.db._sync()
-                if self.db.pos().index in self.taken:
+        taken = taken or set()
+        with self._lock:
+            if not self.open():
+                raise DatabaseError(f"cannot snapshot {self.path}: database does not exist")
+            self._sync()
+            if self._pos.index in taken:
+                self._checkpoint(CHECKPOINT_PASSIVE)
+                self._sync()
+                if self._pos.index in taken:
                     raise DatabaseError(
-                        f"cannot snapshot {self.db.path}: index {self.db.pos().index:08x} already has a "
+                        f"cannot snapshot {self.path}: index {self._pos.index:08x} already has a "
                         "snapshot and readers keep the WAL from restarting (will retry)"
                     )
-            self.pos = self.db.pos()
-        except BaseException:
-            self.db._lock.release()
-            raise
-        return self
+            yield self._pos
 
-    def __exit__(self, *exc: object) -> None:
-        self.db._lock.release()
-
-    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
-        """The database file's bytes, read through lsr's long-lived descriptor."""
+    def file_chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """The database file's bytes, read through lsr's long-lived descriptor (see snapshot_source)."""
         offset = 0
-        while chunk := os.pread(self.db._db_fd, size, offset):
+        while chunk := os.pread(self._db_fd, size, offset):
             yield chunk
             offset += len(chunk)

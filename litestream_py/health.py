@@ -84,7 +84,7 @@ def max_lag(replica: Replica) -> float:
     """The lag past which the replica counts as unhealthy, in seconds."""
     if replica.max_lag is not None:
         return replica.max_lag.total_seconds()
-    return max(MAX_LAG_FACTOR * replica.sync_interval.total_seconds(), MIN_MAX_LAG.total_seconds())
+    return max(MAX_LAG_FACTOR * replica.ship.sync_interval.total_seconds(), MIN_MAX_LAG.total_seconds())
 
 
 def healthy(replicas: Iterable[Replica], now: float | None = None) -> bool:

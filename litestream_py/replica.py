@@ -15,6 +15,7 @@ from .errors import LitestreamError, StorageError
 from .compaction import CompactionStats, Compactor
 from .pos import Pos, SnapshotInfo
 from .replica_client import ReplicaClient, ReplicaReader
+from .ship_policy import DEFAULT_SYNC_INTERVAL, ShipPolicy
 from .stats import ReplicaStats
 
 if TYPE_CHECKING:
@@ -23,37 +24,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Replica",
-    "DEFAULT_SYNC_INTERVAL",
     "DEFAULT_RETENTION",
     "DEFAULT_RETENTION_CHECK_INTERVAL",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SYNC_INTERVAL = timedelta(seconds=1)
 DEFAULT_RETENTION = timedelta(hours=24)
 DEFAULT_RETENTION_CHECK_INTERVAL = timedelta(hours=1)
-# Ship at most this much shadow WAL in one segment so a long backlog (after an
-# outage) goes out in bounded pieces. Small enough that the reused read buffer
-# (fsutil.ReadBuffers) keeps a file sidecar's peak RSS low; object stores get
-# larger segments: fewer round trips (and billed PUTs) for a burst's backlog.
-MAX_SEGMENT_SIZE = 4 << 20
-OBJECT_STORE_MAX_SEGMENT_SIZE = 8 << 20
-# A replica that ships early (an object store whose sync-interval the user left
-# unset) ships before its interval is up in two cases. The pieces every
-# shipment would cut anyway (a full segment, the rest of a finished WAL index)
-# go out as soon as they exist: no requests of their own, and a burst's backlog
-# never grows past about one segment. And once the writer has paused this long,
-# the rest goes out too, so the last commits need not wait out the second: at
-# most once per interval on average, twice in a row (scheduler.SETTLE_BURST),
-# so that one stall of the writer late in a burst does not hold back the
-# burst's end. "Paused" is read from the WAL itself (DB.unwritten_for): a busy
-# writer's syncs, up to 100 ms apart, are never taken for a pause.
-QUIET_FLUSH = timedelta(milliseconds=50)
-# How often an object store replica is listed to see that it still holds the
-# generation's snapshot (check_intact): one LIST request each time. A file
-# replica is looked at before every shipment, which costs a directory read.
-OBJECT_STORE_INTACT_CHECK_INTERVAL = timedelta(minutes=5)
 
 
 def _now() -> datetime:
@@ -83,16 +61,11 @@ class Replica:
         # Objects are encrypted to these recipients (Go's rule: encrypt when there are recipients).
         self.age = age if age is not None and age.recipients else None
         self._name = name
-        self.sync_interval = sync_interval
+        self.ship = ShipPolicy(sync_interval=sync_interval)  # when to ship (factory: from the storage)
         self.retention = retention
         self.retention_check_interval = retention_check_interval
         self.snapshot_interval = snapshot_interval
         self.validation_interval = validation_interval
-        self.max_segment_size = MAX_SEGMENT_SIZE
-        self.ships_early = False  # see QUIET_FLUSH
-        # 0: check_intact() before every sync; else the replicator calls it this
-        # often (None: only before retention and validation). See factory.
-        self.intact_check_interval: timedelta | None = None
         self.max_lag: timedelta | None = None  # unhealthy past this lag (health.max_lag)
         self.stats = ReplicaStats()
         self.lease: Lease | None = None  # when set, nothing is written without it (see lease)
@@ -151,7 +124,7 @@ class Replica:
             if not self.db.pos().is_zero():  # nothing to write, no lease to take yet
                 self._check_lease()
             try:
-                if self.intact_check_interval == timedelta(0):
+                if self.ship.checks_intact_each_sync:
                     self._check_intact()
                 return self._sync(include_partial)
             except StorageError:
@@ -235,7 +208,7 @@ class Replica:
         if pos.index < dpos.index:
             return True
         try:
-            return dpos.offset >= self.db.shadow.segment_end(pos, self.max_segment_size)
+            return dpos.offset >= self.db.shadow.segment_end(pos, self.ship.max_segment_size)
         except FileNotFoundError:  # the generation moved on meanwhile: the shipper will see
             return False
 
@@ -262,7 +235,7 @@ class Replica:
                 self._set_pos(Pos(pos.generation, pos.index + 1, 0))
                 return True
             return False
-        full = shadow.segment_end(pos, self.max_segment_size)
+        full = shadow.segment_end(pos, self.ship.max_segment_size)
         if not include_partial and pos.index == dpos.index and end < full:
             return False
         end = min(end, full)
@@ -295,11 +268,10 @@ class Replica:
         generation = self.db.pos().generation
         taken = {s.index for s in self.client.snapshots(generation)} if generation else set()
         with tempfile.TemporaryFile(prefix="lsr-snapshot-") as tmp:
-            with self.db.snapshot_source(taken) as source:
-                pos = source.pos
+            with self.db.snapshot_source(taken) as pos:
                 created_at = _now()
                 header = codec.snapshot_header(int(created_at.timestamp() * 1e9))
-                frames = itertools.chain([header], codec.compress_iter(source.chunks()))
+                frames = itertools.chain([header], codec.compress_iter(self.db.file_chunks()))
                 if self.age is not None:
                     self.age.encrypt_chunks(frames, tmp)
                 else:

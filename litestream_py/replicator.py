@@ -7,7 +7,7 @@ that writes new segments as soon as the shadow WAL changes (at most once per
 ``sync-interval``, never more often than MIN_SYNC_SPACING, and without one as
 the syncs allow, but at least MIN_SHIP_SPACING apart; an object store left
 at its default interval also ships full segments at once, and the rest when
-the writer pauses: see replica.QUIET_FLUSH), and runs retention and
+the writer pauses: see ship_policy), and runs retention and
 scheduled snapshots; a compaction task per replica merges old segments
 (compaction.py) on a thread of its own, never in a shipment's way. A task is a step that runs when it is woken or its timer
 is due, never on two threads at once (scheduler.py). ``stop()`` ends the pool, then runs one
@@ -30,11 +30,12 @@ from . import health
 from .db import DB
 from .errors import DatabaseBusyError, DatabaseError, LitestreamError, StorageError
 from .pos import Pos
-from .replica import QUIET_FLUSH, Replica
+from .replica import Replica
 from .scheduler import MAX_BUSY_SPACING, RETRY_INTERVAL
 from .scheduler import Periodic as _Periodic
 from .scheduler import Pool as _Pool
 from .scheduler import Task as _Task
+from .ship_policy import MIN_SYNC_SPACING
 from .verify import verify_database
 from .watch import WALWatcher
 
@@ -46,15 +47,6 @@ log = logging.getLogger(__name__)
 FALLBACK_POLL_INTERVAL = 30.0
 # A replica with nothing to do still wakes this often (timers, lost notifications).
 IDLE_WAKE_INTERVAL = 60.0
-# Shortest time between two syncs of one DB: a busy writer's commits go out in
-# batches, so the per-sync and per-segment costs (a new file, fsyncs, requests)
-# are paid per batch, not per commit, for a few ms of added lag (docs/bench.md).
-MIN_SYNC_SPACING = 0.05
-# Shortest time between two shipments of a replica without a sync-interval.
-# The syncs that feed it already come at most every MIN_SYNC_SPACING; spaced
-# alike, the shipper's start would wander out of step with them (each spacing
-# counts from its own start) and ship a sync's commits up to a whole spacing late.
-MIN_SHIP_SPACING = MIN_SYNC_SPACING / 2
 # A DB's sync that took t seconds starts again no sooner than BUSY_SPACING_FACTOR * t
 # after it began (at most scheduler.MAX_BUSY_SPACING): under a saturated writer each
 # sync, and so each segment, carries more commits, so fixed per-sync costs shrink
@@ -220,10 +212,7 @@ class Replicator:
 
     def _shadow_changed(self, db: DB[Replica], replica: Replica, shipper: _Task) -> None:
         replica.stats.pending()
-        # A new generation's snapshot goes out at once, whatever the sync-interval,
-        # and so do the full segments of a replica that ships early.
-        urgent = replica.pos().generation != db.pos().generation
-        urgent = urgent or (replica.ships_early and replica.has_full_segment())
+        urgent = replica.ship.is_urgent(replica.pos().generation != db.pos().generation, replica.has_full_segment)
         self._shippers.wake(shipper, urgent=urgent)
 
     def _poll_interval(self, db: DB[Replica]) -> float:
@@ -263,7 +252,7 @@ class Replicator:
             wait = errors.retry
         elif errors.last or not db.is_open():
             wait = db.monitor_interval.total_seconds()
-        retry = db.seconds_until_checkpoint_retry()
+        retry = db.checkpoints.seconds_until_retry()
         if retry is not None:
             wait = min(wait, retry)
         return wait
@@ -277,15 +266,11 @@ class Replicator:
             snapshot=_Periodic(replica.snapshot_interval),
             retention=_Periodic(retention_check if replica.retention.total_seconds() > 0 else None),
             validation=_Periodic(replica.validation_interval),
-            intact=_Periodic(replica.intact_check_interval or None),
-            include_partial=_Periodic(replica.sync_interval, now=True, slack=MIN_SYNC_SPACING),
+            intact=_Periodic(replica.ship.intact_check_period),
+            include_partial=_Periodic(replica.ship.sync_interval, now=True, slack=MIN_SYNC_SPACING),
         )
-        # sync-interval bounds the request rate (object stores bill per PUT).
-        interval = replica.sync_interval.total_seconds()
-        spacing = max(interval, MIN_SYNC_SPACING) if interval > 0 else MIN_SHIP_SPACING
-        settle = QUIET_FLUSH.total_seconds() if replica.ships_early else 0.0
-        task = _Task(f"{db.path}: replica {replica.name}", lambda: self._ship_step(replica, db, state, task), spacing,
-                     settle=settle, quiet_for=db.unwritten_for)
+        task = _Task(f"{db.path}: replica {replica.name}", lambda: self._ship_step(replica, db, state, task),
+                     replica.ship.spacing, settle=replica.ship.settle, quiet_for=db.unwritten_for)
         state.task = task
         self._ship_states[id(replica)] = state
         return task
@@ -293,11 +278,9 @@ class Replicator:
     def _ship_step(self, replica: Replica, db: DB[Replica], state: _ShipState, task: _Task) -> float:
         try:
             now = time.monotonic()
-            # An early run (full segments pending, the interval not yet up) ships
-            # only those; once per interval, or after a pause, everything goes.
             requested = state.flush_requests
-            include_partial = (not replica.ships_early or requested != state.flushed
-                               or state.include_partial.claim(now) or task.quiet())
+            include_partial = replica.ship.ships_everything(
+                requested != state.flushed, lambda: state.include_partial.claim(now), task.quiet)
             state.flushed = requested
             if state.intact.claim(now):
                 replica.check_intact()  # if wiped, this sync ships it again from a new snapshot

@@ -90,7 +90,7 @@ class ShadowWAL:
         return f"{self.meta_path}/generations/{generation}/wal/{paths.format_shadow_wal_path(index)}"
 
     def replica_formats_path(self, generation: str) -> str:
-        """How each replica writes this generation (see DB._format_change)."""
+        """How each replica writes this generation (see format_change)."""
         return f"{self.meta_path}/generations/{generation}/replicas"
 
     def commits_path(self, generation: str, index: int) -> str:
@@ -156,13 +156,39 @@ class ShadowWAL:
         return frame_align(pos.offset + max(max_size // frame, 1) * frame, page_size)
 
     # -- writes ------------------------------------------------------------
-    def create_generation(self, replica_formats: str) -> str:
-        """A new generation's directory and its replicas record; not current until set_current."""
+    def create_generation(self, replica_formats: list[tuple[str, str]]) -> str:
+        """A new generation's directory and its record of how each replica
+        (name, encryption) writes it; not current until set_current."""
         generation = paths.new_generation_name()
         os.makedirs(self.wal_dir(generation), mode=0o700, exist_ok=True)
         with atomic_write(self.replica_formats_path(generation)) as f:
-            f.write(replica_formats.encode())
+            f.write("".join(f"{name}\t{encryption}\n" for name, encryption in replica_formats).encode())
         return generation
+
+    def format_change(self, generation: str, replica_formats: list[tuple[str, str]]) -> str:
+        """Why ``generation`` cannot go on with the replicas (name, encryption) as configured now, or "".
+
+        An encrypted generation never continues a plaintext one, nor one
+        encrypted to other recipients (nor the reverse): a generation's objects
+        are all written one way. A generation without a record (written by Go,
+        or by an lsr older than encryption) counts as plaintext: an encrypted
+        replica then starts a new generation rather than guess.
+        """
+        try:
+            with open(self.replica_formats_path(generation), encoding="utf-8") as f:
+                recorded = dict(line.split("\t", 1) for line in f.read().splitlines() if "\t" in line)
+        except FileNotFoundError:
+            recorded = {}
+        for name, now in replica_formats:
+            before = recorded.get(name, "plain")
+            if before == now:
+                continue
+            if before == "plain":
+                return f"replica {name} is now age-encrypted; its plaintext generation is not continued"
+            if now == "plain":
+                return f"replica {name} is no longer encrypted; its encrypted generation is not continued"
+            return f"replica {name} has new age recipients; a generation is encrypted to one set"
+        return ""
 
     def set_current(self, generation: str) -> None:
         with atomic_write(self.generation_name_path) as f:
@@ -192,11 +218,10 @@ class ShadowWAL:
                 f.truncate(aligned)
                 os.fsync(f.fileno())
 
-    def read_wal_tail(self, generation: str, index: int, wal_path: str, wal_end: int) -> WALTail | None:
+    def read_wal_tail(self, generation: str, index: int, page_size: int, wal_path: str, wal_end: int) -> WALTail | None:
         """The WAL's bytes from the shadow's end up to ``wal_end``, read in one go
         (None when too many to hold: see MAX_WAL_TAIL)."""
-        path = self.wal_path(generation, index)
-        offset = frame_align(os.path.getsize(path), self.header(generation, index).page_size)
+        offset = frame_align(os.path.getsize(self.wal_path(generation, index)), page_size)
         if wal_end - offset > MAX_WAL_TAIL:
             return None  # too much to hold in memory at once: copy it the usual way
         with open(wal_path, "rb") as wal:

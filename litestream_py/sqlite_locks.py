@@ -9,6 +9,7 @@ tells it, without a query, how far the WAL is committed and backfilled.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import time
@@ -18,13 +19,17 @@ from typing import Iterator
 
 import apsw
 
+from .errors import DatabaseError
+
 __all__ = [
     "BUMP_SEQ_SQL",
     "PollingBusyHandler",
+    "ReadLock",
     "WAL_INDEX_HEADER_SIZE",
     "WAL_INDEX_HDR_COPIES_SIZE",
     "WalIndex",
     "begin_read",
+    "connect",
     "end_read",
     "hold_write_lock",
     "read_wal_index",
@@ -95,6 +100,20 @@ class PollingBusyHandler:
         return True
 
 
+def connect(path: str, busy_timeout: timedelta, statement_cache: int = 32) -> apsw.Connection:
+    """A connection of lsr's to the database at ``path``."""
+    try:
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE, statementcachesize=statement_cache)
+    except apsw.Error as exc:
+        raise DatabaseError(f"cannot open database {path}: {exc}") from exc
+    conn.set_busy_timeout(int(busy_timeout.total_seconds() * 1000))
+    # Keep the WAL file when lsr's connections close: deleting it would end
+    # the generation for no reason.
+    persist = ctypes.c_int(1)
+    conn.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(persist))
+    return conn
+
+
 def begin_read(conn: apsw.Connection) -> None:
     """Start a read transaction on ``conn`` that holds a WAL read lock until it ends."""
     conn.execute("BEGIN")
@@ -121,3 +140,42 @@ def hold_write_lock(conn: apsw.Connection) -> Iterator[None]:
         yield
     finally:
         conn.execute("ROLLBACK")
+
+
+class ReadLock:
+    """lsr's read transaction, which pins the WAL (see db.py), on a connection of its own."""
+
+    def __init__(self) -> None:
+        self.conn: apsw.Connection | None = None
+        self.held = False
+        # Taken on a fully checkpointed WAL, so SQLite gave it read-mark 0
+        # (see DB._move_read_lock_off_db_file).
+        self.on_db_file = False
+
+    def acquire(self, shm_fd: int) -> None:
+        assert self.conn is not None
+        if self.held:
+            return
+        begin_read(self.conn)
+        self._taken(shm_fd)
+
+    def release(self) -> None:
+        if self.held and self.conn is not None:
+            end_read(self.conn)
+        self.held = False
+        self.on_db_file = False
+
+    def hand_over(self, conn: apsw.Connection, shm_fd: int) -> None:
+        """Make ``conn``, already inside a read transaction, the read lock's; end and close the old one."""
+        old, self.conn = self.conn, conn
+        self._taken(shm_fd)
+        assert old is not None
+        try:
+            old.execute("ROLLBACK")
+        finally:
+            old.close()
+
+    def _taken(self, shm_fd: int) -> None:
+        self.held = True
+        shm = read_wal_index(shm_fd)
+        self.on_db_file = shm.mx_frame == shm.backfilled
