@@ -200,6 +200,7 @@ class ShadowWAL:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         with atomic_write(path) as f:
             f.write(header.raw)
+        self._headers[(generation, index)] = header
 
     def truncate_torn_tail(self) -> None:
         """Drop a torn frame left at the end of the current shadow index by a crash."""
