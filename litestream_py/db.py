@@ -51,7 +51,6 @@ from .sqlite_locks import (
     BUMP_SEQ_SQL,
     PollingBusyHandler,
     ReadLock,
-    begin_read,
     connect,
     hold_write_lock,
     read_wal_index,
@@ -353,38 +352,12 @@ class DB(Generic[R]):
             raise
 
     def _move_read_lock_off_db_file(self) -> None:
-        """Move a read lock on read-mark 0 onto a frame of the WAL, once there is one,
-        without a gap and without the write lock.
-
-        A reader that began on a fully checkpointed WAL gets read-mark 0, where
-        it forbids every checkpoint to write a single frame into the database:
-        the application's automatic checkpoint, due on each of its commits once
-        the WAL passes wal_autocheckpoint pages, then sorts the whole WAL's
-        index each time before it finds it cannot proceed (3-4x the cost of a
-        small commit with a 12,000-frame WAL). On a frame, the same checkpoint
-        backfills up to it once and then returns at once. The new read
-        transaction starts before the old one ends, and the WAL is copied to its
-        end in between, so the read lock never lets a checkpoint pass the
-        shadow's end (module docstring).
-        """
-        if not self._read_lock.on_db_file:
-            return
-        shm = read_wal_index(self._shm_fd)
-        if shm.mx_frame <= shm.backfilled:
-            return  # still fully checkpointed: a new reader would get read-mark 0 again
-        conn = connect(self.path, BUSY_TIMEOUT, statement_cache=0)
-        try:
-            begin_read(conn)
-        except apsw.Error as exc:
-            conn.close()
-            log.debug("%s: read lock stays on read-mark 0: %s", self.path, exc)
-            return
-        try:
-            self._copy_new_frames(None)
-        except BaseException:
-            conn.close()
-            raise
-        self._read_lock.hand_over(conn, self._shm_fd)
+        """Move a read lock on read-mark 0 onto a frame of the WAL (see ReadLock.move_off_db_file),
+        copying the WAL to its end while both transactions hold it."""
+        stays = self._read_lock.move_off_db_file(lambda: connect(self.path, BUSY_TIMEOUT, statement_cache=0),
+                                                 self._shm_fd, lambda: self._copy_new_frames(None))
+        if stays:
+            log.debug("%s: read lock stays on read-mark 0: %s", self.path, stays)
 
     def _write_lock(self) -> AbstractContextManager[None]:
         """Hold SQLite's write lock: the application cannot commit meanwhile."""
