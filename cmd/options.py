@@ -122,7 +122,7 @@ def print_json(value: Any) -> None:
 class Target:
     """What an inspect/restore command works on: a DB from the config, or a replica URL."""
 
-    db: DB | None
+    db: DB[Replica] | None
     replicas: list[Replica]
 
 

@@ -21,6 +21,7 @@ from litestream_py.process import configure_process_for_sidecar, release_free_me
 from litestream_py.errors import ConfigError
 from litestream_py.factory import db_from_config
 from litestream_py.lease import Lease, LeaseKeeper
+from litestream_py.replica import Replica
 from litestream_py.replicator import Replicator
 from litestream_py.control import ControlServer
 from litestream_py.heartbeat import Heartbeat
@@ -91,7 +92,7 @@ def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, takeove
     raise SystemExit(run(body))
 
 
-def acquire_leases(dbs: list[DB], ttl: timedelta, takeover: bool, stop: threading.Event) -> LeaseKeeper:
+def acquire_leases(dbs: list[DB[Replica]], ttl: timedelta, takeover: bool, stop: threading.Event) -> LeaseKeeper:
     """Refuse to start (naming the holder) where another sidecar holds a replica's lease;
     each lease is then taken by its replica's first write, and renewed from here on."""
     if ttl.total_seconds() <= 0:

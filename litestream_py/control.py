@@ -35,6 +35,7 @@ from .paths import META_DIR_SUFFIX
 if TYPE_CHECKING:
     from .config import Config
     from .db import DB
+    from .replica import Replica
     from .replicator import Replicator
 
 __all__ = [
@@ -127,7 +128,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                     "pending": {r.name: round(health.lag(r, now), 3) for r in late}}
         raise ControlError(f"cannot answer request: unknown op {op!r}")
 
-    def _db(self, path: str) -> DB:
+    def _db(self, path: str) -> DB[Replica]:
         db = self.replicator.find_db(str(path))
         if db is None:
             raise ControlError(f"cannot find database {path}: this sidecar does not replicate it")

@@ -9,12 +9,13 @@ from .compaction import DEFAULT_COMPACTION_INTERVAL
 from .config import DBConfig, ReplicaConfig
 from .db import DB
 from .errors import ConfigError
-from .replica import OBJECT_STORE_INTACT_CHECK_INTERVAL, OBJECT_STORE_MAX_SEGMENT_SIZE, Replica
+from .replica import Replica
+from .ship_policy import ShipPolicy
 
 __all__ = ["db_from_config", "replica_from_config"]
 
 
-def replica_from_config(rc: ReplicaConfig, db: DB | None, *, read_only: bool = False) -> Replica:
+def replica_from_config(rc: ReplicaConfig, db: DB[Replica] | None, *, read_only: bool = False) -> Replica:
     """``read_only``: for commands that only inspect or restore (see ``new_client``)."""
     client = new_client(rc, read_only=read_only)
     if not read_only and rc.age is not None:
@@ -30,21 +31,8 @@ def replica_from_config(rc: ReplicaConfig, db: DB | None, *, read_only: bool = F
                 "replica, which needs age.identities (or remove validation-interval)"
             )
     replica = Replica(db, client, rc.name, age=rc.age)
-    if rc.sync_interval is not None:
-        replica.sync_interval = rc.sync_interval
-    elif client.type == "file":
-        # A local directory costs nothing per write: ship each commit at once.
-        replica.sync_interval = timedelta(0)
-    else:
-        # Object stores bill per PUT: Litestream's one second, plus one early
-        # shipment when the writer pauses.
-        replica.ships_early = True
-    if client.type == "file":
-        # Looking costs a directory read: see that it was not wiped before each shipment.
-        replica.intact_check_interval = timedelta(0)
-    else:
-        replica.max_segment_size = OBJECT_STORE_MAX_SEGMENT_SIZE
-        replica.intact_check_interval = OBJECT_STORE_INTACT_CHECK_INTERVAL
+    # A local directory costs nothing per write; object stores bill per request.
+    replica.ship = ShipPolicy.for_storage(local=client.type == "file", sync_interval=rc.sync_interval)
     if rc.retention is not None:
         replica.retention = rc.retention
     if rc.retention_check_interval is not None:
@@ -57,16 +45,16 @@ def replica_from_config(rc: ReplicaConfig, db: DB | None, *, read_only: bool = F
     return replica
 
 
-def db_from_config(dbc: DBConfig, *, read_only: bool = False) -> DB:
-    db = DB(dbc.path, meta_path=dbc.meta_path)
+def db_from_config(dbc: DBConfig, *, read_only: bool = False) -> DB[Replica]:
+    db: DB[Replica] = DB(dbc.path, meta_path=dbc.meta_path)
     if dbc.monitor_interval is not None:
         db.monitor_interval = dbc.monitor_interval
     if dbc.checkpoint_interval is not None:
-        db.checkpoint_interval = dbc.checkpoint_interval
+        db.checkpoints.interval = dbc.checkpoint_interval
     if dbc.min_checkpoint_page_count is not None:
-        db.min_checkpoint_page_count = dbc.min_checkpoint_page_count
+        db.checkpoints.min_page_count = dbc.min_checkpoint_page_count
     if dbc.max_checkpoint_page_count is not None:
-        db.max_checkpoint_page_count = dbc.max_checkpoint_page_count
+        db.checkpoints.max_page_count = dbc.max_checkpoint_page_count
     names = set()
     for rc in dbc.replicas:
         replica = replica_from_config(rc, db, read_only=read_only)

@@ -10,7 +10,7 @@ import threading
 from contextlib import contextmanager
 from typing import BinaryIO, Iterator
 
-__all__ = ["atomic_write", "atomic_copy_stream", "fsync_dir", "ReadBuffers", "read_buffers", "TMP_SUFFIX"]
+__all__ = ["atomic_write", "atomic_copy_stream", "fsync_dir", "read_pieces", "ReadBuffers", "read_buffers", "TMP_SUFFIX"]
 
 TMP_SUFFIX = ".tmp"
 COPY_BUFFER_SIZE = 1 << 20
@@ -25,6 +25,15 @@ def fsync_dir(path: str) -> None:
 
 
 _temp_names = itertools.count()
+
+
+def read_pieces(path: str, *pieces: tuple[int, int]) -> list[bytes]:
+    """The bytes at each (offset, size) of ``path`` (fewer at its end), through one open."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return [os.pread(fd, size, offset) for offset, size in pieces]
+    finally:
+        os.close(fd)
 
 
 def _create_temp(path: str, dir_mode: int | None) -> tuple[int, str]:

@@ -56,12 +56,12 @@ def holds(replica_pos: Pos, target: Pos, current_generation: str) -> bool:
     return replica_pos.generation == current_generation
 
 
-def _oldest_pending_ns(db: DB, rpos: Pos, dpos: Pos) -> int | None:
+def _oldest_pending_ns(db: DB[Replica], rpos: Pos, dpos: Pos) -> int | None:
     """Capture time of the first commit past ``rpos``, if it is in memory."""
     if rpos.generation != dpos.generation or rpos.is_zero():
         return None
     for index in range(rpos.index, min(dpos.index, rpos.index + MAX_INDEXES_SEARCHED) + 1):
-        found = db.commit_log.cached_first_after(dpos.generation, index, rpos.offset if index == rpos.index else 0)
+        found = db.shadow.commit_log.cached_first_after(dpos.generation, index, rpos.offset if index == rpos.index else 0)
         if found is not None:
             return found
     return None
@@ -84,7 +84,7 @@ def max_lag(replica: Replica) -> float:
     """The lag past which the replica counts as unhealthy, in seconds."""
     if replica.max_lag is not None:
         return replica.max_lag.total_seconds()
-    return max(MAX_LAG_FACTOR * replica.sync_interval.total_seconds(), MIN_MAX_LAG.total_seconds())
+    return max(MAX_LAG_FACTOR * replica.ship.sync_interval.total_seconds(), MIN_MAX_LAG.total_seconds())
 
 
 def healthy(replicas: Iterable[Replica], now: float | None = None) -> bool:
@@ -141,7 +141,7 @@ def _compaction_report(replica: Replica) -> dict[str, Any] | None:
             "last_pass": rfc3339(stats.last_pass)}
 
 
-def db_report(db: DB, now: float | None = None, schedules: dict[str, dict[str, float | None]] | None = None,
+def db_report(db: DB[Replica], now: float | None = None, schedules: dict[str, dict[str, float | None]] | None = None,
               unserved: str | None = None) -> dict[str, Any]:
     """A database's state and its replicas' (``schedules``: replica name -> job -> wall time;
     ``unserved``: why the database cannot be replicated at all, if it cannot)."""

@@ -50,7 +50,7 @@ class _Family:
 class SidecarCollector(Collector):
     """Collects every database's and replica's metrics from memory at each scrape."""
 
-    def __init__(self, dbs: list[DB]) -> None:
+    def __init__(self, dbs: list[DB[Replica]]) -> None:
         self.dbs = dbs
 
     def collect(self) -> Iterator[Metric]:
@@ -150,7 +150,7 @@ class SidecarCollector(Collector):
                    _REPLICA + ("kind",)).add(label + (s.last_error_kind,), s.last_error_at)
 
 
-def new_registry(dbs: list[DB]) -> CollectorRegistry:
+def new_registry(dbs: list[DB[Replica]]) -> CollectorRegistry:
     """A registry of its own (not the process-wide default) holding the sidecar's metrics."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SidecarCollector(dbs))

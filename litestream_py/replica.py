@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import tempfile
 import threading
 from datetime import datetime, timedelta, timezone
@@ -14,11 +13,10 @@ from . import codec
 from .encryption import AgeKeys, AgeReader
 from .errors import LitestreamError, StorageError
 from .compaction import CompactionStats, Compactor
-from .fsutil import read_buffers
 from .pos import Pos, SnapshotInfo
 from .replica_client import ReplicaClient, ReplicaReader
+from .ship_policy import DEFAULT_SYNC_INTERVAL, ShipPolicy
 from .stats import ReplicaStats
-from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align, frame_headers
 
 if TYPE_CHECKING:
     from .db import DB
@@ -26,37 +24,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Replica",
-    "DEFAULT_SYNC_INTERVAL",
     "DEFAULT_RETENTION",
     "DEFAULT_RETENTION_CHECK_INTERVAL",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SYNC_INTERVAL = timedelta(seconds=1)
 DEFAULT_RETENTION = timedelta(hours=24)
 DEFAULT_RETENTION_CHECK_INTERVAL = timedelta(hours=1)
-# Ship at most this much shadow WAL in one segment so a long backlog (after an
-# outage) goes out in bounded pieces. Small enough that the reused read buffer
-# (fsutil.ReadBuffers) keeps a file sidecar's peak RSS low; object stores get
-# larger segments: fewer round trips (and billed PUTs) for a burst's backlog.
-MAX_SEGMENT_SIZE = 4 << 20
-OBJECT_STORE_MAX_SEGMENT_SIZE = 8 << 20
-# A replica that ships early (an object store whose sync-interval the user left
-# unset) ships before its interval is up in two cases. The pieces every
-# shipment would cut anyway (a full segment, the rest of a finished WAL index)
-# go out as soon as they exist: no requests of their own, and a burst's backlog
-# never grows past about one segment. And once the writer has paused this long,
-# the rest goes out too, so the last commits need not wait out the second: at
-# most once per interval on average, twice in a row (scheduler.SETTLE_BURST),
-# so that one stall of the writer late in a burst does not hold back the
-# burst's end. "Paused" is read from the WAL itself (DB.unwritten_for): a busy
-# writer's syncs, up to 100 ms apart, are never taken for a pause.
-QUIET_FLUSH = timedelta(milliseconds=50)
-# How often an object store replica is listed to see that it still holds the
-# generation's snapshot (check_intact): one LIST request each time. A file
-# replica is looked at before every shipment, which costs a directory read.
-OBJECT_STORE_INTACT_CHECK_INTERVAL = timedelta(minutes=5)
 
 
 def _now() -> datetime:
@@ -68,7 +43,7 @@ class Replica:
 
     def __init__(
         self,
-        db: DB | None,
+        db: DB[Replica] | None,
         client: ReplicaClient,
         name: str = "",
         *,
@@ -86,16 +61,11 @@ class Replica:
         # Objects are encrypted to these recipients (Go's rule: encrypt when there are recipients).
         self.age = age if age is not None and age.recipients else None
         self._name = name
-        self.sync_interval = sync_interval
+        self.ship = ShipPolicy(sync_interval=sync_interval)  # when to ship (factory: from the storage)
         self.retention = retention
         self.retention_check_interval = retention_check_interval
         self.snapshot_interval = snapshot_interval
         self.validation_interval = validation_interval
-        self.max_segment_size = MAX_SEGMENT_SIZE
-        self.ships_early = False  # see QUIET_FLUSH
-        # 0: check_intact() before every sync; else the replicator calls it this
-        # often (None: only before retention and validation). See factory.
-        self.intact_check_interval: timedelta | None = None
         self.max_lag: timedelta | None = None  # unhealthy past this lag (health.max_lag)
         self.stats = ReplicaStats()
         self.lease: Lease | None = None  # when set, nothing is written without it (see lease)
@@ -103,7 +73,6 @@ class Replica:
         self._mu = threading.Lock()
         # Only one sync or snapshot at a time per replica.
         self._sync_lock = threading.Lock()
-        self._header_cache: tuple[str, WALHeader] | None = None  # (shadow path, its header)
         # Held by whatever deletes segments (retention, compaction, a wipe's
         # cleanup), so that none of them writes back what another deleted.
         self.prune_lock = threading.Lock()
@@ -155,7 +124,7 @@ class Replica:
             if not self.db.pos().is_zero():  # nothing to write, no lease to take yet
                 self._check_lease()
             try:
-                if self.intact_check_interval == timedelta(0):
+                if self.ship.checks_intact_each_sync:
                     self._check_intact()
                 return self._sync(include_partial)
             except StorageError:
@@ -239,13 +208,9 @@ class Replica:
         if pos.index < dpos.index:
             return True
         try:
-            return dpos.offset >= self._full_segment_end(pos, self.db.shadow_wal_path(pos.generation, pos.index))
+            return dpos.offset >= self.db.shadow.segment_end(pos, self.ship.max_segment_size)
         except FileNotFoundError:  # the generation moved on meanwhile: the shipper will see
             return False
-
-    def _full_segment_end(self, pos: Pos, path: str) -> int:
-        """Where a segment starting at ``pos`` of shadow WAL ``path`` ends once it is full (a frame boundary)."""
-        return frame_align(pos.offset + self._max_segment(path), self._page_size(path))
 
     def _ship_next(self, include_partial: bool = True) -> bool:
         """Write one WAL segment, or move to the next shadow index. False when caught up
@@ -255,41 +220,27 @@ class Replica:
         dpos = self.db.pos()
         if pos.generation != dpos.generation or pos.is_zero():
             return False
-        path = self.db.shadow_wal_path(pos.generation, pos.index)
-        if pos.index < dpos.index:
-            try:
-                end = frame_align(os.path.getsize(path), self._page_size(path))
-            except FileNotFoundError:
-                end = 0
-        else:
-            end = dpos.offset
+        shadow = self.db.shadow
+        end = shadow.end(pos.generation, pos.index) if pos.index < dpos.index else dpos.offset
         if end <= pos.offset:
             if pos.index < dpos.index:
                 if end < pos.offset or end == 0:
                     # The shadow index is gone or shorter than what was shipped:
                     # continue from a fresh snapshot of the current index.
-                    log.warning("%s: shadow wal %s unavailable, taking a new snapshot", self.name, path, extra=self._fields(pos))
+                    log.warning("%s: shadow wal %s unavailable, taking a new snapshot", self.name,
+                                shadow.wal_path(pos.generation, pos.index), extra=self._fields(pos))
                     self._snapshot()
                     self._set_pos(self._calc_pos(pos.generation))
                     return True
                 self._set_pos(Pos(pos.generation, pos.index + 1, 0))
                 return True
             return False
-        full = self._full_segment_end(pos, path)
+        full = shadow.segment_end(pos, self.ship.max_segment_size)
         if not include_partial and pos.index == dpos.index and end < full:
             return False
         end = min(end, full)
-        self.db.make_durable(pos.generation, pos.index, end)
-        commits = self.db.commit_log.between(pos.generation, pos.index, pos.offset, end)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            with read_buffers.pread(fd, end - pos.offset, pos.offset) as data:
-                if len(data) != end - pos.offset:
-                    raise LitestreamError(f"cannot read shadow wal {path}: short read at {pos.offset}")
-                self._check_salt(path, pos.offset, data)
-                segment = codec.encode_segment(data, commits)
-        finally:
-            os.close(fd)
+        with shadow.read_segment(pos, end) as (data, commits):
+            segment = codec.encode_segment(data, commits)
         if self.age is not None:
             segment = self.age.encrypt(segment)  # commit times included: nothing readable at rest
         # The segment's timestamp is its last commit's capture time, so even
@@ -300,30 +251,6 @@ class Replica:
         self.stats.shipped(end - pos.offset, commits[-1][1] if commits else None)
         log.debug("%s: wal segment written %s (%d bytes)", self.name, pos, end - pos.offset, extra=self._fields(pos))
         return True
-
-    def _shadow_header(self, path: str) -> WALHeader:
-        """A shadow WAL's header; read once per file (a shadow's header never changes)."""
-        if self._header_cache is None or self._header_cache[0] != path:
-            with open(path, "rb") as f:
-                self._header_cache = (path, WALHeader.parse(f.read(WAL_HEADER_SIZE), verify=False))
-        return self._header_cache[1]
-
-    def _page_size(self, path: str) -> int:
-        return self._shadow_header(path).page_size
-
-    def _max_segment(self, path: str) -> int:
-        frame = WAL_FRAME_HEADER_SIZE + self._page_size(path)
-        return max(self.max_segment_size // frame, 1) * frame
-
-    def _check_salt(self, path: str, offset: int, data: bytes | memoryview) -> None:
-        """Refuse to ship frames whose salt differs from their WAL header's."""
-        header = self._shadow_header(path)
-        start = WAL_HEADER_SIZE if offset == 0 else 0
-        fields = frame_headers(memoryview(data)[start:], header.page_size)
-        wrong = (fields[:, 2] != header.salt1) | (fields[:, 3] != header.salt2)
-        if wrong.any():
-            at = offset + start + int(wrong.argmax()) * (WAL_FRAME_HEADER_SIZE + header.page_size)
-            raise LitestreamError(f"cannot ship {path}: salt mismatch at offset {at}")
 
     # -- snapshots -------------------------------------------------------------
     def snapshot(self) -> SnapshotInfo:
@@ -341,11 +268,10 @@ class Replica:
         generation = self.db.pos().generation
         taken = {s.index for s in self.client.snapshots(generation)} if generation else set()
         with tempfile.TemporaryFile(prefix="lsr-snapshot-") as tmp:
-            with self.db.snapshot_source(taken) as source:
-                pos = source.pos
+            with self.db.snapshot_source(taken) as pos:
                 created_at = _now()
                 header = codec.snapshot_header(int(created_at.timestamp() * 1e9))
-                frames = itertools.chain([header], codec.compress_iter(source.chunks()))
+                frames = itertools.chain([header], codec.compress_iter(self.db.file_chunks()))
                 if self.age is not None:
                     self.age.encrypt_chunks(frames, tmp)
                 else:

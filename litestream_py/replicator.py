@@ -7,7 +7,7 @@ that writes new segments as soon as the shadow WAL changes (at most once per
 ``sync-interval``, never more often than MIN_SYNC_SPACING, and without one as
 the syncs allow, but at least MIN_SHIP_SPACING apart; an object store left
 at its default interval also ships full segments at once, and the rest when
-the writer pauses: see replica.QUIET_FLUSH), and runs retention and
+the writer pauses: see ship_policy), and runs retention and
 scheduled snapshots; a compaction task per replica merges old segments
 (compaction.py) on a thread of its own, never in a shipment's way. A task is a step that runs when it is woken or its timer
 is due, never on two threads at once (scheduler.py). ``stop()`` ends the pool, then runs one
@@ -30,11 +30,12 @@ from . import health
 from .db import DB
 from .errors import DatabaseBusyError, DatabaseError, LitestreamError, StorageError
 from .pos import Pos
-from .replica import QUIET_FLUSH, Replica
+from .replica import Replica
 from .scheduler import MAX_BUSY_SPACING, RETRY_INTERVAL
 from .scheduler import Periodic as _Periodic
 from .scheduler import Pool as _Pool
 from .scheduler import Task as _Task
+from .ship_policy import MIN_SYNC_SPACING
 from .verify import verify_database
 from .watch import WALWatcher
 
@@ -46,15 +47,6 @@ log = logging.getLogger(__name__)
 FALLBACK_POLL_INTERVAL = 30.0
 # A replica with nothing to do still wakes this often (timers, lost notifications).
 IDLE_WAKE_INTERVAL = 60.0
-# Shortest time between two syncs of one DB: a busy writer's commits go out in
-# batches, so the per-sync and per-segment costs (a new file, fsyncs, requests)
-# are paid per batch, not per commit, for a few ms of added lag (docs/bench.md).
-MIN_SYNC_SPACING = 0.05
-# Shortest time between two shipments of a replica without a sync-interval.
-# The syncs that feed it already come at most every MIN_SYNC_SPACING; spaced
-# alike, the shipper's start would wander out of step with them (each spacing
-# counts from its own start) and ship a sync's commits up to a whole spacing late.
-MIN_SHIP_SPACING = MIN_SYNC_SPACING / 2
 # A DB's sync that took t seconds starts again no sooner than BUSY_SPACING_FACTOR * t
 # after it began (at most scheduler.MAX_BUSY_SPACING): under a saturated writer each
 # sync, and so each segment, carries more commits, so fixed per-sync costs shrink
@@ -122,7 +114,7 @@ class _ShipState:
 class Replicator:
     """Runs and stops the replication of a set of databases."""
 
-    def __init__(self, dbs: list[DB], *, watch: bool = True) -> None:
+    def __init__(self, dbs: list[DB[Replica]], *, watch: bool = True) -> None:
         self.dbs = dbs
         # A pool each: shipments waiting on a slow or dead endpoint (up to the
         # client's timeouts and retries) may take every shipper thread, never a
@@ -143,7 +135,7 @@ class Replicator:
         by another lsr process...) does not hold up the others: it is logged
         and retried (see _ErrorLog). Raises only when no DB can be served.
         """
-        failures: list[tuple[DB, LitestreamError]] = []
+        failures: list[tuple[DB[Replica], LitestreamError]] = []
         for db in self.dbs:
             try:
                 db.open()
@@ -218,28 +210,25 @@ class Replicator:
         soonest = min((task.earliest for task in self._monitor_tasks), default=now)
         return min(soonest - now, MAX_BUSY_SPACING)
 
-    def _shadow_changed(self, db: DB, replica: Replica, shipper: _Task) -> None:
+    def _shadow_changed(self, db: DB[Replica], replica: Replica, shipper: _Task) -> None:
         replica.stats.pending()
-        # A new generation's snapshot goes out at once, whatever the sync-interval,
-        # and so do the full segments of a replica that ships early.
-        urgent = replica.pos().generation != db.pos().generation
-        urgent = urgent or (replica.ships_early and replica.has_full_segment())
+        urgent = replica.ship.is_urgent(replica.pos().generation != db.pos().generation, replica.has_full_segment)
         self._shippers.wake(shipper, urgent=urgent)
 
-    def _poll_interval(self, db: DB) -> float:
+    def _poll_interval(self, db: DB[Replica]) -> float:
         """With inotify, polling is only a safety net; without it, it is the detector."""
         interval = db.monitor_interval.total_seconds()
         watched = self._watcher is not None and self._watcher.watching(db.path)
         return max(interval, FALLBACK_POLL_INTERVAL) if watched else interval
 
-    def _monitor_task(self, db: DB, failure: LitestreamError | None = None) -> _Task:
+    def _monitor_task(self, db: DB[Replica], failure: LitestreamError | None = None) -> _Task:
         errors = _ErrorLog(f"{db.path}: sync", {"db": db.path})
         if failure is not None:
             errors.failed(failure)
         # A busy writer's commits are copied in batches, not one sync each.
         return _Task(f"{db.path}: sync", lambda: self._monitor_step(db, errors), MIN_SYNC_SPACING, BUSY_SPACING_FACTOR)
 
-    def _monitor_step(self, db: DB, errors: _ErrorLog) -> float:
+    def _monitor_step(self, db: DB[Replica], errors: _ErrorLog) -> float:
         if self._watcher is not None:
             self._watcher.arm(db.path)  # before the sync reads the WAL: no write goes unseen
         unserved = False  # the database cannot be opened at all (not WAL, a directory...)
@@ -263,7 +252,7 @@ class Replicator:
             wait = errors.retry
         elif errors.last or not db.is_open():
             wait = db.monitor_interval.total_seconds()
-        retry = db.seconds_until_checkpoint_retry()
+        retry = db.checkpoints.seconds_until_retry()
         if retry is not None:
             wait = min(wait, retry)
         return wait
@@ -277,27 +266,21 @@ class Replicator:
             snapshot=_Periodic(replica.snapshot_interval),
             retention=_Periodic(retention_check if replica.retention.total_seconds() > 0 else None),
             validation=_Periodic(replica.validation_interval),
-            intact=_Periodic(replica.intact_check_interval or None),
-            include_partial=_Periodic(replica.sync_interval, now=True, slack=MIN_SYNC_SPACING),
+            intact=_Periodic(replica.ship.intact_check_period),
+            include_partial=_Periodic(replica.ship.sync_interval, now=True, slack=MIN_SYNC_SPACING),
         )
-        # sync-interval bounds the request rate (object stores bill per PUT).
-        interval = replica.sync_interval.total_seconds()
-        spacing = max(interval, MIN_SYNC_SPACING) if interval > 0 else MIN_SHIP_SPACING
-        settle = QUIET_FLUSH.total_seconds() if replica.ships_early else 0.0
-        task = _Task(f"{db.path}: replica {replica.name}", lambda: self._ship_step(replica, db, state, task), spacing,
-                     settle=settle, quiet_for=db.unwritten_for)
+        task = _Task(f"{db.path}: replica {replica.name}", lambda: self._ship_step(replica, db, state, task),
+                     replica.ship.spacing, settle=replica.ship.settle, quiet_for=db.unwritten_for)
         state.task = task
         self._ship_states[id(replica)] = state
         return task
 
-    def _ship_step(self, replica: Replica, db: DB, state: _ShipState, task: _Task) -> float:
+    def _ship_step(self, replica: Replica, db: DB[Replica], state: _ShipState, task: _Task) -> float:
         try:
             now = time.monotonic()
-            # An early run (full segments pending, the interval not yet up) ships
-            # only those; once per interval, or after a pause, everything goes.
             requested = state.flush_requests
-            include_partial = (not replica.ships_early or requested != state.flushed
-                               or state.include_partial.claim(now) or task.quiet())
+            include_partial = replica.ship.ships_everything(
+                requested != state.flushed, lambda: state.include_partial.claim(now), task.quiet)
             state.flushed = requested
             if state.intact.claim(now):
                 replica.check_intact()  # if wiped, this sync ships it again from a new snapshot
@@ -384,12 +367,12 @@ class Replicator:
             log.error("%s: replica %s verification failed: %s", db.path, replica.name, result.describe())
 
     # -- what the control socket and the monitor ask -----------------------------
-    def find_db(self, path: str) -> DB | None:
+    def find_db(self, path: str) -> DB[Replica] | None:
         """The replicated DB at ``path`` (as given, or after resolving links)."""
         wanted = {os.path.abspath(path), os.path.realpath(path)}
         return next((db for db in self.dbs if db.path in wanted or os.path.realpath(db.path) in wanted), None)
 
-    def schedules(self, db: DB) -> dict[str, dict[str, float | None]]:
+    def schedules(self, db: DB[Replica]) -> dict[str, dict[str, float | None]]:
         """replica name -> {"snapshot", "retention"} -> when the job runs next (wall time)."""
         offset = time.time() - time.monotonic()
         out: dict[str, dict[str, float | None]] = {}
@@ -402,7 +385,7 @@ class Replicator:
                 }
         return out
 
-    def flush(self, db: DB) -> Pos:
+    def flush(self, db: DB[Replica]) -> Pos:
         """Copy the WAL now and have every replica that lacks some of it ship at
         once; returns the position every commit made before the call is within.
 
@@ -417,7 +400,7 @@ class Replicator:
                 self._shippers.wake(state.task, urgent=True)
         return target
 
-    def wait_replicated(self, db: DB, target: Pos, timeout: float) -> list[Replica]:
+    def wait_replicated(self, db: DB[Replica], target: Pos, timeout: float) -> list[Replica]:
         """Wait until every replica of ``db`` holds ``target``; the replicas that do not, at the timeout."""
         deadline = time.monotonic() + timeout
 
@@ -430,7 +413,7 @@ class Replicator:
                 self._shipped.wait(min(left, RETRY_INTERVAL))
         return late
 
-    def report(self, dbs: list[DB] | None = None) -> dict[str, Any]:
+    def report(self, dbs: list[DB[Replica]] | None = None) -> dict[str, Any]:
         """The state of ``dbs`` (default: all) and their replicas, as /healthz and ``lsr status`` show it."""
         now = time.time()
         return health.report([health.db_report(db, now, self.schedules(db), self._unserved.get(db.path))

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import struct
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -22,11 +20,12 @@ from typing import Callable, Iterator
 import apsw
 
 from . import paths
-from .db import BUMP_SEQ_SQL
 from .errors import DatabaseError, LitestreamError, NoSnapshotError, RestoreGapError
 from .pos import Pos
 from .replica_client import ReplicaReader
 from .restore import CachedListing, RestoreOptions, calc_restore_target, restore
+from .shadow import ShadowWAL
+from .sqlite_locks import BUMP_SEQ_SQL, read_wal_index
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE
 
 __all__ = ["VerifyResult", "logical_digest", "verify_database", "verify_replica"]
@@ -34,8 +33,6 @@ __all__ = ["VerifyResult", "logical_digest", "verify_database", "verify_replica"
 log = logging.getLogger(__name__)
 
 DEFAULT_WAIT = 30.0
-# WalIndexHdr fields in the -shm file, in the host's byte order.
-_SHM_HEADER = struct.Struct(("<" if sys.byteorder == "little" else ">") + "IIIBBHIIIIII")
 
 
 @dataclass
@@ -108,21 +105,19 @@ def _live_read(db_path: str, meta_path: str | None, shm_fd: int | None) -> Itera
     try:
         writer.set_busy_timeout(5000)
         reader.set_busy_timeout(5000)
-        if _SHM_HEADER.unpack(os.pread(shm_fd, _SHM_HEADER.size, 0))[6] == 0:
+        if read_wal_index(shm_fd).mx_frame == 0:
             # An empty WAL has no position to name: give it one commit of lsr's own.
             writer.execute(BUMP_SEQ_SQL)
         writer.execute("BEGIN IMMEDIATE")
         try:
             reader.execute("BEGIN")
             reader.execute("SELECT count(*) FROM sqlite_master").fetchall()
-            fields = _SHM_HEADER.unpack(os.pread(shm_fd, _SHM_HEADER.size, 0))
-            page_size = (fields[5] & 0xFE00) + ((fields[5] & 1) << 16)
-            mx_frame = fields[6]
+            shm = read_wal_index(shm_fd)
             with open(db_path + "-wal", "rb") as wal:
                 wal_header = wal.read(WAL_HEADER_SIZE)
         finally:
             writer.execute("ROLLBACK")
-        pos = _shadow_pos(meta, wal_header, WAL_HEADER_SIZE + mx_frame * (WAL_FRAME_HEADER_SIZE + page_size))
+        pos = _shadow_pos(ShadowWAL(meta), wal_header, WAL_HEADER_SIZE + shm.mx_frame * (WAL_FRAME_HEADER_SIZE + shm.page_size))
         yield pos, reader
     finally:
         reader.close()
@@ -131,24 +126,20 @@ def _live_read(db_path: str, meta_path: str | None, shm_fd: int | None) -> Itera
             os.close(shm_fd)
 
 
-def _shadow_pos(meta: str, wal_header: bytes, end: int, wait: float = DEFAULT_WAIT) -> Pos:
+def _shadow_pos(shadow: ShadowWAL, wal_header: bytes, end: int, wait: float = DEFAULT_WAIT) -> Pos:
     """The shadow WAL index that copies the live WAL (same header), waiting for the sidecar."""
     deadline = time.monotonic() + wait
     while True:
         try:
-            with open(os.path.join(meta, "generation")) as f:
-                generation = f.read().strip()
-            wal_dir = os.path.join(meta, "generations", generation, "wal")
-            for index in sorted((paths.parse_shadow_wal_path(n) for n in os.listdir(wal_dir)
-                                 if n.endswith(paths.SHADOW_WAL_EXT)), reverse=True):
-                with open(os.path.join(wal_dir, paths.format_shadow_wal_path(index)), "rb") as f:
-                    if f.read(WAL_HEADER_SIZE) == wal_header:
-                        return Pos(generation, index, end)
+            generation = shadow.current_generation()
+            for index in reversed(shadow.indexes(generation) if generation else []):
+                if shadow.header(generation, index).raw == wal_header:
+                    return Pos(generation, index, end)
         except (FileNotFoundError, LitestreamError):
             pass
         if time.monotonic() > deadline:
             raise DatabaseError(
-                f"cannot verify: no shadow WAL in {meta} matches the live WAL (is `lsr replicate` running?)"
+                f"cannot verify: no shadow WAL in {shadow.meta_path} matches the live WAL (is `lsr replicate` running?)"
             )
         time.sleep(0.1)
 

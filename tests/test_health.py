@@ -29,7 +29,7 @@ def test_lag_is_the_age_of_the_oldest_commit_the_replica_lacks(tmp_path: Path, w
 
         writer.insert(1)
         db.sync()
-        first = db.commit_log.between(shipped_to.generation, shipped_to.index, shipped_to.offset, 2**62)
+        first = db.shadow.commit_log.between(shipped_to.generation, shipped_to.index, shipped_to.offset, 2**62)
         writer.insert(2)
         db.sync()
         [(_, t1)] = first

@@ -50,12 +50,25 @@ def test_all_names_what_the_module_offers(path: Path) -> None:
     assert not sorted(public - set(exported)), "public functions or classes missing from __all__"
 
 
+def _top_level_imports(tree: ast.Module) -> list[ast.stmt]:
+    """The top-level statements, with those of ``if TYPE_CHECKING:`` blocks: an
+    import for annotations is a dependency all the same (db.py and replica.py
+    once imported each other that way), only one Python does not load."""
+    out: list[ast.stmt] = []
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            out.extend(node.body)
+        else:
+            out.append(node)
+    return out
+
+
 def _imports(path: Path) -> set[str]:
-    """The package's modules that ``path`` imports when it loads (not under TYPE_CHECKING)."""
+    """The package's modules that ``path`` imports at its top level, under TYPE_CHECKING included."""
     here = _name(path).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
     out = set()
-    for node in ast.parse(path.read_text()).body:  # top level only: imports inside functions load later
+    for node in _top_level_imports(ast.parse(path.read_text())):  # imports inside functions load later
         if isinstance(node, ast.ImportFrom) and node.level:
             base = package[: len(package) - node.level + 1]
             module = ".".join(base + ([node.module] if node.module else []))
@@ -69,9 +82,20 @@ def _imports(path: Path) -> set[str]:
     return {m for m in out if m != _name(path) and any(_name(p) == m for p in MODULES)}
 
 
+# Known circles through annotations only, each with why it is left: keep this short.
+ANNOTATION_CIRCLES_LEFT = {
+    # ObjectStream reads through its client's private GET helpers; a Protocol for
+    # them belongs with the S3 split (issue 23 point 7), not here.
+    ("litestream_py.clients.s3.stream", "litestream_py.clients.s3.client"),
+}
+
+
 def test_no_import_circle() -> None:
     graph = {_name(p): _imports(p) for p in MODULES}
+    for module, dep in ANNOTATION_CIRCLES_LEFT:
+        graph[module].discard(dep)
     assert "litestream_py.errors" in graph["litestream_py.replica"]  # the reader sees imports at all
+    assert "litestream_py.lease" in graph["litestream_py.replica"]  # and those under TYPE_CHECKING
     done: set[str] = set()
 
     def visit(module: str, trail: list[str]) -> None:

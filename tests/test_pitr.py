@@ -216,19 +216,19 @@ def test_commit_times_survive_a_torn_or_stale_commits_file(tmp_path: Path) -> No
     from litestream_py.db import DB
 
     db = DB(str(tmp_path / "app.db"))
-    path = Path(db.commits_path("0123456789abcdef", 0))
+    path = Path(db.shadow.commits_path("0123456789abcdef", 0))
     path.parent.mkdir(parents=True)
     entry = struct.Struct("<QQ")
     # Two good entries, a stale one past a lost shadow tail, garbage, a torn half entry.
     good = entry.pack(100, 1_000) + entry.pack(200, 2_000) + entry.pack(300, 3_000)
     path.write_bytes(good + entry.pack(50, 7) + entry.pack(400, 0)[:7])
-    assert db.commit_log.between("0123456789abcdef", 0, 0, 10_000) == [(100, 1_000), (200, 2_000), (300, 3_000)]
+    assert db.shadow.commit_log.between("0123456789abcdef", 0, 0, 10_000) == [(100, 1_000), (200, 2_000), (300, 3_000)]
     assert path.stat().st_size == 3 * entry.size  # torn tail cut before the next append
 
     # The shadow lost its frames past 200: frame 250 is new, and 300's time was for a lost frame.
-    db.commit_log.record("0123456789abcdef", 0, [(250, 5_000), (330, 6_000)])
+    db.shadow.commit_log.record("0123456789abcdef", 0, [(250, 5_000), (330, 6_000)])
     expected = [(100, 1_000), (200, 2_000), (250, 5_000), (330, 6_000)]
-    assert db.commit_log.between("0123456789abcdef", 0, 0, 10_000) == expected
+    assert db.shadow.commit_log.between("0123456789abcdef", 0, 0, 10_000) == expected
     reloaded = DB(str(tmp_path / "app.db"))
-    assert reloaded.commit_log.between("0123456789abcdef", 0, 0, 10_000) == expected
-    assert reloaded.commit_log.between("0123456789abcdef", 0, 200, 300) == [(250, 5_000)]
+    assert reloaded.shadow.commit_log.between("0123456789abcdef", 0, 0, 10_000) == expected
+    assert reloaded.shadow.commit_log.between("0123456789abcdef", 0, 200, 300) == [(250, 5_000)]

@@ -7,6 +7,7 @@ libraries in one process would not see each other's POSIX locks).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import importlib
 import os
@@ -306,7 +307,7 @@ def test_segment_cap_depends_on_the_replica_type(tmp_path: Path, kind: str, cap_
 def test_large_backlog_ships_in_bounded_frame_aligned_segments(tmp_path: Path, engine) -> None:
     """A backlog larger than one segment goes out in several, each ending on a frame boundary."""
     app, db, client, replica = engine
-    replica.max_segment_size = 64 * 1024
+    replica.ship = dataclasses.replace(replica.ship, max_segment_size=64 * 1024)
     app.execute("BEGIN")
     for i in range(300):
         app.execute("INSERT INTO t (v) VALUES (?)", ("x" * 1000 + str(i),))
@@ -328,7 +329,7 @@ def test_an_early_shipment_leaves_the_partial_segment_for_later(tmp_path: Path, 
     writes only full segments (what any shipment would cut anyway); the partial
     one at the end waits for the next whole shipment."""
     app, db, client, replica = engine
-    replica.max_segment_size = 64 * 1024
+    replica.ship = dataclasses.replace(replica.ship, max_segment_size=64 * 1024)
     db.sync()
     replica.sync()  # the generation's snapshot, and what the WAL held then
     (generation,) = client.generations()
@@ -552,7 +553,7 @@ def test_shadow_frames_are_on_disk_before_they_are_shipped(tmp_path: Path, engin
 
     def spy_write(pos: Pos, data: bytes, created_at: datetime | None = None) -> WALSegmentInfo:
         end = pos.offset + len(codec.decode_segment(data)[0])
-        events.append(("ship", db.shadow_wal_path(pos.generation, pos.index), end))
+        events.append(("ship", db.shadow.wal_path(pos.generation, pos.index), end))
         return real_write(pos, data, created_at)
 
     monkeypatch.setattr(os, "fsync", spy_fsync)

@@ -208,7 +208,8 @@ def test_unwritten_for_ignores_the_apps_checkpoint(tmp_path: Path) -> None:
     still counts. It did count as a write, and as nothing wakes a sync then (the
     WAL file is untouched), an S3 replica's last commits waited out the
     interval: catch-up 1.07 s instead of ~0.1."""
-    from litestream_py.db import DB, WAL_INDEX_HEADER_SIZE
+    from litestream_py.db import DB
+    from litestream_py.sqlite_locks import WAL_INDEX_HEADER_SIZE
 
     path = tmp_path / "app.db"
     app = open_app_db(path)

@@ -1,0 +1,212 @@
+"""SQLite's locks as lsr takes them, and the -shm header fields lsr reads.
+
+lsr never writes the database: it holds a read transaction to pin the WAL
+(db.py's invariant), takes the write lock to keep the application from
+committing for a moment, and writes one row of its own table to give an empty
+WAL a header or to restart a checkpointed one. The -shm (wal-index) header
+tells it, without a query, how far the WAL is committed and backfilled.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import time
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Callable, Iterator
+
+import apsw
+
+from .errors import DatabaseError
+
+__all__ = [
+    "BUMP_SEQ_SQL",
+    "PollingBusyHandler",
+    "ReadLock",
+    "WAL_INDEX_HEADER_SIZE",
+    "WAL_INDEX_HDR_COPIES_SIZE",
+    "WalIndex",
+    "begin_read",
+    "connect",
+    "end_read",
+    "hold_write_lock",
+    "read_wal_index",
+]
+
+# How often lsr's writer retries a busy write lock. SQLite's own busy timeout
+# sleeps ever longer (up to 100 ms) and rarely hits the short gaps between a
+# busy application's transactions; polling finds one within milliseconds.
+WRITE_LOCK_POLL = 0.0005
+
+# lsr's one write: a commit to its own table (created at open).
+BUMP_SEQ_SQL = (
+    "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) "
+    "ON CONFLICT (id) DO UPDATE SET seq = seq + 1"
+)
+
+# The two copies of the WalIndexHdr and the checkpoint info at the start of -shm.
+WAL_INDEX_HEADER_SIZE = 136
+# The two WalIndexHdr copies alone: every commit rewrites them, while checkpoints
+# and read locks (the application's included) change only the checkpoint info.
+WAL_INDEX_HDR_COPIES_SIZE = 96
+# In -shm (native byte order): WalIndexHdr.szPage (the page size, 65536 as 1),
+# WalIndexHdr.mxFrame, the WAL's last committed frame, and
+# WalCkptInfo.nBackfill, the last frame checkpointed into the database.
+SHM_PAGE_SIZE_OFFSET = 14
+SHM_MX_FRAME_OFFSET = 16
+SHM_BACKFILL_OFFSET = 96
+
+
+class WalIndex:
+    """The -shm header fields lsr reads (all 0 for a missing or empty -shm)."""
+
+    __slots__ = ("mx_frame", "backfilled", "page_size")
+
+    def __init__(self, shm: bytes) -> None:
+        if len(shm) < WAL_INDEX_HEADER_SIZE:
+            self.mx_frame = self.backfilled = self.page_size = 0
+            return
+
+        def field(offset: int, size: int = 4) -> int:
+            return int.from_bytes(shm[offset:offset + size], sys.byteorder)
+
+        self.mx_frame = field(SHM_MX_FRAME_OFFSET)
+        self.backfilled = field(SHM_BACKFILL_OFFSET)
+        sz_page = field(SHM_PAGE_SIZE_OFFSET, 2)
+        self.page_size = (sz_page & 0xFE00) + ((sz_page & 1) << 16)
+
+
+def read_wal_index(shm_fd: int) -> WalIndex:
+    """The -shm header as it stands (read with pread: never close another descriptor of -shm)."""
+    return WalIndex(os.pread(shm_fd, WAL_INDEX_HEADER_SIZE, 0))
+
+
+class PollingBusyHandler:
+    """A busy handler that retries every WRITE_LOCK_POLL for up to ``timeout``."""
+
+    def __init__(self, timeout: timedelta) -> None:
+        self.timeout = timeout.total_seconds()
+        self._since = 0.0
+
+    def __call__(self, prior_calls: int) -> bool:
+        now = time.monotonic()
+        if prior_calls == 0:
+            self._since = now
+        if now - self._since >= self.timeout:
+            return False
+        time.sleep(WRITE_LOCK_POLL)
+        return True
+
+
+def connect(path: str, busy_timeout: timedelta, statement_cache: int = 32) -> apsw.Connection:
+    """A connection of lsr's to the database at ``path``."""
+    try:
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE, statementcachesize=statement_cache)
+    except apsw.Error as exc:
+        raise DatabaseError(f"cannot open database {path}: {exc}") from exc
+    conn.set_busy_timeout(int(busy_timeout.total_seconds() * 1000))
+    # Keep the WAL file when lsr's connections close: deleting it would end
+    # the generation for no reason.
+    persist = ctypes.c_int(1)
+    conn.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(persist))
+    return conn
+
+
+def begin_read(conn: apsw.Connection) -> None:
+    """Start a read transaction on ``conn`` that holds a WAL read lock until it ends."""
+    conn.execute("BEGIN")
+    try:
+        conn.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def end_read(conn: apsw.Connection) -> None:
+    """End the read transaction on ``conn``, if any (a broken connection has none left)."""
+    try:
+        conn.execute("ROLLBACK")
+    except apsw.Error:
+        pass
+
+
+@contextmanager
+def hold_write_lock(conn: apsw.Connection) -> Iterator[None]:
+    """Hold SQLite's write lock through ``conn``: the application cannot commit meanwhile."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+
+
+class ReadLock:
+    """lsr's read transaction, which pins the WAL (see db.py), on a connection of its own."""
+
+    def __init__(self) -> None:
+        self.conn: apsw.Connection | None = None
+        self.held = False
+        # Taken on a fully checkpointed WAL, so SQLite gave it read-mark 0
+        # (see move_off_db_file).
+        self.on_db_file = False
+
+    def acquire(self, shm_fd: int) -> None:
+        assert self.conn is not None
+        if self.held:
+            return
+        begin_read(self.conn)
+        self._taken(shm_fd)
+
+    def release(self) -> None:
+        if self.held and self.conn is not None:
+            end_read(self.conn)
+        self.held = False
+        self.on_db_file = False
+
+    def move_off_db_file(self, new_conn: Callable[[], apsw.Connection], shm_fd: int,
+                         catch_up: Callable[[], object]) -> str:
+        """Move a read lock on read-mark 0 onto a frame of the WAL, once there is one,
+        without a gap and without the write lock; returns why it stays, or "".
+
+        A reader that began on a fully checkpointed WAL gets read-mark 0, where
+        it forbids every checkpoint to write a single frame into the database:
+        the application's automatic checkpoint, due on each of its commits once
+        the WAL passes wal_autocheckpoint pages, then sorts the whole WAL's
+        index each time before it finds it cannot proceed (3-4x the cost of a
+        small commit with a 12,000-frame WAL). On a frame, the same checkpoint
+        backfills up to it once and then returns at once. The new read
+        transaction starts before the old one ends, and ``catch_up`` copies the
+        WAL to its end in between, so the read lock never lets a checkpoint
+        pass the shadow's end (db.py's docstring).
+        """
+        if not self.on_db_file:
+            return ""
+        shm = read_wal_index(shm_fd)
+        if shm.mx_frame <= shm.backfilled:
+            return ""  # still fully checkpointed: a new reader would get read-mark 0 again
+        conn = new_conn()
+        try:
+            begin_read(conn)
+        except apsw.Error as exc:
+            conn.close()
+            return str(exc)
+        try:
+            catch_up()
+        except BaseException:
+            conn.close()
+            raise
+        old, self.conn = self.conn, conn
+        self._taken(shm_fd)
+        assert old is not None
+        try:
+            old.execute("ROLLBACK")
+        finally:
+            old.close()
+        return ""
+
+    def _taken(self, shm_fd: int) -> None:
+        self.held = True
+        shm = read_wal_index(shm_fd)
+        self.on_db_file = shm.mx_frame == shm.backfilled

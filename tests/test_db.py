@@ -1,0 +1,198 @@
+"""DB's checkpoint protocol and continuity rules, against real SQLite.
+
+The application runs in its own process (test_checkpoint._App): POSIX locks
+never conflict within one process, and closing another descriptor of the
+database in lsr's process would drop lsr's locks. What is asserted is what a
+replica would receive: the shadow WAL index, byte for byte, against the WAL.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import integrity_ok, open_app_db, rows
+from litestream_py.db import DB
+from litestream_py.pos import Pos
+from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader
+from test_checkpoint import _App
+
+
+def _shadow_continues_wal(db: DB[Any]) -> bool:
+    """The current shadow index holds the live WAL's header and frames, up to the shadow's position."""
+    pos = db.pos()
+    shadow = Path(db.shadow.wal_path(pos.generation, pos.index)).read_bytes()
+    wal = Path(db.wal_path).read_bytes()
+    return len(shadow) == pos.offset and shadow == wal[: pos.offset]
+
+
+def _synced_and_stopped(path: str, app: _App) -> Pos:
+    """lsr copies five new commits of the application's, then stops; returns where its shadow ended."""
+    app.insert(5)
+    db: DB[Any] = DB(path)
+    try:
+        db.sync()
+        return db.pos()
+    finally:
+        db.close()
+
+
+@contextmanager
+def _restarted(path: str) -> Iterator[DB[Any]]:
+    db: DB[Any] = DB(path)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Any:
+    app = _App(tmp_path / "app.db")
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Any:
+    db: DB[Any] = DB(str(tmp_path / "app.db"))
+    yield db
+    db.close()
+
+
+def test_a_passive_checkpoint_that_readers_pin_keeps_the_read_lock_and_the_shadow_index(
+        tmp_path: Path, app: _App, db: DB[Any]) -> None:
+    app.insert(10)
+    reader = _App(tmp_path / "app.db")  # a read transaction of the application's, behind what follows
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM t") == [[10]]
+        app.insert(10)
+        db.sync()
+        before = db.pos()
+        db.checkpoint("PASSIVE")
+        # Partial (the reader pins the frames past its mark): the WAL cannot
+        # restart, and the shadow index goes on.
+        assert (db.pos().generation, db.pos().index) == (before.generation, before.index)
+        reader.execute("ROLLBACK")
+        app.execute("PRAGMA busy_timeout=100")
+        assert app.execute("PRAGMA wal_checkpoint(TRUNCATE)")[0][0] == 1, "lsr's read lock was let go"
+        app.insert(5)
+        db.sync()
+        assert (db.pos().generation, db.pos().index) == (before.generation, before.index)
+        assert db.pos().offset == before.offset + 5 * (WAL_FRAME_HEADER_SIZE + db.page_size)
+        assert _shadow_continues_wal(db)
+    finally:
+        reader.close()
+
+
+def test_a_forced_checkpoint_that_a_reader_blocks_is_retried_until_the_wal_restarts(
+        tmp_path: Path, app: _App, db: DB[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    app.insert(10)
+    reader = _App(tmp_path / "app.db")
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM t")
+        app.insert(10)
+        db.sync()
+        before = db.pos()
+        attempts: list[tuple[int, int, int]] = []
+        retake = DB._retake_read_lock
+
+        def spy(self: DB[Any], generation: str, index: int, checkpoint: bool = False) -> Any:
+            done = retake(self, generation, index, checkpoint)
+            if checkpoint:
+                attempts.append(done.counts)
+                if len(attempts) == 1:
+                    reader.execute("ROLLBACK")  # the reader goes away only after the first try failed
+            return done
+
+        monkeypatch.setattr(DB, "_retake_read_lock", spy)
+        db.checkpoint("RESTART")
+        busy, frames, backfilled = attempts[0]
+        assert backfilled < frames, "the first try was not held back by the reader"
+        assert len(attempts) >= 2 and attempts[-1][1] == attempts[-1][2], attempts
+        app.insert(3)
+        db.sync()
+        # Restarted by lsr's own write: the next shadow index of the same generation.
+        assert (db.pos().generation, db.pos().index) == (before.generation, before.index + 1)
+        assert _shadow_continues_wal(db)
+    finally:
+        reader.close()
+    assert rows(tmp_path / "app.db", "SELECT count(*) FROM t") == [(23,)]
+
+
+def test_a_wal_that_only_grew_while_lsr_was_down_is_continued(tmp_path: Path, app: _App) -> None:
+    path = str(tmp_path / "app.db")
+    before = _synced_and_stopped(path, app)
+    app.insert(5)
+    with _restarted(path) as db:
+        db.sync()
+        assert (db.pos().generation, db.pos().index) == (before.generation, before.index)
+        assert db.pos().offset == before.offset + 5 * (WAL_FRAME_HEADER_SIZE + db.page_size)
+        assert _shadow_continues_wal(db)
+
+
+def test_an_external_checkpoint_while_lsr_was_down_starts_a_new_generation(tmp_path: Path, app: _App) -> None:
+    path = str(tmp_path / "app.db")
+    before = _synced_and_stopped(path, app)
+    # With lsr's read lock gone, the application's TRUNCATE empties the WAL;
+    # its next write starts one with new salts: what was between is unknowable.
+    assert app.execute("PRAGMA wal_checkpoint(TRUNCATE)")[0][0] == 0
+    assert os.path.getsize(path + "-wal") == 0
+    app.insert(5)
+    with _restarted(path) as db:
+        db.sync()
+        assert db.pos().generation != before.generation
+        assert db.pos().index == 0
+        assert os.listdir(os.path.join(db.meta_path, "generations")) == [db.pos().generation]
+        assert _shadow_continues_wal(db)
+
+
+@pytest.mark.parametrize("grew", [False, True], ids=["idle", "grew"])
+def test_a_shadow_wal_torn_mid_frame_is_cut_back_on_open(tmp_path: Path, app: _App, grew: bool) -> None:
+    """A crash in the middle of an append leaves half a frame: cut on open, and
+    the frame copied again whole if the WAL has it (``grew``)."""
+    path = str(tmp_path / "app.db")
+    before = _synced_and_stopped(path, app)
+    frame = WAL_FRAME_HEADER_SIZE + WALHeader.parse(Path(path + "-wal").read_bytes()[:WAL_HEADER_SIZE]).page_size
+    if grew:
+        app.insert(1)
+        torn = Path(path + "-wal").read_bytes()[before.offset:before.offset + frame // 2]
+    else:
+        torn = b"\x5a" * (frame // 2)
+    with _restarted(path) as db:
+        shadow_path = db.shadow.wal_path(before.generation, before.index)
+        with open(shadow_path, "ab") as f:
+            f.write(torn)
+        db.open()
+        expected = before.offset + (frame if grew else 0)
+        assert os.path.getsize(shadow_path) == expected, "the torn frame was left in the shadow"
+        db.sync()
+        assert (db.pos().generation, db.pos().index, db.pos().offset) == (before.generation, before.index, expected)
+        assert _shadow_continues_wal(db)
+
+
+def test_a_database_replaced_with_another_page_size_starts_a_new_generation(tmp_path: Path, app: _App) -> None:
+    path = str(tmp_path / "app.db")
+    before = _synced_and_stopped(path, app)
+    app.close()
+    for suffix in ("", "-wal", "-shm"):
+        os.unlink(path + suffix)
+    conn = open_app_db(path, page_size=8192)  # lsr is not running: no lock of its own to drop
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO t (v) VALUES ('replaced')")
+    conn.close()
+    with _restarted(path) as db:
+        db.sync()
+        assert db.pos().generation != before.generation
+        assert db.page_size == 8192
+        header = WALHeader.parse(Path(db.shadow.wal_path(db.pos().generation, 0)).read_bytes()[:WAL_HEADER_SIZE])
+        assert header.page_size == 8192
+        assert _shadow_continues_wal(db)
+    assert integrity_ok(path)
+    assert rows(path, "SELECT v FROM t") == [("replaced",)]
