@@ -34,13 +34,16 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from .errors import LeaseHeldError, LeaseLostError, LitestreamError, PreconditionFailedError
+from .errors import ConfigError, LeaseHeldError, LeaseLostError, LitestreamError, PreconditionFailedError
 from .pos import LeaseObject
 from .replica_client import ReplicaClient
 
-__all__ = ["DEFAULT_LEASE_TTL", "Lease", "LeaseInfo", "LeaseKeeper", "RENEW_FRACTION"]
+if TYPE_CHECKING:
+    from .db import DB
+
+__all__ = ["DEFAULT_LEASE_TTL", "Lease", "LeaseInfo", "LeaseKeeper", "RENEW_FRACTION", "acquire_leases"]
 
 log = logging.getLogger(__name__)
 
@@ -308,3 +311,26 @@ class LeaseKeeper:
                     lease.release()
                 except LitestreamError as exc:
                     log.warning("%s: cannot release lease: %s", lease.client.describe(), exc)
+
+
+def acquire_leases(dbs: Sequence[DB], ttl: timedelta, takeover: bool, stop: threading.Event) -> LeaseKeeper:
+    """Refuse to start (naming the holder) where another sidecar holds a replica's lease;
+    each lease is then taken by its replica's first write, and renewed from here on."""
+    if ttl.total_seconds() <= 0:
+        raise ConfigError("cannot use -lease-ttl: it must be positive")
+    leases: list[Lease] = []
+    took_over = False
+    for db in dbs:
+        for replica in db.replicas:
+            lease = Lease(replica.client, db.path, ttl, takeover=takeover)
+            took_over |= lease.check_available()
+            leases.append(lease)
+            replica.lease = lease
+    keeper = LeaseKeeper(leases)
+    keeper.start()
+    if took_over:
+        # A live previous holder notices at its next renewal; write only after it has.
+        wait = max(lease.renew_interval for lease in leases)
+        log.info("waiting %.1fs for the previous lease holder to stop writing", wait)
+        stop.wait(wait)
+    return keeper

@@ -11,6 +11,7 @@ small transaction). lsr moves its read lock onto a WAL frame it has copied.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ from litestream_py.db import DB
 from litestream_py.replica import Replica
 from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE
 
-from conftest import integrity_ok, rows
+from support.procs import stop_process
+from support.sqlite import integrity_ok, rows
 
 
 # Runs each line of SQL it reads, answering with its rows in JSON.
@@ -55,8 +57,7 @@ class _App:
             self.execute(f"INSERT INTO t (v) VALUES ('{'row %d ' % i * 20}')")
 
     def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
+        stop_process(self.proc, signal.SIGKILL)
 
 
 def test_after_lsr_checkpoints_the_apps_checkpoint_backfills_only_what_lsr_copied(tmp_path: Path) -> None:

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Processes, integrity_ok, open_app_db, rows, run_lsr, wait_for
+from support.config import write_config
+from support.procs import Processes, run_lsr, wait_for
+from support.sqlite import integrity_ok, open_app_db, rows
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.compaction import Compactor
 from litestream_py.encryption import AgeReader
-from workload import (
+from support.workload import (
     AgeKeyPair,
     OpenWEC,
     assert_encrypted,
@@ -65,19 +67,11 @@ def compact(replica: Path, age: AgeKeyPair | None = None) -> None:
     assert segment_count(replica) - len(wal_indexes(replica, generation)) in (0, 1)
 
 
-def write_config(path: Path, db: Path, replica: Path, page_count: int, age: AgeKeyPair | None = None) -> Path:
-    path.write_text(
-        f"dbs:\n"
-        f"  - path: {db}\n"
-        f"    monitor-interval: 50ms\n"
-        f"    min-checkpoint-page-count: {page_count}\n"
-        f"    replicas:\n"
-        f"      - type: file\n"
-        f"        path: {replica}\n"
-        f"        sync-interval: 50ms\n"
-        + (age.yaml() if age else "")
-    )
-    return path
+def compat_config(path: Path, db: Path, replica: Path, page_count: int, age: AgeKeyPair | None = None) -> Path:
+    """One config that lsr and Go litestream both run: a file replica, polled and shipped every 50 ms."""
+    return write_config(path, db, {"type": "file", "path": replica, "sync-interval": "50ms"},
+                        monitor_interval="50ms", min_checkpoint_page_count=page_count,
+                        extra=age.yaml() if age else "")
 
 
 def lsr_restore(replica: Path, out: Path, config: Path | None = None, db: Path | None = None) -> None:
@@ -158,7 +152,7 @@ def test_go_restores_what_lsr_replicated(tmp_path: Path, procs: Processes, go: s
     app.execute("CREATE TABLE seed (id INTEGER PRIMARY KEY)")
     assert rows(db, "PRAGMA page_size") == [(page_size,)]
     age = AgeKeyPair() if encrypted else None
-    cfg = write_config(tmp_path / "lsr.yml", db, replica, page_count=checkpoint_pages(page_size), age=age)
+    cfg = compat_config(tmp_path / "lsr.yml", db, replica, page_count=checkpoint_pages(page_size), age=age)
     p = procs.lsr_replicate("-config", str(cfg))
     wait_ready(p, replica)
     workload(db, page_size, rounds=12, replica=replica)
@@ -193,7 +187,7 @@ def test_lsr_restores_what_go_replicated(tmp_path: Path, procs: Processes, go: s
     app = open_app_db(db, page_size=page_size)
     app.execute("CREATE TABLE seed (id INTEGER PRIMARY KEY)")
     age = AgeKeyPair() if encrypted else None
-    cfg = write_config(tmp_path / "go.yml", db, replica, page_count=checkpoint_pages(page_size), age=age)
+    cfg = compat_config(tmp_path / "go.yml", db, replica, page_count=checkpoint_pages(page_size), age=age)
     via = (cfg, db) if age else (None, None)
     p = start_go(procs, go, cfg)
     wait_ready(p, replica)
@@ -257,7 +251,7 @@ def test_listings_match_go(tmp_path: Path, procs: Processes, go: str, writer: st
     app = open_app_db(db)
     app.execute("CREATE TABLE seed (id INTEGER PRIMARY KEY)")
     age = AgeKeyPair() if encrypted else None
-    cfg = write_config(tmp_path / "cfg.yml", db, replica, page_count=64, age=age)
+    cfg = compat_config(tmp_path / "cfg.yml", db, replica, page_count=64, age=age)
     p = start_go(procs, go, cfg) if writer == "go" else procs.lsr_replicate("-config", str(cfg))
     wait_ready(p, replica)
     workload(db, 4096, rounds=8, replica=replica)
@@ -286,7 +280,7 @@ def test_take_over_replication(tmp_path: Path, procs: Processes, go: str, first:
     app = open_app_db(db)  # stays open: the WAL survives the hand-over
     wec = OpenWEC(app, clients=10)
     wec.init()
-    cfg = write_config(tmp_path / "cfg.yml", db, replica, page_count=64)
+    cfg = compat_config(tmp_path / "cfg.yml", db, replica, page_count=64)
 
     p = run_tool(procs, go, first, cfg)
     wait_ready(p, replica)

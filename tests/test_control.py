@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LSR, Processes, open_app_db, rows, run_lsr, wait_for
-from fixtures_s3 import S3Server, free_port, make_s3_client
-from workload import WriterProcess, local_generation, meta_dir, restore
+from support.procs import LSR, Processes, run_lsr, wait_for
+from support.sqlite import open_app_db, rows
+from support.s3 import S3Server, free_port, make_s3_client
+from support.workload import WriterProcess, local_generation, meta_dir, restore
 
 from litestream_py import wait_replicated
 from litestream_py.clients.file import FileReplicaClient

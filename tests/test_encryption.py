@@ -20,8 +20,9 @@ import pyrage
 import pytest
 from pyrage import x25519
 
-from conftest import Processes, integrity_ok, open_app_db, rows, run_lsr, wait_for
-from fixtures_s3 import S3Server, make_s3_client
+from support.procs import Processes, run_lsr, stop_process, wait_for
+from support.sqlite import integrity_ok, open_app_db, rows
+from support.s3 import S3Server, make_s3_client
 from litestream_py import codec
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.config import parse_config
@@ -31,8 +32,8 @@ from litestream_py.errors import ChecksumMismatchError, ConfigError, EncryptedRe
 from litestream_py.pos import Pos
 from litestream_py.replica import Replica
 from litestream_py.restore import RestoreOptions, restore
-from test_restore import app_connection, commit_and_ship, replicated_app
-from workload import AgeKeyPair, assert_encrypted, local_generation, new_generation_lines, stop_lsr, wait_ready
+from support.engine import app_connection, commit_and_ship, replicated_app
+from support.workload import AgeKeyPair, assert_encrypted, local_generation, new_generation_lines, stop_lsr, wait_ready
 
 SECRET_ROW = "row-"  # every committed row's text starts so (test_restore.commit_and_ship)
 
@@ -172,8 +173,7 @@ def test_sigkill_of_a_sidecar_holding_public_keys_only(tmp_path: Path, procs: Pr
             n += 1
         if run < 2:
             wait_for(lambda: "wal segment written" in Processes.output(p), timeout=30, what="a shipment")
-            p.send_signal(signal.SIGKILL)
-            assert p.wait(timeout=10) == -signal.SIGKILL
+            assert stop_process(p, signal.SIGKILL, timeout=10) == -signal.SIGKILL
             outputs.append(Processes.output(p))
     res = run_lsr("verify", "-config", str(restore_cfg), str(db))  # the live sidecar, at the same position
     assert res.returncode == 0 and "OK" in res.stdout, res

@@ -13,12 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import LSR, Processes, integrity_ok, rows, run_lsr, wait_for
-from eventhistory import create
+from support.procs import LSR, Processes, run_lsr, wait_for
+from support.sqlite import integrity_ok, rows
+from support.eventhistory import create
 from litestream_py.standby import STATE_SUFFIX
 
 HERE = Path(__file__).parent
-EVENTHISTORY = str(HERE / "eventhistory.py")
+EVENTHISTORY = str(HERE / "support" / "eventhistory.py")
 
 
 def event_count(path: Path) -> int:
@@ -121,7 +122,7 @@ def _segments(replica: Path) -> list[Path]:
 
 def _insert_events(primary: Path, first: int, last: int, replica: Path) -> None:
     """One event per commit, each waited for on the replica, so each gets its own segment."""
-    from eventhistory import event_id, payload
+    from support.eventhistory import event_id, payload
 
     conn = sqlite3.connect(str(primary), isolation_level=None, timeout=30)
     for n in range(first, last + 1):
@@ -207,7 +208,7 @@ def test_gap_and_corrupt_segment_are_reported_then_recovered(tmp_path: Path, pro
 def test_new_generation_is_swapped_in(tmp_path: Path, procs: Processes) -> None:
     """The primary's sidecar restarts without its meta dir: a new generation; the follower
     restores its snapshot into a temporary file, swaps it in, and follows it on."""
-    from workload import meta_dir
+    from support.workload import meta_dir
 
     primary, standby, replica = tmp_path / "events.db", tmp_path / "standby.db", tmp_path / "replica"
     create(str(primary))
@@ -274,7 +275,7 @@ def test_a_lasting_gap_is_skipped_from_a_newer_snapshot(tmp_path: Path, procs: P
 
 
 def test_follow_bad_input_is_one_line(tmp_path: Path) -> None:
-    from conftest import run_lsr
+    from support.procs import run_lsr
 
     url = f"file://{tmp_path / 'replica'}"
     cases = [
@@ -298,7 +299,7 @@ def test_follow_bad_input_is_one_line(tmp_path: Path) -> None:
 def test_follows_an_encrypted_replica_given_the_identity(tmp_path: Path, procs: Processes) -> None:
     """restore -f reads an age replica through the same decrypting reader as restore: with the
     identity in the config it follows; with the recipients only it fails in one line saying so."""
-    from workload import AgeKeyPair
+    from support.workload import AgeKeyPair
 
     primary, standby, replica = tmp_path / "events.db", tmp_path / "standby.db", tmp_path / "replica"
     create(str(primary))

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LSR, Processes, go_litestream_path, open_app_db, run_lsr, wait_for
-from fixtures_s3 import S3Server, free_port, write_s3_config
+from support.procs import LSR, Processes, go_litestream_path, run_lsr, wait_for
+from support.sqlite import open_app_db
+from support.s3 import S3Server, free_port, write_s3_config
 
 from litestream_py.config import ReplicaConfig
 from litestream_py.db import DB

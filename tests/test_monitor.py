@@ -17,10 +17,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import Processes, rows, run_lsr, wait_for
-from fixtures_s3 import S3Server, free_port, start_nanio, write_s3_config
+from support.procs import Processes, run_lsr, wait_for
+from support.sqlite import rows
+from support.s3 import S3Server, free_port, start_nanio, write_s3_config
 from test_metrics import scrape
-from workload import WriterProcess
+from support.workload import WriterProcess
 
 HEARTBEAT_INTERVAL = 0.2
 PING_KEY = "k3y-zz9-not-hex"  # a dead-man service's secret: must never be logged

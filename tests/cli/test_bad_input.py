@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Processes, open_app_db, run_lsr, wait_for
-from workload import catches_sigterm, meta_dir, replica_ready, restore, rollback_db, stop_lsr
+from support.procs import Processes, run_lsr, wait_for
+from support.sqlite import open_app_db
+from support.workload import catches_sigterm, meta_dir, replica_ready, restore, rollback_db, stop_lsr
 
 
 def assert_one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> str:

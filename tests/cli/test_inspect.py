@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Processes, open_app_db, run_lsr, wait_for
-from workload import local_generation, replica_ready, stop_lsr
+from support.procs import Processes, run_lsr, wait_for
+from support.sqlite import open_app_db
+from support.workload import local_generation, replica_ready, stop_lsr
 
 HEADERS = {
     "generations": ["name", "generation", "lag", "start", "end"],

@@ -15,9 +15,10 @@ import stat
 import subprocess
 from pathlib import Path
 
-from conftest import LSR, Processes, open_app_db, run_lsr, wait_for
+from support.procs import LSR, Processes, run_lsr, stop_process, wait_for
+from support.sqlite import open_app_db
 from test_bad_input import assert_one_line_error
-from workload import (
+from support.workload import (
     assert_same_data, meta_dir, replica_ready, restore, rollback_db, stop_lsr, wait_ready, write_stop_and_restore,
 )
 
@@ -51,8 +52,7 @@ def test_sigkilled_replicate_does_not_block_the_next(tmp_path: Path, db_path: Pa
     app, first = replicating(db_path, replica, procs)
     lock = meta_dir(db_path) / "lsr.lock"
     assert lock.read_text().strip() == str(first.pid)
-    first.kill()
-    first.wait(timeout=30)
+    stop_process(first, signal.SIGKILL, timeout=30)
     second = procs.lsr_replicate(str(db_path), f"file://{replica}")
     wait_for(lambda: lock.read_text().strip() == str(second.pid), what="the restarted lsr to take the lock")
     write_stop_and_restore(app, second, db_path, replica)
