@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from support.config import write_config
 from support.procs import Processes, run_lsr, wait_for
 from support.sqlite import integrity_ok, open_app_db, rows
 from support.s3 import S3Server, make_s3_client
@@ -291,9 +292,8 @@ def test_the_sidecar_compacts_behind_the_live_edge_while_restores_and_a_kill_rac
     db, replica = tmp_path / "app.db", tmp_path / "replica"
     app = open_app_db(db)
     app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-    cfg = tmp_path / "lsr.yml"
-    cfg.write_text(f"dbs:\n  - path: {db}\n    monitor-interval: 50ms\n    replicas:\n"
-                   f"      - type: file\n        path: {replica}\n        compaction-interval: 1s\n")
+    cfg = write_config(tmp_path / "lsr.yml", db, {"type": "file", "path": replica, "compaction-interval": "1s"},
+                       monitor_interval="50ms")
     written = [0]
 
     def write(n: int) -> None:

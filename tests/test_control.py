@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from support.config import write_config
 from support.procs import LSR, Processes, run_lsr, wait_for
 from support.sqlite import open_app_db, rows
 from support.s3 import S3Server, free_port, make_s3_client
@@ -92,9 +93,7 @@ def test_status_and_sync_wait_through_the_socket_of_a_real_sidecar(
     # One of another database told to use the same, live socket does not take it over.
     other = tmp_path / "other.db"
     open_app_db(other).close()
-    cfg = tmp_path / "other.yml"
-    cfg.write_text(f"socket: {socket_path}\ndbs:\n  - path: {other}\n    replicas:\n"
-                   f"      - url: file://{tmp_path / 'other-replica'}\n")
+    cfg = write_config(tmp_path / "other.yml", other, f"file://{tmp_path / 'other-replica'}", top={"socket": socket_path})
     p4 = procs.start([LSR, "replicate", "-config", str(cfg)], "lsr-other")
     assert p4.wait(timeout=60) != 0
     assert "another lsr sidecar is serving it" in Processes.output(p4)

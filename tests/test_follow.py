@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.config import write_config
 from support.procs import LSR, Processes, run_lsr, wait_for
 from support.sqlite import integrity_ok, rows
 from support.eventhistory import create
@@ -306,8 +307,7 @@ def test_follows_an_encrypted_replica_given_the_identity(tmp_path: Path, procs: 
     pair = AgeKeyPair()
     cfg, public_only = tmp_path / "lsr.yml", tmp_path / "public.yml"
     for path, identities in ((cfg, True), (public_only, False)):
-        path.write_text(f"dbs:\n  - path: {primary}\n    replicas:\n      - url: file://{replica}\n"
-                        + pair.yaml(identities=identities))
+        write_config(path, primary, f"file://{replica}", extra=pair.yaml(identities=identities))
     sidecar = procs.start([LSR, "replicate", "-config", str(public_only)], "sidecar")
     wait_for(lambda: any(replica.glob("generations/*/snapshots/*")), what="the first snapshot")
     _insert_events(primary, 1, 5, replica)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from support.config import write_config
 from support.procs import LSR, Processes, go_litestream_path, run_lsr, wait_for
 from support.sqlite import open_app_db
 from support.s3 import S3Server, free_port, write_s3_config
@@ -110,8 +111,7 @@ def _start(procs: Processes, argv0: list[str], tmp: Path, name: str, server: S3S
     port = free_port()
     cfg = write_s3_config(tmp, db, server.create_bucket(), server.endpoint, name=f"{name}.yml",
                           monitor_interval="50ms", min_checkpoint_page_count=20,
-                          replica={"sync-interval": "100ms"})
-    cfg.write_text(f"addr: 127.0.0.1:{port}\n" + cfg.read_text())
+                          replica={"sync-interval": "100ms"}, top={"addr": f"127.0.0.1:{port}"})
     procs.start([*argv0, "replicate", "-config", str(cfg)], name, env)
     return db, port
 
@@ -215,8 +215,7 @@ def test_addr_without_port_is_refused(addr: str) -> None:
 def test_replicate_refuses_an_addr_without_port_in_one_line(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
     open_app_db(db).close()
-    cfg = tmp_path / "litestream.yml"
-    cfg.write_text(f"addr: localhost\ndbs:\n  - path: {db}\n    replicas:\n      - path: {tmp_path / 'r'}\n")
+    cfg = write_config(tmp_path / "litestream.yml", db, tmp_path / "r", top={"addr": "localhost"})
     res = run_lsr("replicate", "-config", str(cfg), timeout=60)
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == ["Error: cannot serve metrics on 'localhost': a port is required "

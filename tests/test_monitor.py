@@ -101,9 +101,9 @@ def test_healthz_and_heartbeat_follow_an_s3_outage(
     writer.insert(0)
     port = free_port()
     bucket = server.create_bucket()
-    cfg = write_s3_config(tmp_path, db, bucket, server.endpoint, replica={"max-lag": "1s"})
-    cfg.write_text(f"addr: 127.0.0.1:{port}\nheartbeat-url: {pings.url}\n"
-                   f"heartbeat-interval: {int(HEARTBEAT_INTERVAL * 1000)}ms\n" + cfg.read_text())
+    cfg = write_s3_config(tmp_path, db, bucket, server.endpoint, replica={"max-lag": "1s"},
+                          top={"addr": f"127.0.0.1:{port}", "heartbeat-url": pings.url,
+                               "heartbeat-interval": f"{int(HEARTBEAT_INTERVAL * 1000)}ms"})
     p = procs.lsr_replicate("-config", str(cfg), env=s3_env)
     try:
         wait_for(lambda: _status(port) == 200, what="healthz 200")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from litestream_py import codec
 from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, checksum
+from support.config import write_config
 from support.procs import Processes, run_lsr, wait_for
 from support.workload import sidecar_on_new_db
 
@@ -35,8 +36,7 @@ def test_verify_reports_ok_then_the_table_that_differs(tmp_path: Path, procs: Pr
     conn.execute("CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT)")
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
     conn.execute("INSERT INTO a (v) VALUES ('keep')")
-    config = tmp_path / "lsr.yml"
-    config.write_text(f"dbs:\n  - path: {db}\n    replicas:\n      - url: file://{tmp_path / 'replica'}\n")
+    config = write_config(tmp_path / "lsr.yml", db, f"file://{tmp_path / 'replica'}")
     lsr = procs.lsr_replicate("-config", str(config))
     for i in range(200):
         conn.execute("INSERT INTO t (v) VALUES (?)", (f"value-{i:04d}",))

@@ -15,6 +15,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+from support.config import write_config
 from support.procs import LSR, Processes, run_lsr, stop_process, wait_for
 from support.sqlite import open_app_db
 from test_bad_input import assert_one_line_error
@@ -114,8 +115,7 @@ def parse_json_lines(text: str) -> list[dict[str, object]]:
 
 def test_json_logs_parse_line_by_line(tmp_path: Path, db_path: Path, procs: Processes) -> None:
     replica = tmp_path / "replica"
-    cfg = tmp_path / "litestream.yml"
-    cfg.write_text(f"logging:\n  type: json\ndbs:\n  - path: {db_path}\n    replicas:\n      - url: file://{replica}\n")
+    cfg = write_config(tmp_path / "litestream.yml", db_path, f"file://{replica}", top={"logging": {"type": "json"}})
     app = open_app_db(db_path)
     app.execute("INSERT INTO t (v) VALUES ('it''s \"quoted\"')")
     p = procs.lsr_replicate("-config", str(cfg))
@@ -141,7 +141,7 @@ def test_json_logs_parse_line_by_line(tmp_path: Path, db_path: Path, procs: Proc
     errors = [e for e in parse_json_lines(res.stdout + res.stderr) if e["level"] == "ERROR"]
     assert len(errors) == 1 and "already exists" in str(errors[0]["msg"])
     missing = tmp_path / "missing" / "app.db"
-    cfg.write_text(f"logging:\n  type: json\ndbs:\n  - path: {missing}\n    replicas:\n      - url: file://{replica}\n")
+    write_config(cfg, missing, f"file://{replica}", top={"logging": {"type": "json"}})
     res = run_lsr("replicate", "-config", str(cfg), timeout=60)
     assert res.returncode == 1
     errors = [e for e in parse_json_lines(res.stdout + res.stderr) if e["level"] == "ERROR"]

@@ -14,7 +14,7 @@ def write_config(
     path: Path,
     db: str | Path,
     *replicas: Replica,
-    log_level: str | None = None,
+    top: Mapping[str, object] | None = None,
     extra: str = "",
     **db_settings: object,
 ) -> Path:
@@ -23,9 +23,17 @@ def write_config(
     A replica is a URL (``file://...``, ``s3://...``), a directory (a file
     replica), or its keys in order (``{"type": "s3", "bucket": ...}``).
     ``db_settings`` are the database's keys (``monitor_interval="50ms"``, with
-    ``_`` for ``-``); ``extra`` is appended as is (an ``age:`` block, say).
+    ``_`` for ``-``); ``top`` the file's own keys, a mapping for a section
+    (``{"logging": {"level": "debug"}, "addr": ":9090"}``); ``extra`` is
+    appended as is (an ``age:`` block, say).
     """
-    lines = [f"logging:\n  level: {log_level}"] if log_level else []
+    lines = []
+    for key, value in (top or {}).items():
+        if isinstance(value, Mapping):
+            lines.append(f"{key}:")
+            lines += [f"  {k}: {v}" for k, v in value.items()]
+        else:
+            lines.append(f"{key}: {value}")
     lines += ["dbs:", f"  - path: {db}"]
     lines += [f"    {key.replace('_', '-')}: {value}" for key, value in db_settings.items()]
     lines.append("    replicas:")

@@ -196,12 +196,14 @@ def write_s3_config(
     credentials: tuple[str, str] | None = None,
     log_level: str = "info",
     replica: dict[str, Any] | None = None,
+    top: dict[str, object] | None = None,
     **db_settings: Any,
 ) -> Path:
     """A litestream.yml (for lsr or Go litestream) with one S3 replica named ``s3`` under path ``db``.
 
     Credentials come from the environment (``s3_env``) unless given; ``db_settings``
-    are DB keys (``monitor_interval="100ms"``), ``replica`` extra replica keys.
+    are DB keys (``monitor_interval="100ms"``), ``replica`` extra replica keys, ``top``
+    the file's own keys (see ``write_config``).
     """
     keys: dict[str, object] = {
         "name": "s3", "type": "s3", "bucket": bucket, "path": "db", "endpoint": endpoint,
@@ -210,4 +212,4 @@ def write_s3_config(
     if credentials:
         keys.update({"access-key-id": credentials[0], "secret-access-key": credentials[1]})
     keys.update(replica or {})
-    return write_config(tmp_path / name, db, keys, log_level=log_level, **db_settings)
+    return write_config(tmp_path / name, db, keys, top={**(top or {}), "logging": {"level": log_level}}, **db_settings)
