@@ -530,9 +530,7 @@ def test_several_databases_and_disaster_recovery(tmp_path: Path, procs: Processe
     """Two databases in one config; both are lost; `lsr restore -config CFG DB` brings each back
     at its own path."""
     dbs = [tmp_path / "a" / "one.db", tmp_path / "b" / "two.db"]
-    cfg = tmp_path / "litestream.yml"
-    cfg.write_text("dbs:\n" + "".join(
-        f"  - path: {db}\n    replicas:\n      - url: file://{tmp_path / 'backups' / db.stem}\n" for db in dbs))
+    cfg = write_config(tmp_path / "litestream.yml", {db: [f"file://{tmp_path / 'backups' / db.stem}"] for db in dbs})
     apps = []
     for db in dbs:
         db.parent.mkdir()
@@ -577,9 +575,7 @@ def test_many_databases_share_a_small_pool_of_threads(tmp_path: Path, procs: Pro
 
     dbs = [tmp_path / "dbs" / f"db{i:02d}.db" for i in range(40)]
     (tmp_path / "dbs").mkdir()
-    cfg = tmp_path / "litestream.yml"
-    cfg.write_text("dbs:\n" + "".join(
-        f"  - path: {db}\n    replicas:\n      - url: file://{tmp_path / 'backups' / db.stem}\n" for db in dbs))
+    cfg = write_config(tmp_path / "litestream.yml", {db: [f"file://{tmp_path / 'backups' / db.stem}"] for db in dbs})
     for i, db in enumerate(dbs):
         app = open_app_db(db)
         app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")

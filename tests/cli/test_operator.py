@@ -157,11 +157,8 @@ def test_bad_databases_do_not_stop_the_others(tmp_path: Path, db_path: Path, pro
     directory.mkdir()
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database, not readable as one" * 200)
-    cfg = tmp_path / "litestream.yml"
-    cfg.write_text("dbs:\n" + "".join(
-        f"  - path: {db}\n    replicas:\n      - url: file://{tmp_path / ('replica-' + db.name)}\n"
-        for db in (rollback, directory, junk, db_path)
-    ))
+    cfg = write_config(tmp_path / "litestream.yml", {db: [f"file://{tmp_path / ('replica-' + db.name)}"]
+                                                     for db in (rollback, directory, junk, db_path)})
     app = open_app_db(db_path)
     app.execute("INSERT INTO t (v) VALUES ('good')")
     p = procs.lsr_replicate("-config", str(cfg))
