@@ -23,6 +23,7 @@ def target_from_config(rc: ReplicaConfig) -> ReplicaTarget:
 
 
 def replica_from_config(rc: ReplicaConfig, db: DB) -> Replica:
+    """A replica that ``db`` writes to, with the shipping settings its client type calls for."""
     client = new_client(rc)
     if rc.age is not None:
         # Refused at start: a replica the operator means to encrypt must never be written in plaintext.
