@@ -5,6 +5,7 @@ which generation, and the checks made once before anything is listed or written.
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from litestream_py.replica import Replica
 from litestream_py.replica_client import ReplicaTarget
 from litestream_py.restore import RestoreOptions, restore_from_replicas
 from litestream_py.restore_target import choose_restore_target
+from support.config import write_config
 from support.engine import CountingClient, commit_and_ship, replicated_app
+from support.procs import run_lsr
 from support.sqlite import rows
 
 
@@ -81,3 +84,18 @@ def test_an_existing_output_is_refused_before_any_listing(tmp_path: Path, engine
     with pytest.raises(OutputExistsError, match="file already exists"):
         restore_from_replicas([target], RestoreOptions(output_path=str(out)))
     assert counting.listings == [] and out.read_bytes() == b"keep me"
+
+
+def test_lsr_restore_reads_the_latest_of_the_configured_replicas(tmp_path: Path, engine) -> None:
+    """The command hands every configured replica to the engine (or only -replica's)."""
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 3)
+    stale = tmp_path / "stale"
+    shutil.copytree(client.root, stale)  # the replica as it was; its objects keep their times
+    commit_and_ship(app, db, replica, 3, start=3)
+    cfg = write_config(tmp_path / "lsr.yml", db.path, {"name": "stale", "path": stale},
+                       {"name": "file", "path": client.root})
+    for extra, name, count in (((), "latest.db", 6), (("-replica", "stale"), "stale.db", 3)):
+        res = run_lsr("restore", "-config", str(cfg), *extra, "-o", str(tmp_path / name), db.path)
+        assert res.returncode == 0, res.stderr
+        assert rows(tmp_path / name, "SELECT count(*) FROM t") == [(count,)]
