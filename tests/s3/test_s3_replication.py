@@ -337,24 +337,19 @@ def test_credentials_never_logged(tmp_path: Path, procs: Processes, s3_server: S
     # And lsr replicate itself failing to reach its replica.
     p = procs.lsr_replicate("-config", str(bad[1]), env=env)
     time.sleep(3)
-    outputs.append(stop_lsr_any(p))
+    outputs.append(stop_any(p))
     for text in outputs:
         _assert_clean(text, *secrets)
     assert any("access denied" in t or "bucket does not exist" in t for t in outputs)
 
 
-def stop_lsr_any(p: subprocess.Popen[bytes]) -> str:
+def stop_any(p: subprocess.Popen[bytes]) -> str:
+    """Stop lsr or Go litestream, whatever its exit status; its output."""
     Processes.stop(p, timeout=60)
     return Processes.output(p)
 
 
 # -- 6. compatibility with Go Litestream 0.3.13 on the same server ----------------------------
-
-
-
-def _go_stop(p: subprocess.Popen[bytes]) -> str:
-    Processes.stop(p, timeout=60)
-    return Processes.output(p)
 
 
 def assert_encrypted_on_s3(server: S3Server, bucket: str) -> None:
@@ -384,7 +379,7 @@ def test_go_replicates_lsr_restores(tmp_path: Path, procs: Processes, s3_server:
     for i in range(10, 200):
         insert(conn, i, size=500)
     wait_caught_up(db, AgeReader(client, age.keys() if age else None), CATCH_UP_SECONDS + 10)
-    out = _go_stop(p)
+    out = stop_any(p)
     assert "write snapshot" in out, out
     [generation] = client.generations()
     # Objects written by Go carry no CRC32C metadata: they are accepted as they are.
