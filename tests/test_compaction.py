@@ -45,8 +45,7 @@ from litestream_py.replicator import Replicator
 from litestream_py.restore import RestoreOptions, restore
 from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader
 from support.workload import AgeKeyPair, assert_encrypted, segment_count, stop_lsr, wait_ready, wait_synced
-from test_follow import _Running as Following  # a follower on its own thread
-from support.engine import app_connection, commit_and_ship, replicated_app
+from support.engine import FollowerThread, app_connection, commit_and_ship, replicated_app
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -540,7 +539,7 @@ def test_a_follower_whose_position_compaction_merged_away_reads_on_from_inside_t
     app, db, client, replica = engine
     standby = tmp_path / "standby.db"
     commit_and_ship(app, db, replica, 30)
-    following = Following(Path(client.root), standby)
+    following = FollowerThread(Path(client.root), standby)
     try:
         wait_for(lambda: standby_rows(standby) == 30, timeout=60, what="the standby to follow 30 rows")
     finally:
@@ -551,7 +550,7 @@ def test_a_follower_whose_position_compaction_merged_away_reads_on_from_inside_t
     before = len(client.wal_segments(generation))
     compactor(client).compact()
     assert len(client.wal_segments(generation)) < before // 5
-    following = Following(Path(client.root), standby)
+    following = FollowerThread(Path(client.root), standby)
     try:
         wait_for(lambda: standby_rows(standby) == 60, timeout=60, what="the standby to read on past the merge")
         assert following.follower.status().error == ""

@@ -16,23 +16,12 @@ from pathlib import Path
 from support.config import write_config
 from support.procs import LSR, Processes, run_lsr, wait_for
 from support.sqlite import integrity_ok, rows
-from support.eventhistory import create
+from support.engine import FollowerThread
+from support.eventhistory import create, event_count
 from litestream_py.standby import STATE_SUFFIX
 
 HERE = Path(__file__).parent
 EVENTHISTORY = str(HERE / "support" / "eventhistory.py")
-
-
-def event_count(path: Path) -> int:
-    """Counted in another process: SQLite's locks are per process, and a connection closed
-    here would drop an in-process follower's lock on STANDBY."""
-    out = subprocess.run(
-        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True, "
-         "timeout=30); print(c.execute('SELECT count(*) FROM events').fetchone()[0])", str(path)],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    return int(out.stdout)
 
 
 def reader_summary(path: Path) -> dict[str, object]:
@@ -136,28 +125,6 @@ def _insert_events(primary: Path, first: int, last: int, replica: Path) -> None:
     conn.close()
 
 
-class _Running:
-    """A Follower on its own thread, stopped and joined by the test."""
-
-    def __init__(self, replica: Path, standby: Path) -> None:
-        import threading
-        from datetime import timedelta
-
-        from litestream_py.clients.file import FileReplicaClient
-        from litestream_py.follow import Follower
-
-        self.stop = threading.Event()
-        self.follower = Follower(FileReplicaClient(str(replica)), str(standby), self.stop,
-                                 interval=timedelta(milliseconds=50), watch_dir=str(replica))
-        self.thread = threading.Thread(target=self.follower.run)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive()
-
-
 def test_gap_and_corrupt_segment_are_reported_then_recovered(tmp_path: Path, procs: Processes,
                                                              caplog: "pytest.LogCaptureFixture") -> None:
     import logging
@@ -177,7 +144,7 @@ def test_gap_and_corrupt_segment_are_reported_then_recovered(tmp_path: Path, pro
     replace_file(corrupt, good[:-40] + bytes(40))  # its LZ4 frame no longer decodes
 
     caplog.set_level(logging.INFO, logger="litestream_py")
-    running = _Running(replica, standby)
+    running = FollowerThread(replica, standby)
     try:
         wait_for(lambda: "missing wal segment" in running.follower.status().error, timeout=60,
                  what="the gap to be reported")
@@ -216,7 +183,7 @@ def test_new_generation_is_swapped_in(tmp_path: Path, procs: Processes) -> None:
     sidecar = procs.lsr_replicate(str(primary), f"file://{replica}")
     wait_for(lambda: any(replica.glob("generations/*/snapshots/*")), what="the first snapshot")
     _insert_events(primary, 1, 3, replica)
-    running = _Running(replica, standby)
+    running = FollowerThread(replica, standby)
     try:
         wait_for(lambda: standby.exists() and event_count(standby) == 3, timeout=60, what="the first generation")
         first = running.follower.status().position.generation
@@ -253,7 +220,7 @@ def test_a_lasting_gap_is_skipped_from_a_newer_snapshot(tmp_path: Path, procs: P
     _segments(replica)[-4].unlink()  # event 5's segment: gone
 
     caplog.set_level(logging.INFO, logger="litestream_py")
-    running = _Running(replica, standby)
+    running = FollowerThread(replica, standby)
     try:
         wait_for(lambda: running.follower.status().error != "", timeout=60, what="the gap to be reported")
         assert event_count(standby) == 4

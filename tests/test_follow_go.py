@@ -10,8 +10,8 @@ from pathlib import Path
 
 from support.procs import LSR, Processes, wait_for
 from support.sqlite import integrity_ok, open_app_db
-from test_compat_go import checkpoint_pages, go_restore, start_go, stop_go, wait_ready, workload, compat_config
-from support.workload import assert_same_data, dump
+from support.go import checkpoint_pages, compat_config, compat_workload, go_restore, start_go, stop_go
+from support.workload import assert_same_data, dump, wait_ready
 
 
 
@@ -38,7 +38,7 @@ def test_lsr_follows_a_replica_go_writes(tmp_path: Path, procs: Processes, go: s
     go_proc = start_go(procs, go, compat_config(tmp_path / "go.yml", db, replica, checkpoint_pages(4096)))
     wait_ready(go_proc, replica)
     follower = procs.start([LSR, "restore", "-f", "-o", str(standby), f"file://{replica}"], "follow")
-    workload(db, 4096, 12, replica)  # OpenWEC traffic, a migration, checkpoints mid-way
+    compat_workload(db, 4096, 12, replica)  # OpenWEC traffic, a migration, checkpoints mid-way
     stop_go(go_proc)
     want = dump(db)
 

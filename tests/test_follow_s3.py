@@ -17,7 +17,7 @@ import pytest
 
 from support.procs import Processes, wait_for
 from support.sqlite import integrity_ok
-from support.eventhistory import create, event_id, payload
+from support.eventhistory import create, event_count, event_id, payload
 from support.faultproxy import FaultProxy
 from support.s3 import S3Server, make_s3_client
 from support.workload import catches_sigterm
@@ -119,7 +119,6 @@ def test_an_outage_is_retried_and_logged_once(tmp_path: Path, procs: Processes, 
     to the server): the follower warns once, keeps STANDBY as it was, and catches up afterwards."""
     import logging
 
-    from test_follow import event_count
 
     db, standby = tmp_path / "events.db", tmp_path / "standby.db"
     create(str(db))

@@ -20,7 +20,7 @@ import pytest
 from support.procs import Processes, run_lsr, wait_for
 from support.sqlite import rows
 from support.s3 import S3Server, free_port, start_nanio, write_s3_config
-from test_metrics import scrape
+from support.metrics import scrape
 from support.workload import WriterProcess
 
 HEARTBEAT_INTERVAL = 0.2

@@ -35,6 +35,7 @@ from support.workload import (
     restore,
     segment_names,
     shipped_since,
+    start_lsr,
     stop_lsr,
     wait_ready,
     wait_synced,
@@ -43,14 +44,6 @@ from support.workload import (
 )
 
 ROUNDS = 24
-
-
-def start_lsr(procs: Processes, tmp_path: Path, db: Path, replica: Path, mode: str, **db_settings: object
-              ) -> subprocess.Popen[bytes]:
-    if mode == "url":
-        return procs.lsr_replicate(str(db), f"file://{replica}")
-    cfg = write_config(tmp_path / "litestream.yml", db, f"file://{replica}", **db_settings)
-    return procs.lsr_replicate("-config", str(cfg))
 
 
 # -- 1. an OpenWEC-like application ----------------------------------------------

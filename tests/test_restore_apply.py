@@ -113,7 +113,7 @@ def split_at_commits(wal: bytes) -> list[tuple[int, bytes]]:
 
 def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path) -> None:
     """Contiguous segments are verified in one pass, yet each keeps its own time and name."""
-    from test_wal import write_wal
+    from support.sqlite import write_wal
 
     _, wal = write_wal(tmp_path, 4096, transactions=4)
     pieces = split_at_commits(wal)

@@ -16,9 +16,8 @@ import subprocess
 from pathlib import Path
 
 from support.config import write_config
-from support.procs import LSR, Processes, run_lsr, stop_process, wait_for
+from support.procs import LSR, Processes, assert_one_line_error, run_lsr, stop_process, wait_for
 from support.sqlite import open_app_db
-from test_bad_input import assert_one_line_error
 from support.workload import (
     assert_same_data, meta_dir, replica_ready, restore, rollback_db, stop_lsr, wait_ready, write_stop_and_restore,
 )

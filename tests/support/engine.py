@@ -19,7 +19,7 @@ from litestream_py.db import DB
 from litestream_py.pos import Pos, SnapshotInfo, WALSegmentInfo
 from litestream_py.replica import Replica
 
-__all__ = ["CountingClient", "app_connection", "commit_and_ship", "replicated_app"]
+__all__ = ["CountingClient", "FollowerThread", "app_connection", "commit_and_ship", "replicated_app"]
 
 
 def app_connection(path: Path) -> apsw.Connection:
@@ -76,3 +76,25 @@ class CountingClient(FileReplicaClient):
     def read_wal_segment(self, pos: Pos) -> bytes:
         self.reads += 1
         return super().read_wal_segment(pos)
+
+
+class FollowerThread:
+    """A Follower on its own thread, stopped and joined by the test."""
+
+    def __init__(self, replica: Path, standby: Path) -> None:
+        import threading
+        from datetime import timedelta
+
+        from litestream_py.clients.file import FileReplicaClient
+        from litestream_py.follow import Follower
+
+        self.stop = threading.Event()
+        self.follower = Follower(FileReplicaClient(str(replica)), str(standby), self.stop,
+                                 interval=timedelta(milliseconds=50), watch_dir=str(replica))
+        self.thread = threading.Thread(target=self.follower.run)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()

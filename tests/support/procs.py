@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = [
-    "BIN_DIR", "GO_VERSION", "LSR", "Processes", "go_litestream_path", "run_lsr", "stop_process", "wait_for",
+    "BIN_DIR", "GO_VERSION", "LSR", "Processes", "assert_one_line_error", "go_litestream_path", "run_lsr", "stop_process", "wait_for",
 ]
 
 BIN_DIR = Path(sys.executable).parent
@@ -93,3 +93,14 @@ def run_lsr(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run([LSR, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def assert_one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit status 1, exactly one line on stderr naming the problem, no traceback."""
+    assert res.returncode == 1, f"exit {res.returncode}\nstdout: {res.stdout}\nstderr: {res.stderr}"
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, f"stderr is not one line:\n{res.stderr}"
+    assert "Traceback" not in res.stdout + res.stderr
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), f"{needle!r} not in {lines[0]!r}"
+    return lines[0]

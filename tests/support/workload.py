@@ -20,7 +20,7 @@ import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .config import write_config
 from .procs import LSR, Processes, run_lsr, wait_for
@@ -357,7 +357,7 @@ def replica_ready(replica: Path) -> bool:
 
 def wait_ready(p: subprocess.Popen[bytes], replica: Path, timeout: float = 30) -> None:
     def ready() -> bool:
-        assert p.poll() is None, f"lsr exited early ({p.returncode}):\n{Processes.output(p)}"
+        assert p.poll() is None, f"{Path(str(p.args[0])).name} exited early ({p.returncode}):\n{Processes.output(p)}"
         return replica_ready(replica)
 
     wait_for(ready, timeout=timeout, what=f"a snapshot in {replica}")
@@ -476,3 +476,11 @@ def sidecar_on_new_db(
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
     config = write_config(tmp_path / "lsr.yml", db, {"url": f"file://{tmp_path / 'replica'}", **replica_settings})
     return conn, db, procs.lsr_replicate("-config", str(config))
+
+
+def start_lsr(procs: Processes, tmp_path: Path, db: Path, replica: Path, mode: str, **db_settings: Any
+              ) -> subprocess.Popen[bytes]:
+    if mode == "url":
+        return procs.lsr_replicate(str(db), f"file://{replica}")
+    cfg = write_config(tmp_path / "litestream.yml", db, f"file://{replica}", **db_settings)
+    return procs.lsr_replicate("-config", str(cfg))
