@@ -24,6 +24,7 @@ from litestream_py.wal import (
     frame_align,
     scan_frames,
 )
+from support.sqlite import write_wal
 
 
 def reencode_big_endian(wal: bytes) -> bytes:
