@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
-from litestream_py.factory import db_from_config
+from litestream_py.factory import targets_from_config
 
 from .options import Cell, config_options, json_option, print_rows, read_config, run, setup_logging
 
@@ -26,8 +28,7 @@ def command(config_path: str | None, no_expand_env: bool, as_json: bool) -> None
         config = read_config(config_path, no_expand_env)
         rows: list[list[Cell]] = []
         for dbc in config.dbs:
-            db = db_from_config(dbc, read_only=True)
-            rows.append([db.path, [r.name for r in db.replicas]])
+            rows.append([os.path.abspath(dbc.path), [t.name for t in targets_from_config(dbc)]])
         print_rows(["path", "replicas"], rows, as_json)
 
     run(body)

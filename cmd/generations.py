@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import click
 
-from litestream_py.restore import generation_time_bounds
+from litestream_py.restore_target import generation_time_bounds
 
 from .options import Cell, config_options, json_option, print_rows, replica_option, resolve_target, run, setup_logging
 

@@ -20,9 +20,10 @@ import click
 from litestream_py.config import Config, ReplicaConfig, default_config_path, is_url, load_config
 from litestream_py.db import DB
 from litestream_py.errors import ConfigError, LitestreamError
-from litestream_py.factory import db_from_config, replica_from_config
+from litestream_py.factory import target_from_config, targets_from_config
 from litestream_py.health import rfc3339
 from litestream_py.replica import Replica
+from litestream_py.replica_client import ReplicaTarget
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -120,10 +121,11 @@ def print_json(value: Any) -> None:
 
 @dataclass
 class Target:
-    """What an inspect/restore command works on: a DB from the config, or a replica URL."""
+    """What an inspect/restore command works on: a DB from the config (only its
+    paths are read), or a replica URL."""
 
     db: DB[Replica] | None
-    replicas: list[Replica]
+    replicas: list[ReplicaTarget]
 
 
 @contextmanager
@@ -156,13 +158,13 @@ def _resolve_target(arg: str, config_path: str | None, no_expand_env: bool, repl
     if is_url(arg):
         if config_path:
             raise ConfigError("cannot use a replica URL together with -config")
-        return Target(None, [replica_from_config(ReplicaConfig(url=arg), None, read_only=True)])
+        return Target(None, [target_from_config(ReplicaConfig(url=arg))])
     config = read_config(config_path, no_expand_env, verbose)
     dbc = config.db_config(arg)
     if dbc is None:
         raise ConfigError(f"cannot find database {arg} in the config (check the path, or pass -config)")
-    db = db_from_config(dbc, read_only=True)
-    replicas = db.replicas
+    db: DB[Replica] = DB(dbc.path, meta_path=dbc.meta_path)
+    replicas = targets_from_config(dbc)
     if replica_name:
         replicas = [r for r in replicas if r.name == replica_name]
         if not replicas:

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import threading
 import time
-from datetime import timedelta
 from types import FrameType
 from typing import Protocol, Sequence
 
@@ -16,13 +15,10 @@ import click
 from litestream_py.config import (
     Config, DBConfig, ReplicaConfig, default_config_path, expand_path, load_config, parse_duration,
 )
-from litestream_py.db import DB
 from litestream_py.process import configure_process_for_sidecar, release_free_memory
 from litestream_py.errors import ConfigError
 from litestream_py.factory import db_from_config
-from litestream_py.lease import Lease, LeaseKeeper
-from litestream_py.replica import Replica
-from litestream_py.replicator import Replicator
+from litestream_py.replicator import Replicator, acquire_leases
 from litestream_py.control import ControlServer
 from litestream_py.heartbeat import Heartbeat
 from litestream_py.monitor import MonitorServer
@@ -90,29 +86,6 @@ def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, takeove
             keeper.stop()
 
     raise SystemExit(run(body))
-
-
-def acquire_leases(dbs: list[DB[Replica]], ttl: timedelta, takeover: bool, stop: threading.Event) -> LeaseKeeper:
-    """Refuse to start (naming the holder) where another sidecar holds a replica's lease;
-    each lease is then taken by its replica's first write, and renewed from here on."""
-    if ttl.total_seconds() <= 0:
-        raise ConfigError("cannot use -lease-ttl: it must be positive")
-    leases: list[Lease] = []
-    took_over = False
-    for db in dbs:
-        for replica in db.replicas:
-            lease = Lease(replica.client, db.path, ttl, takeover=takeover)
-            took_over |= lease.check_available()
-            leases.append(lease)
-            replica.lease = lease
-    keeper = LeaseKeeper(leases)
-    keeper.start()
-    if took_over:
-        # A live previous holder notices at its next renewal; write only after it has.
-        wait = max(lease.renew_interval for lease in leases)
-        log.info("waiting %.1fs for the previous lease holder to stop writing", wait)
-        stop.wait(wait)
-    return keeper
 
 
 def _config(config_path: str | None, no_expand_env: bool, args: tuple[str, ...]) -> Config:

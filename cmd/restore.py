@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Iterator
 
 import click
 
-from litestream_py.errors import ConfigError, OutputExistsError
-from litestream_py.restore import (
-    CachedListing, DEFAULT_RESTORE_PARALLELISM, RestoreOptions, calc_restore_target, check_timestamp, restore,
-)
+from litestream_py.errors import ConfigError, NoGenerationError, OutputExistsError
+from litestream_py.restore import DEFAULT_RESTORE_PARALLELISM, RestoreOptions, restore_from_replicas
 
 from .options import config_options, flag, log, replica_option, resolve_target, run, setup_logging
 
@@ -89,42 +88,36 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, out
         out = output or (t.db.path if t.db else None)
         if not out:
             raise ConfigError("cannot restore from a replica URL without -o PATH")
-        if os.path.lexists(out):
+        opts = RestoreOptions(output_path=out, generation=generation, index=idx, timestamp=ts, parallelism=parallelism)
+        try:
+            with progress_bar(opts):
+                restore_from_replicas(t.replicas, opts)
+        except OutputExistsError as exc:
             if if_db_not_exists:
                 log.info("database already exists, skipping: %s", out)
                 return
             elsewhere = "choose another -o path" if output else "pass -o PATH to restore elsewhere"
-            raise OutputExistsError(
-                f"cannot restore to {out}: file already exists (remove it, {elsewhere}, "
-                "or pass -if-db-not-exists to skip)"
-            )
-        best: Any = None
-        for replica in t.replicas:
-            listing = CachedListing(replica.reader)  # the restore reuses what choosing it listed
-            g, updated = calc_restore_target(listing, generation, ts)
-            if g and (best is None or updated > best[3]):
-                best = (replica, listing, g, updated)
-        if best is None:
-            if ts is not None and t.replicas:
-                check_timestamp(t.replicas[0].reader, ts)  # names the range the replica holds
-            if if_replica_exists:
-                log.info("no matching backups found")
-                return
-            raise ConfigError("cannot restore: no matching backups found on the replica(s)")
-        replica, listing, g, _ = best
-        opts = RestoreOptions(output_path=out, generation=g, index=idx, timestamp=ts, parallelism=parallelism)
-        if sys.stdout.isatty():
-            with click.progressbar(length=1, label="restoring", file=sys.stdout) as bar:
-                def progress(done: int, total: int) -> None:
-                    bar.length = max(total, 1)
-                    bar.update(done - bar.pos)
-                opts.progress = progress
-                result = restore(listing, opts)
-        else:
-            result = restore(listing, opts)
-        log.debug("restored from replica %s", replica.name)
+            raise OutputExistsError(f"{exc} (remove it, {elsewhere}, or pass -if-db-not-exists to skip)") from exc
+        except NoGenerationError:
+            if not if_replica_exists:
+                raise
+            log.info("no matching backups found")
 
     run(body)
+
+
+@contextmanager
+def progress_bar(opts: RestoreOptions) -> Iterator[None]:
+    """On a terminal, a bar that follows the segments applied."""
+    if not sys.stdout.isatty():
+        yield
+        return
+    with click.progressbar(length=1, label="restoring", file=sys.stdout) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+        opts.progress = progress
+        yield
 
 
 def follow_replica(target: str, config_path: str | None, no_expand_env: bool, replica_name: str,

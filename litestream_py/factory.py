@@ -1,4 +1,4 @@
-"""Builds engine objects (DB, Replica) from configuration."""
+"""Builds engine objects (DB, Replica, ReplicaTarget) from configuration."""
 
 from __future__ import annotations
 
@@ -8,17 +8,25 @@ from .clients import new_client
 from .compaction import DEFAULT_COMPACTION_INTERVAL
 from .config import DBConfig, ReplicaConfig
 from .db import DB
+from .encryption import AgeReader
 from .errors import ConfigError
 from .replica import Replica
+from .replica_client import ReplicaTarget
 from .ship_policy import ShipPolicy
 
-__all__ = ["db_from_config", "replica_from_config"]
+__all__ = ["db_from_config", "replica_from_config", "target_from_config", "targets_from_config"]
 
 
-def replica_from_config(rc: ReplicaConfig, db: DB[Replica] | None, *, read_only: bool = False) -> Replica:
-    """``read_only``: for commands that only inspect or restore (see ``new_client``)."""
-    client = new_client(rc, read_only=read_only)
-    if not read_only and rc.age is not None:
+def target_from_config(rc: ReplicaConfig) -> ReplicaTarget:
+    """A replica to read only: inspect, verify, restore, follow (see ``new_client``'s read_only)."""
+    client = new_client(rc, read_only=True)
+    return ReplicaTarget(rc.name or client.type, client, AgeReader(client, rc.age))
+
+
+def replica_from_config(rc: ReplicaConfig, db: DB[Replica]) -> Replica:
+    """A replica that ``db`` writes to, with the shipping settings its client type calls for."""
+    client = new_client(rc)
+    if rc.age is not None:
         # Refused at start: a replica the operator means to encrypt must never be written in plaintext.
         if not rc.age.recipients:
             raise ConfigError(
@@ -45,7 +53,7 @@ def replica_from_config(rc: ReplicaConfig, db: DB[Replica] | None, *, read_only:
     return replica
 
 
-def db_from_config(dbc: DBConfig, *, read_only: bool = False) -> DB[Replica]:
+def db_from_config(dbc: DBConfig) -> DB[Replica]:
     db: DB[Replica] = DB(dbc.path, meta_path=dbc.meta_path)
     if dbc.monitor_interval is not None:
         db.monitor_interval = dbc.monitor_interval
@@ -55,11 +63,21 @@ def db_from_config(dbc: DBConfig, *, read_only: bool = False) -> DB[Replica]:
         db.checkpoints.min_page_count = dbc.min_checkpoint_page_count
     if dbc.max_checkpoint_page_count is not None:
         db.checkpoints.max_page_count = dbc.max_checkpoint_page_count
-    names = set()
-    for rc in dbc.replicas:
-        replica = replica_from_config(rc, db, read_only=read_only)
-        if replica.name in names:
-            raise ConfigError(f"cannot configure {dbc.path}: two replicas named {replica.name!r} (set name:)")
-        names.add(replica.name)
-        db.replicas.append(replica)
+    db.replicas = [replica_from_config(rc, db) for rc in dbc.replicas]
+    _check_names(dbc, [r.name for r in db.replicas])
     return db
+
+
+def targets_from_config(dbc: DBConfig) -> list[ReplicaTarget]:
+    """A database's replicas, to read only."""
+    targets = [target_from_config(rc) for rc in dbc.replicas]
+    _check_names(dbc, [t.name for t in targets])
+    return targets
+
+
+def _check_names(dbc: DBConfig, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(f"cannot configure {dbc.path}: two replicas named {name!r} (set name:)")
+        seen.add(name)

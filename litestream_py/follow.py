@@ -40,7 +40,8 @@ from .errors import LitestreamError, NotFoundError, SegmentError, StorageError, 
 from .fsutil import atomic_write, fsync_dir
 from .pos import Pos, WALSegmentInfo
 from .replica_client import ReplicaReader
-from .restore import RestoreOptions, calc_restore_target, restore
+from .restore import RestoreOptions, restore
+from .restore_target import calc_restore_target
 from .standby import STATE_SUFFIX, FollowState, Standby, read_database_pages
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, check_frames
 

@@ -40,6 +40,7 @@ from .errors import LeaseHeldError, LeaseLostError, LitestreamError, Preconditio
 from .pos import LeaseObject
 from .replica_client import ReplicaClient
 
+
 __all__ = ["DEFAULT_LEASE_TTL", "Lease", "LeaseInfo", "LeaseKeeper", "RENEW_FRACTION"]
 
 log = logging.getLogger(__name__)

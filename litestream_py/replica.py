@@ -43,7 +43,7 @@ class Replica:
 
     def __init__(
         self,
-        db: DB[Replica] | None,
+        db: DB[Replica],
         client: ReplicaClient,
         name: str = "",
         *,
@@ -98,9 +98,7 @@ class Replica:
 
     def _fields(self, pos: Pos | None = None) -> dict[str, str]:
         """Structured log fields: db, replica, generation and pos where known."""
-        fields = {"replica": self.name}
-        if self.db is not None:
-            fields["db"] = self.db.path
+        fields = {"replica": self.name, "db": self.db.path}
         if pos is not None and pos.generation:
             fields["generation"] = pos.generation
             if not pos.is_zero():
@@ -119,7 +117,6 @@ class Replica:
 
         Returns True when anything was written.
         """
-        assert self.db is not None
         with self._sync_lock:
             if not self.db.pos().is_zero():  # nothing to write, no lease to take yet
                 self._check_lease()
@@ -138,7 +135,6 @@ class Replica:
                 raise
 
     def _sync(self, include_partial: bool = True) -> bool:
-        assert self.db is not None
         dpos = self.db.pos()
         if dpos.is_zero():
             return False
@@ -167,7 +163,6 @@ class Replica:
             return self._check_intact()
 
     def _check_intact(self) -> bool:
-        assert self.db is not None
         pos = self.pos()
         if pos.is_zero() or pos.generation != self.db.pos().generation or self.client.snapshots(pos.generation):
             return True
@@ -201,7 +196,6 @@ class Replica:
 
     def has_full_segment(self) -> bool:
         """Whether a full segment, or the rest of a finished shadow index, waits to be shipped."""
-        assert self.db is not None
         pos, dpos = self.pos(), self.db.pos()
         if pos.generation != dpos.generation or pos.is_zero():
             return False
@@ -215,7 +209,6 @@ class Replica:
     def _ship_next(self, include_partial: bool = True) -> bool:
         """Write one WAL segment, or move to the next shadow index. False when caught up
         (``include_partial=False``: when only a partial segment of the current index is left)."""
-        assert self.db is not None
         pos = self.pos()
         dpos = self.db.pos()
         if pos.generation != dpos.generation or pos.is_zero():
@@ -264,7 +257,6 @@ class Replica:
             self.lease.ensure()
 
     def _snapshot(self) -> SnapshotInfo:
-        assert self.db is not None
         generation = self.db.pos().generation
         taken = {s.index for s in self.client.snapshots(generation)} if generation else set()
         with tempfile.TemporaryFile(prefix="lsr-snapshot-") as tmp:
@@ -291,7 +283,6 @@ class Replica:
         The newest snapshot is always kept, as is every WAL segment from the
         oldest kept snapshot on.
         """
-        assert self.db is not None
         self._check_lease()
         cutoff = _now() - self.retention
         generations = self.client.generations()
@@ -351,8 +342,6 @@ class Replica:
                 log.info("%s: compaction skipped: the replica is age-encrypted and only its recipients are "
                          "configured (add age.identities to merge its segments)", self.name, extra=self._fields())
             return False
-        if self.db is None:
-            return compactor.compact()
         # Only the generation being written: see Compactor.compact.
         generation = self.db.pos().generation
         return compactor.compact([generation] if generation else [])

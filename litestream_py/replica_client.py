@@ -8,13 +8,14 @@ to this Protocol, and a backend translates its own errors into ``errors``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO, Iterable, Protocol, runtime_checkable
 
 from .pos import LeaseObject, Pos, SnapshotInfo, WALSegmentInfo
 from .stats import OperationStats
 
-__all__ = ["ReplicaClient", "ReplicaReader"]
+__all__ = ["ReplicaClient", "ReplicaReader", "ReplicaTarget"]
 
 
 class ReplicaReader(Protocol):
@@ -88,3 +89,14 @@ class ReplicaClient(ReplicaReader, Protocol):
     def delete_lease(self, expect: str) -> None:
         """Remove the lease if it is still at version ``expect``."""
         ...
+
+
+@dataclass(frozen=True)
+class ReplicaTarget:
+    """A replica that is only read (inspect, verify, restore, follow): its name
+    and client, and the reader objects are read through (it decrypts an age
+    replica, given the identity). A replica that is written is a ``Replica``."""
+
+    name: str
+    client: ReplicaClient
+    reader: ReplicaReader

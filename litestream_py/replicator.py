@@ -24,11 +24,13 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, Sequence
 
 from . import health
 from .db import DB
-from .errors import DatabaseBusyError, DatabaseError, LitestreamError, StorageError
+from .errors import ConfigError, DatabaseBusyError, DatabaseError, LitestreamError, StorageError
+from .lease import Lease, LeaseKeeper
 from .pos import Pos
 from .replica import Replica
 from .scheduler import MAX_BUSY_SPACING, RETRY_INTERVAL
@@ -39,7 +41,7 @@ from .ship_policy import MIN_SYNC_SPACING
 from .verify import verify_database
 from .watch import WALWatcher
 
-__all__ = ["Replicator"]
+__all__ = ["Replicator", "acquire_leases"]
 
 log = logging.getLogger(__name__)
 
@@ -421,3 +423,26 @@ class Replicator:
 
     def healthy(self) -> bool:
         return health.healthy(r for db in self.dbs for r in db.replicas)
+
+
+def acquire_leases(dbs: Sequence[DB[Replica]], ttl: timedelta, takeover: bool, stop: threading.Event) -> LeaseKeeper:
+    """Refuse to start (naming the holder) where another sidecar holds a replica's lease;
+    each lease is then taken by its replica's first write, and renewed from here on."""
+    if ttl.total_seconds() <= 0:
+        raise ConfigError("cannot use -lease-ttl: it must be positive")
+    leases: list[Lease] = []
+    took_over = False
+    for db in dbs:
+        for replica in db.replicas:
+            lease = Lease(replica.client, db.path, ttl, takeover=takeover)
+            took_over |= lease.check_available()
+            leases.append(lease)
+            replica.lease = lease
+    keeper = LeaseKeeper(leases)
+    keeper.start()
+    if took_over:
+        # A live previous holder notices at its next renewal; write only after it has.
+        wait = max(lease.renew_interval for lease in leases)
+        log.info("waiting %.1fs for the previous lease holder to stop writing", wait)
+        stop.wait(wait)
+    return keeper

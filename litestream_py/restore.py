@@ -17,9 +17,9 @@ import threading
 from collections import deque
 from contextlib import closing
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import BinaryIO, Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 from . import codec, paths
 from .errors import (
@@ -35,21 +35,18 @@ from .errors import (
 from .fsutil import fsync_dir
 from .lockfile import ProcessLock, describe_holder
 from .pos import Pos, SnapshotInfo, WALSegmentInfo
-from .replica_client import ReplicaReader
+from .replica_client import ReplicaReader, ReplicaTarget
+from .restore_target import LISTING_TIME_SLACK, CachedListing, calc_restore_target, check_timestamp, choose_restore_target
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, check_frames, import_numpy_in_background
 
 __all__ = [
     "DEFAULT_RESTORE_PARALLELISM",
-    "CachedListing",
     "RestoreOptions",
     "RestorePlan",
     "RestoreResult",
-    "generation_time_bounds",
-    "calc_restore_target",
-    "check_timestamp",
     "plan_restore",
-    "timestamp_bounds",
     "restore",
+    "restore_from_replicas",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,8 +64,6 @@ try:
     _IOV_MAX = max(os.sysconf("SC_IOV_MAX"), 16)  # buffers per pwritev call (1024 on Linux)
 except (ValueError, OSError):
     _IOV_MAX = 16  # the POSIX minimum
-# Object listings give times to the second, stamped when an upload completed.
-LISTING_TIME_SLACK = timedelta(seconds=2)
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -98,106 +93,6 @@ class RestoreResult:
     snapshot_index: int
     pos: Pos  # the last position applied
     transactions: int
-
-
-class CachedListing:
-    """A replica reader whose listings are read once: choosing a generation and
-    planning its restore then cost one LIST each instead of two.
-
-    Objects are read straight from the client. ``clear()`` forgets the
-    listings, for a restore that starts over because the replica changed.
-    """
-
-    def __init__(self, client: ReplicaReader) -> None:
-        self.client = client
-        self._generations: list[str] | None = None
-        self._snapshots: dict[str, list[SnapshotInfo]] = {}
-        self._segments: dict[str, list[WALSegmentInfo]] = {}
-
-    def clear(self) -> None:
-        self._generations = None
-        self._snapshots.clear()
-        self._segments.clear()
-
-    def generations(self) -> list[str]:
-        if self._generations is None:
-            self._generations = self.client.generations()
-        return list(self._generations)
-
-    def snapshots(self, generation: str) -> list[SnapshotInfo]:
-        if generation not in self._snapshots:
-            self._snapshots[generation] = self.client.snapshots(generation)
-        return list(self._snapshots[generation])
-
-    def wal_segments(self, generation: str) -> list[WALSegmentInfo]:
-        if generation not in self._segments:
-            self._segments[generation] = self.client.wal_segments(generation)
-        return list(self._segments[generation])
-
-    def open_snapshot(self, generation: str, index: int) -> BinaryIO:
-        return self.client.open_snapshot(generation, index)
-
-    def read_wal_segment(self, pos: Pos) -> bytes:
-        return self.client.read_wal_segment(pos)
-
-
-def generation_time_bounds(client: ReplicaReader, generation: str) -> tuple[datetime | None, datetime | None]:
-    """Earliest and latest timestamps of a generation's snapshots and segments."""
-    times = [s.created_at for s in client.snapshots(generation)]
-    times += [w.created_at for w in client.wal_segments(generation)]
-    if not times:
-        return None, None
-    return min(times), max(times)
-
-
-def calc_restore_target(
-    client: ReplicaReader, generation: str = "", timestamp: datetime | None = None
-) -> tuple[str, datetime | None]:
-    """The generation with the latest data (optionally one that covers ``timestamp``)."""
-    best, best_updated = "", None
-    for g in client.generations():
-        if generation and g != generation:
-            continue
-        created, updated = generation_time_bounds(client, g)
-        if created is None or updated is None:
-            continue
-        if timestamp is not None and not (created - LISTING_TIME_SLACK <= timestamp <= updated + LISTING_TIME_SLACK):
-            continue
-        if best_updated is None or updated > best_updated:
-            best, best_updated = g, updated
-    return best, best_updated
-
-
-def timestamp_bounds(client: ReplicaReader) -> tuple[datetime | None, datetime | None]:
-    """The earliest snapshot and the latest capture on a replica, over all generations."""
-    first: datetime | None = None
-    last: datetime | None = None
-    for g in client.generations():
-        snaps = client.snapshots(g)
-        times = [s.created_at for s in snaps] + [w.created_at for w in client.wal_segments(g)]
-        if snaps:
-            earliest = min(s.created_at for s in snaps)
-            first = earliest if first is None else min(first, earliest)
-        if times:
-            last = max(times) if last is None else max(last, max(times))
-    return first, last
-
-
-def check_timestamp(client: ReplicaReader, timestamp: datetime) -> None:
-    """Fail with one clear line when ``timestamp`` lies outside what the replica holds."""
-    first, last = timestamp_bounds(client)
-    if first is None or last is None:
-        raise NoSnapshotError("cannot restore to a timestamp: the replica holds no snapshot")
-    if timestamp < first - LISTING_TIME_SLACK:
-        raise TimestampOutOfRangeError(
-            f"cannot restore to {timestamp.isoformat()}: it is before the earliest snapshot "
-            f"({first.isoformat()})"
-        )
-    if timestamp > last + LISTING_TIME_SLACK:
-        raise TimestampOutOfRangeError(
-            f"cannot restore to {timestamp.isoformat()}: it is after the last captured commit "
-            f"({last.isoformat()}); restore without -timestamp for the latest state"
-        )
 
 
 def plan_restore(
@@ -619,9 +514,30 @@ def restore(client: ReplicaReader, opts: RestoreOptions) -> RestoreResult:
     the restore starts over from a fresh listing, a few times at most. Pass a
     ``CachedListing`` to reuse the listings read while choosing the generation.
     """
-    output = os.path.abspath(opts.output_path)
+    output = _free_output(opts.output_path)
+    listing = client if isinstance(client, CachedListing) else CachedListing(client)
+    if opts.timestamp is not None:
+        check_timestamp(listing, opts.timestamp)
+    return _restore_locking(listing, opts, output)
+
+
+def restore_from_replicas(replicas: Sequence[ReplicaTarget], opts: RestoreOptions) -> RestoreResult:
+    """Restore from whichever of ``replicas`` holds the latest generation that
+    matches ``opts`` (see ``choose_restore_target``), reusing what choosing listed."""
+    output = _free_output(opts.output_path)
+    target = choose_restore_target(replicas, opts.generation, opts.timestamp)
+    return _restore_locking(target.listing, replace(opts, generation=target.generation), output)
+
+
+def _free_output(path: str) -> str:
+    """The output's absolute path; it must not exist yet (the one place that checks)."""
+    output = os.path.abspath(path)
     if os.path.lexists(output):
         raise OutputExistsError(f"cannot restore to {output}: file already exists")
+    return output
+
+
+def _restore_locking(listing: CachedListing, opts: RestoreOptions, output: str) -> RestoreResult:
     directory, name = os.path.split(output)
     os.makedirs(directory, exist_ok=True)
     # Two restores into one path would each do all the work, and the second fail at the end.
@@ -633,15 +549,12 @@ def restore(client: ReplicaReader, opts: RestoreOptions) -> RestoreResult:
             "(wait for it to finish, or choose another -o path)"
         )
     try:
-        return _restore_locked(client, opts, output)
+        return _restore_locked(listing, opts, output)
     finally:
         lock.release(unlink=True)
 
 
-def _restore_locked(client: ReplicaReader, opts: RestoreOptions, output: str) -> RestoreResult:
-    listing = client if isinstance(client, CachedListing) else CachedListing(client)
-    if opts.timestamp is not None:
-        check_timestamp(listing, opts.timestamp)
+def _restore_locked(listing: CachedListing, opts: RestoreOptions, output: str) -> RestoreResult:
     for attempt in range(1, RESTORE_ATTEMPTS + 1):
         try:
             return _restore_once(listing, opts, output)

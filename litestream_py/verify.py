@@ -23,7 +23,7 @@ from . import paths
 from .errors import DatabaseError, LitestreamError, NoSnapshotError, RestoreGapError
 from .pos import Pos
 from .replica_client import ReplicaReader
-from .restore import CachedListing, RestoreOptions, calc_restore_target, restore
+from .restore import RestoreOptions, restore
 from .shadow import ShadowWAL
 from .sqlite_locks import BUMP_SEQ_SQL, read_wal_index
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE
@@ -191,9 +191,7 @@ def verify_replica(client: ReplicaReader) -> VerifyResult:
     """Without a live database: restore the latest state and check its integrity."""
     with tempfile.TemporaryDirectory(prefix="lsr-verify-") as tmp:
         out = os.path.join(tmp, "restored.db")
-        listing = CachedListing(client)
-        generation, _ = calc_restore_target(listing)
-        result = restore(listing, RestoreOptions(output_path=out, generation=generation))
+        result = restore(client, RestoreOptions(output_path=out))  # the latest generation
         conn = apsw.Connection(out, flags=apsw.SQLITE_OPEN_READONLY)
         try:
             check = conn.execute("PRAGMA integrity_check").fetchall()

@@ -1,38 +1,27 @@
-"""Shared fixtures: real SQLite databases, real lsr processes, the real Go binary.
+"""Shared fixtures: real SQLite databases, real lsr processes, the real Go binary,
+real S3 servers. The helpers they build on live in ``support``.
 
 Every process a test starts is killed by PID at teardown.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from litestream_py.clients.file import FileReplicaClient
-
-pytest_plugins = ["fixtures_s3"]
-
-BIN_DIR = Path(sys.executable).parent
-LSR = str(BIN_DIR / "lsr")
-
-
-GO_VERSION = "v0.3.13"
-
-
-def go_litestream_path() -> str | None:
-    candidate = BIN_DIR / "litestream"
-    if candidate.exists():
-        return str(candidate)
-    return shutil.which("litestream")
+from litestream_py.clients.s3 import S3ReplicaClient
+from litestream_py.replica import Replica
+from support.engine import replicated_app
+from support.faultproxy import FaultProxy
+from support.procs import GO_VERSION, Processes, go_litestream_path, stop_process
+from support.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SERVER_NAMES, S3Server, make_s3_client, start_server
+from support.sqlite import open_app_db
 
 
 @pytest.fixture(scope="session")
@@ -46,15 +35,6 @@ def go() -> str:
     if version != GO_VERSION:
         pytest.fail(f"Go litestream {GO_VERSION} is required, found {version!r} at {path}")
     return path
-
-
-def open_app_db(path: str | Path, page_size: int | None = None) -> sqlite3.Connection:
-    """An application connection: autocommit, WAL mode, a generous busy timeout."""
-    conn = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
-    if page_size:
-        conn.execute(f"PRAGMA page_size={page_size}")
-    conn.execute("PRAGMA journal_mode=WAL")
-    return conn
 
 
 @pytest.fixture
@@ -77,43 +57,14 @@ def file_client(replica_dir: Path) -> FileReplicaClient:
     return FileReplicaClient(str(replica_dir))
 
 
-class Processes:
-    """Starts processes and guarantees they are gone after the test."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, args: list[str], name: str = "proc", env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.log_dir / f"{name}-{len(self.procs)}.log", "wb")
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
-        p.log_path = log.name  # type: ignore[attr-defined]
-        self.procs.append(p)
-        return p
-
-    def lsr_replicate(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        return self.start([LSR, "replicate", *args], "lsr", env)
-
-    @staticmethod
-    def output(p: subprocess.Popen[bytes]) -> str:
-        return Path(p.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
-
-    @staticmethod
-    def stop(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        if p.poll() is None:
-            p.send_signal(sig)
-        return p.wait(timeout=timeout)
-
-    def kill_all(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(timeout=10)
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Any]:
+    """In-process replication of ``tmp_path / "app.db"`` to a file replica:
+    (the application's apsw connection, the DB, the client, the replica)."""
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    with replicated_app(tmp_path / "app.db", lambda db: Replica(db, client, "file"),
+                        min_checkpoint_page_count=200, max_checkpoint_page_count=400) as (app, db, replica):
+        yield app, db, client, replica
 
 
 @pytest.fixture
@@ -128,43 +79,14 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
 @pytest.fixture
 def writer(tmp_path: Path) -> Iterator[Any]:
     """A writer process on ``tmp_path / "app.db"`` (workload.WriterProcess), with row 0 written."""
-    from workload import WriterProcess  # workload imports this module
+    from support.workload import WriterProcess
 
     w = WriterProcess(tmp_path / "app.db")
     w.insert(0)
     try:
         yield w
     finally:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 30, interval: float = 0.05, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def run_lsr(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    return subprocess.run([LSR, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
-
-
-def rows(path: str | Path, sql: str) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(str(path))
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
-
-
-def integrity_ok(path: str | Path) -> bool:
-    return rows(path, "PRAGMA integrity_check") == [("ok",)]
+        stop_process(w.proc, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -175,5 +97,84 @@ def cpu_burners() -> Iterator[list[subprocess.Popen[bytes]]]:
         yield burners
     finally:
         for p in burners:
-            p.kill()
-            p.wait()
+            stop_process(p, signal.SIGKILL)
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
+    """Starts a FaultProxy in front of an upstream port (``fault_proxy(port, seed=N)``);
+    every proxy started is stopped at teardown."""
+    started: list[FaultProxy] = []
+
+    def start(upstream_port: int, seed: int = 0) -> FaultProxy:
+        proxy = FaultProxy(upstream_port, seed=seed)
+        proxy.start()
+        started.append(proxy)
+        return proxy
+
+    try:
+        yield start
+    finally:
+        for proxy in started:
+            proxy.stop()
+
+
+# -- S3 servers: moto and nanio, each started on first use and killed at the session's end --
+
+@pytest.fixture(scope="session")
+def s3_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, S3Server]]:
+    """Servers by name, each started on first use and stopped at session end."""
+    started: dict[str, S3Server] = {}
+    work_dir = tmp_path_factory.mktemp("s3-servers")
+
+    class Lazy(dict[str, S3Server]):
+        def __missing__(self, name: str) -> S3Server:
+            server = start_server(name, work_dir)
+            started[name] = server
+            self[name] = server
+            return server
+
+    try:
+        yield Lazy()
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+@pytest.fixture(params=SERVER_NAMES)
+def s3_server(request: pytest.FixtureRequest, s3_servers: dict[str, S3Server]) -> S3Server:
+    """Each S3 test runs once against moto and once against nanio."""
+    return s3_servers[request.param]
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    return s3_server.create_bucket()
+
+
+@pytest.fixture
+def s3_client(s3_server: S3Server, s3_bucket: str) -> S3ReplicaClient:
+    """An S3ReplicaClient on a fresh bucket of the current server, under path ``db``."""
+    return make_s3_client(s3_server, s3_bucket)
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """Environment for lsr / litestream subprocesses: credentials via LITESTREAM_* only.
+
+    AWS_* variables and shared config files are removed so that nothing from the
+    machine running the tests leaks in, and the instance-metadata lookup is off.
+    """
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    env = {
+        "LITESTREAM_ACCESS_KEY_ID": ACCESS_KEY_ID,
+        "LITESTREAM_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+    }
+    for key in ("AWS_EC2_METADATA_DISABLED", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.setenv(key, env[key])
+    return env

@@ -10,9 +10,6 @@ small transaction). lsr moves its read lock onto a WAL frame it has copied.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 from litestream_py.clients.file import FileReplicaClient
@@ -20,48 +17,13 @@ from litestream_py.db import DB
 from litestream_py.replica import Replica
 from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE
 
-from conftest import integrity_ok, rows
-
-
-# Runs each line of SQL it reads, answering with its rows in JSON.
-APP_PROCESS = """
-import json, sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
-for sql in sys.stdin:
-    print(json.dumps(conn.execute(sql).fetchall()), flush=True)
-"""
-
-
-class _App:
-    """The application in its own process, as it must be: POSIX locks never
-    conflict within one process, so in lsr's process it could ignore lsr's
-    read lock. It uses Python's sqlite3 (the system's SQLite, not apsw's)."""
-
-    def __init__(self, path: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", APP_PROCESS, str(path)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        for sql in ("PRAGMA journal_mode=WAL", "PRAGMA wal_autocheckpoint=0",  # checkpoints only when told
-                    "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)"):
-            self.execute(sql)
-
-    def execute(self, sql: str) -> list[list[object]]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(sql + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())  # type: ignore[no-any-return]
-
-    def insert(self, n: int) -> None:
-        for i in range(n):
-            self.execute(f"INSERT INTO t (v) VALUES ('{'row %d ' % i * 20}')")
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
+from support.app import AppProcess
+from support.sqlite import integrity_ok, rows
 
 
 def test_after_lsr_checkpoints_the_apps_checkpoint_backfills_only_what_lsr_copied(tmp_path: Path) -> None:
     path = tmp_path / "app.db"
-    app = _App(path)
+    app = AppProcess(path)
     db = DB(str(path))
     db.replicas.append(Replica(db, FileReplicaClient(str(tmp_path / "replica")), "file"))
     try:

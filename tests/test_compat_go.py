@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Processes, integrity_ok, open_app_db, rows, run_lsr, wait_for
+from support.go import checkpoint_pages, compat_config, compat_workload, go_restore, go_run, start_go, stop_go
+from support.procs import Processes
+from support.sqlite import integrity_ok, open_app_db, rows
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.compaction import Compactor
 from litestream_py.encryption import AgeReader
-from workload import (
+from support.workload import (
     AgeKeyPair,
     OpenWEC,
     assert_encrypted,
@@ -30,27 +32,13 @@ from workload import (
     local_generation,
     new_generation_lines,
     replica_generations,
-    replica_ready,
     restore,
     segment_count,
-    segment_names,
-    shipped_since,
     stop_lsr,
+    wait_ready,
     wait_synced,
     wal_indexes,
 )
-
-
-def go_run(go: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([go, *args], capture_output=True, text=True, timeout=120)
-
-
-def go_restore(go: str, replica: Path, out: Path, config: Path | None = None, db: Path | None = None) -> None:
-    """Go restores the replica by URL, or through ``config``'s replica of ``db`` (with its age identities)."""
-    source = ["-config", str(config), str(db)] if config else [f"file://{replica}"]
-    res = go_run(go, "restore", "-o", str(out), *source)
-    assert res.returncode == 0, f"litestream restore failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
-    assert out.exists()
 
 
 def compact(replica: Path, age: AgeKeyPair | None = None) -> None:
@@ -65,21 +53,6 @@ def compact(replica: Path, age: AgeKeyPair | None = None) -> None:
     assert segment_count(replica) - len(wal_indexes(replica, generation)) in (0, 1)
 
 
-def write_config(path: Path, db: Path, replica: Path, page_count: int, age: AgeKeyPair | None = None) -> Path:
-    path.write_text(
-        f"dbs:\n"
-        f"  - path: {db}\n"
-        f"    monitor-interval: 50ms\n"
-        f"    min-checkpoint-page-count: {page_count}\n"
-        f"    replicas:\n"
-        f"      - type: file\n"
-        f"        path: {replica}\n"
-        f"        sync-interval: 50ms\n"
-        + (age.yaml() if age else "")
-    )
-    return path
-
-
 def lsr_restore(replica: Path, out: Path, config: Path | None = None, db: Path | None = None) -> None:
     """lsr restores the replica by URL, or through ``config``'s replica of ``db``."""
     if config:
@@ -92,62 +65,6 @@ def lsr_restore(replica: Path, out: Path, config: Path | None = None, db: Path |
 PAGE_SIZES_AND_AGE = [(512, False), (1024, False), (4096, False), (65536, False), (4096, True)]
 
 
-def start_go(procs: Processes, go: str, cfg: Path) -> subprocess.Popen[bytes]:
-    return procs.start([go, "replicate", "-config", str(cfg)], "litestream")
-
-
-# Go Litestream 0.3.13's own shutdown bugs, tolerated here (nothing else is):
-# its final sync checkpoints on the already-cancelled context, and its final
-# replica sync can race the replica's own goroutine for the same segment's
-# temp file. Either way it exits 1 after shipping everything.
-GO_SHUTDOWN_BUGS = (
-    re.compile(r"release read lock: context canceled"),
-    re.compile(r"client write: stat \S+\.wal\.lz4\.tmp: no such file or directory"),
-)
-
-
-def stop_go(p: subprocess.Popen[bytes]) -> str:
-    code = Processes.stop(p, timeout=60)
-    out = Processes.output(p)
-    errors = [line for line in out.splitlines() if "level=ERROR" in line]
-    assert all(any(bug.search(line) for bug in GO_SHUTDOWN_BUGS) for line in errors), out
-    assert code == 0 or (code == 1 and errors), f"litestream exited {code}:\n{out}"
-    return out
-
-
-def wait_ready(p: subprocess.Popen[bytes], replica: Path) -> None:
-    def ready() -> bool:
-        assert p.poll() is None, f"exited early ({p.returncode}):\n{Processes.output(p)}"
-        return replica_ready(replica)
-
-    wait_for(ready, timeout=30, what=f"a snapshot in {replica}")
-
-
-def workload(conn_path: Path, page_size: int, rounds: int, replica: Path) -> None:
-    """OpenWEC traffic plus a few large rows (multi-page transactions, overflow pages).
-
-    After each round the application waits for the replicating tool to ship
-    something, so that its checkpoints fall in the middle of the workload.
-    """
-    app = open_app_db(conn_path, page_size=page_size)
-    wec = OpenWEC(app, clients=25)
-    wec.init()
-    app.execute("CREATE TABLE attachments (id INTEGER PRIMARY KEY, body BLOB)")
-    for r in range(rounds):
-        shipped = segment_names(replica)
-        wec.round()
-        app.execute("INSERT INTO attachments (body) VALUES (randomblob(?))", (3 * page_size + 17,))
-        if r == rounds // 2:
-            wec.migrate()
-        wait_for(lambda: shipped_since(replica, shipped) > 0, timeout=30, what="the replica to ship the round")
-    app.close()
-
-
-def checkpoint_pages(page_size: int) -> int:
-    """A min-checkpoint-page-count of 64 KiB of WAL (at least 8 pages)."""
-    return max(8, (64 << 10) // page_size)
-
-
 # -- (a) lsr writes, Go reads -------------------------------------------------------
 
 @pytest.mark.parametrize("page_size,encrypted", PAGE_SIZES_AND_AGE)
@@ -158,10 +75,10 @@ def test_go_restores_what_lsr_replicated(tmp_path: Path, procs: Processes, go: s
     app.execute("CREATE TABLE seed (id INTEGER PRIMARY KEY)")
     assert rows(db, "PRAGMA page_size") == [(page_size,)]
     age = AgeKeyPair() if encrypted else None
-    cfg = write_config(tmp_path / "lsr.yml", db, replica, page_count=checkpoint_pages(page_size), age=age)
+    cfg = compat_config(tmp_path / "lsr.yml", db, replica, page_count=checkpoint_pages(page_size), age=age)
     p = procs.lsr_replicate("-config", str(cfg))
     wait_ready(p, replica)
-    workload(db, page_size, rounds=12, replica=replica)
+    compat_workload(db, page_size, rounds=12, replica=replica)
     out = stop_lsr(p)
     app.close()
 
@@ -193,11 +110,11 @@ def test_lsr_restores_what_go_replicated(tmp_path: Path, procs: Processes, go: s
     app = open_app_db(db, page_size=page_size)
     app.execute("CREATE TABLE seed (id INTEGER PRIMARY KEY)")
     age = AgeKeyPair() if encrypted else None
-    cfg = write_config(tmp_path / "go.yml", db, replica, page_count=checkpoint_pages(page_size), age=age)
+    cfg = compat_config(tmp_path / "go.yml", db, replica, page_count=checkpoint_pages(page_size), age=age)
     via = (cfg, db) if age else (None, None)
     p = start_go(procs, go, cfg)
     wait_ready(p, replica)
-    workload(db, page_size, rounds=12, replica=replica)
+    compat_workload(db, page_size, rounds=12, replica=replica)
     wait_synced(db, replica, config=via[0])  # Go ships everything before its (racy) final sync
     stop_go(p)
     app.close()
@@ -257,10 +174,10 @@ def test_listings_match_go(tmp_path: Path, procs: Processes, go: str, writer: st
     app = open_app_db(db)
     app.execute("CREATE TABLE seed (id INTEGER PRIMARY KEY)")
     age = AgeKeyPair() if encrypted else None
-    cfg = write_config(tmp_path / "cfg.yml", db, replica, page_count=64, age=age)
+    cfg = compat_config(tmp_path / "cfg.yml", db, replica, page_count=64, age=age)
     p = start_go(procs, go, cfg) if writer == "go" else procs.lsr_replicate("-config", str(cfg))
     wait_ready(p, replica)
-    workload(db, 4096, rounds=8, replica=replica)
+    compat_workload(db, 4096, rounds=8, replica=replica)
     wait_synced(db, replica, config=cfg if age else None)
     stop_go(p) if writer == "go" else stop_lsr(p)
     app.close()
@@ -286,7 +203,7 @@ def test_take_over_replication(tmp_path: Path, procs: Processes, go: str, first:
     app = open_app_db(db)  # stays open: the WAL survives the hand-over
     wec = OpenWEC(app, clients=10)
     wec.init()
-    cfg = write_config(tmp_path / "cfg.yml", db, replica, page_count=64)
+    cfg = compat_config(tmp_path / "cfg.yml", db, replica, page_count=64)
 
     p = run_tool(procs, go, first, cfg)
     wait_ready(p, replica)

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LSR, Processes, open_app_db, rows, run_lsr, wait_for
-from fixtures_s3 import S3Server, free_port, make_s3_client
-from workload import WriterProcess, local_generation, meta_dir, restore
+from support.config import ReplicaSpec, write_config
+from support.procs import LSR, Processes, run_lsr, wait_for
+from support.sqlite import open_app_db, rows
+from support.s3 import S3Server, free_port, make_s3_client
+from support.workload import WriterProcess, local_generation, meta_dir, restore
 
 from litestream_py import wait_replicated
 from litestream_py.clients.file import FileReplicaClient
@@ -91,9 +93,8 @@ def test_status_and_sync_wait_through_the_socket_of_a_real_sidecar(
     # One of another database told to use the same, live socket does not take it over.
     other = tmp_path / "other.db"
     open_app_db(other).close()
-    cfg = tmp_path / "other.yml"
-    cfg.write_text(f"socket: {socket_path}\ndbs:\n  - path: {other}\n    replicas:\n"
-                   f"      - url: file://{tmp_path / 'other-replica'}\n")
+    cfg = write_config(tmp_path / "other.yml", other, f"file://{tmp_path / 'other-replica'}",
+                       top={"socket": socket_path})
     p4 = procs.start([LSR, "replicate", "-config", str(cfg)], "lsr-other")
     assert p4.wait(timeout=60) != 0
     assert "another lsr sidecar is serving it" in Processes.output(p4)
@@ -199,9 +200,8 @@ def test_status_of_a_config_with_two_databases_and_its_own_socket(tmp_path: Path
     for db in dbs:
         open_app_db(db).close()
     sock = tmp_path / "ctl.sock"
-    cfg = tmp_path / "litestream.yml"
-    cfg.write_text(f"socket: {sock}\ndbs:\n" + "".join(
-        f"  - path: {db}\n    replicas:\n      - name: r\n        path: {tmp_path / ('r-' + db.stem)}\n" for db in dbs))
+    replicas: dict[Path, list[ReplicaSpec]] = {db: [{"name": "r", "path": tmp_path / ("r-" + db.stem)}] for db in dbs}
+    cfg = write_config(tmp_path / "litestream.yml", replicas, top={"socket": sock})
     procs.lsr_replicate("-config", str(cfg))
     wait_for(lambda: run_lsr("status", "-config", str(cfg)).returncode == 0, what="lsr status -config")
     report = json.loads(run_lsr("status", "-config", str(cfg), "-json").stdout)

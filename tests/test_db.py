@@ -1,6 +1,6 @@
 """DB's checkpoint protocol and continuity rules, against real SQLite.
 
-The application runs in its own process (test_checkpoint._App): POSIX locks
+The application runs in its own process (test_checkpoint.AppProcess): POSIX locks
 never conflict within one process, and closing another descriptor of the
 database in lsr's process would drop lsr's locks. What is asserted is what a
 replica would receive: the shadow WAL index, byte for byte, against the WAL.
@@ -15,11 +15,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import integrity_ok, open_app_db, rows
 from litestream_py.db import DB
 from litestream_py.pos import Pos
 from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader
-from test_checkpoint import _App
+from support.app import AppProcess
+from support.sqlite import integrity_ok, open_app_db, rows
 
 
 def _shadow_continues_wal(db: DB[Any]) -> bool:
@@ -30,7 +30,7 @@ def _shadow_continues_wal(db: DB[Any]) -> bool:
     return len(shadow) == pos.offset and shadow == wal[: pos.offset]
 
 
-def _synced_and_stopped(path: str, app: _App) -> Pos:
+def _synced_and_stopped(path: str, app: AppProcess) -> Pos:
     """lsr copies five new commits of the application's, then stops; returns where its shadow ended."""
     app.insert(5)
     db: DB[Any] = DB(path)
@@ -52,7 +52,7 @@ def _restarted(path: str) -> Iterator[DB[Any]]:
 
 @pytest.fixture
 def app(tmp_path: Path) -> Any:
-    app = _App(tmp_path / "app.db")
+    app = AppProcess(tmp_path / "app.db")
     yield app
     app.close()
 
@@ -65,9 +65,9 @@ def db(tmp_path: Path) -> Any:
 
 
 def test_a_passive_checkpoint_that_readers_pin_keeps_the_read_lock_and_the_shadow_index(
-        tmp_path: Path, app: _App, db: DB[Any]) -> None:
+        tmp_path: Path, app: AppProcess, db: DB[Any]) -> None:
     app.insert(10)
-    reader = _App(tmp_path / "app.db")  # a read transaction of the application's, behind what follows
+    reader = AppProcess(tmp_path / "app.db")  # a read transaction of the application's, behind what follows
     try:
         reader.execute("BEGIN")
         assert reader.execute("SELECT count(*) FROM t") == [[10]]
@@ -91,9 +91,9 @@ def test_a_passive_checkpoint_that_readers_pin_keeps_the_read_lock_and_the_shado
 
 
 def test_a_forced_checkpoint_that_a_reader_blocks_is_retried_until_the_wal_restarts(
-        tmp_path: Path, app: _App, db: DB[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, app: AppProcess, db: DB[Any], monkeypatch: pytest.MonkeyPatch) -> None:
     app.insert(10)
-    reader = _App(tmp_path / "app.db")
+    reader = AppProcess(tmp_path / "app.db")
     try:
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM t")
@@ -126,7 +126,7 @@ def test_a_forced_checkpoint_that_a_reader_blocks_is_retried_until_the_wal_resta
     assert rows(tmp_path / "app.db", "SELECT count(*) FROM t") == [(23,)]
 
 
-def test_a_wal_that_only_grew_while_lsr_was_down_is_continued(tmp_path: Path, app: _App) -> None:
+def test_a_wal_that_only_grew_while_lsr_was_down_is_continued(tmp_path: Path, app: AppProcess) -> None:
     path = str(tmp_path / "app.db")
     before = _synced_and_stopped(path, app)
     app.insert(5)
@@ -137,7 +137,7 @@ def test_a_wal_that_only_grew_while_lsr_was_down_is_continued(tmp_path: Path, ap
         assert _shadow_continues_wal(db)
 
 
-def test_an_external_checkpoint_while_lsr_was_down_starts_a_new_generation(tmp_path: Path, app: _App) -> None:
+def test_an_external_checkpoint_while_lsr_was_down_starts_a_new_generation(tmp_path: Path, app: AppProcess) -> None:
     path = str(tmp_path / "app.db")
     before = _synced_and_stopped(path, app)
     # With lsr's read lock gone, the application's TRUNCATE empties the WAL;
@@ -154,7 +154,7 @@ def test_an_external_checkpoint_while_lsr_was_down_starts_a_new_generation(tmp_p
 
 
 @pytest.mark.parametrize("grew", [False, True], ids=["idle", "grew"])
-def test_a_shadow_wal_torn_mid_frame_is_cut_back_on_open(tmp_path: Path, app: _App, grew: bool) -> None:
+def test_a_shadow_wal_torn_mid_frame_is_cut_back_on_open(tmp_path: Path, app: AppProcess, grew: bool) -> None:
     """A crash in the middle of an append leaves half a frame: cut on open, and
     the frame copied again whole if the WAL has it (``grew``)."""
     path = str(tmp_path / "app.db")
@@ -177,7 +177,7 @@ def test_a_shadow_wal_torn_mid_frame_is_cut_back_on_open(tmp_path: Path, app: _A
         assert _shadow_continues_wal(db)
 
 
-def test_a_database_replaced_with_another_page_size_starts_a_new_generation(tmp_path: Path, app: _App) -> None:
+def test_a_database_replaced_with_another_page_size_starts_a_new_generation(tmp_path: Path, app: AppProcess) -> None:
     path = str(tmp_path / "app.db")
     before = _synced_and_stopped(path, app)
     app.close()

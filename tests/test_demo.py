@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import integrity_ok, rows
+from support.sqlite import integrity_ok, rows
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,8 +20,10 @@ import pyrage
 import pytest
 from pyrage import x25519
 
-from conftest import Processes, integrity_ok, open_app_db, rows, run_lsr, wait_for
-from fixtures_s3 import S3Server, make_s3_client
+from support.config import write_config
+from support.procs import Processes, run_lsr, stop_process, wait_for
+from support.sqlite import integrity_ok, open_app_db, rows
+from support.s3 import S3Server, make_s3_client
 from litestream_py import codec
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.config import parse_config
@@ -31,8 +33,8 @@ from litestream_py.errors import ChecksumMismatchError, ConfigError, EncryptedRe
 from litestream_py.pos import Pos
 from litestream_py.replica import Replica
 from litestream_py.restore import RestoreOptions, restore
-from test_restore import app_connection, commit_and_ship, replicated_app
-from workload import AgeKeyPair, assert_encrypted, local_generation, new_generation_lines, stop_lsr, wait_ready
+from support.engine import app_connection, commit_and_ship, replicated_app
+from support.workload import AgeKeyPair, assert_encrypted, local_generation, new_generation_lines, stop_lsr, wait_ready
 
 SECRET_ROW = "row-"  # every committed row's text starts so (test_restore.commit_and_ship)
 
@@ -157,12 +159,11 @@ def test_sigkill_of_a_sidecar_holding_public_keys_only(tmp_path: Path, procs: Pr
     db, replica = tmp_path / "app.db", tmp_path / "replica"
     app = open_app_db(db)
     app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-    body = (f"logging:\n  level: debug\ndbs:\n  - path: {db}\n    monitor-interval: 50ms\n"
-            f"    replicas:\n      - type: file\n        path: {replica}\n")
-    writer_cfg = tmp_path / "writer.yml"
-    writer_cfg.write_text(body + pair.yaml(identities=False))
-    restore_cfg = tmp_path / "restore.yml"
-    restore_cfg.write_text(body + pair.yaml())
+    settings: dict[str, Any] = {"top": {"logging": {"level": "debug"}}, "monitor_interval": "50ms"}
+    writer_cfg = write_config(tmp_path / "writer.yml", db, {"type": "file", "path": replica},
+                              extra=pair.yaml(identities=False), **settings)
+    restore_cfg = write_config(tmp_path / "restore.yml", db, {"type": "file", "path": replica}, extra=pair.yaml(),
+                               **settings)
     outputs, n = [], 0
     for run in range(3):
         p = procs.lsr_replicate("-config", str(writer_cfg))
@@ -172,8 +173,7 @@ def test_sigkill_of_a_sidecar_holding_public_keys_only(tmp_path: Path, procs: Pr
             n += 1
         if run < 2:
             wait_for(lambda: "wal segment written" in Processes.output(p), timeout=30, what="a shipment")
-            p.send_signal(signal.SIGKILL)
-            assert p.wait(timeout=10) == -signal.SIGKILL
+            assert stop_process(p, signal.SIGKILL, timeout=10) == -signal.SIGKILL
             outputs.append(Processes.output(p))
     res = run_lsr("verify", "-config", str(restore_cfg), str(db))  # the live sidecar, at the same position
     assert res.returncode == 0 and "OK" in res.stdout, res
@@ -207,9 +207,7 @@ def test_no_identity_is_one_line_naming_the_encryption_and_writes_nothing(tmp_pa
         assert "no age identity is configured" in res.stderr
     assert os.listdir(out_dir) == []
     # A configured identity that is not a recipient: named as such, nothing written.
-    cfg = tmp_path / "wrong.yml"
-    cfg.write_text(f"dbs:\n  - path: {tmp_path / 'app.db'}\n    replicas:\n"
-                   f"      - path: {tmp_path / 'replica'}\n" + other.yaml())
+    cfg = write_config(tmp_path / "wrong.yml", tmp_path / "app.db", tmp_path / "replica", extra=other.yaml())
     res = run_lsr("restore", "-config", str(cfg), "-o", str(out_dir / "y.db"), str(tmp_path / "app.db"))
     assert res.returncode == 1 and "no configured age identity opens it" in res.stderr, res.stderr
     assert os.listdir(out_dir) == []

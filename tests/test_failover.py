@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LSR, Processes, integrity_ok, rows, run_lsr, wait_for
-from eventhistory import create, event_id, payload
-from workload import meta_dir
+from support.procs import LSR, Processes, run_lsr, wait_for
+from support.sqlite import integrity_ok, rows
+from support.eventhistory import create, event_id, payload
+from support.workload import meta_dir
 
 HERE = Path(__file__).parent
-EVENTHISTORY = str(HERE / "eventhistory.py")
+EVENTHISTORY = str(HERE / "support" / "eventhistory.py")
 LEASE_TTL = "3s"  # the takeover of a live lease then waits 1 s
 
 

@@ -13,24 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import LSR, Processes, integrity_ok, rows, run_lsr, wait_for
-from eventhistory import create
+from support.config import write_config
+from support.procs import LSR, Processes, run_lsr, wait_for
+from support.sqlite import integrity_ok, rows
+from support.engine import FollowerThread
+from support.eventhistory import create, event_count
 from litestream_py.standby import STATE_SUFFIX
 
 HERE = Path(__file__).parent
-EVENTHISTORY = str(HERE / "eventhistory.py")
-
-
-def event_count(path: Path) -> int:
-    """Counted in another process: SQLite's locks are per process, and a connection closed
-    here would drop an in-process follower's lock on STANDBY."""
-    out = subprocess.run(
-        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True, "
-         "timeout=30); print(c.execute('SELECT count(*) FROM events').fetchone()[0])", str(path)],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    return int(out.stdout)
+EVENTHISTORY = str(HERE / "support" / "eventhistory.py")
 
 
 def reader_summary(path: Path) -> dict[str, object]:
@@ -121,7 +112,7 @@ def _segments(replica: Path) -> list[Path]:
 
 def _insert_events(primary: Path, first: int, last: int, replica: Path) -> None:
     """One event per commit, each waited for on the replica, so each gets its own segment."""
-    from eventhistory import event_id, payload
+    from support.eventhistory import event_id, payload
 
     conn = sqlite3.connect(str(primary), isolation_level=None, timeout=30)
     for n in range(first, last + 1):
@@ -132,28 +123,6 @@ def _insert_events(primary: Path, first: int, last: int, replica: Path) -> None:
         conn.execute("COMMIT")
         wait_for(lambda: len(_segments(replica)) > before, what=f"event {n}'s segment")
     conn.close()
-
-
-class _Running:
-    """A Follower on its own thread, stopped and joined by the test."""
-
-    def __init__(self, replica: Path, standby: Path) -> None:
-        import threading
-        from datetime import timedelta
-
-        from litestream_py.clients.file import FileReplicaClient
-        from litestream_py.follow import Follower
-
-        self.stop = threading.Event()
-        self.follower = Follower(FileReplicaClient(str(replica)), str(standby), self.stop,
-                                 interval=timedelta(milliseconds=50), watch_dir=str(replica))
-        self.thread = threading.Thread(target=self.follower.run)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive()
 
 
 def test_gap_and_corrupt_segment_are_reported_then_recovered(tmp_path: Path, procs: Processes,
@@ -175,7 +144,7 @@ def test_gap_and_corrupt_segment_are_reported_then_recovered(tmp_path: Path, pro
     replace_file(corrupt, good[:-40] + bytes(40))  # its LZ4 frame no longer decodes
 
     caplog.set_level(logging.INFO, logger="litestream_py")
-    running = _Running(replica, standby)
+    running = FollowerThread(replica, standby)
     try:
         wait_for(lambda: "missing wal segment" in running.follower.status().error, timeout=60,
                  what="the gap to be reported")
@@ -207,14 +176,14 @@ def test_gap_and_corrupt_segment_are_reported_then_recovered(tmp_path: Path, pro
 def test_new_generation_is_swapped_in(tmp_path: Path, procs: Processes) -> None:
     """The primary's sidecar restarts without its meta dir: a new generation; the follower
     restores its snapshot into a temporary file, swaps it in, and follows it on."""
-    from workload import meta_dir
+    from support.workload import meta_dir
 
     primary, standby, replica = tmp_path / "events.db", tmp_path / "standby.db", tmp_path / "replica"
     create(str(primary))
     sidecar = procs.lsr_replicate(str(primary), f"file://{replica}")
     wait_for(lambda: any(replica.glob("generations/*/snapshots/*")), what="the first snapshot")
     _insert_events(primary, 1, 3, replica)
-    running = _Running(replica, standby)
+    running = FollowerThread(replica, standby)
     try:
         wait_for(lambda: standby.exists() and event_count(standby) == 3, timeout=60, what="the first generation")
         first = running.follower.status().position.generation
@@ -251,7 +220,7 @@ def test_a_lasting_gap_is_skipped_from_a_newer_snapshot(tmp_path: Path, procs: P
     _segments(replica)[-4].unlink()  # event 5's segment: gone
 
     caplog.set_level(logging.INFO, logger="litestream_py")
-    running = _Running(replica, standby)
+    running = FollowerThread(replica, standby)
     try:
         wait_for(lambda: running.follower.status().error != "", timeout=60, what="the gap to be reported")
         assert event_count(standby) == 4
@@ -274,7 +243,7 @@ def test_a_lasting_gap_is_skipped_from_a_newer_snapshot(tmp_path: Path, procs: P
 
 
 def test_follow_bad_input_is_one_line(tmp_path: Path) -> None:
-    from conftest import run_lsr
+    from support.procs import run_lsr
 
     url = f"file://{tmp_path / 'replica'}"
     cases = [
@@ -298,15 +267,14 @@ def test_follow_bad_input_is_one_line(tmp_path: Path) -> None:
 def test_follows_an_encrypted_replica_given_the_identity(tmp_path: Path, procs: Processes) -> None:
     """restore -f reads an age replica through the same decrypting reader as restore: with the
     identity in the config it follows; with the recipients only it fails in one line saying so."""
-    from workload import AgeKeyPair
+    from support.workload import AgeKeyPair
 
     primary, standby, replica = tmp_path / "events.db", tmp_path / "standby.db", tmp_path / "replica"
     create(str(primary))
     pair = AgeKeyPair()
     cfg, public_only = tmp_path / "lsr.yml", tmp_path / "public.yml"
     for path, identities in ((cfg, True), (public_only, False)):
-        path.write_text(f"dbs:\n  - path: {primary}\n    replicas:\n      - url: file://{replica}\n"
-                        + pair.yaml(identities=identities))
+        write_config(path, primary, f"file://{replica}", extra=pair.yaml(identities=identities))
     sidecar = procs.start([LSR, "replicate", "-config", str(public_only)], "sidecar")
     wait_for(lambda: any(replica.glob("generations/*/snapshots/*")), what="the first snapshot")
     _insert_events(primary, 1, 5, replica)

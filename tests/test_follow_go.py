@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import LSR, Processes, integrity_ok, open_app_db, wait_for
-from test_compat_go import checkpoint_pages, go_restore, start_go, stop_go, wait_ready, workload, write_config
-from workload import assert_same_data, dump
+from support.procs import LSR, Processes, wait_for
+from support.sqlite import integrity_ok, open_app_db
+from support.go import checkpoint_pages, compat_config, compat_workload, go_restore, start_go, stop_go
+from support.workload import assert_same_data, dump, wait_ready
 
 
 
@@ -34,10 +35,10 @@ def test_go_restores_a_replica_holding_a_lease(tmp_path: Path, procs: Processes,
 def test_lsr_follows_a_replica_go_writes(tmp_path: Path, procs: Processes, go: str) -> None:
     db, replica, standby = tmp_path / "app.db", tmp_path / "replica", tmp_path / "standby.db"
     open_app_db(db).close()
-    go_proc = start_go(procs, go, write_config(tmp_path / "go.yml", db, replica, checkpoint_pages(4096)))
+    go_proc = start_go(procs, go, compat_config(tmp_path / "go.yml", db, replica, checkpoint_pages(4096)))
     wait_ready(go_proc, replica)
     follower = procs.start([LSR, "restore", "-f", "-o", str(standby), f"file://{replica}"], "follow")
-    workload(db, 4096, 12, replica)  # OpenWEC traffic, a migration, checkpoints mid-way
+    compat_workload(db, 4096, 12, replica)  # OpenWEC traffic, a migration, checkpoints mid-way
     stop_go(go_proc)
     want = dump(db)
 

@@ -11,14 +11,16 @@ import sqlite3
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
-from conftest import Processes, integrity_ok, wait_for
-from eventhistory import create, event_id, payload
-from fixtures_s3 import S3Server, make_s3_client
-from workload import catches_sigterm
+from support.procs import Processes, wait_for
+from support.sqlite import integrity_ok
+from support.eventhistory import create, event_count, event_id, payload
+from support.faultproxy import FaultProxy
+from support.s3 import S3Server, make_s3_client
+from support.workload import catches_sigterm
 from litestream_py.follow import GENERATION_CHECK_EVERY, Follower
 
 LISTS = ("generations", "snapshots", "wal_segments")
@@ -111,13 +113,12 @@ def test_polling_makes_one_list_per_interval_and_no_get_while_idle(
 
 
 def test_an_outage_is_retried_and_logged_once(tmp_path: Path, procs: Processes, s3_server: S3Server, s3_bucket: str,
-                                              s3_env: dict[str, str], caplog: Any) -> None:
+                                              s3_env: dict[str, str], caplog: Any,
+                                              fault_proxy: Callable[..., FaultProxy]) -> None:
     """The store becomes unreachable while the primary keeps shipping (past the outage, straight
     to the server): the follower warns once, keeps STANDBY as it was, and catches up afterwards."""
     import logging
 
-    from faultproxy import FaultProxy
-    from test_follow import event_count
 
     db, standby = tmp_path / "events.db", tmp_path / "standby.db"
     create(str(db))
@@ -125,24 +126,24 @@ def test_an_outage_is_retried_and_logged_once(tmp_path: Path, procs: Processes, 
     sidecar = started(procs.lsr_replicate(str(db), url, env=s3_env))
     write_events(db, 1, 10)
     caplog.set_level(logging.INFO, logger="litestream_py")
-    with FaultProxy(s3_server.port, seed=27) as proxy:
-        client = make_s3_client(s3_server, s3_bucket, "events", endpoint=proxy.endpoint, max_attempts=1)
-        stop = threading.Event()
-        follower = Follower(client, str(standby), stop, interval=__import__("datetime").timedelta(milliseconds=50))
-        thread = threading.Thread(target=follower.run)
-        thread.start()
-        try:
-            wait_for(lambda: standby.exists() and event_count(standby) == 10, timeout=60, what="the first events")
-            proxy.outage()
-            write_events(db, 11, 30)
-            wait_for(lambda: any("retrying every" in r.getMessage() for r in caplog.records), timeout=60,
-                     what="the outage warning")
-            assert event_count(standby) == 10
-            proxy.recover()
-            wait_for(lambda: event_count(standby) == 30, timeout=60, what="the follower to catch up")
-        finally:
-            stop.set()
-            thread.join(timeout=60)
+    proxy = fault_proxy(s3_server.port, seed=27)
+    client = make_s3_client(s3_server, s3_bucket, "events", endpoint=proxy.endpoint, max_attempts=1)
+    stop = threading.Event()
+    follower = Follower(client, str(standby), stop, interval=__import__("datetime").timedelta(milliseconds=50))
+    thread = threading.Thread(target=follower.run)
+    thread.start()
+    try:
+        wait_for(lambda: standby.exists() and event_count(standby) == 10, timeout=60, what="the first events")
+        proxy.outage()
+        write_events(db, 11, 30)
+        wait_for(lambda: any("retrying every" in r.getMessage() for r in caplog.records), timeout=60,
+                 what="the outage warning")
+        assert event_count(standby) == 10
+        proxy.recover()
+        wait_for(lambda: event_count(standby) == 30, timeout=60, what="the follower to catch up")
+    finally:
+        stop.set()
+        thread.join(timeout=60)
     warnings = [r for r in caplog.records if "retrying every" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert any("readable again" in r.getMessage() for r in caplog.records)

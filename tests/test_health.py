@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from workload import WriterProcess
+from support.workload import WriterProcess
 
 from litestream_py import health
 from litestream_py.config import ReplicaConfig, parse_config
@@ -65,7 +65,8 @@ def test_max_lag_defaults_to_ten_sync_intervals_and_at_least_ten_seconds(tmp_pat
         f"      - path: {tmp_path}/c\n        max-lag: 2m30s\n"
     )
     assert cfg.warnings == []
-    a, b, c = (replica_from_config(rc, None) for rc in cfg.dbs[0].replicas)
+    db = DB(cfg.dbs[0].path)
+    a, b, c = (replica_from_config(rc, db) for rc in cfg.dbs[0].replicas)
     assert health.max_lag(a) == 10.0  # a file replica ships at once: the floor
     assert health.max_lag(b) == 30.0
     assert health.max_lag(c) == 150.0

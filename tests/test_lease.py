@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_s3 import make_s3_client
+from support.s3 import make_s3_client
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.errors import LeaseHeldError, LeaseLostError
 from litestream_py.lease import Lease, LeaseInfo

@@ -7,7 +7,6 @@ to the same kind of replica (S3 on the suite's moto server), over real HTTP.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import urllib.error
 import urllib.request
@@ -15,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LSR, Processes, go_litestream_path, open_app_db, run_lsr, wait_for
-from fixtures_s3 import S3Server, free_port, write_s3_config
+from support.config import write_config
+from support.metrics import Scrape, scrape, try_scrape
+from support.procs import LSR, Processes, go_litestream_path, run_lsr, wait_for
+from support.sqlite import open_app_db
+from support.s3 import S3Server, free_port, write_s3_config
 
 from litestream_py.config import ReplicaConfig
 from litestream_py.db import DB
@@ -25,8 +27,6 @@ from litestream_py.metrics import new_registry, render
 from litestream_py.monitor import parse_addr
 from litestream_py.errors import ConfigError
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 # Every series Go Litestream 0.3.13 serves (db.go, replica.go, internal/).
 GO_FAMILIES = {
@@ -50,47 +50,6 @@ GO_FAMILIES = {
 }
 
 
-class Scrape:
-    """A parsed /metrics page: types by family, and samples as (name, labels) -> value."""
-
-    def __init__(self, text: str) -> None:
-        self.types: dict[str, str] = {}
-        self.samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-        for line in text.splitlines():
-            if line.startswith("# TYPE "):
-                _, _, name, kind = line.split(" ", 3)
-                self.types[name] = kind
-            elif line and not line.startswith("#"):
-                m = _SAMPLE.match(line)
-                assert m, f"unparsable sample line {line!r}"
-                labels = frozenset(_LABEL.findall(m.group(2) or ""))
-                self.samples[(m.group(1), labels)] = float(m.group(3))
-
-    def label_names(self, prefix: str) -> dict[str, set[frozenset[str]]]:
-        out: dict[str, set[frozenset[str]]] = {}
-        for name, labels in self.samples:
-            if name.startswith(prefix):
-                out.setdefault(name, set()).add(frozenset(k for k, _ in labels))
-        return out
-
-    def value(self, metric: str, **labels: str) -> float:
-        matches = [v for (n, ls), v in self.samples.items() if n == metric and set(labels.items()) <= set(ls)]
-        assert len(matches) == 1, f"{metric}{labels}: {len(matches)} samples"
-        return matches[0]
-
-
-def scrape(port: int) -> Scrape:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        return Scrape(reply.read().decode())
-
-
-def try_scrape(port: int) -> Scrape | None:
-    try:
-        return scrape(port)
-    except (urllib.error.URLError, ConnectionError):
-        return None
-
-
 def _write_rows(db: Path, n: int) -> None:
     conn = open_app_db(db)
     try:
@@ -109,8 +68,7 @@ def _start(procs: Processes, argv0: list[str], tmp: Path, name: str, server: S3S
     port = free_port()
     cfg = write_s3_config(tmp, db, server.create_bucket(), server.endpoint, name=f"{name}.yml",
                           monitor_interval="50ms", min_checkpoint_page_count=20,
-                          replica={"sync-interval": "100ms"})
-    cfg.write_text(f"addr: 127.0.0.1:{port}\n" + cfg.read_text())
+                          replica={"sync-interval": "100ms"}, top={"addr": f"127.0.0.1:{port}"})
     procs.start([*argv0, "replicate", "-config", str(cfg)], name, env)
     return db, port
 
@@ -214,8 +172,7 @@ def test_addr_without_port_is_refused(addr: str) -> None:
 def test_replicate_refuses_an_addr_without_port_in_one_line(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
     open_app_db(db).close()
-    cfg = tmp_path / "litestream.yml"
-    cfg.write_text(f"addr: localhost\ndbs:\n  - path: {db}\n    replicas:\n      - path: {tmp_path / 'r'}\n")
+    cfg = write_config(tmp_path / "litestream.yml", db, tmp_path / "r", top={"addr": "localhost"})
     res = run_lsr("replicate", "-config", str(cfg), timeout=60)
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == ["Error: cannot serve metrics on 'localhost': a port is required "

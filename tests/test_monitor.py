@@ -17,10 +17,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import Processes, rows, run_lsr, wait_for
-from fixtures_s3 import S3Server, free_port, start_nanio, write_s3_config
-from test_metrics import scrape
-from workload import WriterProcess
+from support.procs import Processes, run_lsr, wait_for
+from support.sqlite import rows
+from support.s3 import S3Server, free_port, start_nanio, write_s3_config
+from support.metrics import scrape
+from support.workload import WriterProcess
 
 HEARTBEAT_INTERVAL = 0.2
 PING_KEY = "k3y-zz9-not-hex"  # a dead-man service's secret: must never be logged
@@ -100,9 +101,9 @@ def test_healthz_and_heartbeat_follow_an_s3_outage(
     writer.insert(0)
     port = free_port()
     bucket = server.create_bucket()
-    cfg = write_s3_config(tmp_path, db, bucket, server.endpoint, replica={"max-lag": "1s"})
-    cfg.write_text(f"addr: 127.0.0.1:{port}\nheartbeat-url: {pings.url}\n"
-                   f"heartbeat-interval: {int(HEARTBEAT_INTERVAL * 1000)}ms\n" + cfg.read_text())
+    cfg = write_s3_config(tmp_path, db, bucket, server.endpoint, replica={"max-lag": "1s"},
+                          top={"addr": f"127.0.0.1:{port}", "heartbeat-url": pings.url,
+                               "heartbeat-interval": f"{int(HEARTBEAT_INTERVAL * 1000)}ms"})
     p = procs.lsr_replicate("-config", str(cfg), env=s3_env)
     try:
         wait_for(lambda: _status(port) == 200, what="healthz 200")

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Processes, integrity_ok, open_app_db, rows, run_lsr, wait_for
-from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SERVER_NAMES, S3Server
+from support.procs import Processes, run_lsr, wait_for
+from support.sqlite import integrity_ok, open_app_db, rows
+from support.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SERVER_NAMES, S3Server
 
 GUARD = 0.05  # lsr captures a commit within milliseconds; stay clear of that window
 # A commit's time is the WAL's mtime, which the kernel takes from a clock that

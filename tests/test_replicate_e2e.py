@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Processes, integrity_ok, open_app_db, rows, run_lsr, wait_for
-from workload import (
+from support.config import write_config
+from support.procs import Processes, run_lsr, stop_process, wait_for
+from support.sqlite import integrity_ok, open_app_db, rows
+from support.workload import (
     OpenWEC,
     Writer,
     assert_same_data,
@@ -33,6 +35,7 @@ from workload import (
     restore,
     segment_names,
     shipped_since,
+    start_lsr,
     stop_lsr,
     wait_ready,
     wait_synced,
@@ -41,22 +44,6 @@ from workload import (
 )
 
 ROUNDS = 24
-
-
-def write_config(path: Path, db: Path, replica: Path, **db_settings: object) -> Path:
-    lines = ["dbs:", f"  - path: {db}"]
-    lines += [f"    {key}: {value}" for key, value in db_settings.items()]
-    lines += ["    replicas:", f"      - url: file://{replica}"]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def start_lsr(procs: Processes, tmp_path: Path, db: Path, replica: Path, mode: str, **db_settings: object
-              ) -> subprocess.Popen[bytes]:
-    if mode == "url":
-        return procs.lsr_replicate(str(db), f"file://{replica}")
-    cfg = write_config(tmp_path / "litestream.yml", db, replica, **db_settings)
-    return procs.lsr_replicate("-config", str(cfg))
 
 
 # -- 1. an OpenWEC-like application ----------------------------------------------
@@ -184,8 +171,7 @@ def test_sigkill_mid_load_then_restart(tmp_path: Path, procs: Processes) -> None
             wait_for(lambda: shipped_since(replica, n) >= 5, timeout=30, what="segments after the restart")
             if cycle == 3:
                 break
-            p.send_signal(signal.SIGKILL)
-            assert p.wait(timeout=10) == -signal.SIGKILL
+            assert stop_process(p, signal.SIGKILL, timeout=10) == -signal.SIGKILL
             previous = local_generation(db)
             # What a crash leaves behind restores to a prefix of what the application committed.
             crashed = tmp_path / f"crashed-{cycle}.db"
@@ -537,9 +523,7 @@ def test_several_databases_and_disaster_recovery(tmp_path: Path, procs: Processe
     """Two databases in one config; both are lost; `lsr restore -config CFG DB` brings each back
     at its own path."""
     dbs = [tmp_path / "a" / "one.db", tmp_path / "b" / "two.db"]
-    cfg = tmp_path / "litestream.yml"
-    cfg.write_text("dbs:\n" + "".join(
-        f"  - path: {db}\n    replicas:\n      - url: file://{tmp_path / 'backups' / db.stem}\n" for db in dbs))
+    cfg = write_config(tmp_path / "litestream.yml", {db: [f"file://{tmp_path / 'backups' / db.stem}"] for db in dbs})
     apps = []
     for db in dbs:
         db.parent.mkdir()
@@ -584,9 +568,7 @@ def test_many_databases_share_a_small_pool_of_threads(tmp_path: Path, procs: Pro
 
     dbs = [tmp_path / "dbs" / f"db{i:02d}.db" for i in range(40)]
     (tmp_path / "dbs").mkdir()
-    cfg = tmp_path / "litestream.yml"
-    cfg.write_text("dbs:\n" + "".join(
-        f"  - path: {db}\n    replicas:\n      - url: file://{tmp_path / 'backups' / db.stem}\n" for db in dbs))
+    cfg = write_config(tmp_path / "litestream.yml", {db: [f"file://{tmp_path / 'backups' / db.stem}"] for db in dbs})
     for i, db in enumerate(dbs):
         app = open_app_db(db)
         app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")

@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from conftest import wait_for
+from support.procs import wait_for
 from litestream_py.scheduler import MAX_BUSY_SPACING, MAX_WORKERS, SETTLE_BURST, Pool, Task
 from support.clock import FakeClock
 

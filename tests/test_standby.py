@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import integrity_ok, wait_for
+from support.procs import stop_process, wait_for
+from support.sqlite import integrity_ok
 from litestream_py.standby import FollowState, Standby, read_database_pages
 
 # (rows, multiplier of x): B is larger than A, so applies grow and shrink the file; C has B's
@@ -112,9 +113,7 @@ def test_readers_in_another_process_never_see_a_torn_apply(dbs: dict[str, Path],
         stop.touch()
         assert reader.wait(timeout=60) == 0
     finally:
-        if reader.poll() is None:
-            reader.kill()
-            reader.wait()
+        stop_process(reader, signal.SIGKILL)
     summary = json.loads(result.read_text())
     assert summary["torn"] == [] and summary["errors"] == 0, summary
     assert summary["checks"] > 20, summary

@@ -24,27 +24,7 @@ from litestream_py.wal import (
     frame_align,
     scan_frames,
 )
-
-
-def write_wal(tmp_path: Path, page_size: int, transactions: int = 5) -> tuple[Path, bytes]:
-    """Let SQLite write a WAL: a few transactions, no checkpoint. Returns (db path, WAL bytes)."""
-    db = tmp_path / f"wal-{page_size}.db"
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute(f"PRAGMA page_size={page_size}")
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA wal_autocheckpoint=0")
-    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
-    for i in range(transactions):
-        conn.execute("BEGIN")
-        for _ in range(3):
-            conn.execute("INSERT INTO t (v) VALUES (?)", (os.urandom(page_size // 3),))
-        conn.execute("COMMIT")
-    wal = (tmp_path / f"wal-{page_size}.db-wal").read_bytes()
-    # Keep a copy before close (SQLite would checkpoint and delete the WAL).
-    snapshot = db.read_bytes()
-    conn.close()
-    db.write_bytes(snapshot)
-    return db, wal
+from support.sqlite import write_wal
 
 
 def reencode_big_endian(wal: bytes) -> bytes:

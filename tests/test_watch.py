@@ -6,10 +6,10 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import Processes, open_app_db, wait_for
+from support.procs import Processes, wait_for
+from support.sqlite import open_app_db
 from litestream_py.watch import WALWatcher
-from test_replicate_e2e import start_lsr
-from workload import assert_same_data, restore, segment_names, shipped_since, stop_lsr, wait_ready
+from support.workload import assert_same_data, restore, segment_names, shipped_since, start_lsr, stop_lsr, wait_ready
 
 WAKE_TIMEOUT = 5.0
 

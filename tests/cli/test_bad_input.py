@@ -11,24 +11,13 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import Processes, open_app_db, run_lsr, wait_for
-from workload import catches_sigterm, meta_dir, replica_ready, restore, rollback_db, stop_lsr
-
-
-def assert_one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> str:
-    """Exit status 1, exactly one line on stderr naming the problem, no traceback."""
-    assert res.returncode == 1, f"exit {res.returncode}\nstdout: {res.stdout}\nstderr: {res.stderr}"
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, f"stderr is not one line:\n{res.stderr}"
-    assert "Traceback" not in res.stdout + res.stderr
-    for needle in needles:
-        assert needle.lower() in lines[0].lower(), f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
+from support.procs import Processes, assert_one_line_error, run_lsr, wait_for
+from support.sqlite import open_app_db
+from support.workload import catches_sigterm, meta_dir, replica_ready, restore, rollback_db, stop_lsr
 
 
 def digest(path: Path) -> str:

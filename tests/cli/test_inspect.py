@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Processes, open_app_db, run_lsr, wait_for
-from workload import local_generation, replica_ready, stop_lsr
+from support.config import write_config
+from support.procs import Processes, run_lsr, wait_for
+from support.sqlite import open_app_db
+from support.workload import local_generation, replica_ready, stop_lsr
 
 HEADERS = {
     "generations": ["name", "generation", "lag", "start", "end"],
@@ -41,11 +43,8 @@ def lsr_table(*args: str) -> list[list[str]]:
 def setup(tmp_path: Path, db_path: Path, procs: Processes) -> tuple[Path, Path, dict[str, Path]]:
     """A config with two named file replicas, both holding a snapshot and WAL segments."""
     replicas = {"alpha": tmp_path / "r-alpha", "beta": tmp_path / "r-beta"}
-    cfg = tmp_path / "litestream.yml"
-    cfg.write_text(
-        f"dbs:\n  - path: {db_path}\n    replicas:\n"
-        + "".join(f"      - name: {n}\n        url: file://{p}\n" for n, p in replicas.items())
-    )
+    cfg = write_config(tmp_path / "litestream.yml", db_path,
+                       *({"name": n, "url": f"file://{p}"} for n, p in replicas.items()))
     conn = open_app_db(db_path)
     p = procs.lsr_replicate("-config", str(cfg))
     wait_for(lambda: all(replica_ready(r) for r in replicas.values()), what="snapshots on both replicas")

@@ -15,9 +15,10 @@ import stat
 import subprocess
 from pathlib import Path
 
-from conftest import LSR, Processes, open_app_db, run_lsr, wait_for
-from test_bad_input import assert_one_line_error
-from workload import (
+from support.config import write_config
+from support.procs import LSR, Processes, assert_one_line_error, run_lsr, stop_process, wait_for
+from support.sqlite import open_app_db
+from support.workload import (
     assert_same_data, meta_dir, replica_ready, restore, rollback_db, stop_lsr, wait_ready, write_stop_and_restore,
 )
 
@@ -51,8 +52,7 @@ def test_sigkilled_replicate_does_not_block_the_next(tmp_path: Path, db_path: Pa
     app, first = replicating(db_path, replica, procs)
     lock = meta_dir(db_path) / "lsr.lock"
     assert lock.read_text().strip() == str(first.pid)
-    first.kill()
-    first.wait(timeout=30)
+    stop_process(first, signal.SIGKILL, timeout=30)
     second = procs.lsr_replicate(str(db_path), f"file://{replica}")
     wait_for(lambda: lock.read_text().strip() == str(second.pid), what="the restarted lsr to take the lock")
     write_stop_and_restore(app, second, db_path, replica)
@@ -114,8 +114,7 @@ def parse_json_lines(text: str) -> list[dict[str, object]]:
 
 def test_json_logs_parse_line_by_line(tmp_path: Path, db_path: Path, procs: Processes) -> None:
     replica = tmp_path / "replica"
-    cfg = tmp_path / "litestream.yml"
-    cfg.write_text(f"logging:\n  type: json\ndbs:\n  - path: {db_path}\n    replicas:\n      - url: file://{replica}\n")
+    cfg = write_config(tmp_path / "litestream.yml", db_path, f"file://{replica}", top={"logging": {"type": "json"}})
     app = open_app_db(db_path)
     app.execute("INSERT INTO t (v) VALUES ('it''s \"quoted\"')")
     p = procs.lsr_replicate("-config", str(cfg))
@@ -141,7 +140,7 @@ def test_json_logs_parse_line_by_line(tmp_path: Path, db_path: Path, procs: Proc
     errors = [e for e in parse_json_lines(res.stdout + res.stderr) if e["level"] == "ERROR"]
     assert len(errors) == 1 and "already exists" in str(errors[0]["msg"])
     missing = tmp_path / "missing" / "app.db"
-    cfg.write_text(f"logging:\n  type: json\ndbs:\n  - path: {missing}\n    replicas:\n      - url: file://{replica}\n")
+    write_config(cfg, missing, f"file://{replica}", top={"logging": {"type": "json"}})
     res = run_lsr("replicate", "-config", str(cfg), timeout=60)
     assert res.returncode == 1
     errors = [e for e in parse_json_lines(res.stdout + res.stderr) if e["level"] == "ERROR"]
@@ -157,11 +156,8 @@ def test_bad_databases_do_not_stop_the_others(tmp_path: Path, db_path: Path, pro
     directory.mkdir()
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database, not readable as one" * 200)
-    cfg = tmp_path / "litestream.yml"
-    cfg.write_text("dbs:\n" + "".join(
-        f"  - path: {db}\n    replicas:\n      - url: file://{tmp_path / ('replica-' + db.name)}\n"
-        for db in (rollback, directory, junk, db_path)
-    ))
+    cfg = write_config(tmp_path / "litestream.yml", {db: [f"file://{tmp_path / ('replica-' + db.name)}"]
+                                                     for db in (rollback, directory, junk, db_path)})
     app = open_app_db(db_path)
     app.execute("INSERT INTO t (v) VALUES ('good')")
     p = procs.lsr_replicate("-config", str(cfg))

@@ -11,6 +11,7 @@ import pytest
 
 from litestream_py.cmd.options import resolve_target, startup_heap
 from litestream_py.errors import ConfigError
+from support.config import write_config
 
 
 @pytest.fixture(autouse=True)
@@ -45,8 +46,7 @@ def test_startup_heap_leaves_a_disabled_collector_disabled() -> None:
 
 
 def test_resolving_a_command_target_freezes_its_state(tmp_path: Path) -> None:
-    config = tmp_path / "litestream.yml"
-    config.write_text(f"dbs:\n  - path: {tmp_path / 'app.db'}\n    replicas:\n      - path: {tmp_path / 'replica'}\n")
+    config = write_config(tmp_path / "litestream.yml", tmp_path / "app.db", tmp_path / "replica")
     target = resolve_target(str(tmp_path / "app.db"), str(config), no_expand_env=False)
     assert target.replicas and gc.isenabled()
     assert gc.get_freeze_count() > 0

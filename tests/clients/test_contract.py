@@ -18,7 +18,7 @@ from typing import Callable
 
 import pytest
 
-from fixtures_s3 import S3Server, make_s3_client
+from support.s3 import S3Server, make_s3_client
 from litestream_py import paths
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.errors import NotFoundError

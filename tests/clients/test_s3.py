@@ -7,13 +7,13 @@ import os
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import crc32c
 import pytest
 
-from faultproxy import FAULTS, FaultProxy
-from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client
+from support.faultproxy import FAULTS, FaultProxy
+from support.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client
 from litestream_py.clients import new_client
 from litestream_py.clients.s3 import (
     CHECKSUM_METADATA_KEY,
@@ -169,19 +169,20 @@ def test_snapshot_streams_in_ranges(s3_server: S3Server, s3_bucket: str) -> None
     assert returned < len(data)
 
 
-def test_reading_the_snapshot_header_downloads_one_range(s3_server: S3Server, s3_bucket: str) -> None:
+def test_reading_the_snapshot_header_downloads_one_range(s3_server: S3Server, s3_bucket: str,
+                                                         fault_proxy: Callable[..., FaultProxy]) -> None:
     """A restore to a timestamp reads only the capture time at the start of a snapshot."""
     data = codec.snapshot_header(123) + os.urandom(5 * MiB)
-    with FaultProxy(s3_server.port) as proxy:
-        client = make_s3_client(s3_server, s3_bucket, endpoint=proxy.endpoint)
-        client.write_snapshot(GEN, 1, io.BytesIO(data))
-        before = proxy.stats["forwarded"]
-        with client.open_snapshot(GEN, 1) as f:
-            assert codec.read_snapshot_header(f) == 123
-        assert proxy.stats["forwarded"] - before == 1
-        with client.open_snapshot(GEN, 1) as f:
-            assert f.read() == data
-        assert proxy.stats["forwarded"] - before == 1 + 2  # the first 1 MiB, then the rest in one 8 MiB range
+    proxy = fault_proxy(s3_server.port)
+    client = make_s3_client(s3_server, s3_bucket, endpoint=proxy.endpoint)
+    client.write_snapshot(GEN, 1, io.BytesIO(data))
+    before = proxy.stats["forwarded"]
+    with client.open_snapshot(GEN, 1) as f:
+        assert codec.read_snapshot_header(f) == 123
+    assert proxy.stats["forwarded"] - before == 1
+    with client.open_snapshot(GEN, 1) as f:
+        assert f.read() == data
+    assert proxy.stats["forwarded"] - before == 1 + 2  # the first 1 MiB, then the rest in one 8 MiB range
 
 
 def test_snapshot_replaced_while_read_is_not_found(s3_server: S3Server, s3_bucket: str) -> None:
@@ -292,24 +293,25 @@ def test_corrupt_bytes_on_nanio_disk_detected(s3_servers: dict[str, S3Server]) -
         client.read_wal_segment(Pos(GEN, 1, 0))
 
 
-def test_transfers_survive_a_flaky_network(s3_server: S3Server, s3_bucket: str) -> None:
+def test_transfers_survive_a_flaky_network(s3_server: S3Server, s3_bucket: str,
+                                           fault_proxy: Callable[..., FaultProxy]) -> None:
     """20 % of requests fail (resets mid-upload and mid-download, 500, 503, 408, latency):
     botocore's retries and lsr's retries of cut-off bodies absorb all of it. The
     operations are sequential and the proxy seeded, so the fault pattern repeats."""
     MiB = 1 << 20
-    with FaultProxy(s3_server.port, seed=3) as proxy:
-        client = make_s3_client(s3_server, s3_bucket, endpoint=proxy.endpoint, multipart_threshold=5 * MiB,
-                                multipart_chunksize=5 * MiB, multipart_concurrency=1)
-        proxy.configure(ratio=0.2, faults=FAULTS, latency=0.02)
-        big = os.urandom(11 * MiB)
-        client.write_snapshot(GEN, 1, io.BytesIO(big))
-        blobs = {Pos(GEN, 1, i * 64): os.urandom(3000 + i) for i in range(30)}
-        for pos, data in blobs.items():
-            client.write_wal_segment(pos, data)
-        assert [w.pos for w in client.wal_segments(GEN)] == list(blobs)
-        for pos, data in blobs.items():
-            assert client.read_wal_segment(pos) == data
-        with client.open_snapshot(GEN, 1) as f:
-            assert f.read() == big
-        injected = {k: v for k, v in proxy.stats.items() if k != "forwarded"}
+    proxy = fault_proxy(s3_server.port, seed=3)
+    client = make_s3_client(s3_server, s3_bucket, endpoint=proxy.endpoint, multipart_threshold=5 * MiB,
+                            multipart_chunksize=5 * MiB, multipart_concurrency=1)
+    proxy.configure(ratio=0.2, faults=FAULTS, latency=0.02)
+    big = os.urandom(11 * MiB)
+    client.write_snapshot(GEN, 1, io.BytesIO(big))
+    blobs = {Pos(GEN, 1, i * 64): os.urandom(3000 + i) for i in range(30)}
+    for pos, data in blobs.items():
+        client.write_wal_segment(pos, data)
+    assert [w.pos for w in client.wal_segments(GEN)] == list(blobs)
+    for pos, data in blobs.items():
+        assert client.read_wal_segment(pos) == data
+    with client.open_snapshot(GEN, 1) as f:
+        assert f.read() == big
+    injected = {k: v for k, v in proxy.stats.items() if k != "forwarded"}
     assert injected.get("reset_download", 0) >= 1 and injected.get("reset_upload", 0) >= 1, injected

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import boto3
 import pytest
 from botocore.exceptions import FlexibleChecksumError
 
-from faultproxy import FaultProxy
-from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client, new_bucket_name, start_moto
+from support.faultproxy import FaultProxy
+from support.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client, new_bucket_name, start_moto
 from litestream_py.clients.s3 import S3ReplicaClient, S3Settings, translate_error
 from litestream_py.errors import (
     AccessDeniedError,
@@ -69,9 +69,8 @@ def auth_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[S3Serv
 
 
 @pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
-    with FaultProxy(s3_server.port, seed=7) as p:
-        yield p
+def proxy(s3_server: S3Server, fault_proxy: Callable[..., FaultProxy]) -> FaultProxy:
+    return fault_proxy(s3_server.port, seed=7)
 
 
 def _proxied(server: S3Server, proxy: FaultProxy, bucket: str, **kwargs: object) -> S3ReplicaClient:

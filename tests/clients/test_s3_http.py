@@ -18,7 +18,8 @@ from typing import Iterator
 
 import pytest
 
-from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client
+from support.procs import stop_process
+from support.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client
 from litestream_py.clients.s3 import FIRST_RANGE, S3ReplicaClient, S3Settings
 from litestream_py.clients.s3.routes import standalone_route
 from litestream_py.clients.s3.signed import S3HTTP, Credentials, sign
@@ -316,7 +317,8 @@ def tls_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
     import time
     import urllib.request
 
-    from fixtures_s3 import BIN_DIR, free_port
+    from support.procs import BIN_DIR
+    from support.s3 import free_port
 
     work = tmp_path_factory.mktemp("tls-moto")
     cert, key = _self_signed_certificate(work)
@@ -338,12 +340,7 @@ def tls_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
                 time.sleep(0.1)
         yield endpoint, cert
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=30)
 
 
 def test_https_endpoint_trusts_the_configured_ca_bundle(

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -25,9 +26,10 @@ from typing import Callable, Iterator
 
 import pytest
 
-from conftest import Processes, integrity_ok, open_app_db, run_lsr, wait_for
-from faultproxy import FAULTS, FaultProxy
-from fixtures_s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client, write_s3_config
+from support.procs import Processes, run_lsr, stop_process, wait_for
+from support.sqlite import integrity_ok, open_app_db
+from support.faultproxy import FAULTS, FaultProxy
+from support.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, make_s3_client, write_s3_config
 from litestream_py.clients.s3 import S3ReplicaClient
 from litestream_py.compaction import Compactor
 from litestream_py import codec
@@ -36,7 +38,7 @@ from litestream_py.pos import Pos, WALSegmentInfo
 from litestream_py.restore import RestoreOptions, restore
 from litestream_py.encryption import AgeReader
 from litestream_py.replica_client import ReplicaReader
-from workload import AGE_MAGIC, AgeKeyPair, Writer, assert_same_data, dump, stop_lsr
+from support.workload import AGE_MAGIC, AgeKeyPair, Writer, assert_same_data, dump, stop_lsr
 
 # The outage test keeps the server unreachable this long (LSR_S3_OUTAGE_SECONDS=60 for "a minute";
 # 10 s is ten of the shipper's 1 s retries, and keeps CI under 10 minutes).
@@ -131,9 +133,8 @@ def shadow_wal_bytes(db: Path) -> int:
 
 
 @pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
-    with FaultProxy(s3_server.port, seed=20240613) as p:
-        yield p
+def proxy(s3_server: S3Server, fault_proxy: Callable[..., FaultProxy]) -> FaultProxy:
+    return fault_proxy(s3_server.port, seed=20240613)
 
 
 # -- 1. commands on an s3:// URL, no config file ------------------------------------------
@@ -336,24 +337,19 @@ def test_credentials_never_logged(tmp_path: Path, procs: Processes, s3_server: S
     # And lsr replicate itself failing to reach its replica.
     p = procs.lsr_replicate("-config", str(bad[1]), env=env)
     time.sleep(3)
-    outputs.append(stop_lsr_any(p))
+    outputs.append(stop_any(p))
     for text in outputs:
         _assert_clean(text, *secrets)
     assert any("access denied" in t or "bucket does not exist" in t for t in outputs)
 
 
-def stop_lsr_any(p: subprocess.Popen[bytes]) -> str:
+def stop_any(p: subprocess.Popen[bytes]) -> str:
+    """Stop lsr or Go litestream, whatever its exit status; its output."""
     Processes.stop(p, timeout=60)
     return Processes.output(p)
 
 
 # -- 6. compatibility with Go Litestream 0.3.13 on the same server ----------------------------
-
-
-
-def _go_stop(p: subprocess.Popen[bytes]) -> str:
-    Processes.stop(p, timeout=60)
-    return Processes.output(p)
 
 
 def assert_encrypted_on_s3(server: S3Server, bucket: str) -> None:
@@ -383,7 +379,7 @@ def test_go_replicates_lsr_restores(tmp_path: Path, procs: Processes, s3_server:
     for i in range(10, 200):
         insert(conn, i, size=500)
     wait_caught_up(db, AgeReader(client, age.keys() if age else None), CATCH_UP_SECONDS + 10)
-    out = _go_stop(p)
+    out = stop_any(p)
     assert "write snapshot" in out, out
     [generation] = client.generations()
     # Objects written by Go carry no CRC32C metadata: they are accepted as they are.
@@ -464,7 +460,7 @@ for path in sys.argv[1:]:
 
 
 def test_replicas_stuck_on_a_slow_endpoint_do_not_hold_up_local_syncs(
-        tmp_path: Path, s3_servers: dict[str, S3Server]) -> None:
+        tmp_path: Path, s3_servers: dict[str, S3Server], fault_proxy: Callable[..., FaultProxy]) -> None:
     """More replicas than worker threads wait on an endpoint that answers after 30 s.
     Every database's WAL is still copied to its shadow WAL (and so can still be
     checkpointed): the shippers' waits never take the monitors' threads."""
@@ -475,31 +471,31 @@ def test_replicas_stuck_on_a_slow_endpoint_do_not_hold_up_local_syncs(
 
     server = s3_servers["moto"]
     bucket = server.create_bucket()
-    with FaultProxy(server.port, seed=9) as slow:
-        slow.configure(ratio=1.0, faults=["latency"], latency=30.0)
-        dbs = []
-        for k in range(MAX_WORKERS + 4):
-            path, conn = new_db(tmp_path, f"app{k}.db")
-            conn.close()  # the app writes from another process (see below)
-            db = DB(str(path))
-            client = make_s3_client(server, bucket, f"db{k}", endpoint=slow.endpoint)
-            db.replicas.append(Replica(db, client, "s3"))
-            dbs.append(db)
-        replicator = Replicator(dbs)
-        replicator.start()
-        try:
-            wait_for(lambda: all(not db.pos().is_zero() for db in dbs), 20, what="every generation")
-            # Every shipper has now asked the endpoint about its new generation and waits.
-            wait_for(lambda: slow.stats["latency"] >= MAX_WORKERS, 20, what="shippers waiting on the endpoint")
-            before = [db.pos() for db in dbs]
-            # Not from this process: sqlite3's SQLite and lsr's (apsw's) would not see
-            # each other's POSIX locks, and the app could write during a checkpoint.
-            subprocess.run([sys.executable, "-c", COMMIT_TO_EACH, *(db.path for db in dbs)], check=True, timeout=60)
-            wait_for(lambda: all(db.pos().offset > b.offset for db, b in zip(dbs, before)), 10,
-                     what="every commit copied to its shadow WAL")
-        finally:
-            slow.stop()  # the waiting requests fail at once
-            replicator.stop(final_sync=False)
+    slow = fault_proxy(server.port, seed=9)
+    slow.configure(ratio=1.0, faults=["latency"], latency=30.0)
+    dbs = []
+    for k in range(MAX_WORKERS + 4):
+        path, conn = new_db(tmp_path, f"app{k}.db")
+        conn.close()  # the app writes from another process (see below)
+        db = DB(str(path))
+        client = make_s3_client(server, bucket, f"db{k}", endpoint=slow.endpoint)
+        db.replicas.append(Replica(db, client, "s3"))
+        dbs.append(db)
+    replicator = Replicator(dbs)
+    replicator.start()
+    try:
+        wait_for(lambda: all(not db.pos().is_zero() for db in dbs), 20, what="every generation")
+        # Every shipper has now asked the endpoint about its new generation and waits.
+        wait_for(lambda: slow.stats["latency"] >= MAX_WORKERS, 20, what="shippers waiting on the endpoint")
+        before = [db.pos() for db in dbs]
+        # Not from this process: sqlite3's SQLite and lsr's (apsw's) would not see
+        # each other's POSIX locks, and the app could write during a checkpoint.
+        subprocess.run([sys.executable, "-c", COMMIT_TO_EACH, *(db.path for db in dbs)], check=True, timeout=60)
+        wait_for(lambda: all(db.pos().offset > b.offset for db, b in zip(dbs, before)), 10,
+                 what="every commit copied to its shadow WAL")
+    finally:
+        slow.stop()  # the waiting requests fail at once
+        replicator.stop(final_sync=False)
 
 
 class SegmentArrivals:
@@ -602,8 +598,7 @@ def busy_writer(path: Path) -> Iterator[Callable[[], list[float]]]:
     try:
         yield lambda: [float(t) for t in json.loads(writer.communicate("stop\n", timeout=10)[0])]
     finally:
-        writer.kill()
-        writer.wait()
+        stop_process(writer, signal.SIGKILL)
 
 
 def writer_paused(commits: list[float], start: float, end: float) -> bool:

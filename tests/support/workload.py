@@ -20,9 +20,12 @@ import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from conftest import LSR, Processes, open_app_db, run_lsr, wait_for
+from .config import write_config
+from .procs import LSR, Processes, run_lsr, wait_for
+
+from .sqlite import open_app_db
 
 if TYPE_CHECKING:
     from litestream_py.encryption import AgeKeys
@@ -198,7 +201,7 @@ def content_hash(path: str | Path) -> str:
 
 def assert_same_data(source: str | Path, restored: str | Path) -> None:
     """The restored database equals the source table by table, and is intact."""
-    from conftest import integrity_ok, rows
+    from .sqlite import integrity_ok, rows
 
     assert integrity_ok(restored), f"integrity_check failed on {restored}"
     # No stale pages past the end: the file is exactly the size its header says.
@@ -354,7 +357,7 @@ def replica_ready(replica: Path) -> bool:
 
 def wait_ready(p: subprocess.Popen[bytes], replica: Path, timeout: float = 30) -> None:
     def ready() -> bool:
-        assert p.poll() is None, f"lsr exited early ({p.returncode}):\n{Processes.output(p)}"
+        assert p.poll() is None, f"{Path(str(p.args[0])).name} exited early ({p.returncode}):\n{Processes.output(p)}"
         return replica_ready(replica)
 
     wait_for(ready, timeout=timeout, what=f"a snapshot in {replica}")
@@ -460,3 +463,24 @@ class WriterProcess:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
+
+
+def sidecar_on_new_db(
+    tmp_path: Path, procs: Processes, replica_settings: dict[str, object]
+) -> tuple[sqlite3.Connection, Path, subprocess.Popen[bytes]]:
+    """A WAL-mode app.db with table t, replicated by `lsr replicate` to a file replica in
+    tmp_path/replica with ``replica_settings`` (its config keys). Returns (conn, db, lsr)."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    config = write_config(tmp_path / "lsr.yml", db, {"url": f"file://{tmp_path / 'replica'}", **replica_settings})
+    return conn, db, procs.lsr_replicate("-config", str(config))
+
+
+def start_lsr(procs: Processes, tmp_path: Path, db: Path, replica: Path, mode: str, **db_settings: Any
+              ) -> subprocess.Popen[bytes]:
+    if mode == "url":
+        return procs.lsr_replicate(str(db), f"file://{replica}")
+    cfg = write_config(tmp_path / "litestream.yml", db, f"file://{replica}", **db_settings)
+    return procs.lsr_replicate("-config", str(cfg))

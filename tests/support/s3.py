@@ -1,9 +1,7 @@
-"""S3 server fixtures: moto and nanio, each a real HTTP server on 127.0.0.1.
+"""S3 servers for the tests: moto and nanio, each a real HTTP server on 127.0.0.1.
 
 Each server runs as a subprocess on a free port, started once per test session
-(on first use) and killed by PID at the end. ``s3_server`` is parametrized over
-both; ``s3_client`` is an S3ReplicaClient on a fresh bucket of it; ``s3_env``
-is the environment a subprocess (lsr, Go litestream) needs to reach it.
+(on first use, by conftest's ``s3_servers``) and killed by PID at the end.
 """
 
 from __future__ import annotations
@@ -12,20 +10,19 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
-
-import pytest
+from typing import Any
 
 from litestream_py.clients.s3 import S3ReplicaClient, S3Settings
 
-BIN_DIR = Path(sys.executable).parent
+from .config import write_config
+from .procs import BIN_DIR
+
 SERVER_NAMES = ("moto", "nanio")
 STARTUP_TIMEOUT = 30.0
 
@@ -167,37 +164,6 @@ def start_server(name: str, work_dir: Path) -> S3Server:
     raise ValueError(f"unknown s3 server {name!r}")
 
 
-@pytest.fixture(scope="session")
-def s3_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, S3Server]]:
-    """Servers by name, each started on first use and stopped at session end."""
-    started: dict[str, S3Server] = {}
-    work_dir = tmp_path_factory.mktemp("s3-servers")
-
-    class Lazy(dict[str, S3Server]):
-        def __missing__(self, name: str) -> S3Server:
-            server = start_server(name, work_dir)
-            started[name] = server
-            self[name] = server
-            return server
-
-    try:
-        yield Lazy()
-    finally:
-        for server in started.values():
-            server.stop()
-
-
-@pytest.fixture(params=SERVER_NAMES)
-def s3_server(request: pytest.FixtureRequest, s3_servers: dict[str, S3Server]) -> S3Server:
-    """Each S3 test runs once against moto and once against nanio."""
-    return s3_servers[request.param]
-
-
-@pytest.fixture
-def s3_bucket(s3_server: S3Server) -> str:
-    return s3_server.create_bucket()
-
-
 def make_s3_client(
     server: S3Server,
     bucket: str,
@@ -220,34 +186,6 @@ def make_s3_client(
     )
 
 
-@pytest.fixture
-def s3_client(s3_server: S3Server, s3_bucket: str) -> S3ReplicaClient:
-    """An S3ReplicaClient on a fresh bucket of the current server, under path ``db``."""
-    return make_s3_client(s3_server, s3_bucket)
-
-
-@pytest.fixture
-def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
-    """Environment for lsr / litestream subprocesses: credentials via LITESTREAM_* only.
-
-    AWS_* variables and shared config files are removed so that nothing from the
-    machine running the tests leaks in, and the instance-metadata lookup is off.
-    """
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(var, raising=False)
-    env = {
-        "LITESTREAM_ACCESS_KEY_ID": ACCESS_KEY_ID,
-        "LITESTREAM_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
-    }
-    for key in ("AWS_EC2_METADATA_DISABLED", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-        monkeypatch.setenv(key, env[key])
-    return env
-
-
 def write_s3_config(
     tmp_path: Path,
     db: Path,
@@ -258,28 +196,20 @@ def write_s3_config(
     credentials: tuple[str, str] | None = None,
     log_level: str = "info",
     replica: dict[str, Any] | None = None,
+    top: dict[str, object] | None = None,
     **db_settings: Any,
 ) -> Path:
     """A litestream.yml (for lsr or Go litestream) with one S3 replica named ``s3`` under path ``db``.
 
     Credentials come from the environment (``s3_env``) unless given; ``db_settings``
-    are DB keys (``monitor_interval="100ms"``), ``replica`` extra replica keys.
+    are DB keys (``monitor_interval="100ms"``), ``replica`` extra replica keys, ``top``
+    the file's own keys (see ``write_config``).
     """
-    lines = [f"logging:\n  level: {log_level}", "dbs:", f"  - path: {db}"]
-    lines += [f"    {k.replace('_', '-')}: {v}" for k, v in db_settings.items()]
-    lines += [
-        "    replicas:",
-        "      - name: s3",
-        "        type: s3",
-        f"        bucket: {bucket}",
-        "        path: db",
-        f"        endpoint: {endpoint}",
-        "        region: us-east-1",
-        "        force-path-style: true",
-    ]
+    keys: dict[str, object] = {
+        "name": "s3", "type": "s3", "bucket": bucket, "path": "db", "endpoint": endpoint,
+        "region": "us-east-1", "force-path-style": "true",
+    }
     if credentials:
-        lines += [f"        access-key-id: {credentials[0]}", f"        secret-access-key: {credentials[1]}"]
-    lines += [f"        {k}: {v}" for k, v in (replica or {}).items()]
-    path = tmp_path / name
-    path.write_text("\n".join(lines) + "\n")
-    return path
+        keys.update({"access-key-id": credentials[0], "secret-access-key": credentials[1]})
+    keys.update(replica or {})
+    return write_config(tmp_path / name, db, keys, top={**(top or {}), "logging": {"level": log_level}}, **db_settings)

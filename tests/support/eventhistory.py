@@ -16,8 +16,10 @@ import json
 import os
 import random
 import sqlite3
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 SCHEMA = [
     "CREATE TABLE events (id TEXT PRIMARY KEY, type TEXT NOT NULL, payload BLOB NOT NULL, stored_at REAL NOT NULL)",
@@ -118,3 +120,15 @@ if __name__ == "__main__":
         read(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         raise SystemExit(f"unknown mode {sys.argv[1]!r}")
+
+
+def event_count(path: Path) -> int:
+    """Counted in another process: SQLite's locks are per process, and a connection closed
+    here would drop an in-process follower's lock on STANDBY."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True, "
+         "timeout=30); print(c.execute('SELECT count(*) FROM events').fetchone()[0])", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout)
