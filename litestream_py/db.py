@@ -9,7 +9,10 @@ Continuity rests on one invariant: lsr always holds a read transaction (the
 *read lock*), and takes it anew only while it also holds the write lock and has
 just copied the WAL to its end (or read its tail into memory, written to the
 shadow before anything else), or while it still holds the old one and copies
-the WAL to its end before letting that one go. A reader pins the WAL: SQLite
+the WAL to its end before letting that one go, or while it holds both the old
+one and the write lock on a WAL not fully checkpointed (the new one then has a
+read-mark past 0, and no restart can drop what it has not copied yet). A
+reader pins the WAL: SQLite
 can neither restart nor truncate it past a reader's mark, and cannot backfill
 past a reader on the database file (read-mark 0). So while the read lock is held without a gap, no
 committed frame can leave the WAL before lsr has copied it, and a WAL that was
@@ -81,6 +84,11 @@ RESTART_QUIET = timedelta(milliseconds=50)
 # In the meta directory: held (flock) by the one lsr process replicating the database.
 LOCK_FILE_NAME = "lsr.lock"
 
+# The most frames a checkpoint backfills under the write lock: SQLite's default
+# wal_autocheckpoint, what an application's own commit backfills without lsr.
+# Past it, the bulk is backfilled without the lock first (ReadLock.hand_over).
+MAX_LOCKED_BACKFILL = 1000
+
 # A WAL index lsr will not exceed within a generation (Litestream's MaxIndex).
 MAX_WAL_INDEX = 0x7FFFFFFF
 
@@ -105,7 +113,7 @@ class _LockedRetake:
     """What DB._retake_read_lock did under the write lock, and for how long (s)."""
 
     tail: WALTail | None
-    counts: tuple[int, int, int] | None  # the checkpoint's (busy, frames, backfilled)
+    counts: tuple[int, int, int] | None  # the checkpoint's (busy, frames, backfilled); None: handed over
     held: float
 
 
@@ -292,7 +300,7 @@ class DB(Generic[R]):
         self._page_size = _int(conn.execute("PRAGMA page_size").fetchall()[0][0])
         # It stays open as long as lsr runs, for three statements that rarely
         # run: caching them would cost ~6 KiB per database.
-        self._read_lock.conn = connect(self.path, BUSY_TIMEOUT, statement_cache=0)
+        self._read_lock.conn = self._read_connection()
         self._db_fd = os.open(self.path, os.O_RDONLY)
         self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
         os.makedirs(self.meta_path, mode=0o700, exist_ok=True)
@@ -354,10 +362,14 @@ class DB(Generic[R]):
     def _move_read_lock_off_db_file(self) -> None:
         """Move a read lock on read-mark 0 onto a frame of the WAL (see ReadLock.move_off_db_file),
         copying the WAL to its end while both transactions hold it."""
-        stays = self._read_lock.move_off_db_file(lambda: connect(self.path, BUSY_TIMEOUT, statement_cache=0),
-                                                 self._shm_fd, lambda: self._copy_new_frames(None))
+        stays = self._read_lock.move_off_db_file(self._read_connection, self._shm_fd,
+                                                 lambda: self._copy_new_frames(None))
         if stays:
             log.debug("%s: read lock stays on read-mark 0: %s", self.path, stays)
+
+    def _read_connection(self) -> apsw.Connection:
+        """A new connection for the read lock (it runs no statement worth caching)."""
+        return connect(self.path, BUSY_TIMEOUT, statement_cache=0)
 
     def _write_lock(self) -> AbstractContextManager[None]:
         """Hold SQLite's write lock: the application cannot commit meanwhile."""
@@ -425,7 +437,7 @@ class DB(Generic[R]):
         if mode:
             if changed:
                 self._notify()  # replicas ship what was copied while the checkpoint runs
-            self._checkpoint(mode, opportunistic=mode == CHECKPOINT_PASSIVE,
+            self._checkpoint(mode, opportunistic=mode != CHECKPOINT_TRUNCATE,
                              restart_now=mode == CHECKPOINT_TRUNCATE)
             # The write with which lsr restarted the WAL opens the next shadow
             # index now, not at the next wake: until it is copied, the WAL looks
@@ -559,6 +571,13 @@ class DB(Generic[R]):
         with self._write_lock():
             locked_at = time.monotonic()
             tail = self._read_wal_tail(generation, index)
+            shm = read_wal_index(self._shm_fd)
+            # Too much to copy, or to backfill, while the application waits:
+            # move the read lock without either, and leave them to the caller.
+            if (tail is None or (checkpoint and shm.mx_frame - shm.backfilled > MAX_LOCKED_BACKFILL)) and (
+                self._read_lock.hand_over(self._read_connection, self._shm_fd)
+            ):
+                return _LockedRetake(tail, None, time.monotonic() - locked_at)
             if tail is None:
                 self._copy_to_shadow(generation, index)
             self._read_lock.release()
@@ -659,9 +678,17 @@ class DB(Generic[R]):
         while True:
             retake = self._retake_read_lock(generation, index, checkpoint=True)
             self._copy_tail_to_shadow(generation, index, retake.tail)
-            assert retake.counts is not None
-            busy, frames, backfilled = retake.counts
             held = max(held, retake.held)
+            if retake.counts is None:
+                # Handed over: backfill and copy without the write lock, then
+                # take it again for what the application added meanwhile.
+                busy, frames, backfilled = self._run_checkpoint(writer)
+                busy = 1  # lsr's read-mark, past 0, still keeps the WAL from restarting
+                self._copy_to_shadow(generation, index)
+                self._publish(generation, index)
+                self._notify()
+            else:
+                busy, frames, backfilled = retake.counts
             if (not busy and frames == backfilled) or time.monotonic() >= deadline:
                 break
             time.sleep(FORCED_CHECKPOINT_RETRY)

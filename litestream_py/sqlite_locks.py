@@ -197,6 +197,33 @@ class ReadLock:
         except BaseException:
             conn.close()
             raise
+        self._switch(conn, shm_fd)
+        return ""
+
+    def hand_over(self, new_conn: Callable[[], apsw.Connection], shm_fd: int) -> bool:
+        """Under the write lock: take the read lock anew at the WAL's end on a new
+        connection before letting the old one go, copying nothing first.
+
+        Safe while the WAL's end is not fully checkpointed: the new read lock then
+        has a read-mark past 0, and while lsr holds one SQLite cannot restart the
+        WAL, so the frames past the shadow's end stay in the WAL until lsr copies
+        them (the old read lock kept backfills from passing the shadow's end until
+        then). False, and nothing changed, when the WAL is fully checkpointed
+        (the new reader would get read-mark 0)."""
+        shm = read_wal_index(shm_fd)
+        if shm.mx_frame <= shm.backfilled:
+            return False
+        conn = new_conn()
+        try:
+            begin_read(conn)
+        except apsw.Error:
+            conn.close()
+            return False
+        self._switch(conn, shm_fd)
+        return True
+
+    def _switch(self, conn: apsw.Connection, shm_fd: int) -> None:
+        """Make ``conn``, inside its read transaction already, hold the read lock; end the old one."""
         old, self.conn = self.conn, conn
         self._taken(shm_fd)
         assert old is not None
@@ -204,7 +231,6 @@ class ReadLock:
             old.execute("ROLLBACK")
         finally:
             old.close()
-        return ""
 
     def _taken(self, shm_fd: int) -> None:
         self.held = True

@@ -10,11 +10,21 @@ small transaction). lsr moves its read lock onto a WAL frame it has copied.
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+import apsw
+import pytest
+
+from litestream_py import db as db_module
+from litestream_py import shadow as shadow_module
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.db import DB
 from litestream_py.replica import Replica
+from litestream_py.shadow import WALTail
+from litestream_py.sqlite_locks import read_wal_index
 from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE
 
 from support.app import AppProcess
@@ -56,3 +66,78 @@ def test_after_lsr_checkpoints_the_apps_checkpoint_backfills_only_what_lsr_copie
         app.close()
     assert integrity_ok(path)
     assert rows(path, "SELECT count(*) FROM t") == [(25,)]
+
+
+def test_a_checkpoint_behind_by_much_copies_and_backfills_without_the_write_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more WAL past the shadow than lsr may copy, or backfill, while the
+    application waits, lsr hands its read lock over to the WAL's end (a read-mark
+    past 0, so the WAL cannot restart) and does both after the write lock is
+    gone; the WAL restarts only once everything is copied."""
+    path = tmp_path / "app.db"
+    app = AppProcess(path)
+    db = DB(str(path))
+    db.replicas.append(Replica(db, FileReplicaClient(str(tmp_path / "replica")), "file"))
+    monkeypatch.setattr(shadow_module, "MAX_WAL_TAIL", 0)
+    monkeypatch.setattr(db_module, "MAX_LOCKED_BACKFILL", 0)
+    locked = [False]
+    writes: list[int] = []
+    frames: list[int] = []  # the WAL's frames each time lsr held the write lock
+    under_lock: list[tuple[str, int]] = []  # (what, frames) done while the application would wait
+    write_lock = DB._write_lock
+
+    @contextmanager
+    def watched_write_lock(self: DB[Replica]) -> Iterator[None]:
+        if writes:
+            app.insert(writes.pop())  # commits the application makes while lsr checkpoints
+        with write_lock(self):
+            frames.append(read_wal_index(db.shm_fd).mx_frame)
+            locked[0] = True
+            try:
+                yield
+            finally:
+                locked[0] = False
+
+    monkeypatch.setattr(DB, "_write_lock", watched_write_lock)
+    copy, backfill = db._copy_to_shadow, DB._run_checkpoint
+
+    def shadow_size(generation: str, index: int) -> int:
+        return os.path.getsize(db.shadow.wal_path(generation, index))
+
+    def watched_copy(generation: str, index: int, tail: WALTail | None = None) -> int:
+        before = shadow_size(generation, index)
+        after = copy(generation, index, tail)
+        if locked[0] and after > before:
+            under_lock.append(("copy", after - before))
+        return after
+
+    def watched_backfill(conn: apsw.Connection | None) -> tuple[int, int, int]:
+        before = read_wal_index(db.shm_fd).backfilled
+        counts = backfill(conn)
+        if locked[0] and counts[2] > before:
+            under_lock.append(("backfill", counts[2] - before))
+        return counts
+
+    monkeypatch.setattr(db, "_copy_to_shadow", watched_copy)
+    monkeypatch.setattr(DB, "_run_checkpoint", staticmethod(watched_backfill))
+    try:
+        app.insert(10)
+        db.sync()
+        generation, index = db.pos().generation, db.pos().index
+        app.insert(30)  # not copied yet
+        writes = [10, 10]  # just before each of the checkpoint's first two takes of the write lock
+        db.checkpoint("RESTART")
+        assert under_lock == []
+        assert not writes  # both writes came while lsr checkpointed
+        frame_size = WAL_FRAME_HEADER_SIZE + db.page_size
+        assert shadow_size(generation, index) == WAL_HEADER_SIZE + max(frames) * frame_size
+        db.sync()
+        assert (db.pos().generation, db.pos().index) == (generation, index + 1)  # restarted after the copy
+        app.insert(5)
+        db.sync()
+        assert db.pos().index == index + 1
+    finally:
+        db.close()
+        app.close()
+    assert integrity_ok(path)
+    assert rows(path, "SELECT count(*) FROM t") == [(65,)]
