@@ -14,6 +14,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from contextlib import contextmanager
@@ -32,10 +33,11 @@ from litestream_py.errors import RestoreGapError, WALFormatError
 from litestream_py.factory import replica_from_config
 from litestream_py.pos import Pos, SnapshotInfo, WALSegmentInfo
 from litestream_py.replica import Replica
-from litestream_py.restore import CachedListing, RestoreOptions, _WALApplier, calc_restore_target, restore
+from litestream_py.apply import WALApplier
+from litestream_py.restore import CachedListing, RestoreOptions, calc_restore_target, restore
 from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, checksum
 
-restore_module = importlib.import_module("litestream_py.restore")  # the package exports a function of that name
+apply_module = importlib.import_module("litestream_py.apply")
 
 
 def app_connection(path: Path) -> apsw.Connection:
@@ -458,7 +460,7 @@ def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path) -> None:
 
     cutoff = int((t0 + timedelta(seconds=2.5)).timestamp() * 1e9)
     with open(tmp_path / "a.db", "w+b") as f:
-        applier = _WALApplier(f, "g", cutoff_ns=cutoff)
+        applier = WALApplier(f, "g", cutoff_ns=cutoff)
         applier.feed(run(pieces))
     assert applier.transactions == 3 and applier.done
     assert applier.last_commit == Pos("g", 0, pieces[3][0])
@@ -467,7 +469,7 @@ def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path) -> None:
     off, data = broken[3]
     broken[3] = (off, data[:200] + bytes([data[200] ^ 0xFF]) + data[201:])
     with open(tmp_path / "b.db", "w+b") as f:
-        applier = _WALApplier(f, "g")
+        applier = WALApplier(f, "g")
         with pytest.raises(WALFormatError, match=f"wal segment g/00000000_{off:08x}: checksum mismatch at offset {off}"):
             applier.feed(run(broken))
     assert applier.transactions == 3  # everything before the bad segment was applied
@@ -495,12 +497,12 @@ def test_applied_wal_matches_sqlites_own_checkpoint(tmp_path: Path, dirty_bytes:
     want = db.read_bytes()
     conn.close()
 
-    monkeypatch.setattr(_WALApplier, "DIRTY_PAGE_BYTES", dirty_bytes)
+    monkeypatch.setattr(WALApplier, "DIRTY_PAGE_BYTES", dirty_bytes)
     out = tmp_path / "out.db"
     out.write_bytes(base)
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     with open(out, "r+b") as f:
-        applier = _WALApplier(f, "g")
+        applier = WALApplier(f, "g")
         applier.feed([(WALSegmentInfo("g", 0, off, len(d), t0), (d, [])) for off, d in split_at_commits(wal)])
         applier.flush()
     assert applier.transactions == 40 + 2 + 30  # the last 30 inserts autocommit one by one
@@ -621,21 +623,23 @@ def test_segments_download_while_the_snapshot_restores_within_a_byte_budget(
     # The 60 smallest: any 60 segments then fill the budget. (The first segment,
     # holding the table's creation, is several times the size of the others.)
     budget = sum(sorted(decoded)[:60])
-    monkeypatch.setattr(restore_module, "PREFETCH_BYTES", budget)
+    monkeypatch.setattr(apply_module, "PREFETCH_BYTES", budget)
     workers = 4
     # Segments handed to the applier. Counted as they are taken, not as progress
     # reports them: a run of many small segments is taken whole before it is applied.
     taken = [0]
-    take = restore_module._Prefetch._take
+    take = apply_module._Prefetch._take
 
     def counting_take(self: Any) -> Any:
         taken[0] += 1
         return take(self)
 
-    monkeypatch.setattr(restore_module._Prefetch, "_take", counting_take)
+    monkeypatch.setattr(apply_module._Prefetch, "_take", counting_take)
     ahead: list[int] = []  # segments downloaded and not yet taken, at each download
 
     class SlowSnapshot(CountingClient):
+        type = "remote"  # not read as a local replica: ``workers`` threads download
+
         def read_wal_segment(self, pos: Pos) -> bytes:
             data = super().read_wal_segment(pos)
             ahead.append(self.reads - taken[0])
@@ -657,6 +661,31 @@ def test_segments_download_while_the_snapshot_restores_within_a_byte_budget(
     assert most <= 60 + workers + 1, ahead
 
 
+def test_a_local_replica_is_read_by_one_thread_a_remote_one_by_parallelism(tmp_path: Path, engine) -> None:
+    """On a file replica a segment read is CPU, not a wait: one reader runs ahead of
+    the snapshot, whatever -parallelism says; a remote replica gets that many."""
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 40)
+
+    class ThreadCounting(CountingClient):
+        def __init__(self, root: str, kind: str) -> None:
+            super().__init__(root)
+            self.type = kind  # type: ignore[misc]
+            self.threads: set[str] = set()
+
+        def read_wal_segment(self, pos: Pos) -> bytes:
+            self.threads.add(threading.current_thread().name)
+            return super().read_wal_segment(pos)
+
+    for kind, want in (("file", 1), ("remote", 4)):
+        counting = ThreadCounting(client.root, kind)
+        out = tmp_path / f"{kind}.db"
+        # Through the listing cache, as the CLI passes it: the type is read through the wrapper.
+        restore(CachedListing(counting), RestoreOptions(output_path=str(out), parallelism=4))
+        assert rows(out, "SELECT count(*) FROM t") == [(40,)]
+        assert counting.reads == 40 and len(counting.threads) == want, (kind, counting.threads)
+
+
 def test_a_failed_write_back_of_the_snapshot_fails_the_restore(tmp_path: Path, engine, monkeypatch) -> None:
     """A disk that fails to write the snapshot back reports it to one fdatasync only;
     that error must fail the restore. A real disk cannot be made to fail here, so
@@ -667,7 +696,7 @@ def test_a_failed_write_back_of_the_snapshot_fails_the_restore(tmp_path: Path, e
     def failing_fdatasync(fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(restore_module.os, "fdatasync", failing_fdatasync)
+    monkeypatch.setattr(apply_module.os, "fdatasync", failing_fdatasync)
     out = tmp_path / "out.db"
     with pytest.raises(OSError, match="Input/output error"):
         restore(client, RestoreOptions(output_path=str(out)))
