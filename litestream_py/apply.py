@@ -24,11 +24,19 @@ from . import codec, paths
 from .errors import RestoreGapError, WALFormatError
 from .pos import Pos, WALSegmentInfo
 from .replica_client import ReplicaReader
-from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, check_frames, import_numpy_in_background
+from .wal import (
+    WAL_FRAME_HEADER_SIZE,
+    WAL_HEADER_SIZE,
+    WALHeader,
+    check_frames,
+    check_frames_py,
+    import_numpy_in_background,
+)
 
 __all__ = [
     "MAX_RUN_BYTES",
     "PREFETCH_BYTES",
+    "PURE_PYTHON_WAL_BYTES",
     "ProgressCallback",
     "WRITE_BEHIND_BYTES",
     "LOCAL_READERS",
@@ -46,6 +54,10 @@ PREFETCH_BYTES = 64 << 20
 WRITE_BEHIND_BYTES = 16 << 20
 # The most WAL checked and applied in one pass.
 MAX_RUN_BYTES = 16 << 20
+# Compressed WAL in a plan up to which frames are checked without numpy:
+# importing it costs ~0.1 s of CPU (more on a busy machine), the pure-Python
+# check ~6 ms per MiB of WAL, i.e. about as much for 5-8 MiB of these bytes.
+PURE_PYTHON_WAL_BYTES = 4 << 20
 # Readers of a local replica: a read there is CPU (a page-cache copy and the
 # LZ4 decode), not a wait, so more threads than one only compete with the
 # snapshot's decompression for the cores; one reader still runs ahead of it.
@@ -93,7 +105,8 @@ def apply_plan(
     ending exactly at ``end``; fails if ``end`` lies past the replica's last
     commit. Returns the applier, which says how far it got.
     """
-    if segments:
+    use_numpy = sum(s.size for s in segments) > PURE_PYTHON_WAL_BYTES
+    if use_numpy:
         import_numpy_in_background()  # the frame checks need it; the snapshot hides its import
     workers = min(parallelism, LOCAL_READERS) if reads_are_local(client) else parallelism
     with (
@@ -104,7 +117,7 @@ def apply_plan(
         with client.open_snapshot(generation, snapshot_index) as src:
             codec.decompress_stream(src, write_behind, f"snapshot {generation}/{snapshot_index:08x}")
         write_behind.sync()
-        applier = WALApplier(f, generation, cutoff_ns, end)
+        applier = WALApplier(f, generation, cutoff_ns, end, use_numpy=use_numpy)
         total, done = len(segments), 0
         for run in runs:
             applier.feed(run)
@@ -131,7 +144,11 @@ class WALApplier:
 
     DIRTY_PAGE_BYTES = 64 << 20
 
-    def __init__(self, f: BinaryIO, generation: str, cutoff_ns: int | None = None, end: Pos | None = None) -> None:
+    def __init__(
+        self, f: BinaryIO, generation: str, cutoff_ns: int | None = None, end: Pos | None = None,
+        use_numpy: bool = True,
+    ) -> None:
+        self.use_numpy = use_numpy  # check frames with numpy (else in pure Python: no import to pay)
         f.flush()  # pages go straight to the descriptor from here on
         self.fd = f.fileno()
         self.size = os.fstat(self.fd).st_size  # the database's size as of the last commit
@@ -215,11 +232,15 @@ class WALApplier:
         if (len(view) - pos) % frame_size:
             last = stretch[-1][0]
             raise WALFormatError(f"cannot apply wal segment {where(last)}: it does not end on a frame boundary")
-        check = check_frames(view[pos:], header, self.checksum)
-        if check.problem and base != seg.offset and len(check.sums) == 0:
+        if self.use_numpy:
+            check = check_frames(view[pos:], header, self.checksum)
+            fields, sums, problem = check.fields[:, :2].tolist(), check.sums.tolist(), check.problem
+        else:
+            fields, sums, problem = check_frames_py(view[pos:], header, self.checksum)
+        if problem and base != seg.offset and len(sums) == 0:
             raise self._overlap(where(seg), seg.offset)
         s0, s1 = self.checksum
-        for (pgno, commit_size), (s0, s1) in zip(check.fields[:, :2].tolist(), check.sums.tolist()):
+        for (pgno, commit_size), (s0, s1) in zip(fields, sums):
             self.pending[pgno] = bytes(view[pos + WAL_FRAME_HEADER_SIZE : pos + frame_size])
             pos += frame_size
             if commit_size:
@@ -237,12 +258,10 @@ class WALApplier:
                 if self.end is not None and self.last_commit >= self.end:
                     self.done = True
                     return
-        if check.problem:
+        if problem:
             # Frames before it were applied: a target reached there still restores.
             bad = base + pos
-            raise WALFormatError(
-                f"cannot apply wal segment {where(segment_at(bad + 1))}: {check.problem} at offset {bad}"
-            )
+            raise WALFormatError(f"cannot apply wal segment {where(segment_at(bad + 1))}: {problem} at offset {bad}")
         self.checksum = (s0, s1)
         self.offset = base + len(view)
         self.tail = (base, view)

@@ -445,7 +445,8 @@ def split_at_commits(wal: bytes) -> list[tuple[int, bytes]]:
     return segments
 
 
-def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path) -> None:
+@pytest.mark.parametrize("use_numpy", [True, False], ids=["numpy", "pure-python"])
+def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path, use_numpy: bool) -> None:
     """Contiguous segments are verified in one pass, yet each keeps its own time and name."""
     from test_wal import write_wal
 
@@ -460,7 +461,7 @@ def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path) -> None:
 
     cutoff = int((t0 + timedelta(seconds=2.5)).timestamp() * 1e9)
     with open(tmp_path / "a.db", "w+b") as f:
-        applier = WALApplier(f, "g", cutoff_ns=cutoff)
+        applier = WALApplier(f, "g", cutoff_ns=cutoff, use_numpy=use_numpy)
         applier.feed(run(pieces))
     assert applier.transactions == 3 and applier.done
     assert applier.last_commit == Pos("g", 0, pieces[3][0])
@@ -469,14 +470,16 @@ def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path) -> None:
     off, data = broken[3]
     broken[3] = (off, data[:200] + bytes([data[200] ^ 0xFF]) + data[201:])
     with open(tmp_path / "b.db", "w+b") as f:
-        applier = WALApplier(f, "g")
+        applier = WALApplier(f, "g", use_numpy=use_numpy)
         with pytest.raises(WALFormatError, match=f"wal segment g/00000000_{off:08x}: checksum mismatch at offset {off}"):
             applier.feed(run(broken))
     assert applier.transactions == 3  # everything before the bad segment was applied
 
 
-@pytest.mark.parametrize("dirty_bytes", [1, 64 << 20], ids=["flush-every-commit", "flush-at-end"])
-def test_applied_wal_matches_sqlites_own_checkpoint(tmp_path: Path, dirty_bytes: int, monkeypatch) -> None:
+@pytest.mark.parametrize("dirty_bytes,use_numpy", [(1, True), (64 << 20, True), (64 << 20, False)],
+                         ids=["flush-every-commit", "flush-at-end", "flush-at-end-pure-python"])
+def test_applied_wal_matches_sqlites_own_checkpoint(tmp_path: Path, dirty_bytes: int, use_numpy: bool,
+                                                    monkeypatch) -> None:
     """Growth, a VACUUM that shrinks the file, then growth again: byte for byte what SQLite checkpoints."""
     db = tmp_path / "src.db"
     conn = sqlite3.connect(db, isolation_level=None)
@@ -502,7 +505,7 @@ def test_applied_wal_matches_sqlites_own_checkpoint(tmp_path: Path, dirty_bytes:
     out.write_bytes(base)
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     with open(out, "r+b") as f:
-        applier = WALApplier(f, "g")
+        applier = WALApplier(f, "g", use_numpy=use_numpy)
         applier.feed([(WALSegmentInfo("g", 0, off, len(d), t0), (d, [])) for off, d in split_at_commits(wal)])
         applier.flush()
     assert applier.transactions == 40 + 2 + 30  # the last 30 inserts autocommit one by one
