@@ -55,9 +55,11 @@ WRITE_BEHIND_BYTES = 16 << 20
 # The most WAL checked and applied in one pass.
 MAX_RUN_BYTES = 16 << 20
 # Compressed WAL in a plan up to which frames are checked without numpy:
-# importing it costs ~0.1 s of CPU (more on a busy machine), the pure-Python
-# check ~6 ms per MiB of WAL, i.e. about as much for 5-8 MiB of these bytes.
-PURE_PYTHON_WAL_BYTES = 4 << 20
+# importing it costs ~0.1 s of CPU (more on a busy machine), which a large
+# snapshot's decompression hides on a second core; the pure-Python check
+# costs ~6 ms per MiB of WAL on the applying thread (~3 MiB of WAL per MiB
+# compressed): below this, not importing numpy is the cheaper of the two.
+PURE_PYTHON_WAL_BYTES = 2 << 20
 # Readers of a local replica: a read there is CPU (a page-cache copy and the
 # LZ4 decode), not a wait, so more threads than one only compete with the
 # snapshot's decompression for the cores; one reader still runs ahead of it.
