@@ -35,11 +35,9 @@ class Writer(Protocol):
 
 STREAM_CHUNK = 1 << 20
 # Compressed bytes fed to the decompressor at a time, and the most it may
-# return per call: one LZ4 block. Larger outputs cost more CPU, not less (each
-# is a fresh buffer whose pages fault in, and the copy into the page cache
-# runs out of the CPU caches); see docs/bench.md, Restore.
+# return per call: big chunks mean few GIL hand-offs while other threads run.
 DECOMPRESS_CHUNK = 4 << 20
-DECOMPRESS_OUTPUT = 4 << 20
+DECOMPRESS_OUTPUT = 16 << 20
 
 
 # Independent 4 MiB blocks with a content checksum: a standard LZ4 frame that
