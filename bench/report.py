@@ -434,8 +434,9 @@ RESTORE_NOTE = (
     "what any restore of that database must do on this machine: decode its snapshot (LZ4, lsr's framing: 4 MiB "
     "blocks and a content checksum) on one core and write its bytes (`os.write`, then `fsync`), nothing else "
     "(bench/restore_floor.py). \"in process\" is lsr's restore of its file replica called inside the "
-    "benchmark's own process, so without the start-up: the interpreter, lsr's imports and numpy's, which the "
-    "command pays and Go's binary does not (the start-up rows: each tool's `version` command, exec to exit)."
+    "benchmark's own process after a first restore, so without the start-up (the interpreter and lsr's imports, "
+    "which the command pays and Go's binary does not: the start-up rows time each tool's `version` command, exec "
+    "to exit) nor a fresh process's first-touch costs."
 )
 
 

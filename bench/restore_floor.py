@@ -26,7 +26,7 @@ from tools import Tool
 
 __all__ = ["floor", "in_process", "startup"]
 
-PIECE = 4 << 20  # compressed bytes fed, and decoded bytes taken, per call (as lsr's snapshot restore)
+PIECE = 4 << 20  # compressed bytes fed, and decoded bytes taken, per call: one LZ4 block
 
 
 def _median(fn: Callable[[], float], repeats: int) -> float:
