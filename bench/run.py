@@ -297,8 +297,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["restore"][name] = _restores(results, backend(name), work, large, tools, s)
             results["restore_floor"]["startup"] = _attempt(
                 results, "restore floor: start-up", partial(restore_floor.startup, tools, s.restore_repeats))
-            results["restore_floor"]["restore"] = _attempt(
-                results, "restore floor: 100 MiB", partial(_floor, large, work / "restore-file-lsr" / "big-replica", s))
+            results["restore_floor"]["restore"] = _attempt(results, "restore floor: restore scenario", partial(
+                _floor, large, work / "restore-file-lsr" / "big-replica", s))
         lsr = next((t for t in tools if t.name == "lsr"), None)
         if "age" in only and lsr is not None and not args.age:
             for name in (args.age_backends or ("file" if args.quick else "file,s3")).split(","):
@@ -317,8 +317,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if name in SERVER_KINDS:  # a server of its own, whose access log counts the requests
                     servers[name] = S3Server(SERVER_KINDS[name], work, access_log=True)
                 results["compaction"][name] = _compactions(results, backend(name), work, source, tools, s)
-            results["restore_floor"]["compaction"] = _attempt(
-                results, "restore floor: compaction", partial(_floor, source, work / "compaction-file-lsr" / "app-replica", s))
+            results["restore_floor"]["compaction"] = _attempt(results, "restore floor: compaction", partial(
+                _floor, source, work / "compaction-file-lsr" / "app-replica", s))
         if "idle" in only:
             results["idle"] = {t.name: _attempt(results, f"idle {t.name}", partial(scenarios.idle, t, work, s))
                                for t in tools}

@@ -203,8 +203,9 @@ class WALApplier:
             self.pending.clear()
             self.tail = (0, memoryview(b""))
         if seg.offset > self.offset:
+            missing = missing_segment(self.generation, seg.index, self.offset)
             raise RestoreGapError(
-                f"cannot restore generation {self.generation}: {missing_segment(self.generation, seg.index, self.offset)} "
+                f"cannot restore generation {self.generation}: {missing} "
                 f"(the next one, {where(seg)}, starts at offset {seg.offset})"
             )
         base = seg.offset  # where ``data`` starts in the WAL index

@@ -415,7 +415,9 @@ def _py_frame_weights(page_size: int) -> tuple[list[int], list[int], tuple[int, 
     return w0, w1, powers[n]
 
 
-def checksum_chain_py(data: bytes | memoryview, header: WALHeader, start_checksum: tuple[int, int]) -> list[tuple[int, int]]:
+def checksum_chain_py(
+    data: bytes | memoryview, header: WALHeader, start_checksum: tuple[int, int]
+) -> list[tuple[int, int]]:
     """``checksum_chain`` without numpy (whose import costs more than a few MiB of frames).
 
     The same algebra, vectorised across frames in Python integers: word j of
