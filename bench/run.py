@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import compaction
 import report
+import restore_floor
 import scenarios
 import workload
 from tools import AgeKeyPair, Backend, S3Server, Tool, find_tool
@@ -171,12 +172,16 @@ def _restores(results: dict[str, Any], backend: Backend, work: Path, large: Path
             out[r.tool.name] = _attempt(results, f"restore {backend.name} {r.tool.name}: warm-up",
                                         partial(scenarios.time_restore, r, warm_up=True))
     # In turns, the order alternating: the machine's speed drifts over minutes,
-    # and moto's slows as it fills; both then fall on every tool alike.
+    # and moto's slows as it fills; both then fall on every tool alike. lsr's
+    # replica is also restored with -parallelism 1 (issue 28: the default must
+    # never be slower), a turn of its own.
+    turns = [(r, None) for r in built] + [(r, 1) for r in built if r.tool.name == "lsr"]
     for i in range(s.restore_repeats):
-        for r in built if i % 2 == 0 else built[::-1]:
+        for r, parallelism in turns if i % 2 == 0 else turns[::-1]:
             if "error" not in out[r.tool.name]:
-                out[r.tool.name] = _attempt(results, f"restore {backend.name} {r.tool.name}: #{i + 1}",
-                                            partial(scenarios.time_restore, r))
+                flag = f" -parallelism {parallelism}" if parallelism else ""
+                out[r.tool.name] = _attempt(results, f"restore {backend.name} {r.tool.name}{flag}: #{i + 1}",
+                                            partial(scenarios.time_restore, r, parallelism=parallelism))
     return out
 
 
@@ -196,6 +201,15 @@ def _compactions(results: dict[str, Any], backend: Backend, work: Path, source: 
             if "error" not in out[t.name]:
                 out[t.name] = _attempt(results, f"compaction {backend.name} {t.name}: restore #{i + 1}",
                                        partial(compaction.time_restore, t, backend, out[t.name]))
+    return out
+
+
+def _floor(db: Path, lsr_replica: Path, s: scenarios.Settings) -> dict[str, Any]:
+    """The floor under restoring ``db`` (LZ4 decode, write, fsync), and lsr's
+    restore of its file replica of it in this process, when there is one."""
+    out = restore_floor.floor(db, db.parent, s.restore_repeats)
+    if lsr_replica.is_dir():
+        out["in_process"] = restore_floor.in_process(lsr_replica, db.parent, s.restore_repeats)
     return out
 
 
@@ -240,7 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": dataclasses.asdict(s), "machine": _machine(), "tools": {}, "errors": [],
         "replication": {}, "throughput": {}, "restore": {}, "idle": {}, "age": args.age, "age_cost": {},
-        "compaction": {},
+        "compaction": {}, "restore_floor": {},
     }
     age = AgeKeyPair() if args.age else None
     for name in args.tools.split(","):
@@ -281,6 +295,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "restore" in only:
             for name in restore_backends:
                 results["restore"][name] = _restores(results, backend(name), work, large, tools, s)
+            results["restore_floor"]["startup"] = _attempt(
+                results, "restore floor: start-up", partial(restore_floor.startup, tools, s.restore_repeats))
+            results["restore_floor"]["restore"] = _attempt(results, "restore floor: restore scenario", partial(
+                _floor, large, work / "restore-file-lsr" / "big-replica", s))
         lsr = next((t for t in tools if t.name == "lsr"), None)
         if "age" in only and lsr is not None and not args.age:
             for name in (args.age_backends or ("file" if args.quick else "file,s3")).split(","):
@@ -299,6 +317,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if name in SERVER_KINDS:  # a server of its own, whose access log counts the requests
                     servers[name] = S3Server(SERVER_KINDS[name], work, access_log=True)
                 results["compaction"][name] = _compactions(results, backend(name), work, source, tools, s)
+            results["restore_floor"]["compaction"] = _attempt(results, "restore floor: compaction", partial(
+                _floor, source, work / "compaction-file-lsr" / "app-replica", s))
         if "idle" in only:
             results["idle"] = {t.name: _attempt(results, f"idle {t.name}", partial(scenarios.idle, t, work, s))
                                for t in tools}

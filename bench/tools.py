@@ -232,10 +232,10 @@ def sidecar(tool: Tool, config: Path, log: Path) -> Iterator[subprocess.Popen[by
         stop(proc)
 
 
-def restore(tool: Tool, config: Path, db: Path, out: Path, log: Path) -> float:
-    """Seconds taken by ``<tool> restore -config CONFIG -o OUT DB``; raises if it fails."""
+def restore(tool: Tool, config: Path, db: Path, out: Path, log: Path, flags: tuple[str, ...] = ()) -> float:
+    """Seconds taken by ``<tool> restore [FLAGS] -config CONFIG -o OUT DB``; raises if it fails."""
     t0 = time.monotonic()
-    proc = _spawn([tool.exe, "restore", "-config", str(config), "-o", str(out), str(db)], log)
+    proc = _spawn([tool.exe, "restore", *flags, "-config", str(config), "-o", str(out), str(db)], log)
     # A blocking wait, timed out by a timer: wait(timeout=...) polls in sleeps
     # of up to 50 ms, which rounded every restore time up to a 50 ms step.
     timeout = threading.Timer(600, proc.kill)

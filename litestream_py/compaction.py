@@ -15,7 +15,7 @@ time (codec's skippable frame), so restores to a timestamp stay exact.
 Order of writes: the merged object first, which replaces the first segment's
 object in place (a rename on a file replica, a PUT on S3: both atomic), then
 the others are deleted. A reader in between sees the merged object and
-leftovers it covers: restore skips ranges it has applied (restore._WALApplier),
+leftovers it covers: restore skips ranges it has applied (apply.WALApplier),
 and one that finds a leftover gone starts over from a fresh listing, as it does
 when retention deletes. A crash in between leaves covered leftovers: the next
 pass deletes them before merging anything. Retention and compaction both
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 # a follower tailing the live edge reads each small segment before it goes.
 DEFAULT_COMPACTION_INTERVAL = timedelta(seconds=10)
 # WAL bytes in one merged segment at most. Restores download segments in
-# parallel and check up to restore.MAX_RUN_BYTES in one pass: segments much
+# parallel and check up to apply.MAX_RUN_BYTES in one pass: segments much
 # larger would serialize the download of a long chain.
 MAX_COMPACTED_SEGMENT_SIZE = 16 << 20
 # The most WAL one pass rewrites, so that a first pass over a large replica

@@ -43,6 +43,8 @@ __all__ = [
     "check_frames",
     "FrameCheck",
     "checksum_chain",
+    "checksum_chain_py",
+    "check_frames_py",
     "frame_headers",
     "ScanResult",
     "import_numpy_in_background",
@@ -386,3 +388,79 @@ def scan_frames(
     last = int(commit_frames[-1])
     commits = ((commit_frames + 1) * frame_size).tolist()
     return ScanResult(commits[-1], (int(check.sums[last, 0]), int(check.sums[last, 1])), commits, check.valid)
+
+
+# Bytes per lane in checksum_chain_py: a lane sums up to 8194 products of two
+# 32-bit numbers (a 64 KiB page), under 2**77.
+_LANE = 10
+_FRAME_FIELDS = struct.Struct(">6I")
+
+
+def _py_frame_weights(page_size: int) -> tuple[list[int], list[int], tuple[int, int, int, int]]:
+    """``_frame_weights`` without numpy: per-word weights of a frame's two
+    checksum words, and M^n (row-major) for n, the checksum steps per frame."""
+    n = (8 + page_size) // 8
+    powers = [(1, 0, 0, 1)]  # M^k, k = 0..n, with M = [[1, 1], [1, 2]]
+    for _ in range(n):
+        a, b, c, d = powers[-1]
+        powers.append(((a + b) & _MASK32, (a + 2 * b) & _MASK32, (c + d) & _MASK32, (c + 2 * d) & _MASK32))
+    words = (WAL_FRAME_HEADER_SIZE + page_size) // 4
+    w0, w1 = [0] * words, [0] * words
+    for step in range(1, n + 1):
+        # Step 1 reads the header's first two words, the others the page's.
+        first = 0 if step == 1 else WAL_FRAME_HEADER_SIZE // 4 + 2 * (step - 2)
+        a, b, c, d = powers[n - step]
+        w0[first], w1[first] = (a + b) & _MASK32, (c + d) & _MASK32
+        w0[first + 1], w1[first + 1] = b, d
+    return w0, w1, powers[n]
+
+
+def checksum_chain_py(
+    data: bytes | memoryview, header: WALHeader, start_checksum: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """``checksum_chain`` without numpy (whose import costs more than a few MiB of frames).
+
+    The same algebra, vectorised across frames in Python integers: word j of
+    every frame is packed into one integer of ``_LANE``-byte lanes, so each
+    weight multiplies all frames at once (~6 ms a MiB).
+    """
+    frame_size = WAL_FRAME_HEADER_SIZE + header.page_size
+    count = len(data) // frame_size
+    frames = bytes(data[: count * frame_size])
+    w0, w1, (a, b, c, d) = _py_frame_weights(header.page_size)
+    lanes = bytearray(count * _LANE)
+    order = (3, 2, 1, 0) if header.big_endian else (0, 1, 2, 3)
+    acc0 = acc1 = 0
+    for j in range(frame_size // 4):
+        if w0[j] or w1[j]:
+            for byte, lane_byte in enumerate(order):
+                lanes[lane_byte::_LANE] = frames[4 * j + byte :: frame_size]
+            v = int.from_bytes(lanes, "little")
+            acc0 += w0[j] * v
+            acc1 += w1[j] * v
+    r0 = acc0.to_bytes(count * _LANE + 16, "little")
+    r1 = acc1.to_bytes(count * _LANE + 16, "little")
+    s0, s1 = start_checksum
+    sums = []
+    for k in range(0, count * _LANE, _LANE):
+        u0, u1 = int.from_bytes(r0[k : k + 4], "little"), int.from_bytes(r1[k : k + 4], "little")
+        s0, s1 = (a * s0 + b * s1 + u0) & _MASK32, (c * s0 + d * s1 + u1) & _MASK32
+        sums.append((s0, s1))
+    return sums
+
+
+def check_frames_py(
+    data: bytes | memoryview, header: WALHeader, start_checksum: tuple[int, int]
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]], str]:
+    """``check_frames`` without numpy: each valid frame's (page number, commit
+    size), the cumulative checksum after it, and what is wrong with the next."""
+    frame_size = WAL_FRAME_HEADER_SIZE + header.page_size
+    view = memoryview(data)
+    fields = [_FRAME_FIELDS.unpack_from(view, pos) for pos in range(0, len(view) - frame_size + 1, frame_size)]
+    valid = next((i for i, f in enumerate(fields) if (f[2], f[3]) != (header.salt1, header.salt2)), len(fields))
+    problem = "salt mismatch" if valid < len(fields) else ""
+    sums = checksum_chain_py(view[: valid * frame_size], header, start_checksum)
+    bad = next((i for i, (f, s) in enumerate(zip(fields, sums)) if (f[4], f[5]) != s), None)
+    if bad is not None:
+        valid, problem = bad, "checksum mismatch"
+    return [(f[0], f[1]) for f in fields[:valid]], sums[:valid], problem

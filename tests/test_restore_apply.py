@@ -11,6 +11,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,14 +22,16 @@ from litestream_py import codec
 from litestream_py.errors import WALFormatError
 from litestream_py.pos import Pos, WALSegmentInfo
 from litestream_py.replica import Replica
-from litestream_py.restore import RestoreOptions, _WALApplier, restore
+from litestream_py.apply import WALApplier
+from litestream_py.restore import RestoreOptions, restore
+from litestream_py.restore_target import CachedListing
 from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, checksum
 from support.engine import CountingClient, commit_and_ship, replicated_app
 from support.procs import run_lsr, wait_for
 from support.s3 import S3Server, make_s3_client
 from support.sqlite import integrity_ok, rows
 
-restore_module = importlib.import_module("litestream_py.restore")  # the package exports a function of that name
+apply_module = importlib.import_module("litestream_py.apply")
 
 
 def test_restore_over_a_thousand_segments_in_parallel(tmp_path: Path, engine) -> None:
@@ -111,7 +114,8 @@ def split_at_commits(wal: bytes) -> list[tuple[int, bytes]]:
     return segments
 
 
-def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path) -> None:
+@pytest.mark.parametrize("use_numpy", [True, False], ids=["numpy", "pure-python"])
+def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path, use_numpy: bool) -> None:
     """Contiguous segments are verified in one pass, yet each keeps its own time and name."""
     from support.sqlite import write_wal
 
@@ -126,7 +130,7 @@ def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path) -> None:
 
     cutoff = int((t0 + timedelta(seconds=2.5)).timestamp() * 1e9)
     with open(tmp_path / "a.db", "w+b") as f:
-        applier = _WALApplier(f, "g", cutoff_ns=cutoff)
+        applier = WALApplier(f, "g", cutoff_ns=cutoff, use_numpy=use_numpy)
         applier.feed(run(pieces))
     assert applier.transactions == 3 and applier.done
     assert applier.last_commit == Pos("g", 0, pieces[3][0])
@@ -135,14 +139,16 @@ def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path) -> None:
     off, data = broken[3]
     broken[3] = (off, data[:200] + bytes([data[200] ^ 0xFF]) + data[201:])
     with open(tmp_path / "b.db", "w+b") as f:
-        applier = _WALApplier(f, "g")
+        applier = WALApplier(f, "g", use_numpy=use_numpy)
         with pytest.raises(WALFormatError, match=f"wal segment g/00000000_{off:08x}: checksum mismatch at offset {off}"):
             applier.feed(run(broken))
     assert applier.transactions == 3  # everything before the bad segment was applied
 
 
-@pytest.mark.parametrize("dirty_bytes", [1, 64 << 20], ids=["flush-every-commit", "flush-at-end"])
-def test_applied_wal_matches_sqlites_own_checkpoint(tmp_path: Path, dirty_bytes: int, monkeypatch) -> None:
+@pytest.mark.parametrize("dirty_bytes,use_numpy", [(1, True), (64 << 20, True), (64 << 20, False)],
+                         ids=["flush-every-commit", "flush-at-end", "flush-at-end-pure-python"])
+def test_applied_wal_matches_sqlites_own_checkpoint(tmp_path: Path, dirty_bytes: int, use_numpy: bool,
+                                                    monkeypatch) -> None:
     """Growth, a VACUUM that shrinks the file, then growth again: byte for byte what SQLite checkpoints."""
     db = tmp_path / "src.db"
     conn = sqlite3.connect(db, isolation_level=None)
@@ -163,12 +169,12 @@ def test_applied_wal_matches_sqlites_own_checkpoint(tmp_path: Path, dirty_bytes:
     want = db.read_bytes()
     conn.close()
 
-    monkeypatch.setattr(_WALApplier, "DIRTY_PAGE_BYTES", dirty_bytes)
+    monkeypatch.setattr(WALApplier, "DIRTY_PAGE_BYTES", dirty_bytes)
     out = tmp_path / "out.db"
     out.write_bytes(base)
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     with open(out, "r+b") as f:
-        applier = _WALApplier(f, "g")
+        applier = WALApplier(f, "g", use_numpy=use_numpy)
         applier.feed([(WALSegmentInfo("g", 0, off, len(d), t0), (d, [])) for off, d in split_at_commits(wal)])
         applier.flush()
     assert applier.transactions == 40 + 2 + 30  # the last 30 inserts autocommit one by one
@@ -191,21 +197,23 @@ def test_segments_download_while_the_snapshot_restores_within_a_byte_budget(
     # The 60 smallest: any 60 segments then fill the budget. (The first segment,
     # holding the table's creation, is several times the size of the others.)
     budget = sum(sorted(decoded)[:60])
-    monkeypatch.setattr(restore_module, "PREFETCH_BYTES", budget)
+    monkeypatch.setattr(apply_module, "PREFETCH_BYTES", budget)
     workers = 4
     # Segments handed to the applier. Counted as they are taken, not as progress
     # reports them: a run of many small segments is taken whole before it is applied.
     taken = [0]
-    take = restore_module._Prefetch._take
+    take = apply_module._Prefetch._take
 
     def counting_take(self: Any) -> Any:
         taken[0] += 1
         return take(self)
 
-    monkeypatch.setattr(restore_module._Prefetch, "_take", counting_take)
+    monkeypatch.setattr(apply_module._Prefetch, "_take", counting_take)
     ahead: list[int] = []  # segments downloaded and not yet taken, at each download
 
     class SlowSnapshot(CountingClient):
+        type = "remote"  # not read as a local replica: ``workers`` threads download
+
         def read_wal_segment(self, pos: Pos) -> bytes:
             data = super().read_wal_segment(pos)
             ahead.append(self.reads - taken[0])
@@ -227,6 +235,31 @@ def test_segments_download_while_the_snapshot_restores_within_a_byte_budget(
     assert most <= 60 + workers + 1, ahead
 
 
+def test_a_local_replica_is_read_by_one_thread_a_remote_one_by_parallelism(tmp_path: Path, engine) -> None:
+    """On a file replica a segment read is CPU, not a wait: one reader runs ahead of
+    the snapshot, whatever -parallelism says; a remote replica gets that many."""
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 40)
+
+    class ThreadCounting(CountingClient):
+        def __init__(self, root: str, kind: str) -> None:
+            super().__init__(root)
+            self.type = kind  # type: ignore[misc]
+            self.threads: set[str] = set()
+
+        def read_wal_segment(self, pos: Pos) -> bytes:
+            self.threads.add(threading.current_thread().name)
+            return super().read_wal_segment(pos)
+
+    for kind, want in (("file", 1), ("remote", 4)):
+        counting = ThreadCounting(client.root, kind)
+        out = tmp_path / f"{kind}.db"
+        # Through the listing cache, as the CLI passes it: the type is read through the wrapper.
+        restore(CachedListing(counting), RestoreOptions(output_path=str(out), parallelism=4))
+        assert rows(out, "SELECT count(*) FROM t") == [(40,)]
+        assert counting.reads == 40 and len(counting.threads) == want, (kind, counting.threads)
+
+
 def test_a_failed_write_back_of_the_snapshot_fails_the_restore(tmp_path: Path, engine, monkeypatch) -> None:
     """A disk that fails to write the snapshot back reports it to one fdatasync only;
     that error must fail the restore. A real disk cannot be made to fail here, so
@@ -237,7 +270,7 @@ def test_a_failed_write_back_of_the_snapshot_fails_the_restore(tmp_path: Path, e
     def failing_fdatasync(fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(restore_module.os, "fdatasync", failing_fdatasync)
+    monkeypatch.setattr(apply_module.os, "fdatasync", failing_fdatasync)
     out = tmp_path / "out.db"
     with pytest.raises(OSError, match="Input/output error"):
         restore(client, RestoreOptions(output_path=str(out)))

@@ -19,6 +19,8 @@ from litestream_py.wal import (
     FrameHeader,
     WALHeader,
     checksum,
+    check_frames,
+    check_frames_py,
     checksum_chain,
     checksum_reference,
     frame_align,
@@ -96,6 +98,34 @@ def test_checksum_chain_matches_reference_frame_by_frame(big: bool) -> None:
         s0, s1 = checksum_reference(big, s0, s1, data[start : start + 8])
         s0, s1 = checksum_reference(big, s0, s1, data[start + WAL_FRAME_HEADER_SIZE : start + frame])
         assert (int(sums[k, 0]), int(sums[k, 1])) == (s0, s1), f"frame {k}"
+
+
+@pytest.mark.parametrize("big,page_size", [(False, 512), (True, 1024), (False, 65536)])
+def test_pure_python_frame_check_agrees_with_numpys(big: bool, page_size: int) -> None:
+    """check_frames_py (restores of small WAL: no numpy import) gives check_frames' fields,
+    sums and problem: on valid frames, a flipped bit, and a frame of another WAL (salt)."""
+    frame = WAL_FRAME_HEADER_SIZE + page_size
+    magic = WAL_MAGIC_BE if big else WAL_MAGIC_LE
+    header = WALHeader.parse(struct.pack(">IIIIII", magic, 3007000, page_size, 0, 1, 2) + b"\0" * 8, verify=False)
+    count = 5 if page_size == 65536 else 40
+    data = bytearray(os.urandom(count * frame))
+    s = (0xDEADBEEF, 0xFFFFFFFF)
+    for k in range(count):  # each frame a valid continuation of the chain, with the header's salts
+        start = k * frame
+        data[start + 8 : start + 16] = struct.pack(">II", 1, 2)
+        s = checksum_reference(big, *s, bytes(data[start : start + 8]))
+        s = checksum_reference(big, *s, bytes(data[start + WAL_FRAME_HEADER_SIZE : start + frame]))
+        data[start + 16 : start + 24] = struct.pack(">II", *s)
+    flipped = bytearray(data)
+    flipped[3 * frame + WAL_FRAME_HEADER_SIZE + 7] ^= 0x10
+    foreign = bytearray(data)
+    foreign[4 * frame + 8] ^= 0x01  # salt1 of the fifth frame
+    for case, want in ((data, (count, "")), (flipped, (3, "checksum mismatch")), (foreign, (4, "salt mismatch"))):
+        fields, sums, problem = check_frames_py(bytes(case), header, (0xDEADBEEF, 0xFFFFFFFF))
+        check = check_frames(bytes(case), header, (0xDEADBEEF, 0xFFFFFFFF))
+        assert (len(fields), problem) == want == (check.valid, check.problem)
+        assert [list(f) for f in fields] == check.fields[:, :2].tolist()
+        assert [list(x) for x in sums] == check.sums.tolist()
 
 
 def test_scan_stops_at_corrupt_frame(tmp_path: Path) -> None:
