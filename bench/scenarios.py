@@ -72,6 +72,11 @@ class Settings:
     # lsr's compaction-interval in that scenario; "" leaves lsr's default. Only the
     # smoke run (--quick) sets it, to finish in seconds: its figures are not measurements.
     compaction_interval: str = ""
+    # The stall scenario (bench/stall.py): a writer saturating SQLite with big
+    # transactions (default wal_autocheckpoint), alone and beside each tool.
+    stall_seconds: float = 8.0
+    stall_rows: int = 10000
+    stall_repeats: int = 2
 
 
 class Decoder:
@@ -114,9 +119,10 @@ def wait_ready(proc: subprocess.Popen[bytes], watcher: Watcher, log: Path, timeo
     return time.monotonic() - t0
 
 
-def run_writer(db: Path, out: Path, phases: list[tuple[float, float]]) -> dict[str, np.ndarray]:
-    """The writer as its own process, so that it shares no interpreter with the watcher."""
-    args = [sys.executable, str(WRITER), str(db), str(out)]
+def run_writer(db: Path, out: Path, phases: list[tuple[float, float]], rows: int = 0) -> dict[str, np.ndarray]:
+    """The writer as its own process, so that it shares no interpreter with the watcher
+    (``rows``: big transactions of that many rows, see workload)."""
+    args = [sys.executable, str(WRITER), str(db), str(out), *([f"--rows={rows}"] if rows else [])]
     for seconds, rate in phases:
         args += ["--phase", f"{seconds}:{rate}"]
     subprocess.run(args, check=True, timeout=sum(s for s, _ in phases) + 300)
