@@ -9,7 +9,10 @@ Continuity rests on one invariant: lsr always holds a read transaction (the
 *read lock*), and takes it anew only while it also holds the write lock and has
 just copied the WAL to its end (or read its tail into memory, written to the
 shadow before anything else), or while it still holds the old one and copies
-the WAL to its end before letting that one go. A reader pins the WAL: SQLite
+the WAL to its end before letting that one go, or while it holds both the old
+one and the write lock on a WAL not fully checkpointed (the new one then has a
+read-mark past 0, and no restart can drop what it has not copied yet). A
+reader pins the WAL: SQLite
 can neither restart nor truncate it past a reader's mark, and cannot backfill
 past a reader on the database file (read-mark 0). So while the read lock is held without a gap, no
 committed frame can leave the WAL before lsr has copied it, and a WAL that was
@@ -95,6 +98,10 @@ COPY_CHUNK_SIZE = 256 << 10
 # The most WAL a checkpoint reads into memory under the write lock (_read_wal_tail):
 # a bound on lsr's memory, as the application rarely commits more while lsr waits for the lock.
 MAX_WAL_TAIL = 4 << 20
+# The most frames a checkpoint backfills under the write lock: SQLite's default
+# wal_autocheckpoint, what an application's own commit backfills without lsr.
+# Past it, the bulk is backfilled without the lock first (_hand_over_read_lock).
+MAX_LOCKED_BACKFILL = 1000
 # The two copies of the WalIndexHdr and the checkpoint info at the start of -shm.
 WAL_INDEX_HEADER_SIZE = 136
 # The two WalIndexHdr copies alone: every commit rewrites them, while checkpoints
@@ -146,7 +153,7 @@ class _LockedRetake:
     """What DB._retake_read_lock did under the write lock, and for how long (s)."""
 
     tail: _WALTail | None
-    counts: tuple[int, int, int] | None  # the checkpoint's (busy, frames, backfilled)
+    counts: tuple[int, int, int] | None  # the checkpoint's (busy, frames, backfilled); None: handed over
     held: float
 
 
@@ -933,6 +940,13 @@ class DB:
         with self._write_lock():
             locked_at = time.monotonic()
             tail = self._read_wal_tail(generation, index)
+            mx_frame, backfilled = self._wal_frames()
+            # Too much to copy, or to backfill, while the application waits:
+            # move the read lock without either, and leave them to the caller.
+            if (tail is None or (checkpoint and mx_frame - backfilled > MAX_LOCKED_BACKFILL)) and (
+                self._hand_over_read_lock()
+            ):
+                return _LockedRetake(tail, None, time.monotonic() - locked_at)
             if tail is None:
                 self._copy_to_shadow(generation, index)
             self._release_read_lock()
@@ -943,6 +957,34 @@ class DB:
             self._acquire_read_lock()
             held = time.monotonic() - locked_at
         return _LockedRetake(tail, counts, held)
+
+    def _hand_over_read_lock(self) -> bool:
+        """Under the write lock: take the read lock anew at the WAL's end on a
+        new connection before letting the old one go, copying nothing first.
+
+        Safe while the WAL's end is not fully checkpointed: the new read lock
+        then gets a read-mark at that end (not 0), and while lsr holds a
+        read-mark past 0 SQLite cannot restart the WAL, so the frames past the
+        shadow's end stay in the WAL until lsr copies them (the old read lock
+        kept backfills from passing the shadow's end until then). False, and
+        nothing changed, when the WAL is fully checkpointed (read-mark 0)."""
+        mx_frame, backfilled = self._wal_frames()
+        if mx_frame <= backfilled:
+            return False
+        conn = self._new_connection(statement_cache=0)
+        try:
+            _begin_read(conn)
+        except apsw.Error:
+            conn.close()
+            return False
+        old, self._read_conn = self._read_conn, conn
+        self._read_lock_taken()
+        assert old is not None
+        try:
+            old.execute("ROLLBACK")
+        finally:
+            old.close()
+        return True
 
     def _copy_tail_to_shadow(self, generation: str, index: int, tail: _WALTail | None) -> None:
         """Write a tail read under the write lock to the shadow, before anything
@@ -1079,9 +1121,17 @@ class DB:
         while True:
             retake = self._retake_read_lock(generation, index, checkpoint=True)
             self._copy_tail_to_shadow(generation, index, retake.tail)
-            assert retake.counts is not None
-            busy, frames, backfilled = retake.counts
             held = max(held, retake.held)
+            if retake.counts is None:
+                # Handed over: backfill and copy without the write lock, then
+                # take it again for what the application added meanwhile.
+                busy, frames, backfilled = self._run_checkpoint(writer)
+                busy = 1  # lsr's read-mark, past 0, still keeps the WAL from restarting
+                self._copy_to_shadow(generation, index)
+                self._publish(generation, index)
+                self._notify()
+            else:
+                busy, frames, backfilled = retake.counts
             if (not busy and frames == backfilled) or time.monotonic() >= deadline:
                 break
             time.sleep(FORCED_CHECKPOINT_RETRY)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from litestream_py import db as db_module
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.db import DB
 from litestream_py.replica import Replica
@@ -94,3 +95,68 @@ def test_after_lsr_checkpoints_the_apps_checkpoint_backfills_only_what_lsr_copie
         app.close()
     assert integrity_ok(path)
     assert rows(path, "SELECT count(*) FROM t") == [(25,)]
+
+
+def test_a_checkpoint_behind_by_much_copies_and_backfills_without_the_write_lock(tmp_path: Path, monkeypatch) -> None:
+    """With more WAL past the shadow than lsr may copy, or backfill, while the
+    application waits, lsr hands its read lock over to the WAL's end (a read-mark
+    past 0, so the WAL cannot restart) and does both after the write lock is
+    gone; the WAL restarts only once everything is copied."""
+    path = tmp_path / "app.db"
+    app = _App(path)
+    db = DB(str(path))
+    db.replicas.append(Replica(db, FileReplicaClient(str(tmp_path / "replica")), "file"))
+    monkeypatch.setattr(db_module, "MAX_WAL_TAIL", 0)
+    monkeypatch.setattr(db_module, "MAX_LOCKED_BACKFILL", 0)
+    locked = [False]
+    under_lock: list[tuple[str, int]] = []  # (what, frames) done while the application would wait
+    enter, leave = DB._WriteLock.__enter__, DB._WriteLock.__exit__
+
+    def locked_enter(self: object) -> None:
+        enter(self)  # type: ignore[arg-type]
+        locked[0] = True
+
+    def locked_exit(self: object, *exc: object) -> None:
+        locked[0] = False
+        leave(self, *exc)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DB._WriteLock, "__enter__", locked_enter)
+    monkeypatch.setattr(DB._WriteLock, "__exit__", locked_exit)
+    copy, backfill = db._copy_to_shadow, DB._run_checkpoint
+
+    def watched_copy(generation: str, index: int, tail: object = None) -> int:
+        before = db.shadow_wal_size(generation, index)
+        after = copy(generation, index, tail)  # type: ignore[arg-type]
+        if locked[0] and after > before:
+            under_lock.append(("copy", after - before))
+        return after
+
+    def watched_backfill(conn: object) -> tuple[int, int, int]:
+        before = db._wal_frames()[1]
+        counts = backfill(conn)  # type: ignore[arg-type]
+        if locked[0] and counts[2] > before:
+            under_lock.append(("backfill", counts[2] - before))
+        return counts
+
+    monkeypatch.setattr(db, "_copy_to_shadow", watched_copy)
+    monkeypatch.setattr(DB, "_run_checkpoint", staticmethod(watched_backfill))
+    try:
+        app.insert(10)
+        db.sync()
+        generation, index = db.pos().generation, db.pos().index
+        app.insert(30)  # not copied yet
+        frames = db._wal_frames()[0]
+        db.checkpoint("RESTART")
+        assert under_lock == []
+        frame_size = WAL_FRAME_HEADER_SIZE + db.page_size
+        assert db.shadow_wal_size(generation, index) == WAL_HEADER_SIZE + frames * frame_size
+        db.sync()
+        assert (db.pos().generation, db.pos().index) == (generation, index + 1)  # restarted after the copy
+        app.insert(5)
+        db.sync()
+        assert db.pos().index == index + 1
+    finally:
+        db.close()
+        app.close()
+    assert integrity_ok(path)
+    assert rows(path, "SELECT count(*) FROM t") == [(45,)]
