@@ -581,6 +581,10 @@ class DB:
         except BaseException:
             conn.close()
             raise
+        self._switch_read_conn(conn)
+
+    def _switch_read_conn(self, conn: apsw.Connection) -> None:
+        """Make ``conn``, inside its read transaction already, hold the read lock; end the old one."""
         old, self._read_conn = self._read_conn, conn
         self._read_lock_taken()
         assert old is not None
@@ -977,13 +981,7 @@ class DB:
         except apsw.Error:
             conn.close()
             return False
-        old, self._read_conn = self._read_conn, conn
-        self._read_lock_taken()
-        assert old is not None
-        try:
-            old.execute("ROLLBACK")
-        finally:
-            old.close()
+        self._switch_read_conn(conn)
         return True
 
     def _copy_tail_to_shadow(self, generation: str, index: int, tail: _WALTail | None) -> None:
