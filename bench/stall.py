@@ -13,7 +13,6 @@ peak RSS, as in the replication scenario.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ import numpy as np
 
 import measure
 import workload
-from scenarios import Decoder, Settings, run_writer, wait_ready
-from tools import Backend, Tool, log_problems, sidecar, write_config
+from scenarios import Settings, replicated_run, run_writer
+from tools import Backend, Tool, log_problems
 
 
 def _writer_figures(data: dict[str, np.ndarray], seconds: float) -> dict[str, Any]:
@@ -57,39 +56,19 @@ def alone(work: Path, s: Settings, run: int) -> dict[str, Any]:
 
 def stall(tool: Tool, backend: Backend, work: Path, s: Settings, run: int) -> dict[str, Any]:
     d = work / f"stall-{backend.name}-{tool.name}-{run}"
-    db = _fresh(d)
-    replica = backend.replica(d, "app")
-    config = write_config(d / "litestream.yml", [(db, replica, {})])
-    log = d / "sidecar.log"
-    watcher = backend.watcher(replica)
-    decoder = Decoder(watcher)
-    with sidecar(tool, config, log) as proc:
-        wait_ready(proc, watcher, log)
-        watcher.start()
-        try:
-            with measure.CpuSampler(proc.pid) as cpu_log:
-                t0, cpu0 = cpu_log.samples[0]
-                data = run_writer(db, d / "writer.npz", [(s.stall_seconds, 0.0)], rows=s.stall_rows)
-                first_seq, t_commit = int(data["first_seq"]), data["t_commit"]
-                final = first_seq + len(t_commit) - 1
-                caught_up = decoder.wait_for(final, t_commit[-1] - 1.0, s.catchup_timeout)
-            cpu = cpu_log.samples[-1][1] - cpu0
-            peak_rss = measure.peak_rss_mib(proc.pid)
-        finally:
-            watcher.stop()
-    segments = decoder.segments()
-    lags = measure.commit_lags(first_seq, t_commit, segments)
-    wal_mib = sum(seg.wal_bytes for seg in segments if seg.t >= t0) / measure.MIB
+    _fresh(d)
+    r = replicated_run(tool, backend, d, [(s.stall_seconds, 0.0)], s, rows=s.stall_rows)
+    wal_mib = sum(seg.wal_bytes for seg in r.segments if seg.t >= r.t0) / measure.MIB
     return {
-        **_writer_figures(data, s.stall_seconds),
-        "catch_up": float(lags[-1]) if caught_up else float("inf"),
-        "lag": measure.percentiles(lags),
+        **_writer_figures(r.data, s.stall_seconds),
+        "catch_up": float(r.lags[-1]) if r.caught_up else float("inf"),
+        "lag": measure.percentiles(r.lags),
         "wal_mib": wal_mib,
         "wal_mib_per_s": wal_mib / s.stall_seconds,
-        "cpu_seconds": cpu,
-        "cpu_per_mib": cpu / wal_mib if wal_mib else float("nan"),
-        "peak_rss_mib": peak_rss,
-        "segments": len(segments),
-        "lost_commits": int(np.isnan(lags).sum()),
-        "log_problems": log_problems(log),
+        "cpu_seconds": r.cpu,
+        "cpu_per_mib": r.cpu / wal_mib if wal_mib else float("nan"),
+        "peak_rss_mib": r.peak_rss,
+        "segments": len(r.segments),
+        "lost_commits": int(np.isnan(r.lags).sum()),
+        "log_problems": log_problems(r.log),
     }
