@@ -670,7 +670,7 @@ class DB:
         if mode:
             if changed:
                 self._notify()  # replicas ship what was copied while the checkpoint runs
-            self._checkpoint(mode, opportunistic=mode == CHECKPOINT_PASSIVE,
+            self._checkpoint(mode, opportunistic=mode != CHECKPOINT_TRUNCATE,
                              restart_now=mode == CHECKPOINT_TRUNCATE)
             # The write with which lsr restarted the WAL opens the next shadow
             # index now, not at the next wake: until it is copied, the WAL looks
