@@ -266,7 +266,8 @@ def throughput(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[st
 
 # Figures whose target is a bound on the worst case: over repeated runs, the
 # worst run's value counts. Counts of faults add up.
-WORST_OF = {"longest_txn", "longest_txn_steady", "longest_txn_alone", "peak_rss_mib", "generations", "max"}
+WORST_OF = {"longest_txn", "longest_txn_steady", "longest_txn_alone", "peak_rss_mib", "generations", "max",
+            "longest_begin_wait", "longest_commit_wait"}
 SUM_OF = {"lost_commits", "negative_lags"}
 
 
