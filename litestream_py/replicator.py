@@ -46,10 +46,12 @@ log = logging.getLogger(__name__)
 FALLBACK_POLL_INTERVAL = 30.0
 # A replica with nothing to do still wakes this often (timers, lost notifications).
 IDLE_WAKE_INTERVAL = 60.0
-# Shortest time between two syncs of one DB: a busy writer's commits go out in
-# batches, so the per-sync and per-segment costs (a new file, fsyncs, requests)
-# are paid per batch, not per commit, for a few ms of added lag (docs/bench.md).
-MIN_SYNC_SPACING = 0.05
+# Shortest time between two syncs of one DB. Short enough that a steady writer's
+# commit reaches a file replica in about the time a shipment takes (a few ms:
+# three fsyncs), not a spacing later; a writer that commits faster than that has
+# its commits go out in batches, as does a busy one (BUSY_SPACING_FACTOR), so the
+# per-sync and per-segment costs are paid per batch, not per commit (docs/bench.md).
+MIN_SYNC_SPACING = 0.01
 # Shortest time between two shipments of a replica without a sync-interval.
 # The syncs that feed it already come at most every MIN_SYNC_SPACING; spaced
 # alike, the shipper's start would wander out of step with them (each spacing
