@@ -129,18 +129,20 @@ METHOD = """\
   each commit is followed from its `COMMIT` through the sync that copied it
   and the shipment that carried it to the harness's inotify stamp.
 - **Why the spacings are what they are** (measured by this benchmark when
-  they were chosen; a later run may move them). `MIN_SYNC_SPACING` (10 ms,
-  issue 28): under commits every 10 ms, the median file lag was 11-14 ms
-  (load 5-8 from other sessions), of which ~6 ms waiting for the spacing
-  (`wake`), against 26 ms of 37 at 50 ms; the price is the steady phase's CPU,
-  16-22% of a core instead of ~3.5%: each commit is then a sync and a
-  shipment of its own, ~1 ms of user CPU and ~0.8 ms of system CPU (three
-  fsyncs: the shadow WAL, the segment, its directory). Commits that come
-  faster than a shipment takes, or a busy writer's (BUSY_SPACING_FACTOR), go
-  out in batches: the burst's CPU per MiB does not grow. `MIN_SHIP_SPACING` is
-  half of it: with the shipper spaced like the syncs, shipments left 34 ms
-  after their sync at p90 (3 ms at the median) when the spacing was 50 ms; at
-  half, 7 ms at p90.
+  they were chosen; a later run may move them). `MIN_SYNC_SPACING` (5 ms,
+  issue 28): under commits every 10 ms, the median file lag was 2.9-3.1 ms
+  (p90 5 ms, load 3.2 from other sessions), against 8.5-14 ms at 10 ms (of
+  which ~5 ms waiting for the spacing) and 30 ms at 50 ms. The price is the
+  steady phase's CPU: 20-26% of a core at 5 or 10 ms against ~6% at 50 ms (in
+  one run, back to back): each commit is then a sync and a shipment of its
+  own, ~1 ms of user CPU and ~0.8 ms of system CPU (three fsyncs: the shadow
+  WAL, the segment, its directory). A busy writer's commits still go out in
+  batches: a sync that took t starts again no sooner than 8t after it began
+  (BUSY_SPACING_FACTOR, at most 100 ms), and the burst's CPU per MiB did not
+  change (0.0044-0.0060 at 5 or 10 ms, 0.0052 at 50 ms, same runs).
+  `MIN_SHIP_SPACING` is half of it: with the shipper spaced like the syncs,
+  shipments left 34 ms after their sync at p90 (3 ms at the median) when the
+  spacing was 50 ms; at half, 7 ms at p90.
 """
 
 

@@ -51,7 +51,7 @@ IDLE_WAKE_INTERVAL = 60.0
 # three fsyncs), not a spacing later; a writer that commits faster than that has
 # its commits go out in batches, as does a busy one (BUSY_SPACING_FACTOR), so the
 # per-sync and per-segment costs are paid per batch, not per commit (docs/bench.md).
-MIN_SYNC_SPACING = 0.01
+MIN_SYNC_SPACING = 0.005
 # Shortest time between two shipments of a replica without a sync-interval.
 # The syncs that feed it already come at most every MIN_SYNC_SPACING; spaced
 # alike, the shipper's start would wander out of step with them (each spacing
