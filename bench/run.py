@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import compaction
+import lagtrace
 import report
 import restore_floor
 import scenarios
+import stall
 import workload
 from tools import AgeKeyPair, Backend, S3Server, Tool, find_tool
 
@@ -38,7 +40,7 @@ QUICK = scenarios.Settings(steady=2.0, rate=100.0, burst=2.0, catchup_timeout=20
                            restore_segments=20, restore_repeats=1, replication_repeats=1,
                            throughput_slices=4, throughput_slice=0.5, idle_dbs=20, idle_seconds=2.0, idle_settle=1.0,
                            compaction_mib=8.0, compaction_txns=60, compaction_seconds=2.0, compaction_settle=3.0,
-                           compaction_interval="1s")
+                           compaction_interval="1s", stall_seconds=2.0, stall_repeats=1)
 
 
 # The S3 server behind each S3 backend: moto for replication and restores, nanio
@@ -54,7 +56,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--restore-backends", default=None,
                    help="restores from: file,s3,nanio (default: all three; --quick: file)")
     p.add_argument("--tools", default="lsr,go", help="comma-separated: lsr,go")
-    p.add_argument("--only", default="replication,restore,idle,age,compaction", help="scenarios to run")
+    p.add_argument("--only", default="replication,lagtrace,stall,restore,idle,age,compaction",
+                   help="scenarios to run")
     p.add_argument("--age", action="store_true",
                    help="encrypt every replica with age (a key pair made for the run), both tools")
     p.add_argument("--age-backends", default=None,
@@ -76,6 +79,10 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--compaction-mib", type=float, help=f"compaction database size (default {d.compaction_mib})")
     p.add_argument("--compaction-settle", type=float,
                    help=f"seconds the sidecar runs on after the writes (default {d.compaction_settle})")
+    p.add_argument("--stall-seconds", type=float,
+                   help=f"seconds of big transactions in the stall scenario (default {d.stall_seconds})")
+    p.add_argument("--stall-rows", type=int, help=f"rows per big transaction (default {d.stall_rows})")
+    p.add_argument("--stall-repeats", type=int, help=f"stall runs per tool, and alone (default {d.stall_repeats})")
     p.add_argument("--idle-dbs", type=int, help=f"idle databases (default {d.idle_dbs})")
     p.add_argument("--idle-seconds", type=float, help=f"idle CPU window (default {d.idle_seconds})")
     p.add_argument("--s3-poll", type=float, help=f"S3 listing period in seconds (default {d.s3_poll})")
@@ -153,6 +160,19 @@ def _replications(results: dict[str, Any], backend: Backend, work: Path, tools: 
                                                   partial(scenario, t, backend, work / f"run{i + 1}", s)))
     for key in ("replication", "throughput"):
         results[key][name] = {t.name: scenarios.combine_runs(runs[t.name][key]) for t in tools}
+
+
+def _stalls(results: dict[str, Any], backend: Backend, work: Path, tools: list[Tool],
+            s: scenarios.Settings) -> dict[str, Any]:
+    """The saturating writer alone and beside each tool, in turns, the order alternating."""
+    runs: dict[str, list[dict[str, Any]]] = {"alone": [], **{t.name: [] for t in tools}}
+    for i in range(s.stall_repeats):
+        order: list[Tool | None] = [None, *tools]
+        for t in order if i % 2 == 0 else order[::-1]:
+            name = t.name if t else "alone"
+            fn = partial(stall.stall, t, backend, work, s, i) if t else partial(stall.alone, work, s, i)
+            runs[name].append(_attempt(results, f"stall {backend.name} {name} #{i + 1}", fn))
+    return {name: scenarios.combine_runs(r) for name, r in runs.items()}
 
 
 def _restores(results: dict[str, Any], backend: Backend, work: Path, large: Path, tools: list[Tool],
@@ -254,7 +274,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": dataclasses.asdict(s), "machine": _machine(), "tools": {}, "errors": [],
         "replication": {}, "throughput": {}, "restore": {}, "idle": {}, "age": args.age, "age_cost": {},
-        "compaction": {}, "restore_floor": {},
+        "compaction": {}, "restore_floor": {}, "stall": {}, "lagtrace": {},
     }
     age = AgeKeyPair() if args.age else None
     for name in args.tools.split(","):
@@ -282,6 +302,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name in backends:
             if "replication" in only:
                 _replications(results, backend(name), work, tools, s)
+        if "lagtrace" in only and any(t.name == "lsr" for t in tools):
+            results["lagtrace"]["file"] = _attempt(results, "lag breakdown file lsr (traced)",
+                                                   partial(lagtrace.traced_lag, backend("file"), work, s))
+        if "stall" in only:
+            results["stall"]["file"] = _stalls(results, backend("file"), work, tools, s)
         # Restores get servers of their own: moto's requests cost it more CPU the
         # more it holds, and the replication runs leave it several GiB of WAL
         # (restore server CPU 1.4-1.5 s after them, 0.65-0.75 s fresh).

@@ -20,6 +20,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -72,14 +73,32 @@ class Settings:
     # lsr's compaction-interval in that scenario; "" leaves lsr's default. Only the
     # smoke run (--quick) sets it, to finish in seconds: its figures are not measurements.
     compaction_interval: str = ""
+    # The stall scenario (bench/stall.py): a writer saturating SQLite with big
+    # transactions (default wal_autocheckpoint), alone and beside each tool.
+    stall_seconds: float = 8.0
+    stall_rows: int = 10000
+    stall_repeats: int = 2
 
 
 class Decoder:
-    """Each arrived segment's (marker, WAL bytes), read and decoded once."""
+    """Each arrived segment's (marker, WAL bytes), read and decoded once, on a
+    thread of its own as they arrive: lsr's compaction merges and deletes
+    segments once they are older than its interval (10 s by default)."""
 
     def __init__(self, watcher: Watcher) -> None:
         self.watcher = watcher
         self.cache: dict[str, tuple[int, int]] = {}
+        threading.Thread(target=self._follow, name="decoder", daemon=True).start()
+
+    def _follow(self) -> None:
+        seen = 0
+        while not self.watcher.stopped():
+            arrivals = self.watcher.arrivals(seen)
+            for a in arrivals:
+                with suppress(OSError):  # gone already: read again (and reported) by segments()
+                    self.get(a.key)
+            seen += len(arrivals)
+            time.sleep(0.05)
 
     def get(self, key: str) -> tuple[int, int]:
         if key not in self.cache:
@@ -114,9 +133,10 @@ def wait_ready(proc: subprocess.Popen[bytes], watcher: Watcher, log: Path, timeo
     return time.monotonic() - t0
 
 
-def run_writer(db: Path, out: Path, phases: list[tuple[float, float]]) -> dict[str, np.ndarray]:
-    """The writer as its own process, so that it shares no interpreter with the watcher."""
-    args = [sys.executable, str(WRITER), str(db), str(out)]
+def run_writer(db: Path, out: Path, phases: list[tuple[float, float]], rows: int = 0) -> dict[str, np.ndarray]:
+    """The writer as its own process, so that it shares no interpreter with the watcher
+    (``rows``: big transactions of that many rows, see workload)."""
+    args = [sys.executable, str(WRITER), str(db), str(out), *([f"--rows={rows}"] if rows else [])]
     for seconds, rate in phases:
         args += ["--phase", f"{seconds}:{rate}"]
     subprocess.run(args, check=True, timeout=sum(s for s, _ in phases) + 300)
@@ -246,7 +266,8 @@ def throughput(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[st
 
 # Figures whose target is a bound on the worst case: over repeated runs, the
 # worst run's value counts. Counts of faults add up.
-WORST_OF = {"longest_txn", "longest_txn_steady", "longest_txn_alone", "peak_rss_mib", "generations", "max"}
+WORST_OF = {"longest_txn", "longest_txn_steady", "longest_txn_alone", "peak_rss_mib", "generations", "max",
+            "longest_begin_wait", "longest_commit_wait"}
 SUM_OF = {"lost_commits", "negative_lags"}
 
 
@@ -282,11 +303,32 @@ def _combine(values: list[Any], key: str = "") -> Any:
     return round(median) if all(isinstance(v, int) for v in values) else median
 
 
-def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[str, Any]:
-    d = work / f"replication-{backend.name}-{tool.name}"
-    d.mkdir(parents=True)
+@dataclass
+class Run:
+    """One writer run beside a sidecar, as measured (see ``replicated_run``)."""
+
+    data: dict[str, np.ndarray]  # the writer's arrays (workload.Writer.run)
+    first_seq: int
+    t_commit: np.ndarray
+    caught_up: bool  # the final commit reached the replica within catchup_timeout
+    cpu_log: measure.CpuSampler
+    cpu: float  # the sidecar's CPU seconds from the writer's start to catch-up
+    peak_rss: float
+    segments: list[measure.Segment]
+    lags: np.ndarray
+    watcher: Watcher
+    log: Path
+
+    @property
+    def t0(self) -> float:
+        return self.cpu_log.samples[0][0]
+
+
+def replicated_run(tool: Tool, backend: Backend, d: Path, phases: list[tuple[float, float]], s: Settings,
+                   rows: int = 0) -> Run:
+    """A sidecar replicating ``d``/app.db (seeded already) while the writer runs ``phases``
+    (``rows``: big transactions), until the replica has the final commit."""
     db = d / "app.db"
-    workload.seed(db)
     replica = backend.replica(d, "app")
     config = write_config(d / "litestream.yml", [(db, replica, {})])
     log = d / "sidecar.log"
@@ -297,8 +339,8 @@ def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[s
         watcher.start()
         try:
             with measure.CpuSampler(proc.pid) as cpu_log:
-                t0, cpu0 = cpu_log.samples[0]
-                data = run_writer(db, d / "writer.npz", _phases(s))
+                cpu0 = cpu_log.samples[0][1]
+                data = run_writer(db, d / "writer.npz", phases, rows)
                 first_seq, t_commit = int(data["first_seq"]), data["t_commit"]
                 final = first_seq + len(t_commit) - 1
                 caught_up = decoder.wait_for(final, t_commit[-1] - 1.0, s.catchup_timeout)
@@ -307,9 +349,19 @@ def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[s
         finally:
             watcher.stop()
     segments = decoder.segments()
-    steady = data["phase"] == 0
     lags = measure.commit_lags(first_seq, t_commit, segments)
-    wal_mib = sum(seg.wal_bytes for seg in segments if seg.t >= t0) / measure.MIB
+    return Run(data, first_seq, t_commit, caught_up, cpu_log, cpu, peak_rss, segments, lags, watcher, log)
+
+
+def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[str, Any]:
+    d = work / f"replication-{backend.name}-{tool.name}"
+    d.mkdir(parents=True)
+    workload.seed(d / "app.db")
+    run = replicated_run(tool, backend, d, _phases(s), s)
+    data, t_commit, segments, lags, cpu_log, cpu, watcher = (run.data, run.t_commit, run.segments, run.lags,
+                                                             run.cpu_log, run.cpu, run.watcher)
+    steady = data["phase"] == 0
+    wal_mib = sum(seg.wal_bytes for seg in segments if seg.t >= run.t0) / measure.MIB
     # Where the CPU goes: the steady phase (a cost per second, mostly per sync)
     # and the burst (a cost per MiB).
     t_burst = float(t_commit[~steady][0])
@@ -320,18 +372,18 @@ def replication(tool: Tool, backend: Backend, work: Path, s: Settings) -> dict[s
         "lag": measure.percentiles(lags[steady]),
         "lag_burst": measure.percentiles(lags[~steady]),
         "lag_quantiles": [float(q) for q in np.nanquantile(lags[steady], LAG_QUANTILES)],
-        "catch_up": float(lags[-1]) if caught_up else float("inf"),
+        "catch_up": float(lags[-1]) if run.caught_up else float("inf"),
         "cpu_seconds": cpu,
         "wal_mib": wal_mib,
         "cpu_per_mib": cpu / wal_mib if wal_mib else float("nan"),
         "steady_cpu_percent": 100 * steady_cpu / (t_burst - float(t_commit[0])),
         "burst_cpu_per_mib": (cpu - steady_cpu) / burst_mib if burst_mib else float("nan"),
-        "peak_rss_mib": peak_rss,
+        "peak_rss_mib": run.peak_rss,
         "segments": len(segments),
         "generations": len(watcher.generations()),
         "lost_commits": int(np.isnan(lags).sum()),
         "negative_lags": int((lags < 0).sum()),
-        "log_problems": log_problems(log),
+        "log_problems": log_problems(run.log),
     }
     if hasattr(watcher, "poll_periods"):
         periods = np.array(watcher.poll_periods())

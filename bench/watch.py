@@ -102,6 +102,9 @@ class Watcher:
         if self.error is not None:
             raise RuntimeError(f"watcher failed: {self.error}") from self.error
 
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
     def arrivals(self, since: int = 0) -> list[Arrival]:
         with self._lock:
             return self._arrivals[since:]

@@ -14,7 +14,9 @@ Run as a script it is the writer subprocess::
     python bench/workload.py DB OUT.npz --phase 20:200 --phase 15:0
 
 Each ``--phase SECONDS:RATE`` runs at RATE transactions per second (0: as fast
-as possible). OUT.npz holds, per commit, its monotonic commit time, its
+as possible). With ``--rows N`` every transaction inserts N rows of
+``BIG_ROW_CHARS`` into ``events`` instead (the stall scenario's saturating
+writer: a few large transactions, tens of MiB of WAL per second). OUT.npz holds, per commit, its monotonic commit time, its
 duration and its phase; commit ``i`` carries marker ``first_seq + i``.
 
 Or it writes slices on demand, to several databases in turn (see ``serve``)::
@@ -41,6 +43,7 @@ MACHINES = 1000
 SUBSCRIPTIONS = 2
 HEARTBEAT_EVERY = 50  # one heartbeat batch per this many transactions
 BLOB_ROW_BYTES = 3000  # half random, half zeros: lz4 compresses these rows ~2:1
+BIG_ROW_CHARS = 120  # a row of the big transactions' table (random hex: lz4 barely shrinks it)
 
 SCHEMA = [
     "CREATE TABLE subscriptions (uuid TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, query TEXT NOT NULL)",
@@ -103,12 +106,18 @@ def seed(path: str | Path) -> None:
 class Writer:
     """The application: one connection, one transaction per step."""
 
-    def __init__(self, path: str | Path, rng_seed: int = 1) -> None:
+    def __init__(self, path: str | Path, rng_seed: int = 1, rows: int = 0) -> None:
         self.conn = open_app(path)
         self.rng = random.Random(rng_seed)
         self.machines = _machines()
         self.subs = _subscriptions()
         self.seq = current_seq(path)
+        self.rows = rows  # > 0: each step is one big transaction of that many rows
+        self.waits = (0.0, 0.0)  # the last step's BEGIN IMMEDIATE and COMMIT, in seconds
+        if rows:
+            self.conn.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+            # A pool of payloads made once: the writer's time goes to SQLite, not to making them.
+            self.payloads = [os.urandom(BIG_ROW_CHARS // 2).hex() for _ in range(4096)]
 
     def close(self) -> None:
         self.conn.close()
@@ -117,8 +126,14 @@ class Writer:
         """One transaction: usually a bookmark upsert, every HEARTBEAT_EVERY-th a heartbeat batch."""
         self.seq += 1
         c = self.conn
+        t0 = time.monotonic()
         c.execute("BEGIN IMMEDIATE")
-        if self.seq % HEARTBEAT_EVERY == 0:
+        t1 = time.monotonic()
+        if self.rows:
+            start = self.rng.randrange(len(self.payloads))
+            c.executemany("INSERT INTO events (body) VALUES (?)",
+                          ((self.payloads[(start + i) % len(self.payloads)],) for i in range(self.rows)))
+        elif self.seq % HEARTBEAT_EVERY == 0:
             now = time.time_ns() // 1_000_000
             c.executemany("UPDATE heartbeats SET last_seen = ? WHERE machine = ? AND subscription = ?",
                           [(now, m, s) for m in self.machines for s in self.subs])
@@ -129,13 +144,18 @@ class Writer:
             c.execute("INSERT INTO bookmarks VALUES (?, ?, ?) ON CONFLICT (machine, subscription) "
                       "DO UPDATE SET bookmark = excluded.bookmark", (machine, sub, bookmark))
         _tick(c, self.seq)
+        t2 = time.monotonic()
         c.execute("COMMIT")
+        # The waits a sidecar can cause: for the write lock, and in COMMIT (the
+        # WAL write, and the automatic checkpoint SQLite runs inside it).
+        self.waits = (t1 - t0, time.monotonic() - t2)
 
     def run(self, phases: list[tuple[float, float]]) -> dict[str, np.ndarray]:
         """Run each (seconds, rate) phase; rate 0 means back to back."""
         first_seq = self.seq + 1
         t_commit: list[float] = []
         latency: list[float] = []
+        waits: list[tuple[float, float]] = []
         phase_of: list[int] = []
         for phase, (seconds, rate) in enumerate(phases):
             period = 1.0 / rate if rate > 0 else 0.0
@@ -152,6 +172,7 @@ class Writer:
                 t1 = time.monotonic()
                 t_commit.append(t1)
                 latency.append(t1 - t0)
+                waits.append(self.waits)
                 phase_of.append(phase)
                 # A stalled writer does not burst to catch up: clients would have waited too.
                 next_at = max(next_at + period, t1) if period else t1
@@ -159,6 +180,8 @@ class Writer:
             "first_seq": np.array(first_seq),
             "t_commit": np.array(t_commit),
             "latency": np.array(latency),
+            "begin_wait": np.array([w[0] for w in waits]),
+            "commit_wait": np.array([w[1] for w in waits]),
             "phase": np.array(phase_of, dtype=np.int8),
         }
 
@@ -243,19 +266,19 @@ def main() -> None:
     parser.add_argument("--serve", action="append", type=_named, metavar="NAME=DB",
                         help="write slices on demand to these databases instead (see serve())")
     parser.add_argument("--rng-seed", type=int, default=1)
+    parser.add_argument("--rows", type=int, default=0, help="rows per transaction: big transactions instead")
     args = parser.parse_args()
     if args.serve:
         serve(dict(args.serve), args.rng_seed)
         return
     if not (args.db and args.out and args.phase):
         parser.error("DB, OUT and --phase are required unless --serve")
-    writer = Writer(args.db, args.rng_seed)
+    writer = Writer(args.db, args.rng_seed, args.rows)
     try:
         result = writer.run(args.phase)
     finally:
         writer.close()
-    np.savez(args.out, first_seq=result["first_seq"], t_commit=result["t_commit"], latency=result["latency"],
-             phase=result["phase"])
+    np.savez(args.out, **result)
 
 
 if __name__ == "__main__":
