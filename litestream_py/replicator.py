@@ -313,7 +313,7 @@ class Replicator:
         except LitestreamError as exc:
             state.errors.failed(exc)
             replica.stats.failed(exc)
-        except Exception as exc:
+        except Exception as exc:  # keep the sidecar alive; report the bug
             log.exception("%s: unexpected failure in replica %s", db.path, replica.name)
             state.errors.failed(exc)
             replica.stats.failed(exc)
@@ -348,7 +348,7 @@ class Replicator:
             except LitestreamError as exc:
                 errors.failed(exc)
                 return interval
-            except Exception as exc:
+            except Exception as exc:  # keep the sidecar alive; report the bug
                 log.exception("%s: unexpected compaction failure in replica %s", db.path, replica.name)
                 errors.failed(exc)
                 return interval

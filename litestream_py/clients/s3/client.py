@@ -232,7 +232,7 @@ class S3ReplicaClient:
             yield
         except LitestreamError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # the one boundary where botocore's and urllib3's errors are mapped
             raise translate_error(exc, what, self.endpoint, self._secrets) from exc
 
     def _list(self, prefix: str, delimiter: str | None = "/") -> tuple[list[ListedObject], list[str]]:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlparse, urlsplit
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from ... import paths
 from .settings import DEFAULT_REGION, S3Settings
 from .signed import Credentials, quote_key
@@ -101,8 +103,8 @@ def sdk_route(s3: Any, sdk_credentials: Any, verify: bool | str, bucket: str, pa
     probe = paths.generations_dir(path) + "/probe"
     try:
         url = urlparse(s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": probe}))
-    except Exception:
-        return None
+    except (BotoCoreError, ClientError):
+        return None  # botocore cannot presign here: the SDK path stays
     suffix = "/" + quote_key(probe)
     if not url.path.endswith(suffix):
         return None  # an address that is not base + key
