@@ -83,11 +83,7 @@ def _imports(path: Path) -> set[str]:
 
 
 # Known circles through annotations only, each with why it is left: keep this short.
-ANNOTATION_CIRCLES_LEFT = {
-    # ObjectStream reads through its client's private GET helpers; a Protocol for
-    # them belongs with the S3 split (issue 23 point 7), not here.
-    ("litestream_py.clients.s3.stream", "litestream_py.clients.s3.client"),
-}
+ANNOTATION_CIRCLES_LEFT: set[tuple[str, str]] = set()
 
 
 def test_no_import_circle() -> None:

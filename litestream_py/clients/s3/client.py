@@ -31,9 +31,9 @@ from .errors import RANGE_CODES, RangeRefused, body_errors, redact, translate_er
 from .routes import sdk_route, standalone_route
 from .settings import DEFAULT_REGION, S3Settings, env_credentials, settings_from_config
 from .signed import S3HTTP, ListedObject
-from .stream import FIRST_RANGE, ObjectStream
+from .stream import FIRST_RANGE, ObjectReply, ObjectStream
 
-__all__ = ["S3ReplicaClient", "ObjectReply", "CHECKSUM_METADATA_KEY"]
+__all__ = ["S3ReplicaClient", "CHECKSUM_METADATA_KEY"]
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +58,6 @@ MULTIPART_CONCURRENCY = 4
 
 # The conditions a GET may carry, by HTTP header name, as botocore's parameters.
 _SDK_PARAMS = {"Range": "Range", "If-Match": "IfMatch"}
-
-
-@dataclass(frozen=True)
-class ObjectReply:
-    """One GET's answer, the same whichever path (``signed`` or botocore) fetched it."""
-
-    body: bytes
-    etag: str | None
-    content_range: str | None  # "bytes 0-1048575/39374538"; None: the whole object came back
-    metadata: dict[str, str]  # the x-amz-meta-* headers, by lower-case name without the prefix
 
 
 def _format_crc(data: bytes | memoryview) -> str:

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlparse, urlsplit
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from ... import paths
 from .settings import DEFAULT_REGION, S3Settings
 from .signed import Credentials, quote_key
@@ -100,6 +98,8 @@ def sdk_route(s3: Any, sdk_credentials: Any, verify: bool | str, bucket: str, pa
     was built to trust; None when it cannot be followed."""
     if sdk_credentials is None or proxy_configured():
         return None  # unsigned access, or a proxy
+    from botocore.exceptions import BotoCoreError, ClientError  # loaded already: ``s3`` is botocore's
+
     probe = paths.generations_dir(path) + "/probe"
     try:
         url = urlparse(s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": probe}))

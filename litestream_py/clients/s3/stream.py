@@ -5,17 +5,15 @@ from __future__ import annotations
 import io
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import crc32c
 
 from ...errors import StorageError
 from .errors import RangeRefused
 
-if TYPE_CHECKING:
-    from .client import ObjectReply, S3ReplicaClient
-
-__all__ = ["FIRST_RANGE", "PEEK_BYTES", "ObjectStream"]
+__all__ = ["FIRST_RANGE", "PEEK_BYTES", "ObjectReply", "ObjectSource", "ObjectStream"]
 
 # A snapshot is read in ranges of MULTIPART_CHUNKSIZE, up to MULTIPART_CONCURRENCY
 # of them fetched ahead of the reader. The first GET is smaller: a caller that
@@ -23,6 +21,29 @@ __all__ = ["FIRST_RANGE", "PEEK_BYTES", "ObjectStream"]
 FIRST_RANGE = 1 << 20
 # Reads that stay within this many bytes from the start fetch nothing ahead.
 PEEK_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class ObjectReply:
+    """One GET's answer, the same whichever path (``signed`` or botocore) fetched it."""
+
+    body: bytes
+    etag: str | None
+    content_range: str | None  # "bytes 0-1048575/39374538"; None: the whole object came back
+    metadata: dict[str, str]  # the x-amz-meta-* headers, by lower-case name without the prefix
+
+
+class ObjectSource(Protocol):
+    """What a stream reads through: its client's GETs (client.S3ReplicaClient)."""
+
+    def _get_object(self, key: str, what: str, byte_range: str | None = None,
+                    if_match: str | None = None) -> ObjectReply: ...
+
+    def _size(self, key: str, what: str) -> int: ...
+
+    def _url(self, key: str) -> str: ...
+
+    def _check_crc(self, key: str, what: str, metadata: dict[str, str] | None, actual: str) -> None: ...
 
 
 class ObjectStream(io.RawIOBase):
@@ -36,7 +57,7 @@ class ObjectStream(io.RawIOBase):
     arrives: the read that would return the object's final bytes raises instead.
     """
 
-    def __init__(self, client: S3ReplicaClient, key: str, what: str, range_size: int, ahead: int) -> None:
+    def __init__(self, client: ObjectSource, key: str, what: str, range_size: int, ahead: int) -> None:
         super().__init__()
         self._client, self._key, self._what = client, key, what
         self._range_size, self._ahead = range_size, max(ahead, 1)
