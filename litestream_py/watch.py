@@ -63,7 +63,8 @@ if _InotifyFD is not None:
 class _WakeOnWrite:
     """The callback of one arming of a WAL's one-shot watch: wakes its DB once."""
 
-    def __init__(self, wake: Wake) -> None:
+    def __init__(self, watcher: WALWatcher, wake: Wake) -> None:
+        self.watcher = watcher
         self.wake = wake
         self.spent = False  # the watch fired or went away: arm a new one
 
@@ -74,7 +75,14 @@ class _WakeOnWrite:
     def on_watch_deleted(self, wd: int) -> None:
         # Fired (a one-shot watch ends so), or the WAL went away: then its
         # directory's watch arms a new one when SQLite creates it again.
-        self.spent = True
+        # An arming that ends without firing wakes its DB, whose monitor arms
+        # anew: the kernel queues a one-shot watch's event before it removes
+        # the watch, and inotify_add_watch in between returns that same watch,
+        # so the removal takes the new arming along and no write would wake
+        # the DB until the fallback poll.
+        fired, self.spent = self.spent, True
+        if not fired and not self.watcher.stopping:
+            self.wake()
 
     def on_queue_overflow(self) -> None:
         self.wake()
@@ -161,7 +169,7 @@ class WALWatcher:
             self.watch_file(wal_path, current.wake)
 
     def watch_file(self, wal_path: str, wake: Wake) -> None:
-        callback = _WakeOnWrite(wake)
+        callback = _WakeOnWrite(self, wake)
         try:
             with self._lock:
                 self._armed[wal_path] = callback

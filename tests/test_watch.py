@@ -144,6 +144,58 @@ def test_a_fired_watch_costs_the_writer_nothing_until_armed_again(tmp_path: Path
         app.close()
 
 
+class _Probe:
+    """A watchdog callback that does nothing: added to learn a watch's descriptor."""
+
+    def on_event(self, event: object) -> None: ...
+    def on_watch_deleted(self, wd: int) -> None: ...
+    def on_queue_overflow(self) -> None: ...
+    def on_events_lost(self) -> None: ...
+
+
+def test_an_arming_taken_by_the_firing_watchs_removal_wakes_the_db(tmp_path: Path) -> None:
+    """The kernel queues a one-shot watch's event, then removes the watch. A
+    monitor woken by that event may arm again in between (the writer
+    preempted there, rare but seen on a loaded machine): inotify_add_watch
+    then returns the same watch, and its removal (IN_IGNORED) takes the new
+    arming along. Nothing else wakes the DB, so its syncs stopped until the 30 s
+    fallback poll while the writer kept committing. The test plays the
+    kernel's part in that order through the reader's own dispatch (real
+    watches, a real write at the end): the removal wakes the DB, whose monitor
+    arms a watch that the next write fires."""
+    from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
+
+    db = tmp_path / "app.db"
+    wal = str(db) + "-wal"
+    app = open_app_db(db)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    woke = threading.Event()
+    watcher = WALWatcher()
+    assert watcher.start()
+    try:
+        def wake() -> None:  # a monitor that syncs at once, arming the watch first
+            watcher.arm(str(db))
+            woke.set()
+
+        watcher.watch(str(db), wake)
+        inotify = watcher._inotify  # the reader's InotifyFD, to deliver the kernel's events in the race's order
+        mask = InotifyConstants.IN_MODIFY | InotifyConstants.IN_ONESHOT
+        wd = inotify.add_callback(wal.encode(), mask, _Probe(), -1)  # the armed watch's descriptor
+        # A write's event, delivered while its watch is still there: the monitor
+        # arms again, and the kernel hands back that same watch...
+        inotify.handle_event(InotifyEvent(wd, InotifyConstants.IN_MODIFY, 0, b""))
+        assert woke.is_set()
+        assert inotify.add_callback(wal.encode(), mask, _Probe(), -2) == wd, "the re-arming got a watch of its own"
+        # ...which the kernel then removes, with every arming on it.
+        inotify.handle_event(InotifyEvent(wd, InotifyConstants.IN_IGNORED, 0, b""))
+        woke.clear()
+        app.execute("INSERT INTO t (v) VALUES ('written after the monitor armed')")
+        assert woke.wait(WAKE_TIMEOUT), "a write after arm() woke nothing: its arming went with the fired watch"
+    finally:
+        watcher.stop()
+        app.close()
+
+
 def test_commits_ship_without_waiting_for_the_poll(tmp_path: Path, procs: Processes) -> None:
     """With an hour-long monitor interval only inotify can explain a commit reaching the replica."""
     db, replica = tmp_path / "app.db", tmp_path / "replica"
