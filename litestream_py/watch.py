@@ -60,7 +60,17 @@ if _InotifyFD is not None:
                 self.sleep(max(self.pause(), COALESCE_SECONDS))
 
 
-class _WakeOnWrite:
+class _Callback:
+    """What watchdog calls besides the events; each callback wakes what it
+    watches in on_queue_overflow, so the loss report after it has nothing to add.
+    (Without this method watchdog's reader thread dies at an overflow, and no
+    write would wake anything again.)"""
+
+    def on_events_lost(self) -> None:
+        pass
+
+
+class _WakeOnWrite(_Callback):
     """The callback of one arming of a WAL's one-shot watch: wakes its DB once."""
 
     def __init__(self, watcher: WALWatcher, wake: Wake) -> None:
@@ -88,7 +98,7 @@ class _WakeOnWrite:
         self.wake()
 
 
-class _Directory:
+class _Directory(_Callback):
     """The callback for one directory: wakes a DB when its file or WAL appears or goes."""
 
     def __init__(self, watcher: WALWatcher, directory: str) -> None:
@@ -219,7 +229,7 @@ class WALWatcher:
             inotify.join()
 
 
-class _TreeDirectory:
+class _TreeDirectory(_Callback):
     """The callback for one directory of a replica tree: wakes on anything appearing in it."""
 
     def __init__(self, watcher: DirectoryWatcher, path: str, depth: int) -> None:

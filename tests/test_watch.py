@@ -196,6 +196,35 @@ def test_an_arming_taken_by_the_firing_watchs_removal_wakes_the_db(tmp_path: Pat
         app.close()
 
 
+def test_an_overflowing_event_queue_wakes_every_db_and_the_watch_goes_on(tmp_path: Path) -> None:
+    """When the kernel's inotify queue overflows, events were lost: every DB is woken
+    (its monitor syncs and arms again), and the reader keeps reading. The overflow is
+    delivered through the reader's own dispatch (filling the kernel's queue takes
+    ~16,000 events); the write after it is real."""
+    from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
+
+    db = tmp_path / "app.db"
+    app = open_app_db(db)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    woke = threading.Event()
+    watcher = WALWatcher()
+    assert watcher.start()
+    try:
+        def wake() -> None:
+            watcher.arm(str(db))
+            woke.set()
+
+        watcher.watch(str(db), wake)
+        watcher._inotify.handle_event(InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b""))
+        assert woke.wait(WAKE_TIMEOUT), "the overflow woke nothing"
+        woke.clear()
+        app.execute("INSERT INTO t (v) VALUES ('written after the overflow')")
+        assert woke.wait(WAKE_TIMEOUT), "a write after the overflow woke nothing"
+    finally:
+        watcher.stop()
+        app.close()
+
+
 def test_commits_ship_without_waiting_for_the_poll(tmp_path: Path, procs: Processes) -> None:
     """With an hour-long monitor interval only inotify can explain a commit reaching the replica."""
     db, replica = tmp_path / "app.db", tmp_path / "replica"
