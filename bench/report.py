@@ -129,9 +129,8 @@ METHOD = """\
   each commit is followed from its `COMMIT` through the sync that copied it
   and the shipment that carried it to the harness's inotify stamp.
 - **Why the spacings are what they are** (measured by this benchmark when
-  they were chosen; a later run may move them). `MIN_SYNC_SPACING` (50 ms
-  as released; 5 ms measured for issue 28 and held back until a rare lost wake
-  seen with it is explained): under commits every 10 ms, the median file lag was 2.9-3.1 ms
+  they were chosen; a later run may move them). `MIN_SYNC_SPACING` (5 ms,
+  issue 28): under commits every 10 ms, the median file lag was 2.9-3.1 ms
   (p90 5 ms, load 3.2 from other sessions), against 8.5-14 ms at 10 ms (of
   which ~5 ms waiting for the spacing) and 30 ms at 50 ms. The price is the
   steady phase's CPU: 20-26% of a core at 5 or 10 ms against ~6% at 50 ms (in

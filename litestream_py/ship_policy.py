@@ -25,12 +25,12 @@ __all__ = [
 ]
 
 DEFAULT_SYNC_INTERVAL = timedelta(seconds=1)
-# Shortest time between two syncs of one DB: a busy writer's commits go out in
-# batches, so the per-sync and per-segment costs (a new file, fsyncs, requests)
-# are paid per batch, not per commit, for some ms of added lag (docs/bench.md:
-# 5 ms meets issue 28's lag target, but stays off until a rare lost wake seen
-# with it is understood).
-MIN_SYNC_SPACING = 0.05
+# Shortest time between two syncs of one DB. Short enough that a steady writer's
+# commit reaches a file replica in about the time a shipment takes (a few ms:
+# three fsyncs), not a spacing later; a writer that commits faster than that has
+# its commits go out in batches, as does a busy one (BUSY_SPACING_FACTOR), so the
+# per-sync and per-segment costs are paid per batch, not per commit (docs/bench.md).
+MIN_SYNC_SPACING = 0.005
 # Shortest time between two shipments of a replica without a sync-interval.
 # The syncs that feed it already come at most every MIN_SYNC_SPACING; spaced
 # alike, the shipper's start would wander out of step with them (each spacing
