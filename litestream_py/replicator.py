@@ -272,7 +272,7 @@ class Replicator:
             include_partial=_Periodic(replica.ship.sync_interval, now=True, slack=MIN_SYNC_SPACING),
         )
         task = _Task(f"{db.path}: replica {replica.name}", lambda: self._ship_step(replica, db, state, task),
-                     replica.ship.spacing, settle=replica.ship.settle, quiet_for=db.unwritten_for)
+                     replica.ship.spacing, quiet_run_after=replica.ship.quiet_run_after, quiet_for=db.unwritten_for)
         state.task = task
         self._ship_states[id(replica)] = state
         return task

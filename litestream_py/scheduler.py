@@ -2,7 +2,7 @@
 
 The replicator's monitors and shippers are tasks (replicator.py says what each
 one does); this module says only *when* a task runs: its spacing, its
-busy-factor, its settle, its timers. Time comes from a ``Clock``, so that the
+busy-factor, its quiet runs, its timers. Time comes from a ``Clock``, so that the
 rules can be tested by advancing a fake clock instead of sleeping.
 """
 
@@ -28,7 +28,7 @@ __all__ = [
     "MAX_WORKERS",
     "MAX_BUSY_SPACING",
     "RETRY_INTERVAL",
-    "SETTLE_BURST",
+    "QUIET_RUN_BURST",
     "TIMER_TICK",
     "COALESCED_TIMER",
 ]
@@ -67,11 +67,11 @@ MAX_WORKERS = 32
 # second for a batch of them, not for each one.
 TIMER_TICK = 1.0
 COALESCED_TIMER = 10.0
-# Settles a task may run back to back; its credit refills at one per spacing.
-# With one, a stall of the writer (a pause past the settle) late in a burst
-# would spend the interval's only settle, and the burst's final commits would
-# wait out the spacing.
-SETTLE_BURST = 2.0
+# Quiet runs (a run once the writer paused, inside the spacing) a task may make back
+# to back; they refill at one per spacing. With one, a stall of the writer (a pause
+# past quiet_run_after) late in a burst would spend the interval's only quiet run,
+# and the burst's final commits would wait out the spacing.
+QUIET_RUN_BURST = 2.0
 
 
 
@@ -82,17 +82,17 @@ class Task:
     Two steps start at least ``spacing`` seconds apart, however often the task
     is woken, unless a wake is urgent; with a ``busy_factor``, a step that took
     t seconds also starts again no sooner than busy_factor * t after it began
-    (at most MAX_BUSY_SPACING). With ``settle``, a task woken inside its
-    spacing and then left alone for ``settle`` seconds (counted from the wake,
+    (at most MAX_BUSY_SPACING). With ``quiet_run_after``, a task woken inside its
+    spacing and then left alone for ``quiet_run_after`` seconds (counted from the wake,
     even one that came while its step ran) runs at that point, at most once per
-    spacing on average (SETTLE_BURST in a row), once ``quiet_for()`` (seconds
-    since what wakes it last stirred) reaches ``settle`` too: the trailing edge
+    spacing on average (QUIET_RUN_BURST in a row), once ``quiet_for()`` (seconds
+    since what wakes it last stirred) reaches ``quiet_run_after`` too: the trailing edge
     of a burst of wakes goes out at once instead of waiting out the spacing.
     """
 
     __slots__ = (
-        "name", "step", "spacing", "busy_factor", "settle", "quiet_for", "earliest", "due", "settle_due", "credit",
-        "credit_at", "ready", "running", "woken", "woken_at", "urgent",
+        "name", "step", "spacing", "busy_factor", "quiet_run_after", "quiet_for", "earliest", "due", "quiet_run_due", "quiet_runs",
+        "quiet_runs_at", "ready", "running", "woken", "woken_at", "urgent",
     )
 
     def __init__(
@@ -101,20 +101,20 @@ class Task:
         step: Callable[[], float],
         spacing: float = 0.0,
         busy_factor: float = 0.0,
-        settle: float = 0.0,
+        quiet_run_after: float = 0.0,
         quiet_for: Callable[[], float] = lambda: math.inf,
     ) -> None:
         self.name = name
         self.step = step
         self.spacing = spacing
         self.busy_factor = busy_factor
-        self.settle = settle
+        self.quiet_run_after = quiet_run_after
         self.quiet_for = quiet_for  # called with the pool's lock held: must not block
         self.earliest = 0.0  # the next step starts no sooner (unless urgent)
         self.due = math.inf  # when its timer fires; inf: no timer pending
-        self.settle_due = math.inf  # when it runs if not woken again before; inf: not settling
-        self.credit = SETTLE_BURST  # settles it may run, as of credit_at
-        self.credit_at = 0.0
+        self.quiet_run_due = math.inf  # when it runs if not woken again before; inf: not waiting for quiet
+        self.quiet_runs = QUIET_RUN_BURST  # quiet runs it may run, as of quiet_runs_at
+        self.quiet_runs_at = 0.0
         self.ready = False  # queued for a worker
         self.running = False
         self.woken = False  # woken while its step ran: run again after it
@@ -122,12 +122,12 @@ class Task:
         self.urgent = False
 
     def quiet(self) -> bool:
-        return self.quiet_for() >= self.settle
+        return self.quiet_for() >= self.quiet_run_after
 
-    def settle_credit(self, now: float) -> float:
-        """How many settles it may run at ``now``: SETTLE_BURST, less those of the last spacings."""
-        refill = (now - self.credit_at) / self.spacing if self.spacing > 0 else SETTLE_BURST
-        return min(SETTLE_BURST, self.credit + refill)
+    def quiet_runs_left(self, now: float) -> float:
+        """How many quiet runs it may run at ``now``: QUIET_RUN_BURST, less those of the last spacings."""
+        refill = (now - self.quiet_runs_at) / self.spacing if self.spacing > 0 else QUIET_RUN_BURST
+        return min(QUIET_RUN_BURST, self.quiet_runs + refill)
 
 
 class Pool:
@@ -196,15 +196,15 @@ class Pool:
         else:
             if task.due > task.earliest:
                 self._set_timer_at(task, task.earliest)
-            settle_due = (now if at is None else at) + task.settle
-            if task.settle and settle_due < task.earliest and task.settle_credit(now) >= 1:
+            quiet_run_due = (now if at is None else at) + task.quiet_run_after
+            if task.quiet_run_after and quiet_run_due < task.earliest and task.quiet_runs_left(now) >= 1:
                 # Each wake moves the deadline: it passes only once the wakes pause.
-                task.settle_due = settle_due
-                self._push_timer(settle_due, task)
+                task.quiet_run_due = quiet_run_due
+                self._push_timer(quiet_run_due, task)
 
     def _make_ready(self, task: Task) -> None:
         task.ready = True
-        task.due = task.settle_due = math.inf
+        task.due = task.quiet_run_due = math.inf
         self._ready.append(task)
         if not self._waking:  # else the worker on its way takes it, or calls the next
             self._call_worker()
@@ -240,18 +240,18 @@ class Pool:
                 now = self._clock.now()
                 while self._timers and self._timers[0][0] <= now:
                     due, _, task = heapq.heappop(self._timers)
-                    if due == task.settle_due:
-                        task.settle_due = math.inf
-                        not_yet = task.settle - task.quiet_for()
+                    if due == task.quiet_run_due:
+                        task.quiet_run_due = math.inf
+                        not_yet = task.quiet_run_after - task.quiet_for()
                         if not_yet <= 0:
-                            task.credit, task.credit_at = task.settle_credit(now) - 1, now
+                            task.quiet_runs, task.quiet_runs_at = task.quiet_runs_left(now) - 1, now
                             self._wake(task, urgent=True)
                         elif now + not_yet < task.earliest:
                             # Look again when it may be quiet: no wake need come
                             # first (a sync that finds a commit already copied by
                             # the one before wakes no shipper).
-                            task.settle_due = now + not_yet
-                            self._push_timer(task.settle_due, task)
+                            task.quiet_run_due = now + not_yet
+                            self._push_timer(task.quiet_run_due, task)
                     elif due == task.due:
                         task.due = math.inf
                         self._wake(task, urgent=False)

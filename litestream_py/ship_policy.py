@@ -48,7 +48,7 @@ OBJECT_STORE_MAX_SEGMENT_SIZE = 8 << 20
 # go out as soon as they exist: no requests of their own, and a burst's backlog
 # never grows past about one segment. And once the writer has paused this long,
 # the rest goes out too, so the last commits need not wait out the second: at
-# most once per interval on average, twice in a row (scheduler.SETTLE_BURST),
+# most once per interval on average, twice in a row (scheduler.QUIET_RUN_BURST),
 # so that one stall of the writer late in a burst does not hold back the
 # burst's end. "Paused" is read from the WAL itself (DB.unwritten_for): a busy
 # writer's syncs, up to 100 ms apart, are never taken for a pause.
@@ -90,7 +90,7 @@ class ShipPolicy:
         return max(interval, MIN_SYNC_SPACING) if interval > 0 else MIN_SHIP_SPACING
 
     @property
-    def settle(self) -> float:
+    def quiet_run_after(self) -> float:
         """Seconds the writer must have paused before an early replica ships everything (0: never early)."""
         return QUIET_FLUSH.total_seconds() if self.ships_early else 0.0
 

@@ -2,7 +2,7 @@
 
 Each task here is a plain function: what is under test is when and where the
 pool runs it (never twice at once, woken promptly, timers kept, a blocked step
-holding up no one, spacing, settle, busy factor). Time is a FakeClock that only
+holding up no one, spacing, quiet_run_after, busy factor). Time is a FakeClock that only
 the test, or a step standing for work that takes time, advances: no assertion
 depends on how fast this machine runs. Only the checks that a step did *not*
 run wait a little real time (QUIET) for a run that must not come.
@@ -16,7 +16,7 @@ import threading
 import pytest
 
 from support.procs import wait_for
-from litestream_py.scheduler import MAX_BUSY_SPACING, MAX_WORKERS, SETTLE_BURST, Pool, Task
+from litestream_py.scheduler import MAX_BUSY_SPACING, MAX_WORKERS, QUIET_RUN_BURST, Pool, Task
 from support.clock import FakeClock
 
 # Fake times are sums of decimal fractions: a step due at a deadline is reached
@@ -238,43 +238,43 @@ def test_spacing_batches_wakes_unless_urgent() -> None:
         pool.stop()
 
 
-def test_settle_runs_the_trailing_edge_of_a_burst_twice_in_a_row_then_once_per_spacing() -> None:
-    """With ``settle``, a burst of wakes inside the spacing runs the step once the
-    wakes pause for ``settle`` seconds, not at the end of the spacing. A second
-    pause soon after runs it again (SETTLE_BURST: a writer's stall late in a
+def test_quiet_runs_take_the_trailing_edge_of_a_burst_twice_in_a_row_then_once_per_spacing() -> None:
+    """With ``quiet_run_after``, a burst of wakes inside the spacing runs the step once the
+    wakes pause for ``quiet_run_after`` seconds, not at the end of the spacing. A second
+    pause soon after runs it again (QUIET_RUN_BURST: a writer's stall late in a
     burst must not hold back the burst's end); a third waits the spacing out,
-    and the credit comes back at one settle per spacing."""
-    assert SETTLE_BURST == 2
+    and the quiet_runs comes back at one quiet_run_after per spacing."""
+    assert QUIET_RUN_BURST == 2
     clock = FakeClock()
-    r = Recorder("settling", clock)
-    r.task.spacing, r.task.settle = 1.0, 0.15
+    r = Recorder("waiting for quiet", clock)
+    r.task.spacing, r.task.quiet_run_after = 1.0, 0.15
     pool = started(clock, r)
     try:
         r.expect_run()
         settled(pool, r)
-        for _ in range(15):  # wakes closer together than settle: no pause yet
+        for _ in range(15):  # wakes closer together than quiet_run_after: no pause yet
             pool.wake(r.task)
             last_wake = clock.now()
             clock.advance(0.02)
         r.expect_no_run("ran before the wakes paused")
         clock.advance(0.12)  # 0.14 s after the last wake
-        r.expect_no_run("ran before the settle")
+        r.expect_no_run("ran before the quiet_run_after")
         clock.advance(0.01 + EPS)
         r.expect_run()
         assert r.runs[1] - last_wake == approx(0.15)
         settled(pool, r)
-        pool.wake(r.task)  # a second pause inside the spacing: settles too
+        pool.wake(r.task)  # a second pause inside the spacing: quiet runs too
         clock.advance(0.15 + EPS)
         r.expect_run()
         assert r.runs[2] - r.runs[1] == approx(0.15)
         settled(pool, r)
-        pool.wake(r.task)  # a third: the credit is spent, the spacing holds
+        pool.wake(r.task)  # a third: the quiet_runs is spent, the spacing holds
         clock.advance(0.15)
-        r.expect_no_run("a third settle in a row")
+        r.expect_no_run("a third quiet_run_after in a row")
         clock.advance(0.85 + EPS)
         r.expect_run()
         assert r.runs[3] - r.runs[2] == approx(1.0)
-        # That spacing brought back one settle's worth of credit, not two.
+        # That spacing brought back one quiet_run_after's worth of quiet_runs, not two.
         settled(pool, r)
         clock.advance(0.05)
         pool.wake(r.task)
@@ -285,7 +285,7 @@ def test_settle_runs_the_trailing_edge_of_a_burst_twice_in_a_row_then_once_per_s
         clock.advance(0.05)
         pool.wake(r.task)
         clock.advance(0.15)
-        r.expect_no_run("the credit came back faster than one settle per spacing")
+        r.expect_no_run("the quiet_runs came back faster than one quiet_run_after per spacing")
         clock.advance(0.8 + EPS)
         r.expect_run()
         assert r.runs[5] - r.runs[4] == approx(1.0)  # the spacing
@@ -295,12 +295,12 @@ def test_settle_runs_the_trailing_edge_of_a_burst_twice_in_a_row_then_once_per_s
 
 def test_settle_counts_from_a_wake_that_came_during_a_step() -> None:
     """A wake that arrives while the step runs, and is the last one, starts the
-    settle then: a step longer than ``settle`` is followed at once by the next
-    run, not ``settle`` after it ended."""
+    quiet_run_after then: a step longer than ``quiet_run_after`` is followed at once by the next
+    run, not ``quiet_run_after`` after it ended."""
     clock = FakeClock()
     release = threading.Event()
     r = Recorder("long step", clock, block=release, work=0.4)
-    r.task.spacing, r.task.settle = 5.0, 0.2
+    r.task.spacing, r.task.quiet_run_after = 5.0, 0.2
     pool = started(clock, r)
     try:
         wait_for(lambda: bool(r.runs), timeout=WAIT, what="first step")
@@ -315,11 +315,11 @@ def test_settle_counts_from_a_wake_that_came_during_a_step() -> None:
 
 
 def test_settle_waits_while_the_source_is_not_quiet() -> None:
-    """A settle deadline that passes while ``quiet_for()`` stays short of ``settle``
+    """A quiet_run_after deadline that passes while ``quiet_for()`` stays short of ``quiet_run_after``
     (the WAL is written again and again) does not run the step: the spacing still holds."""
     clock = FakeClock()
     r = Recorder("busy source", clock)
-    r.task.spacing, r.task.settle, r.task.quiet_for = 0.6, 0.1, lambda: 0.0
+    r.task.spacing, r.task.quiet_run_after, r.task.quiet_for = 0.6, 0.1, lambda: 0.0
     pool = started(clock, r)
     try:
         r.expect_run()
@@ -337,15 +337,15 @@ def test_settle_waits_while_the_source_is_not_quiet() -> None:
 
 @pytest.mark.parametrize("stir", ["synced", "written"])
 def test_settle_runs_once_the_source_turns_quiet_without_another_wake(stir: str) -> None:
-    """A settle deadline that finds the source quiet for too short a time, or not at
-    all, looks again: the step runs once the source has been quiet for ``settle``,
+    """A quiet_run_after deadline that finds the source quiet for too short a time, or not at
+    all, looks again: the step runs once the source has been quiet for ``quiet_run_after``,
     with no further wake, not at the end of the spacing. (A sync that finds a commit
     already copied by the sync before it wakes no shipper; "synced": it began just
     before the deadline; "written": it had not begun yet.)"""
     clock = FakeClock()
     r = Recorder("stirred source", clock)
     quiet_since = [0.0]
-    r.task.spacing, r.task.settle = 3.0, 0.1
+    r.task.spacing, r.task.quiet_run_after = 3.0, 0.1
     r.task.quiet_for = lambda: max(clock.now() - quiet_since[0], 0.0)
     pool = started(clock, r)
     try:
@@ -357,18 +357,18 @@ def test_settle_runs_once_the_source_turns_quiet_without_another_wake(stir: str)
             clock.advance(0.07)
             quiet_since[0] = clock.now()  # the deadline, 0.03 s away, finds 0.03 s of quiet
             clock.advance(0.03 + EPS)
-            r.expect_no_run("ran before the source had been quiet for settle")
+            r.expect_no_run("ran before the source had been quiet for quiet_run_after")
             clock.advance(0.07 + EPS)
         else:
             quiet_since[0] = math.inf  # written, not yet synced
             clock.advance(0.25)
             r.expect_no_run("ran while the source was not quiet")
             quiet_since[0] = clock.now()
-            r.expect_no_run("ran before the source had been quiet for settle")
+            r.expect_no_run("ran before the source had been quiet for quiet_run_after")
             clock.advance(0.1 + EPS)
         r.expect_run()
         assert r.runs[1] - quiet_since[0] == approx(0.1)
-        assert r.runs[1] - woke < 1.0, "waited out the spacing, not the settle"
+        assert r.runs[1] - woke < 1.0, "waited out the spacing, not the quiet_run_after"
     finally:
         pool.stop()
 

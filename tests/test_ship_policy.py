@@ -10,7 +10,7 @@ from litestream_py.ship_policy import MIN_SHIP_SPACING, MIN_SYNC_SPACING, QUIET_
 def test_a_local_directory_ships_every_commit_and_looks_before_each_shipment() -> None:
     policy = ShipPolicy.for_storage(local=True, sync_interval=None)
     assert policy.sync_interval == timedelta(0) and not policy.ships_early
-    assert policy.spacing == MIN_SHIP_SPACING and policy.settle == 0.0
+    assert policy.spacing == MIN_SHIP_SPACING and policy.quiet_run_after == 0.0
     assert policy.checks_intact_each_sync and policy.intact_check_period is None
     assert policy.max_segment_size == 4 << 20
 
@@ -18,7 +18,7 @@ def test_a_local_directory_ships_every_commit_and_looks_before_each_shipment() -
 def test_an_object_store_at_its_default_interval_ships_early_in_larger_segments() -> None:
     policy = ShipPolicy.for_storage(local=False, sync_interval=None)
     assert policy.sync_interval == timedelta(seconds=1) and policy.ships_early
-    assert policy.spacing == 1.0 and policy.settle == QUIET_FLUSH.total_seconds()
+    assert policy.spacing == 1.0 and policy.quiet_run_after == QUIET_FLUSH.total_seconds()
     assert not policy.checks_intact_each_sync and policy.intact_check_period == timedelta(minutes=5)
     assert policy.max_segment_size == 8 << 20
     assert policy.is_urgent(False, lambda: True) and not policy.is_urgent(False, lambda: False)
@@ -26,7 +26,7 @@ def test_an_object_store_at_its_default_interval_ships_early_in_larger_segments(
 
 def test_an_interval_the_user_set_is_kept_and_bounds_the_request_rate() -> None:
     policy = ShipPolicy.for_storage(local=False, sync_interval=timedelta(milliseconds=1))
-    assert not policy.ships_early and policy.settle == 0.0
+    assert not policy.ships_early and policy.quiet_run_after == 0.0
     assert policy.spacing == MIN_SYNC_SPACING > 0.001  # never more often than the syncs that feed it
     assert ShipPolicy.for_storage(local=False, sync_interval=timedelta(seconds=2)).spacing == 2.0
     assert not policy.is_urgent(False, lambda: True) and policy.is_urgent(True, lambda: False)
