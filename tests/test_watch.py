@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 from support.procs import Processes, wait_for
 from support.sqlite import open_app_db
@@ -153,6 +155,28 @@ class _Probe:
     def on_events_lost(self) -> None: ...
 
 
+@contextlib.contextmanager
+def monitored_db(tmp_path: Path) -> Iterator[tuple[Path, Any, WALWatcher, threading.Event]]:
+    """A database, its WAL watched by a running WALWatcher whose wake acts as a
+    monitor that syncs at once (arming the watch first) and sets the event."""
+    db = tmp_path / "app.db"
+    app = open_app_db(db)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    woke = threading.Event()
+    watcher = WALWatcher()
+    assert watcher.start()
+    try:
+        def wake() -> None:
+            watcher.arm(str(db))
+            woke.set()
+
+        watcher.watch(str(db), wake)
+        yield db, app, watcher, woke
+    finally:
+        watcher.stop()
+        app.close()
+
+
 def test_an_arming_taken_by_the_firing_watchs_removal_wakes_the_db(tmp_path: Path) -> None:
     """The kernel queues a one-shot watch's event, then removes the watch. A
     monitor woken by that event may arm again in between (the writer
@@ -165,19 +189,8 @@ def test_an_arming_taken_by_the_firing_watchs_removal_wakes_the_db(tmp_path: Pat
     arms a watch that the next write fires."""
     from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
 
-    db = tmp_path / "app.db"
-    wal = str(db) + "-wal"
-    app = open_app_db(db)
-    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-    woke = threading.Event()
-    watcher = WALWatcher()
-    assert watcher.start()
-    try:
-        def wake() -> None:  # a monitor that syncs at once, arming the watch first
-            watcher.arm(str(db))
-            woke.set()
-
-        watcher.watch(str(db), wake)
+    with monitored_db(tmp_path) as (db, app, watcher, woke):
+        wal = str(db) + "-wal"
         inotify = watcher._inotify  # the reader's InotifyFD, to deliver the kernel's events in the race's order
         mask = InotifyConstants.IN_MODIFY | InotifyConstants.IN_ONESHOT
         wd = inotify.add_callback(wal.encode(), mask, _Probe(), -1)  # the armed watch's descriptor
@@ -191,9 +204,6 @@ def test_an_arming_taken_by_the_firing_watchs_removal_wakes_the_db(tmp_path: Pat
         woke.clear()
         app.execute("INSERT INTO t (v) VALUES ('written after the monitor armed')")
         assert woke.wait(WAKE_TIMEOUT), "a write after arm() woke nothing: its arming went with the fired watch"
-    finally:
-        watcher.stop()
-        app.close()
 
 
 def test_an_overflowing_event_queue_wakes_every_db_and_the_watch_goes_on(tmp_path: Path) -> None:
@@ -203,26 +213,12 @@ def test_an_overflowing_event_queue_wakes_every_db_and_the_watch_goes_on(tmp_pat
     ~16,000 events); the write after it is real."""
     from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
 
-    db = tmp_path / "app.db"
-    app = open_app_db(db)
-    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-    woke = threading.Event()
-    watcher = WALWatcher()
-    assert watcher.start()
-    try:
-        def wake() -> None:
-            watcher.arm(str(db))
-            woke.set()
-
-        watcher.watch(str(db), wake)
+    with monitored_db(tmp_path) as (db, app, watcher, woke):
         watcher._inotify.handle_event(InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b""))
         assert woke.wait(WAKE_TIMEOUT), "the overflow woke nothing"
         woke.clear()
         app.execute("INSERT INTO t (v) VALUES ('written after the overflow')")
         assert woke.wait(WAKE_TIMEOUT), "a write after the overflow woke nothing"
-    finally:
-        watcher.stop()
-        app.close()
 
 
 def test_commits_ship_without_waiting_for_the_poll(tmp_path: Path, procs: Processes) -> None:
