@@ -36,11 +36,11 @@ import workload
 from tools import AgeKeyPair, Backend, S3Server, Tool, find_tool
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = scenarios.Settings(steady=2.0, rate=100.0, burst=2.0, catchup_timeout=20.0, restore_mib=4.0,
+QUICK = scenarios.Settings(steady=1.0, rate=100.0, burst=1.0, catchup_timeout=20.0, restore_mib=4.0,
                            restore_segments=20, restore_repeats=1, replication_repeats=1,
-                           throughput_slices=4, throughput_slice=0.5, idle_dbs=20, idle_seconds=2.0, idle_settle=1.0,
-                           compaction_mib=8.0, compaction_txns=60, compaction_seconds=2.0, compaction_settle=3.0,
-                           compaction_interval="1s", stall_seconds=2.0, stall_repeats=1)
+                           throughput_slices=4, throughput_slice=0.25, idle_dbs=20, idle_seconds=1.0, idle_settle=0.5,
+                           compaction_mib=8.0, compaction_txns=30, compaction_seconds=1.0, compaction_settle=2.0,
+                           compaction_interval="1s", stall_seconds=1.0, stall_repeats=1)
 
 
 # The S3 server behind each S3 backend: moto for replication and restores, nanio
