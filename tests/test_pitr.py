@@ -44,7 +44,7 @@ def append_events(db: Path, n: int, seed: int) -> list[tuple[float, float]]:
     )
     windows = []
     for i in range(n):
-        time.sleep(rng.uniform(0.06, 0.25))
+        time.sleep(rng.uniform(0.05, 0.15))
         payload = json.dumps({"vitrage_id": f"v-{i}", "state": rng.choice(["ok", "alarm"]), "n": i})
         before = time.time()
         conn.execute(
