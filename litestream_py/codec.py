@@ -37,7 +37,7 @@ STREAM_CHUNK = 1 << 20
 # Compressed bytes fed to the decompressor at a time, and the most it may
 # return per call: big chunks mean few GIL hand-offs while other threads run.
 DECOMPRESS_CHUNK = 4 << 20
-DECOMPRESS_OUTPUT = 16 << 20
+DECOMPRESS_OUTPUT = 4 << 20
 
 
 # Independent 4 MiB blocks with a content checksum: a standard LZ4 frame that
