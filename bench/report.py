@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import restore_floor
+
 Result = dict[str, Any]
 
 METHOD = """\
@@ -536,6 +538,12 @@ def restore_tables(results: Result) -> str:
         for key, label in (("lsr", "lsr restore, the command"), ("go", "Go restore, the command")):
             by = [results.get(name, {}).get("file", {}).get(key, {}).get("restore_seconds") for name, _ in cols]
             lines.append(f"| {label} | " + " | ".join(_num(v) for v in by) + " |")
+    for name, c in cols:
+        steps = c.get("phases")
+        if steps:
+            lines += ["", f"| where `lsr restore`'s time goes ({name} scenario, file replica) | s |", "|---|---|"]
+            lines += [f"| {key}: {what} | {_num(steps.get(key))} |" for key, what in restore_floor.PHASES]
+            lines.append(f"| all told | {_num(steps.get('total'))} |")
     startup = floor.get("startup", {})
     if startup and "error" not in startup:
         lines += ["", "| start-up, exec to exit (s) | " + " | ".join(startup) + " |",
