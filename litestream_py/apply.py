@@ -38,6 +38,7 @@ __all__ = [
     "MAX_RUN_BYTES",
     "PREFETCH_BYTES",
     "PURE_PYTHON_WAL_BYTES",
+    "READ_AHEAD_BYTES",
     "ProgressCallback",
     "WRITE_BEHIND_BYTES",
     "LOCAL_READERS",
@@ -61,6 +62,11 @@ MAX_RUN_BYTES = 16 << 20
 # costs ~6 ms per MiB of WAL on the applying thread (~3 MiB of WAL per MiB
 # compressed): below this, not importing numpy is the cheaper of the two.
 PURE_PYTHON_WAL_BYTES = 2 << 20
+# Decoded WAL from which a segment's frames are read ahead by the downloading
+# thread: a read costs ~1 ms whatever its size (it walks every word of a
+# frame), so small segments are left to the applier, which reads a run of
+# them at once.
+READ_AHEAD_BYTES = 1 << 20
 # Readers of a local replica: a read there is CPU (a page-cache copy and the
 # LZ4 decode), not a wait, so more threads than one only compete with the
 # snapshot's decompression for the cores; one reader still runs ahead of it.
@@ -246,7 +252,7 @@ class WALApplier:
             check = check_frames(view[pos:], header, self.checksum)
             fields, sums, problem = check.fields[:, :2].tolist(), check.sums.tolist(), check.problem
         else:
-            frames = _read_ahead(stretch, read_ahead, base, header, (len(view) - pos) // frame_size)
+            frames = _read_ahead(stretch, read_ahead, view, pos, header) if base == seg.offset else None
             if frames is not None:
                 fields, sums, problem = frames.check(header, self.checksum)
             else:
@@ -322,22 +328,31 @@ class WALApplier:
 
 
 def _read_ahead(
-    stretch: list[tuple[WALSegmentInfo, Segment]], read_ahead: ReadAhead, base: int, header: WALHeader, count: int
+    stretch: list[tuple[WALSegmentInfo, Segment]], read_ahead: ReadAhead, view: memoryview, pos: int, header: WALHeader,
 ) -> FrameTerms | None:
-    """The frames of ``stretch`` read ahead, if all were and they are the ``count``
-    frames to check now (not when the stretch is applied from inside its first segment)."""
-    parts = [read_ahead.pop((seg.index, seg.offset), None) for seg, _ in stretch]
-    if base != stretch[0][0].offset or any(p is None for p in parts):
-        return None
-    frames = parts[0]
-    for part in parts[1:]:
-        assert frames is not None and part is not None
-        if (part.page_size, part.big_endian) != (frames.page_size, frames.big_endian):
+    """The frames of ``stretch`` (``view[pos:]``, which starts where its first segment
+    does): those read ahead, and the others read now, each gap between them at once
+    (a read has a fixed cost of its own). None if they do not split into whole frames."""
+    frame_size = WAL_FRAME_HEADER_SIZE + header.page_size
+    base = stretch[0][0].offset
+    runs: list[FrameTerms] = []
+    gap = pos  # where the frames not read yet start in ``view``
+    for seg, (data, _) in stretch:
+        start, end = max(seg.offset - base, pos), seg.offset - base + len(data)
+        frames = read_ahead.pop((seg.index, seg.offset), None)
+        if frames is None or (frames.page_size, frames.big_endian) != (header.page_size, header.big_endian):
+            continue
+        if (start - gap) % frame_size or (end - start) != len(frames.fields) * frame_size:
             return None
-        frames = frames + part
-    if frames is None or (frames.page_size, frames.big_endian) != (header.page_size, header.big_endian):
+        if start > gap:
+            runs.append(FrameTerms.read(view[gap:start], header.page_size, header.big_endian))
+        runs.append(frames)
+        gap = end
+    if not runs or (len(view) - gap) % frame_size:
         return None
-    return frames if len(frames.fields) == count else None
+    if len(view) > gap:
+        runs.append(FrameTerms.read(view[gap:], header.page_size, header.big_endian))
+    return FrameTerms.join(runs)
 
 
 def _write_at(fd: int, buffers: list[bytes], offset: int) -> None:
@@ -427,7 +442,7 @@ class _Prefetch:
             view = view[WAL_HEADER_SIZE:]
         with self._lock:
             layout = self._layouts.get(seg.index)
-        if layout is None or len(view) % (WAL_FRAME_HEADER_SIZE + layout[0]):
+        if layout is None or len(view) < READ_AHEAD_BYTES or len(view) % (WAL_FRAME_HEADER_SIZE + layout[0]):
             return None
         return FrameTerms.read(view, *layout)
 

@@ -9,6 +9,7 @@ A frame whose "db size after commit" field is non-zero ends a transaction.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import struct
@@ -397,6 +398,7 @@ _LANE = 10
 _FRAME_FIELDS = struct.Struct(">6I")
 
 
+@functools.lru_cache(maxsize=8)  # one entry per page size in use; callers only read it
 def _py_frame_weights(page_size: int) -> tuple[list[int], list[int], tuple[int, int, int, int]]:
     """``_frame_weights`` without numpy: per-word weights of a frame's two
     checksum words, and M^n (row-major) for n, the checksum steps per frame."""
@@ -467,7 +469,7 @@ def _fold(terms: list[tuple[int, int]], page_size: int, start_checksum: tuple[in
 class FrameTerms:
     """What ``check_frames_py`` reads from a run of whole frames before it knows
     the checksum they continue: each frame's header fields and checksum term.
-    Runs of one WAL (same page size and byte order) concatenate with ``+``."""
+    Runs of one WAL (same page size and byte order) concatenate (``join``)."""
 
     page_size: int
     big_endian: bool
@@ -481,10 +483,14 @@ class FrameTerms:
         fields = [_FRAME_FIELDS.unpack_from(view, pos) for pos in range(0, len(view) - frame_size + 1, frame_size)]
         return cls(page_size, big_endian, fields, _frame_terms_py(view, page_size, big_endian))
 
-    def __add__(self, other: FrameTerms) -> FrameTerms:
-        if (other.page_size, other.big_endian) != (self.page_size, self.big_endian):
+    @classmethod
+    def join(cls, runs: list[FrameTerms]) -> FrameTerms:
+        """Consecutive runs of one WAL as one run."""
+        first = runs[0]
+        if any((r.page_size, r.big_endian) != (first.page_size, first.big_endian) for r in runs):
             raise ValueError("cannot join frames of two page sizes or byte orders")
-        return FrameTerms(self.page_size, self.big_endian, self.fields + other.fields, self.terms + other.terms)
+        return cls(first.page_size, first.big_endian, [f for r in runs for f in r.fields],
+                   [t for r in runs for t in r.terms])
 
     def check(
         self, header: WALHeader, start_checksum: tuple[int, int]

@@ -286,10 +286,11 @@ def test_numpy_starts_no_blas_threads(tmp_path: Path) -> None:
 
 
 def test_frames_read_ahead_must_continue_the_checksum_chain(tmp_path: Path, engine, monkeypatch) -> None:
-    """The downloading thread reads a small WAL's frames ahead (their checksums are
-    chained from the segment's own first frame); the applier checks where each
-    segment joins the one before. A segment forged from another start, valid in
-    itself, fails the restore there, with the commits before it applied."""
+    """The downloading thread reads the frames of a small WAL's large segments ahead
+    (their checksums chained from the segment's own first frame); the applier reads
+    the others and checks the whole chain, joins included. A segment forged from
+    another start, valid in itself, fails the restore there, read ahead or not,
+    with the commits before it applied."""
     app, db, client, replica = engine
     commit_and_ship(app, db, replica, 6)
     (generation,) = client.generations()
@@ -307,29 +308,37 @@ def test_frames_read_ahead_must_continue_the_checksum_chain(tmp_path: Path, engi
         forged[off + 16 : off + 24] = s0.to_bytes(4, "big") + s1.to_bytes(4, "big")
     segment_file = Path(client.root) / "generations" / generation / "wal" / f"{victim.index:08x}_{victim.offset:08x}.wal.lz4"
     segment_file.write_bytes(codec.encode_segment(bytes(forged), commits))
-    checked_ahead: list[int] = []
-    check = apply_module.FrameTerms.check
-
-    def counting_check(self: Any, *args: Any) -> Any:
-        checked_ahead.append(len(self.fields))
-        return check(self, *args)
-
-    monkeypatch.setattr(apply_module.FrameTerms, "check", counting_check)
-    out = tmp_path / "out.db"
     where = f"{generation}/{victim.index:08x}_{victim.offset:08x}"
-    with pytest.raises(WALFormatError, match=f"wal segment {where}: checksum mismatch at offset {victim.offset}$"):
+    mismatch = f"wal segment {where}: checksum mismatch at offset {victim.offset}$"
+    read = apply_module._Prefetch._read
+    read_ahead: list[int] = []
+
+    def counting_read(self: Any, seg: WALSegmentInfo, data: bytes) -> Any:
+        frames = read(self, seg, data)
+        if frames is not None:
+            read_ahead.append(seg.offset)
+        return frames
+
+    monkeypatch.setattr(apply_module._Prefetch, "_read", counting_read)
+    monkeypatch.setattr(apply_module, "READ_AHEAD_BYTES", 0)  # these segments are small: read every one ahead
+    out = tmp_path / "out.db"
+    with pytest.raises(WALFormatError, match=mismatch):
         restore(client, RestoreOptions(output_path=str(out)))
-    assert checked_ahead  # the frames were read ahead, not checked by the applier alone
+    assert victim.offset in read_ahead
     assert not list(tmp_path.glob("out.db*"))
-    # Fed directly, the forged segment starting a run of its own: its join is its first frame.
+    # Fed directly, the forged segment starting a run, read ahead or read by the
+    # applier beside segments read ahead: its join with the one before is its first frame.
     decoded = [codec.decode_segment(client.read_wal_segment(s.pos)) for s in segments]
-    ahead = {(s.index, s.offset): FrameTerms.read(d[WAL_HEADER_SIZE:] if s.offset == 0 else d, header.page_size,
-                                                   header.big_endian) for s, (d, _) in zip(segments, decoded)}
-    with open(tmp_path / "direct.db", "w+b") as f:
-        applier = WALApplier(f, generation, use_numpy=False)
-        applier.feed(list(zip(segments[:3], decoded[:3])), ahead)
-        before = applier.transactions
-        assert before >= 3
-        with pytest.raises(WALFormatError, match=f"wal segment {where}: checksum mismatch at offset {victim.offset}$"):
-            applier.feed(list(zip(segments[3:], decoded[3:])), ahead)
-    assert applier.transactions == before and not ahead  # what was read ahead was used
+    for ahead_of_victim in (True, False):
+        ahead = {(s.index, s.offset): FrameTerms.read(d[WAL_HEADER_SIZE:] if s.offset == 0 else d, header.page_size,
+                                                       header.big_endian)
+                 for i, (s, (d, _)) in enumerate(zip(segments, decoded)) if (i % 2 == 1) == ahead_of_victim}
+        with open(tmp_path / f"direct-{ahead_of_victim}.db", "w+b") as f:
+            applier = WALApplier(f, generation, use_numpy=False)
+            applier.feed(list(zip(segments[:3], decoded[:3])), ahead)
+            before = applier.transactions
+            assert before >= 3
+            with pytest.raises(WALFormatError, match=mismatch):
+                applier.feed(list(zip(segments[3:], decoded[3:])), ahead)
+        assert applier.transactions == before
+        assert not ahead  # what was read ahead was used
