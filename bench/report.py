@@ -498,7 +498,9 @@ RESTORE_NOTE = (
     "(bench/restore_floor.py). \"in process\" is lsr's restore of its file replica called inside the "
     "benchmark's own process after a first restore, so without the start-up (the interpreter and lsr's imports, "
     "which the command pays and Go's binary does not: the start-up rows time each tool's `version` command, exec "
-    "to exit) nor a fresh process's first-touch costs."
+    "to exit) nor a fresh process's first-touch costs. The steps of `lsr restore` are timed in fresh processes "
+    "by a launcher that wraps lsr's functions by name (`restore_floor.phases`: no timing code in lsr), after "
+    "the compaction scenario's restores."
 )
 
 
