@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import restore_floor
+
 Result = dict[str, Any]
 
 METHOD = """\
@@ -496,7 +498,9 @@ RESTORE_NOTE = (
     "(bench/restore_floor.py). \"in process\" is lsr's restore of its file replica called inside the "
     "benchmark's own process after a first restore, so without the start-up (the interpreter and lsr's imports, "
     "which the command pays and Go's binary does not: the start-up rows time each tool's `version` command, exec "
-    "to exit) nor a fresh process's first-touch costs."
+    "to exit) nor a fresh process's first-touch costs. The steps of `lsr restore` are timed in fresh processes "
+    "by a launcher that wraps lsr's functions by name (`restore_floor.phases`: no timing code in lsr), after "
+    "the compaction scenario's restores."
 )
 
 
@@ -536,6 +540,12 @@ def restore_tables(results: Result) -> str:
         for key, label in (("lsr", "lsr restore, the command"), ("go", "Go restore, the command")):
             by = [results.get(name, {}).get("file", {}).get(key, {}).get("restore_seconds") for name, _ in cols]
             lines.append(f"| {label} | " + " | ".join(_num(v) for v in by) + " |")
+    for name, c in cols:
+        steps = c.get("phases")
+        if steps:
+            lines += ["", f"| where `lsr restore`'s time goes ({name} scenario, file replica) | s |", "|---|---|"]
+            lines += [f"| {key}: {what} | {_num(steps.get(key))} |" for key, what in restore_floor.PHASES]
+            lines.append(f"| all told | {_num(steps.get('total'))} |")
     startup = floor.get("startup", {})
     if startup and "error" not in startup:
         lines += ["", "| start-up, exec to exit (s) | " + " | ".join(startup) + " |",

@@ -8,11 +8,14 @@ blocks, content checksum), decoded in 4 MiB pieces on one thread, written with
 command pays before it reads anything: the interpreter (``python -c pass``),
 ``lsr version`` (the interpreter and lsr's command layer), and Go's
 ``litestream version``. ``in_process`` restores lsr's file replica inside this
-process, the start-up left out. All figures are medians of ``repeats``.
+process, the start-up left out. ``phases`` splits the restore *command*'s
+time into its steps, in fresh processes, by wrapping lsr's functions by name
+(no timing code in lsr). All figures are medians of ``repeats``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -24,7 +27,7 @@ import lz4.frame
 
 from tools import Tool
 
-__all__ = ["floor", "in_process", "startup"]
+__all__ = ["PHASES", "floor", "in_process", "phases", "startup"]
 
 PIECE = 4 << 20  # compressed bytes fed, and decoded bytes taken, per call: one LZ4 block
 
@@ -77,6 +80,95 @@ def floor(db: Path, work: Path, repeats: int) -> dict[str, Any]:
     }
 
 
+# Each step of ``lsr restore``, as ``phases`` reports it: (key, what it covers).
+PHASES = [
+    ("interpreter", "exec -> the first line of lsr's entry point (the interpreter and site-packages)"),
+    ("imports", "the command group and the restore command's imports"),
+    ("plan", "the config, the replica's listings and the plan"),
+    ("snapshot", "the snapshot decompressed and written (segments download meanwhile)"),
+    ("wal", "the WAL segments checked and applied"),
+    ("flush", "the pages the WAL changed written"),
+    ("writeback", "waiting for the snapshot's write-back (fdatasync) to end"),
+    ("fsync", "the database's fsync"),
+    ("rest", "link into place, the directory's fsync, exit"),
+]
+
+# Run in the lsr's interpreter: marks the restore command's steps (time.monotonic), prints them as JSON at exit.
+_TRACER = r"""
+import json, os, sys, time
+marks = {"start": time.monotonic()}
+import litestream_py.cmd.main as main
+import litestream_py.cmd.restore as command
+marks["imported"] = time.monotonic()
+apply = sys.modules["litestream_py.apply"]
+restore = sys.modules["litestream_py.restore"]
+codec = sys.modules["litestream_py.codec"]
+
+def after(module, name, key, first=False):
+    fn = getattr(module, name)
+    def timed(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if not (first and key in marks):
+                marks[key] = time.monotonic()
+    setattr(module, name, timed)
+
+def before(module, name, key):
+    fn = getattr(module, name)
+    def timed(*args, **kwargs):
+        marks.setdefault(key, time.monotonic())
+        return fn(*args, **kwargs)
+    setattr(module, name, timed)
+
+before(codec, "decompress_stream", "planned")
+after(codec, "decompress_stream", "snapshot")
+after(apply.WALApplier, "flush", "flushed")
+before(apply.WALApplier, "flush", "applied")
+after(apply._WriteBehind, "wait", "written_back")
+fsync = os.fsync
+def timed_fsync(fd):
+    fsync(fd)
+    marks.setdefault("synced", time.monotonic())
+os.fsync = timed_fsync
+
+def report():
+    marks["end"] = time.monotonic()
+    print(json.dumps(marks), file=sys.stderr)
+import atexit
+atexit.register(report)
+sys.argv = ["lsr", *sys.argv[1:]]
+main.main()
+"""
+
+
+def _python_of(exe: str) -> str:
+    """The interpreter a console script runs with (its #! line)."""
+    return Path(exe).read_text(errors="replace").splitlines()[0].removeprefix("#!").strip()
+
+
+def phases(lsr: Tool, config: Path, db: Path, work: Path, repeats: int) -> dict[str, float]:
+    """Seconds of each of ``PHASES`` in ``lsr restore -config CONFIG -o OUT DB``, medians over fresh processes."""
+    python = _python_of(lsr.exe)
+    out = work / "phases.db"
+    steps = [("interpreter", "exec", "start"), ("imports", "start", "imported"), ("plan", "imported", "planned"),
+             ("snapshot", "planned", "snapshot"), ("wal", "snapshot", "applied"), ("flush", "applied", "flushed"),
+             ("writeback", "flushed", "written_back"), ("fsync", "written_back", "synced"), ("rest", "synced", "exit")]
+    runs: list[dict[str, float]] = []
+    for _ in range(repeats):
+        os.sync()
+        t0 = time.monotonic()
+        done = subprocess.run([python, "-c", _TRACER, "restore", "-config", str(config), "-o", str(out), str(db)],
+                              capture_output=True, text=True, check=True)
+        marks = {"exec": t0, **json.loads(done.stderr.strip().splitlines()[-1]), "exit": time.monotonic()}
+        runs.append({key: marks[b] - marks[a] for key, a, b in steps if a in marks and b in marks})
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{out}{suffix}").unlink(missing_ok=True)
+    result = {key: float(statistics.median(r[key] for r in runs)) for key, _, _ in steps if all(key in r for r in runs)}
+    result["total"] = float(statistics.median(sum(r.values()) for r in runs))
+    return result
+
+
 def startup(tools: list[Tool], repeats: int) -> dict[str, float]:
     """Seconds from exec to exit of each tool's ``version``, and of a bare interpreter."""
 
@@ -91,7 +183,7 @@ def startup(tools: list[Tool], repeats: int) -> dict[str, float]:
     for t in tools:
         out[f"{t.name} version"] = _median(run([t.exe, "version"]), repeats)
         if t.name == "lsr":
-            python = Path(t.exe).read_text(errors="replace").splitlines()[0].removeprefix("#!").strip()
+            python = _python_of(t.exe)
             if os.access(python, os.X_OK):
                 out["python -c pass"] = _median(run([python, "-c", "pass"]), repeats)
     return out

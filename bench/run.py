@@ -224,12 +224,17 @@ def _compactions(results: dict[str, Any], backend: Backend, work: Path, source: 
     return out
 
 
-def _floor(db: Path, lsr_replica: Path, s: scenarios.Settings) -> dict[str, Any]:
+def _floor(db: Path, lsr_replica: Path, s: scenarios.Settings, lsr: Tool | None = None) -> dict[str, Any]:
     """The floor under restoring ``db`` (LZ4 decode, write, fsync), and lsr's
-    restore of its file replica of it in this process, when there is one."""
+    restore of its file replica of it in this process, when there is one; with
+    ``lsr``, also the steps of its restore command (the replica's config beside it)."""
     out = restore_floor.floor(db, db.parent, s.restore_repeats)
     if lsr_replica.is_dir():
         out["in_process"] = restore_floor.in_process(lsr_replica, db.parent, s.restore_repeats)
+        config = lsr_replica.parent / "litestream.yml"
+        if lsr is not None and config.exists():
+            out["phases"] = restore_floor.phases(lsr, config, lsr_replica.parent / "app.db", db.parent,
+                                                 s.restore_repeats)
     return out
 
 
@@ -343,7 +348,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     servers[name] = S3Server(SERVER_KINDS[name], work, access_log=True)
                 results["compaction"][name] = _compactions(results, backend(name), work, source, tools, s)
             results["restore_floor"]["compaction"] = _attempt(results, "restore floor: compaction", partial(
-                _floor, source, work / "compaction-file-lsr" / "app-replica", s))
+                _floor, source, work / "compaction-file-lsr" / "app-replica", s, lsr))
         if "idle" in only:
             results["idle"] = {t.name: _attempt(results, f"idle {t.name}", partial(scenarios.idle, t, work, s))
                                for t in tools}

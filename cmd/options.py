@@ -18,11 +18,10 @@ from typing import Any, Callable, Iterator, NoReturn, TypeVar
 import click
 
 from litestream_py.config import Config, ReplicaConfig, default_config_path, is_url, load_config
-from litestream_py.db import DB
 from litestream_py.errors import ConfigError, LitestreamError
 from litestream_py.factory import target_from_config, targets_from_config
 from litestream_py.health import rfc3339
-from litestream_py.replica import Replica
+from litestream_py.paths import meta_dir
 from litestream_py.replica_client import ReplicaTarget
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -119,12 +118,24 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
 
 
+@dataclass(frozen=True)
+class DBPaths:
+    """A configured database's files, as the inspect and restore commands read them
+    (without the monitor's machinery: opening nothing, importing no SQLite)."""
+
+    path: str
+    meta_path: str
+
+    @property
+    def wal_path(self) -> str:
+        return self.path + "-wal"
+
+
 @dataclass
 class Target:
-    """What an inspect/restore command works on: a DB from the config (only its
-    paths are read), or a replica URL."""
+    """What an inspect/restore command works on: a database from the config, or a replica URL."""
 
-    db: DB[Replica] | None
+    db: DBPaths | None
     replicas: list[ReplicaTarget]
 
 
@@ -163,7 +174,8 @@ def _resolve_target(arg: str, config_path: str | None, no_expand_env: bool, repl
     dbc = config.db_config(arg)
     if dbc is None:
         raise ConfigError(f"cannot find database {arg} in the config (check the path, or pass -config)")
-    db: DB[Replica] = DB(dbc.path, meta_path=dbc.meta_path)
+    path = os.path.abspath(dbc.path)
+    db = DBPaths(path, os.path.abspath(dbc.meta_path) if dbc.meta_path else meta_dir(path))
     replicas = targets_from_config(dbc)
     if replica_name:
         replicas = [r for r in replicas if r.name == replica_name]

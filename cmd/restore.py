@@ -11,6 +11,7 @@ from typing import Iterator
 import click
 
 from litestream_py.errors import ConfigError, NoGenerationError, OutputExistsError
+from litestream_py.process import configure_process_for_restore
 from litestream_py.restore import DEFAULT_RESTORE_PARALLELISM, RestoreOptions, restore_from_replicas
 
 from .options import config_options, flag, log, replica_option, resolve_target, run, setup_logging
@@ -78,6 +79,7 @@ def command(config_path: str | None, no_expand_env: bool, replica_name: str, out
             follow_replica(target, config_path, no_expand_env, replica_name, output, follow_interval,
                            bool(generation or index or timestamp))
             return
+        configure_process_for_restore()
         ts = parse_timestamp(timestamp) if timestamp else None
         idx = parse_index(index)
         if idx is not None and ts is not None:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
-
-from .db import DB
-from .errors import LitestreamError
-from .pos import Pos, SnapshotInfo, WALSegmentInfo
-from .replica import Replica
-from .replica_client import ReplicaClient
-from .restore import RestoreOptions, restore
 
 if TYPE_CHECKING:
     from .control import wait_replicated
+    from .db import DB
+    from .errors import LitestreamError
+    from .pos import Pos, SnapshotInfo, WALSegmentInfo
+    from .replica import Replica
+    from .replica_client import ReplicaClient
+    from .restore import RestoreOptions
 
 __version__ = "0.1.0"
 
@@ -25,16 +25,30 @@ __all__ = [
     "RestoreOptions",
     "SnapshotInfo",
     "WALSegmentInfo",
-    "restore",
     "wait_replicated",
     "__version__",
 ]
 
+# Each name loads its module on first use: importing any part of the package
+# (``lsr restore`` imports its restore path only) must not pay for the rest,
+# such as the database monitor and SQLite. The restore function is not among
+# them: ``litestream_py.restore`` names its module (``litestream_py.restore.restore``).
+_HOMES = {
+    "DB": "db",
+    "LitestreamError": "errors",
+    "Pos": "pos",
+    "Replica": "replica",
+    "ReplicaClient": "replica_client",
+    "RestoreOptions": "restore",
+    "SnapshotInfo": "pos",
+    "WALSegmentInfo": "pos",
+    "wait_replicated": "control",
+}
+
 
 def __getattr__(name: str) -> object:
-    # The control socket's client loads on first use: a restore need not pay for it.
-    if name == "wait_replicated":
-        from .control import wait_replicated
-
-        return wait_replicated
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -27,6 +27,7 @@ from .replica_client import ReplicaReader
 from .wal import (
     WAL_FRAME_HEADER_SIZE,
     WAL_HEADER_SIZE,
+    FrameTerms,
     WALHeader,
     check_frames,
     check_frames_py,
@@ -37,6 +38,7 @@ __all__ = [
     "MAX_RUN_BYTES",
     "PREFETCH_BYTES",
     "PURE_PYTHON_WAL_BYTES",
+    "READ_AHEAD_BYTES",
     "ProgressCallback",
     "WRITE_BEHIND_BYTES",
     "LOCAL_READERS",
@@ -60,6 +62,11 @@ MAX_RUN_BYTES = 16 << 20
 # costs ~6 ms per MiB of WAL on the applying thread (~3 MiB of WAL per MiB
 # compressed): below this, not importing numpy is the cheaper of the two.
 PURE_PYTHON_WAL_BYTES = 2 << 20
+# Decoded WAL from which a segment's frames are read ahead by the downloading
+# thread: a read costs ~1 ms whatever its size (it walks every word of a
+# frame), so small segments are left to the applier, which reads a run of
+# them at once.
+READ_AHEAD_BYTES = 1 << 20
 # Readers of a local replica: a read there is CPU (a page-cache copy and the
 # LZ4 decode), not a wait, so more threads than one only compete with the
 # snapshot's decompression for the cores; one reader still runs ahead of it.
@@ -71,6 +78,8 @@ except (ValueError, OSError):
 
 ProgressCallback = Callable[[int, int], None]
 Segment = tuple[bytes, list[tuple[int, int]]]
+# Frames read ahead by the downloading thread, by the (index, offset) of their segment.
+ReadAhead = dict[tuple[int, int], FrameTerms]
 
 
 def missing_segment(generation: str, index: int, offset: int) -> str:
@@ -112,7 +121,7 @@ def apply_plan(
         import_numpy_in_background()  # the frame checks need it; the snapshot hides its import
     workers = min(parallelism, LOCAL_READERS) if reads_are_local(client) else parallelism
     with (
-        closing(_Prefetch(client, segments, workers)) as runs,
+        closing(_Prefetch(client, segments, workers, read_frames=not use_numpy)) as runs,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsr-restore-sync") as syncer,
     ):
         write_behind = _WriteBehind(f, syncer)
@@ -122,7 +131,7 @@ def apply_plan(
         applier = WALApplier(f, generation, cutoff_ns, end, use_numpy=use_numpy)
         total, done = len(segments), 0
         for run in runs:
-            applier.feed(run)
+            applier.feed(run, runs.read_ahead)
             done += len(run)
             if progress:
                 progress(done, total)
@@ -169,20 +178,24 @@ class WALApplier:
         self.last_commit = Pos()
         self.tail = (0, memoryview(b""))  # (offset, bytes) of the last stretch applied in this index
 
-    def feed(self, run: list[tuple[WALSegmentInfo, Segment]]) -> None:
-        """Apply segments in order; each stretch of byte-contiguous ones is checked in one pass."""
+    def feed(self, run: list[tuple[WALSegmentInfo, Segment]], read_ahead: ReadAhead | None = None) -> None:
+        """Apply segments in order; each stretch of byte-contiguous ones is checked in one pass.
+
+        ``read_ahead`` holds frames of these segments already read (without
+        numpy): only their chain from this applier's checksum is left to check.
+        """
         stretch: list[tuple[WALSegmentInfo, Segment]] = []
         for seg, segment in run:
             if stretch:
                 last, (last_data, _) = stretch[-1]
                 if seg.index != last.index or seg.offset != last.offset + len(last_data):
-                    self._feed_stretch(stretch)
+                    self._feed_stretch(stretch, read_ahead or {})
                     stretch = []
             stretch.append((seg, segment))
         if stretch:
-            self._feed_stretch(stretch)
+            self._feed_stretch(stretch, read_ahead or {})
 
-    def _feed_stretch(self, stretch: list[tuple[WALSegmentInfo, Segment]]) -> None:
+    def _feed_stretch(self, stretch: list[tuple[WALSegmentInfo, Segment]], read_ahead: ReadAhead) -> None:
         if self.done:
             return
         seg = stretch[0][0]
@@ -239,7 +252,11 @@ class WALApplier:
             check = check_frames(view[pos:], header, self.checksum)
             fields, sums, problem = check.fields[:, :2].tolist(), check.sums.tolist(), check.problem
         else:
-            fields, sums, problem = check_frames_py(view[pos:], header, self.checksum)
+            frames = _read_ahead(stretch, read_ahead, view, pos, header) if base == seg.offset else None
+            if frames is not None:
+                fields, sums, problem = frames.check(header, self.checksum)
+            else:
+                fields, sums, problem = check_frames_py(view[pos:], header, self.checksum)
         if problem and base != seg.offset and len(sums) == 0:
             raise self._overlap(where(seg), seg.offset)
         s0, s1 = self.checksum
@@ -310,6 +327,34 @@ class WALApplier:
             os.ftruncate(self.fd, self.size)  # grown pages SQLite never wrote read as zeros
 
 
+def _read_ahead(
+    stretch: list[tuple[WALSegmentInfo, Segment]], read_ahead: ReadAhead, view: memoryview, pos: int, header: WALHeader,
+) -> FrameTerms | None:
+    """The frames of ``stretch`` (``view[pos:]``, which starts where its first segment
+    does): those read ahead, and the others read now, each gap between them at once
+    (a read has a fixed cost of its own). None if they do not split into whole frames."""
+    frame_size = WAL_FRAME_HEADER_SIZE + header.page_size
+    base = stretch[0][0].offset
+    runs: list[FrameTerms] = []
+    gap = pos  # where the frames not read yet start in ``view``
+    for seg, (data, _) in stretch:
+        start, end = max(seg.offset - base, pos), seg.offset - base + len(data)
+        frames = read_ahead.pop((seg.index, seg.offset), None)
+        if frames is None or (frames.page_size, frames.big_endian) != (header.page_size, header.big_endian):
+            continue
+        if (start - gap) % frame_size or (end - start) != len(frames.fields) * frame_size:
+            return None
+        if start > gap:
+            runs.append(FrameTerms.read(view[gap:start], header.page_size, header.big_endian))
+        runs.append(frames)
+        gap = end
+    if not runs or (len(view) - gap) % frame_size:
+        return None
+    if len(view) > gap:
+        runs.append(FrameTerms.read(view[gap:], header.page_size, header.big_endian))
+    return FrameTerms.join(runs)
+
+
 def _write_at(fd: int, buffers: list[bytes], offset: int) -> None:
     """Write ``buffers`` back to back at ``offset``: pwritev, IOV_MAX at a time, finishing short writes."""
     for i in range(0, len(buffers), _IOV_MAX):
@@ -334,11 +379,19 @@ class _Prefetch:
     """Segments downloaded in parallel, handed out strictly in order, with bounded read-ahead.
 
     Downloads start on construction and run ahead while the snapshot is
-    restored, up to PREFETCH_BYTES of decoded WAL waiting to be applied.
+    restored, up to PREFETCH_BYTES of decoded WAL waiting to be applied. With
+    ``read_frames``, the downloading thread also reads each segment's frames
+    for the applier's check (``FrameTerms``): that work then runs beside the
+    snapshot's decompression, which leaves the interpreter to it.
     """
 
-    def __init__(self, client: ReplicaReader, segments: list[WALSegmentInfo], parallelism: int) -> None:
+    def __init__(
+        self, client: ReplicaReader, segments: list[WALSegmentInfo], parallelism: int, read_frames: bool = False
+    ) -> None:
         self._client = client
+        self._read_frames = read_frames
+        self._layouts: dict[int, tuple[int, bool]] = {}  # WAL index -> (page size, big-endian), from its header
+        self.read_ahead: ReadAhead = {}  # frames of the segments taken, for the applier
         self._workers = max(parallelism, 1)
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="lsr-restore")
         self._lock = threading.Lock()
@@ -366,6 +419,8 @@ class _Prefetch:
         try:
             segment = _download(self._client, d.seg)
             size = len(segment[0])
+            if self._read_frames:
+                d.frames = self._read(d.seg, segment[0])
             return segment
         finally:
             with self._lock:
@@ -373,6 +428,23 @@ class _Prefetch:
                 d.size = size
                 self._held += size
                 self._fill()
+
+    def _read(self, seg: WALSegmentInfo, data: bytes) -> FrameTerms | None:
+        """The segment's frames, when its WAL header has been seen (None: the applier reads them)."""
+        view = memoryview(data)
+        if seg.offset == 0:
+            try:
+                header = WALHeader.parse(data[:WAL_HEADER_SIZE])
+            except WALFormatError:
+                return None  # the applier reports it
+            with self._lock:
+                self._layouts[seg.index] = (header.page_size, header.big_endian)
+            view = view[WAL_HEADER_SIZE:]
+        with self._lock:
+            layout = self._layouts.get(seg.index)
+        if layout is None or len(view) < READ_AHEAD_BYTES or len(view) % (WAL_FRAME_HEADER_SIZE + layout[0]):
+            return None
+        return FrameTerms.read(view, *layout)
 
     def __iter__(self) -> Iterator[list[tuple[WALSegmentInfo, Segment]]]:
         """Runs of segments: the next one, and those after it already downloaded.
@@ -394,6 +466,8 @@ class _Prefetch:
     def _take(self) -> tuple[WALSegmentInfo, Segment]:
         d = self._queue.popleft()
         segment = d.future.result()
+        if d.frames is not None:
+            self.read_ahead[(d.seg.index, d.seg.offset)] = d.frames
         with self._lock:
             self._held -= d.size
             self._fill()
@@ -411,6 +485,7 @@ class _Download:
         self.seg = seg
         self.future: Future[Segment]
         self.size = 0  # decoded bytes, once downloaded
+        self.frames: FrameTerms | None = None  # read ahead (``_Prefetch._read``)
 
 
 class _WriteBehind:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from . import health
 from .errors import ControlError, LitestreamError, ReplicationTimeoutError
 from .fsutil import atomic_write
-from .paths import META_DIR_SUFFIX
+from .paths import meta_dir
 
 if TYPE_CHECKING:
     from .config import Config
@@ -190,15 +190,10 @@ class ControlServer:
 
 
 # -- the client side ---------------------------------------------------------------
-def _default_meta_path(db_path: str) -> str:
-    directory, name = os.path.split(os.path.abspath(db_path))
-    return os.path.join(directory, f".{name}{META_DIR_SUFFIX}")
-
-
 def socket_for(db_path: str, meta_path: str | None = None) -> str:
     """The socket of the sidecar replicating ``db_path``, from the pointer it left."""
     try:
-        with open(_pointer(meta_path or _default_meta_path(db_path))) as f:
+        with open(_pointer(meta_path or meta_dir(db_path))) as f:
             return f.read().strip()
     except FileNotFoundError:
         raise ControlError(f"cannot reach the lsr sidecar of {db_path}: none is running "

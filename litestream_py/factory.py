@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from .clients import new_client
-from .compaction import DEFAULT_COMPACTION_INTERVAL
 from .config import DBConfig, ReplicaConfig
-from .db import DB
 from .encryption import AgeReader
 from .errors import ConfigError
-from .replica import Replica
 from .replica_client import ReplicaTarget
-from .ship_policy import ShipPolicy
+
+if TYPE_CHECKING:
+    from .db import DB
+    from .replica import Replica
 
 __all__ = ["db_from_config", "replica_from_config", "target_from_config", "targets_from_config"]
 
@@ -25,6 +26,11 @@ def target_from_config(rc: ReplicaConfig) -> ReplicaTarget:
 
 def replica_from_config(rc: ReplicaConfig, db: DB[Replica]) -> Replica:
     """A replica that ``db`` writes to, with the shipping settings its client type calls for."""
+    # Here, not at the top: reading a replica (``target_from_config``) needs none of the writing side.
+    from .compaction import DEFAULT_COMPACTION_INTERVAL
+    from .replica import Replica
+    from .ship_policy import ShipPolicy
+
     client = new_client(rc)
     if rc.age is not None:
         # Refused at start: a replica the operator means to encrypt must never be written in plaintext.
@@ -54,6 +60,8 @@ def replica_from_config(rc: ReplicaConfig, db: DB[Replica]) -> Replica:
 
 
 def db_from_config(dbc: DBConfig) -> DB[Replica]:
+    from .db import DB
+
     db: DB[Replica] = DB(dbc.path, meta_path=dbc.meta_path)
     if dbc.monitor_interval is not None:
         db.monitor_interval = dbc.monitor_interval

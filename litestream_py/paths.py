@@ -6,6 +6,7 @@ Helpers come in ``format_*`` / ``parse_*`` pairs. Replica paths are always
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 
@@ -17,6 +18,7 @@ __all__ = [
     "WAL_SEGMENT_EXT",
     "SHADOW_WAL_EXT",
     "META_DIR_SUFFIX",
+    "meta_dir",
     "new_generation_name",
     "is_generation_name",
     "format_snapshot_path",
@@ -42,6 +44,13 @@ SHADOW_WAL_EXT = ".wal"
 META_DIR_SUFFIX = "-litestream"
 # Beside generations/: Go Litestream 0.3.13 lists only generations/ and never sees it.
 LEASE_NAME = "lsr-lease.json"
+
+def meta_dir(db_path: str) -> str:
+    """Where a database's shadow WAL and lsr's state live unless ``meta-path:`` says:
+    beside it, ``.NAME-litestream`` (Go Litestream's place)."""
+    directory, name = os.path.split(os.path.abspath(db_path))
+    return os.path.join(directory, f".{name}{META_DIR_SUFFIX}")
+
 
 _GENERATION_RE = re.compile(r"^[0-9a-f]{16}$")
 _SNAPSHOT_RE = re.compile(r"^([0-9a-f]{8})\.snapshot\.lz4$")

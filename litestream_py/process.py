@@ -1,20 +1,23 @@
-"""Process-wide tuning for the sidecar, which keeps many databases open in few threads."""
+"""Process-wide tuning: for the sidecar, which keeps many databases open in few
+threads, and for a restore command, which streams a database through a few big buffers."""
 
 from __future__ import annotations
 
 import ctypes
 import threading
 
-import apsw
-
-__all__ = ["configure_process_for_sidecar", "release_free_memory"]
+__all__ = ["configure_process_for_restore", "configure_process_for_sidecar", "release_free_memory"]
 
 SIDECAR_THREAD_STACK_SIZE = 512 * 1024
 M_ARENA_MAX = -8  # glibc mallopt parameters
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 # Buffers this large (WAL chunks, compressed segments) get their own mapping,
 # returned to the OS when freed, whichever worker thread and arena they came from.
 SIDECAR_MMAP_THRESHOLD = 256 * 1024
+# A restore's decoded pieces (16 MiB each) are served from the heap and reused
+# once freed: as fresh mappings, every piece's pages fault in again.
+RESTORE_MMAP_THRESHOLD = 256 << 20
 
 
 def configure_process_for_sidecar() -> None:
@@ -23,6 +26,8 @@ def configure_process_for_sidecar() -> None:
     Each connection would otherwise reserve ~120 KiB of lookaside memory that
     lsr's few statements never need. Call before the first connection opens.
     """
+    import apsw  # here: the restore command tunes its process too, and opens no SQLite
+
     apsw.shutdown()
     apsw.config(apsw.SQLITE_CONFIG_LOOKASIDE, 0, 0)
     apsw.initialize()
@@ -46,5 +51,21 @@ def release_free_memory() -> None:
     """
     try:
         ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def configure_process_for_restore() -> None:
+    """Malloc settings for a short-lived restore command (glibc; elsewhere a no-op).
+
+    In a fresh process glibc gives each large buffer its own mapping and unmaps
+    it when freed, so each piece of the decoded snapshot page-faults in anew
+    (its dynamic threshold only rises after the first frees). Kept on the heap
+    and not trimmed, the pieces reuse memory already touched.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, RESTORE_MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, 2 * RESTORE_MMAP_THRESHOLD)
     except (OSError, AttributeError):
         pass

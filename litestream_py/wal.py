@@ -9,6 +9,7 @@ A frame whose "db size after commit" field is non-zero ends a transaction.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import struct
@@ -45,6 +46,7 @@ __all__ = [
     "checksum_chain",
     "checksum_chain_py",
     "check_frames_py",
+    "FrameTerms",
     "frame_headers",
     "ScanResult",
     "import_numpy_in_background",
@@ -396,6 +398,7 @@ _LANE = 10
 _FRAME_FIELDS = struct.Struct(">6I")
 
 
+@functools.lru_cache(maxsize=8)  # one entry per page size in use; callers only read it
 def _py_frame_weights(page_size: int) -> tuple[list[int], list[int], tuple[int, int, int, int]]:
     """``_frame_weights`` without numpy: per-word weights of a frame's two
     checksum words, and M^n (row-major) for n, the checksum steps per frame."""
@@ -418,18 +421,25 @@ def _py_frame_weights(page_size: int) -> tuple[list[int], list[int], tuple[int, 
 def checksum_chain_py(
     data: bytes | memoryview, header: WALHeader, start_checksum: tuple[int, int]
 ) -> list[tuple[int, int]]:
-    """``checksum_chain`` without numpy (whose import costs more than a few MiB of frames).
+    """``checksum_chain`` without numpy (whose import costs more than a few MiB of frames)."""
+    return _fold(_frame_terms_py(data, header.page_size, header.big_endian), header.page_size, start_checksum)
 
-    The same algebra, vectorised across frames in Python integers: word j of
-    every frame is packed into one integer of ``_LANE``-byte lanes, so each
-    weight multiplies all frames at once (~6 ms a MiB).
+
+def _frame_terms_py(data: bytes | memoryview, page_size: int, big_endian: bool) -> list[tuple[int, int]]:
+    """Each whole frame's own term u in the checksum step s' = M^n s + u: what
+    its bytes add, whatever the checksum before it (so frames can be read ahead
+    of the chain).
+
+    The algebra is vectorised across frames in Python integers: word j of every
+    frame is packed into one integer of ``_LANE``-byte lanes, so each weight
+    multiplies all frames at once (~6 ms a MiB).
     """
-    frame_size = WAL_FRAME_HEADER_SIZE + header.page_size
+    frame_size = WAL_FRAME_HEADER_SIZE + page_size
     count = len(data) // frame_size
     frames = bytes(data[: count * frame_size])
-    w0, w1, (a, b, c, d) = _py_frame_weights(header.page_size)
+    w0, w1, _ = _py_frame_weights(page_size)
     lanes = bytearray(count * _LANE)
-    order = (3, 2, 1, 0) if header.big_endian else (0, 1, 2, 3)
+    order = (3, 2, 1, 0) if big_endian else (0, 1, 2, 3)
     acc0 = acc1 = 0
     for j in range(frame_size // 4):
         if w0[j] or w1[j]:
@@ -440,13 +450,62 @@ def checksum_chain_py(
             acc1 += w1[j] * v
     r0 = acc0.to_bytes(count * _LANE + 16, "little")
     r1 = acc1.to_bytes(count * _LANE + 16, "little")
+    return [(int.from_bytes(r0[k : k + 4], "little"), int.from_bytes(r1[k : k + 4], "little"))
+            for k in range(0, count * _LANE, _LANE)]
+
+
+def _fold(terms: list[tuple[int, int]], page_size: int, start_checksum: tuple[int, int]) -> list[tuple[int, int]]:
+    """The cumulative checksum after each frame, from ``start_checksum`` and the frames' terms."""
+    a, b, c, d = _py_frame_weights(page_size)[2]
     s0, s1 = start_checksum
     sums = []
-    for k in range(0, count * _LANE, _LANE):
-        u0, u1 = int.from_bytes(r0[k : k + 4], "little"), int.from_bytes(r1[k : k + 4], "little")
+    for u0, u1 in terms:
         s0, s1 = (a * s0 + b * s1 + u0) & _MASK32, (c * s0 + d * s1 + u1) & _MASK32
         sums.append((s0, s1))
     return sums
+
+
+@dataclass(frozen=True)
+class FrameTerms:
+    """What ``check_frames_py`` reads from a run of whole frames before it knows
+    the checksum they continue: each frame's header fields and checksum term.
+    Runs of one WAL (same page size and byte order) concatenate (``join``)."""
+
+    page_size: int
+    big_endian: bool
+    fields: list[tuple[int, ...]]  # (page number, commit size, salt1, salt2, checksum1, checksum2)
+    terms: list[tuple[int, int]]
+
+    @classmethod
+    def read(cls, data: bytes | memoryview, page_size: int, big_endian: bool) -> FrameTerms:
+        frame_size = WAL_FRAME_HEADER_SIZE + page_size
+        view = memoryview(data)
+        fields = [_FRAME_FIELDS.unpack_from(view, pos) for pos in range(0, len(view) - frame_size + 1, frame_size)]
+        return cls(page_size, big_endian, fields, _frame_terms_py(view, page_size, big_endian))
+
+    @classmethod
+    def join(cls, runs: list[FrameTerms]) -> FrameTerms:
+        """Consecutive runs of one WAL as one run."""
+        first = runs[0]
+        if any((r.page_size, r.big_endian) != (first.page_size, first.big_endian) for r in runs):
+            raise ValueError("cannot join frames of two page sizes or byte orders")
+        return cls(first.page_size, first.big_endian, [f for r in runs for f in r.fields],
+                   [t for r in runs for t in r.terms])
+
+    def check(
+        self, header: WALHeader, start_checksum: tuple[int, int]
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], str]:
+        """``check_frames_py`` of these frames (read with ``header``'s page size and byte order)."""
+        if (self.page_size, self.big_endian) != (header.page_size, header.big_endian):
+            raise ValueError("cannot check frames read with another page size or byte order")
+        fields = self.fields
+        valid = next((i for i, f in enumerate(fields) if (f[2], f[3]) != (header.salt1, header.salt2)), len(fields))
+        problem = "salt mismatch" if valid < len(fields) else ""
+        sums = _fold(self.terms[:valid], self.page_size, start_checksum)
+        bad = next((i for i, (f, s) in enumerate(zip(fields, sums)) if (f[4], f[5]) != s), None)
+        if bad is not None:
+            valid, problem = bad, "checksum mismatch"
+        return [(f[0], f[1]) for f in fields[:valid]], sums[:valid], problem
 
 
 def check_frames_py(
@@ -454,13 +513,4 @@ def check_frames_py(
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], str]:
     """``check_frames`` without numpy: each valid frame's (page number, commit
     size), the cumulative checksum after it, and what is wrong with the next."""
-    frame_size = WAL_FRAME_HEADER_SIZE + header.page_size
-    view = memoryview(data)
-    fields = [_FRAME_FIELDS.unpack_from(view, pos) for pos in range(0, len(view) - frame_size + 1, frame_size)]
-    valid = next((i for i, f in enumerate(fields) if (f[2], f[3]) != (header.salt1, header.salt2)), len(fields))
-    problem = "salt mismatch" if valid < len(fields) else ""
-    sums = checksum_chain_py(view[: valid * frame_size], header, start_checksum)
-    bad = next((i for i, (f, s) in enumerate(zip(fields, sums)) if (f[4], f[5]) != s), None)
-    if bad is not None:
-        valid, problem = bad, "checksum mismatch"
-    return [(f[0], f[1]) for f in fields[:valid]], sums[:valid], problem
+    return FrameTerms.read(data, header.page_size, header.big_endian).check(header, start_checksum)

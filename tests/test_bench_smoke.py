@@ -43,3 +43,8 @@ def test_bench_quick_runs_lsr_and_go_side_by_side(tmp_path: Path) -> None:
         assert r["objects"] > 0 and r["restore_seconds"] > 0 and r["check"] == "ok", (tool, r)
     assert data["compaction"]["file"]["lsr"]["compactions"] > 0, "lsr's replica was not compacted"
     assert "replica objects after" in table
+    # The restore command's steps, each measured, in the Restore section.
+    phases = data["restore_floor"]["compaction"]["phases"]
+    assert all(phases[step] >= 0 for step in ("interpreter", "imports", "plan", "snapshot", "wal", "fsync")), phases
+    assert phases["snapshot"] > 0 and phases["total"] > phases["snapshot"], phases
+    assert "| where `lsr restore`'s time goes (compaction scenario, file replica) | s |" in table

@@ -25,7 +25,7 @@ from litestream_py.replica import Replica
 from litestream_py.apply import WALApplier
 from litestream_py.restore import RestoreOptions, restore
 from litestream_py.restore_target import CachedListing
-from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, checksum
+from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, FrameTerms, WALHeader, checksum
 from support.engine import CountingClient, commit_and_ship, replicated_app
 from support.procs import run_lsr, wait_for
 from support.s3 import S3Server, make_s3_client
@@ -283,3 +283,62 @@ def test_numpy_starts_no_blas_threads(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_frames_read_ahead_must_continue_the_checksum_chain(tmp_path: Path, engine, monkeypatch) -> None:
+    """The downloading thread reads the frames of a small WAL's large segments ahead
+    (their checksums chained from the segment's own first frame); the applier reads
+    the others and checks the whole chain, joins included. A segment forged from
+    another start, valid in itself, fails the restore there, read ahead or not,
+    with the commits before it applied."""
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 6)
+    (generation,) = client.generations()
+    segments = client.wal_segments(generation)
+    assert len(segments) >= 6 and {s.index for s in segments} == {segments[0].index}
+    header = WALHeader.parse(codec.decode_segment(client.read_wal_segment(segments[0].pos))[0])
+    victim = segments[3]
+    data, commits = codec.decode_segment(client.read_wal_segment(victim.pos))
+    forged = bytearray(data)
+    s0, s1 = 0x12345678, 0x9ABCDEF0  # not the checksum the previous segment ends at
+    frame = WAL_FRAME_HEADER_SIZE + header.page_size
+    for off in range(0, len(forged), frame):
+        s0, s1 = checksum(header.big_endian, s0, s1, bytes(forged[off : off + 8]))
+        s0, s1 = checksum(header.big_endian, s0, s1, bytes(forged[off + WAL_FRAME_HEADER_SIZE : off + frame]))
+        forged[off + 16 : off + 24] = s0.to_bytes(4, "big") + s1.to_bytes(4, "big")
+    segment_file = Path(client.root) / "generations" / generation / "wal" / f"{victim.index:08x}_{victim.offset:08x}.wal.lz4"
+    segment_file.write_bytes(codec.encode_segment(bytes(forged), commits))
+    where = f"{generation}/{victim.index:08x}_{victim.offset:08x}"
+    mismatch = f"wal segment {where}: checksum mismatch at offset {victim.offset}$"
+    read = apply_module._Prefetch._read
+    read_ahead: list[int] = []
+
+    def counting_read(self: Any, seg: WALSegmentInfo, data: bytes) -> Any:
+        frames = read(self, seg, data)
+        if frames is not None:
+            read_ahead.append(seg.offset)
+        return frames
+
+    monkeypatch.setattr(apply_module._Prefetch, "_read", counting_read)
+    monkeypatch.setattr(apply_module, "READ_AHEAD_BYTES", 0)  # these segments are small: read every one ahead
+    out = tmp_path / "out.db"
+    with pytest.raises(WALFormatError, match=mismatch):
+        restore(client, RestoreOptions(output_path=str(out)))
+    assert victim.offset in read_ahead
+    assert not list(tmp_path.glob("out.db*"))
+    # Fed directly, the forged segment starting a run, read ahead or read by the
+    # applier beside segments read ahead: its join with the one before is its first frame.
+    decoded = [codec.decode_segment(client.read_wal_segment(s.pos)) for s in segments]
+    for ahead_of_victim in (True, False):
+        ahead = {(s.index, s.offset): FrameTerms.read(d[WAL_HEADER_SIZE:] if s.offset == 0 else d, header.page_size,
+                                                       header.big_endian)
+                 for i, (s, (d, _)) in enumerate(zip(segments, decoded)) if (i % 2 == 1) == ahead_of_victim}
+        with open(tmp_path / f"direct-{ahead_of_victim}.db", "w+b") as f:
+            applier = WALApplier(f, generation, use_numpy=False)
+            applier.feed(list(zip(segments[:3], decoded[:3])), ahead)
+            before = applier.transactions
+            assert before >= 3
+            with pytest.raises(WALFormatError, match=mismatch):
+                applier.feed(list(zip(segments[3:], decoded[3:])), ahead)
+        assert applier.transactions == before
+        assert not ahead  # what was read ahead was used
