@@ -562,6 +562,10 @@ class DB(Generic[R]):
         start, size = self.shadow.append(generation, index, self.wal_path, tail,
                                          progress=self._publish_progress if published else None)
         self.stats.total_wal_bytes += size - start
+        if published and size > self._pos.offset:
+            # At once, not at the sync's end: a checkpoint may follow, whose
+            # backfill takes most of a second after a burst.
+            self._publish_progress(size)
         return size
 
     def _publish_progress(self, size: int) -> None:
