@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 from . import paths
 from .commits import COMMITS_EXT, CommitLog
 from .errors import DatabaseError, LitestreamError
-from .fsutil import atomic_write, fsync_dir, read_buffers, read_pieces
+from .fsutil import ReadBuffers, atomic_write, fsync_dir, read_buffers, read_pieces
 from .pos import Pos
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align, frame_headers, scan_frames
 
@@ -53,6 +53,23 @@ def _commit_time(wal_fd: int) -> int:
     """
     now = time.time_ns()
     return min(os.fstat(wal_fd).st_mtime_ns, now)
+
+
+# Shared by every database's copies: one buffer, as large as the largest
+# chunk so far (a burst's transactions), waits for reuse. A fresh bytes per
+# read would be a new mapping whose pages fault in as the read fills it.
+_copy_buffers = ReadBuffers(max_kept=2 * MAX_WAL_TAIL)
+
+
+@contextmanager
+def _wal_chunk(fd: int, tail: WALTail | None, offset: int, size: int) -> Iterator[tuple[memoryview, int]]:
+    """Up to ``size`` WAL bytes from ``offset``, from ``tail`` when given, and
+    when they were read (see _commit_time); valid inside the ``with`` only."""
+    if tail is not None:
+        yield memoryview(tail.data)[offset - tail.offset:][:size], tail.captured
+        return
+    with _copy_buffers.pread(fd, size, offset) as data:
+        yield data, _commit_time(fd)
 
 
 @dataclass
@@ -265,29 +282,24 @@ class ShadowWAL:
                 # pieces of a held tail too: scanning makes copies of each.)
                 chunk = max(COPY_CHUNK_SIZE // frame_size, 1) * frame_size
                 while True:
-                    if tail is not None:
-                        data: bytes | memoryview = memoryview(tail.data)[size - tail.offset:][:chunk]
-                        captured = tail.captured
-                    else:
-                        data = os.pread(wal.fileno(), chunk, size)
-                        captured = _commit_time(wal.fileno())
-                    if len(data) < frame_size:
-                        break
-                    result = scan_frames(data, header, (s0, s1))
-                    if result.committed:
-                        shadow.seek(size)
-                        shadow.write(memoryview(data)[: result.committed])
-                        commits += [(size + end, captured) for end in result.commits]
-                        size += result.committed
-                        s0, s1 = result.checksum
-                        if progress is not None and size - reported >= COPY_PROGRESS_BYTES:
-                            self.commit_log.record(generation, index, commits)
-                            commits, reported = [], size
-                            progress(size)
-                    if len(data) < chunk or result.frames < len(data) // frame_size:
-                        break  # reached the end of the file (or tail) or of the valid frames
-                    if not result.committed:
-                        chunk *= 2  # one transaction larger than the chunk
+                    with _wal_chunk(wal.fileno(), tail, size, chunk) as (data, captured):
+                        if len(data) < frame_size:
+                            break
+                        result = scan_frames(data, header, (s0, s1))
+                        if result.committed:
+                            shadow.seek(size)
+                            shadow.write(data[: result.committed])
+                            commits += [(size + end, captured) for end in result.commits]
+                            size += result.committed
+                            s0, s1 = result.checksum
+                            if progress is not None and size - reported >= COPY_PROGRESS_BYTES:
+                                self.commit_log.record(generation, index, commits)
+                                commits, reported = [], size
+                                progress(size)
+                        if len(data) < chunk or result.frames < len(data) // frame_size:
+                            break  # reached the end of the file (or tail) or of the valid frames
+                        if not result.committed:
+                            chunk *= 2  # one transaction larger than the chunk
         if commits:
             self.commit_log.record(generation, index, commits)
         return start, size
