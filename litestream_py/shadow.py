@@ -37,8 +37,9 @@ COPY_CHUNK_SIZE = 256 << 10
 # a bound on lsr's memory, as the application rarely commits more while lsr waits for the lock.
 MAX_WAL_TAIL = 4 << 20
 # A long copy (a burst's backlog) reports what it has copied every this many
-# bytes, so that replicas ship a full segment while the rest is still copied.
-COPY_PROGRESS_BYTES = 4 << 20
+# bytes (a file replica's segment), so that replicas ship a full segment while
+# the rest is still copied.
+COPY_PROGRESS_BYTES = 2 << 20
 
 
 def _commit_time(wal_fd: int) -> int:

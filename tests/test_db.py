@@ -227,6 +227,6 @@ def _copied_in_parts(app: AppProcess, db: DB[Any]) -> None:
     assert partial, f"only {[pos.offset for pos, _ in seen]} published between {start.offset} and {end.offset}"
     pos, times = partial[0]
     assert pos.offset - start.offset >= COPY_PROGRESS_BYTES
-    assert len(times) == 2 and times[-1][0] == pos.offset  # the commits it holds are dated
+    assert times and times[-1][0] == pos.offset  # the commits it holds are dated
     assert seen[-1][0] == end and len(seen[-1][1]) == 3
     assert _shadow_continues_wal(db)

@@ -70,11 +70,11 @@ def test_second_snapshot_never_overwrites_the_first_of_its_index(tmp_path: Path,
     assert {first.index, second.index} <= {s.index for s in client.snapshots(generation)}
 
 
-@pytest.mark.parametrize("kind, cap_mib", [("file", 4), ("s3", 8)])
+@pytest.mark.parametrize("kind, cap_mib", [("file", 2), ("s3", 8)])
 def test_segment_cap_depends_on_the_replica_type(tmp_path: Path, kind: str, cap_mib: int,
                                                  s3_servers: dict[str, S3Server]) -> None:
-    """A 20 MiB backlog: file replicas get segments of at most 4 MiB (a small reused
-    read buffer keeps the sidecar's RSS down), object stores 8 MiB (fewer PUTs)."""
+    """A 20 MiB backlog: file replicas get segments of at most 2 MiB (small buffers
+    keep the sidecar's RSS down), object stores 8 MiB (fewer PUTs)."""
     if kind == "file":
         rc = ReplicaConfig(type="file", path=str(tmp_path / "replica"))
     else:
