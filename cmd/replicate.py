@@ -106,7 +106,7 @@ class Service(Protocol):
 def _services(config: Config, replicator: Replicator) -> list[Service]:
     """What runs beside the replication: the control socket, the metrics endpoint, the heartbeat."""
     services: list[Service] = [ControlServer(replicator, config.socket)]
-    # Imported only when configured: http.server and urllib.request load ssl
+    # Imported only when configured: http.server and urllib.request import ssl
     # and libssl: ~3 MiB of an idle file sidecar's resident memory (docs/bench.md).
     if config.addr:
         from litestream_py import metrics
