@@ -106,8 +106,8 @@ class Service(Protocol):
 def _services(config: Config, replicator: Replicator) -> list[Service]:
     """What runs beside the replication: the control socket, the metrics endpoint, the heartbeat."""
     services: list[Service] = [ControlServer(replicator, config.socket)]
-    # Imported only when configured: http.server and urllib.request import ssl
-    # and libssl: ~3 MiB of an idle file sidecar's resident memory (docs/bench.md).
+    # Imported only when configured: http.server and urllib.request import ssl,
+    # which maps libssl: ~3 MiB of an idle file sidecar's resident memory (docs/bench.md).
     if config.addr:
         from litestream_py import metrics
         from litestream_py.monitor import MonitorServer
