@@ -16,7 +16,8 @@ exit. Spans, outermost first:
   (the shadow WAL's fsync), ``compress`` (codec.encode_segment) and ``put``
   (the replica client's write), of which ``fsync`` (the segment's), ``rename``
   and ``dirsync``. What ``ship`` holds beyond them is the shadow read, the salt
-  check and bookkeeping.
+  check and bookkeeping. In a backlog, a segment's ``put`` runs on the
+  replica's put thread, beside the next segment's ``ship``.
 
 The wrappers cost a few microseconds a span; a traced run's CPU figures are
 not the untraced ones, so the benchmark traces a run of its own.

@@ -20,8 +20,6 @@ from litestream_py.errors import ConfigError
 from litestream_py.factory import db_from_config
 from litestream_py.replicator import Replicator, acquire_leases
 from litestream_py.control import ControlServer
-from litestream_py.heartbeat import Heartbeat
-from litestream_py.monitor import MonitorServer
 
 from .options import config_options, flag, log, run, setup_logging, startup_heap
 
@@ -108,13 +106,18 @@ class Service(Protocol):
 def _services(config: Config, replicator: Replicator) -> list[Service]:
     """What runs beside the replication: the control socket, the metrics endpoint, the heartbeat."""
     services: list[Service] = [ControlServer(replicator, config.socket)]
+    # Imported only when configured: http.server and urllib.request import ssl,
+    # which maps libssl: ~3 MiB of an idle file sidecar's resident memory (docs/bench.md).
     if config.addr:
         from litestream_py import metrics
+        from litestream_py.monitor import MonitorServer
 
         registry = metrics.new_registry(replicator.dbs)
         services.append(MonitorServer(config.addr, lambda: metrics.render(registry), metrics.CONTENT_TYPE,
                                       replicator.report))
     if config.heartbeat_url:
+        from litestream_py.heartbeat import Heartbeat
+
         services.append(Heartbeat(config.heartbeat_url, config.heartbeat_interval, replicator.healthy))
     return services
 

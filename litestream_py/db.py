@@ -219,7 +219,7 @@ class DB(Generic[R]):
         return self._pos
 
     def on_change(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` (on the syncing thread) whenever the shadow WAL changes."""
+        """Call ``listener`` (on the syncing thread, or one it waits for) whenever the shadow WAL changes."""
         self._change_listeners.append(listener)
 
     def _notify(self) -> None:
@@ -558,9 +558,21 @@ class DB(Generic[R]):
 
     def _copy_to_shadow(self, generation: str, index: int, tail: WALTail | None = None) -> int:
         """Append the WAL's newly committed frames to the shadow (shadow.append); returns its size."""
-        start, size = self.shadow.append(generation, index, self.wal_path, tail)
+        published = (self._pos.generation, self._pos.index) == (generation, index)
+        start, size = self.shadow.append(generation, index, self.wal_path, tail,
+                                         progress=self._publish_progress if published else None)
         self.stats.total_wal_bytes += size - start
+        if published and size > self._pos.offset:
+            # At once, not at the sync's end: a checkpoint may follow, whose
+            # backfill takes most of a second after a burst.
+            self._publish_progress(size)
         return size
+
+    def _publish_progress(self, size: int) -> None:
+        """Publish the part of a long copy already in the shadow: replicas ship
+        it while the rest is copied (a burst's backlog drains sooner)."""
+        self._pos = Pos(self._pos.generation, self._pos.index, size)
+        self._notify()
 
     def _retake_read_lock(self, generation: str, index: int, checkpoint: bool = False) -> _LockedRetake:
         """Under the write lock: read the WAL's tail, take the read lock anew at
@@ -600,6 +612,34 @@ class DB(Generic[R]):
         except BaseException:
             self._continuous = False  # the shadow may now miss frames the WAL lost
             raise
+
+    @contextmanager
+    def _tail_copied_aside(self, generation: str, index: int, tail: WALTail | None) -> Iterator[None]:
+        """Copy ``tail`` to the shadow and publish it on a thread of its own while
+        the block runs (work that must not wait behind the copy: a backfill that
+        has to start before the application's next commit); joined at its end,
+        re-raising what the copy raised."""
+        if tail is None or not tail.data:
+            yield
+            return
+        failure: list[BaseException] = []
+
+        def copy() -> None:
+            try:
+                self._copy_tail_to_shadow(generation, index, tail)
+                self._publish(generation, index)
+                self._notify()
+            except BaseException as exc:  # re-raised by the owner below
+                failure.append(exc)
+
+        copier = threading.Thread(target=copy, name="lsr-tail")
+        copier.start()
+        try:
+            yield
+        finally:
+            copier.join()
+        if failure:
+            raise failure[0]
 
     def _read_wal_tail(self, generation: str, index: int) -> WALTail | None:
         """The WAL's committed bytes past the shadow's end, read in one go.
@@ -663,10 +703,11 @@ class DB(Generic[R]):
         # room and backfill thousands of frames inside one of its commits (0.5-0.8 s).
         self._copy_to_shadow(generation, index)
         retake = self._retake_read_lock(generation, index)
-        try:
+        # The tail holds the newest commits, and this backfill can take most of
+        # a second (a burst's whole WAL): they go to the shadow and on to the
+        # replicas meanwhile, not after it (SQLite releases the GIL).
+        with self._tail_copied_aside(generation, index, retake.tail):
             self._run_checkpoint(writer)
-        finally:
-            self._copy_tail_to_shadow(generation, index, retake.tail)
         held = retake.held  # the longest the application waited for lsr here, in seconds
         # Copy all but the newest frames first, so that the application's wait
         # for the locked part below stays short.

@@ -6,8 +6,9 @@ import itertools
 import logging
 import tempfile
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from . import codec
 from .encryption import AgeKeys, AgeReader
@@ -36,6 +37,46 @@ DEFAULT_RETENTION_CHECK_INTERVAL = timedelta(hours=1)
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class _Puts:
+    """At most one segment write in flight on a thread of its own, while the
+    shipper reads and compresses the next segment of a backlog (LZ4, fsync and
+    the client's I/O release the GIL): the shipment's I/O waits overlap its CPU.
+
+    ``cursor`` is where the segment in flight ends (None: none is). The thread
+    starts with the first write handed over, so a shipment of one segment runs
+    on the caller's thread alone; leaving the block waits for the last write.
+    """
+
+    def __init__(self) -> None:
+        self.cursor: Pos | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
+
+    def __enter__(self) -> _Puts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+
+    def submit(self, put: Callable[[], None], end: Pos) -> None:
+        self.wait()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsr-put")
+        self._pending = self._pool.submit(put)
+        self.cursor = end
+
+    def wait(self) -> None:
+        """Until the write in flight is done (its error raised here)."""
+        pending, self._pending = self._pending, None
+        self.cursor = None
+        if pending is not None:
+            pending.result()
 
 
 class Replica:
@@ -146,11 +187,10 @@ class Replica:
                 if info.generation != dpos.generation:
                     return wrote  # a new generation began meanwhile; next sync
             self._set_pos(self._calc_pos(dpos.generation))
-        while True:
-            shipped = self._ship_next(include_partial)
-            if not shipped:
-                return wrote
-            wrote = True
+        with _Puts() as puts:
+            while self._ship_next(include_partial, puts):
+                wrote = True
+        return wrote
 
     def check_intact(self) -> bool:
         """Whether the replica still holds a snapshot of the generation being shipped.
@@ -206,16 +246,22 @@ class Replica:
         except FileNotFoundError:  # the generation moved on meanwhile: the shipper will see
             return False
 
-    def _ship_next(self, include_partial: bool = True) -> bool:
+    def _ship_next(self, include_partial: bool = True, puts: _Puts | None = None) -> bool:
         """Write one WAL segment, or move to the next shadow index. False when caught up
-        (``include_partial=False``: when only a partial segment of the current index is left)."""
-        pos = self.pos()
+        (``include_partial=False``: when only a partial segment of the current index is left).
+
+        With ``puts``, a segment that more will follow is written on its thread
+        while the caller reads and compresses the next one.
+        """
+        pos = puts.cursor if puts is not None and puts.cursor is not None else self.pos()
         dpos = self.db.pos()
         if pos.generation != dpos.generation or pos.is_zero():
             return False
         shadow = self.db.shadow
-        end = shadow.end(pos.generation, pos.index) if pos.index < dpos.index else dpos.offset
+        end = available = shadow.end(pos.generation, pos.index) if pos.index < dpos.index else dpos.offset
         if end <= pos.offset:
+            if puts is not None:
+                puts.wait()  # the index's segments are all written before the replica moves on
             if pos.index < dpos.index:
                 if end < pos.offset or end == 0:
                     # The shadow index is gone or shorter than what was shipped:
@@ -239,10 +285,20 @@ class Replica:
         # The segment's timestamp is its last commit's capture time, so even
         # Go Litestream's timestamp rule (file mtime) lands close to exact.
         created_at = datetime.fromtimestamp(commits[-1][1] / 1e9, timezone.utc) if commits else _now()
-        self.client.write_wal_segment(pos, segment, created_at)
-        self._set_pos(Pos(pos.generation, pos.index, end))
-        self.stats.shipped(end - pos.offset, commits[-1][1] if commits else None)
-        log.debug("%s: wal segment written %s (%d bytes)", self.name, pos, end - pos.offset, extra=self._fields(pos))
+
+        def put() -> None:
+            self.client.write_wal_segment(pos, segment, created_at)
+            self._set_pos(Pos(pos.generation, pos.index, end))
+            self.stats.shipped(end - pos.offset, commits[-1][1] if commits else None)
+            log.debug("%s: wal segment written %s (%d bytes)", self.name, pos, end - pos.offset,
+                      extra=self._fields(pos))
+
+        if puts is not None and end < available:
+            puts.submit(put, Pos(pos.generation, pos.index, end))
+        else:
+            if puts is not None:
+                puts.wait()
+            put()
         return True
 
     # -- snapshots -------------------------------------------------------------

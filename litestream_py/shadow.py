@@ -19,16 +19,16 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import paths
 from .commits import COMMITS_EXT, CommitLog
 from .errors import DatabaseError, LitestreamError
-from .fsutil import atomic_write, fsync_dir, read_buffers, read_pieces
+from .fsutil import ReadBuffers, atomic_write, fsync_dir, read_buffers, read_pieces
 from .pos import Pos
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align, frame_headers, scan_frames
 
-__all__ = ["ShadowWAL", "WALTail", "COPY_CHUNK_SIZE", "MAX_WAL_TAIL"]
+__all__ = ["ShadowWAL", "WALTail", "COPY_CHUNK_SIZE", "COPY_PROGRESS_BYTES", "MAX_WAL_TAIL"]
 
 # Copy the WAL in bounded pieces so a WAL that grew while lsr was down does not
 # have to fit in memory at once.
@@ -36,6 +36,10 @@ COPY_CHUNK_SIZE = 256 << 10
 # The most WAL a checkpoint reads into memory under the write lock (read_wal_tail):
 # a bound on lsr's memory, as the application rarely commits more while lsr waits for the lock.
 MAX_WAL_TAIL = 4 << 20
+# A long copy (a burst's backlog) reports what it has copied every this many
+# bytes (a file replica's segment), so that replicas ship a full segment while
+# the rest is still copied.
+COPY_PROGRESS_BYTES = 2 << 20
 
 
 def _commit_time(wal_fd: int) -> int:
@@ -50,6 +54,23 @@ def _commit_time(wal_fd: int) -> int:
     """
     now = time.time_ns()
     return min(os.fstat(wal_fd).st_mtime_ns, now)
+
+
+# Shared by every database's copies: one buffer, as large as the largest
+# chunk so far (a burst's transactions), waits for reuse. A fresh bytes per
+# read would be a new mapping whose pages fault in as the read fills it.
+_copy_buffers = ReadBuffers(max_kept=2 * MAX_WAL_TAIL)
+
+
+@contextmanager
+def _wal_chunk(fd: int, tail: WALTail | None, offset: int, size: int) -> Iterator[tuple[memoryview, int]]:
+    """Up to ``size`` WAL bytes from ``offset``, from ``tail`` when given, and
+    when they were read (see _commit_time); valid inside the ``with`` only."""
+    if tail is not None:
+        yield memoryview(tail.data)[offset - tail.offset:][:size], tail.captured
+        return
+    with _copy_buffers.pread(fd, size, offset) as data:
+        yield data, _commit_time(fd)
 
 
 @dataclass
@@ -230,9 +251,11 @@ class ShadowWAL:
             captured = _commit_time(wal.fileno())
         return WALTail(offset, data, captured)
 
-    def append(self, generation: str, index: int, wal_path: str, tail: WALTail | None = None) -> tuple[int, int]:
+    def append(self, generation: str, index: int, wal_path: str, tail: WALTail | None = None,
+               progress: Callable[[int], None] | None = None) -> tuple[int, int]:
         """Append the WAL's newly committed, checksum-verified frames to shadow index
-        ``index``; returns its (old, new) size.
+        ``index``; returns its (old, new) size. ``progress`` is called with the
+        size so far every COPY_PROGRESS_BYTES, the commits' times recorded first.
 
         Reads only the bytes past the shadow's end, or takes them from ``tail``
         (see read_wal_tail). Not fsynced here: a replica makes what it ships
@@ -244,7 +267,7 @@ class ShadowWAL:
             header = WALHeader.parse(shadow.read(WAL_HEADER_SIZE))
             page_size = header.page_size
             frame_size = WAL_FRAME_HEADER_SIZE + page_size
-            size = start = frame_align(os.fstat(shadow.fileno()).st_size, page_size)
+            size = start = reported = frame_align(os.fstat(shadow.fileno()).st_size, page_size)
             if size > WAL_HEADER_SIZE:
                 shadow.seek(size - frame_size + 16)
                 raw = shadow.read(8)
@@ -260,25 +283,24 @@ class ShadowWAL:
                 # pieces of a held tail too: scanning makes copies of each.)
                 chunk = max(COPY_CHUNK_SIZE // frame_size, 1) * frame_size
                 while True:
-                    if tail is not None:
-                        data: bytes | memoryview = memoryview(tail.data)[size - tail.offset:][:chunk]
-                        captured = tail.captured
-                    else:
-                        data = os.pread(wal.fileno(), chunk, size)
-                        captured = _commit_time(wal.fileno())
-                    if len(data) < frame_size:
-                        break
-                    result = scan_frames(data, header, (s0, s1))
-                    if result.committed:
-                        shadow.seek(size)
-                        shadow.write(memoryview(data)[: result.committed])
-                        commits += [(size + end, captured) for end in result.commits]
-                        size += result.committed
-                        s0, s1 = result.checksum
-                    if len(data) < chunk or result.frames < len(data) // frame_size:
-                        break  # reached the end of the file (or tail) or of the valid frames
-                    if not result.committed:
-                        chunk *= 2  # one transaction larger than the chunk
+                    with _wal_chunk(wal.fileno(), tail, size, chunk) as (data, captured):
+                        if len(data) < frame_size:
+                            break
+                        result = scan_frames(data, header, (s0, s1))
+                        if result.committed:
+                            shadow.seek(size)
+                            shadow.write(data[: result.committed])
+                            commits += [(size + end, captured) for end in result.commits]
+                            size += result.committed
+                            s0, s1 = result.checksum
+                            if progress is not None and size - reported >= COPY_PROGRESS_BYTES:
+                                self.commit_log.record(generation, index, commits)
+                                commits, reported = [], size
+                                progress(size)
+                        if len(data) < chunk or result.frames < len(data) // frame_size:
+                            break  # reached the end of the file (or tail) or of the valid frames
+                        if not result.committed:
+                            chunk *= 2  # one transaction larger than the chunk
         if commits:
             self.commit_log.record(generation, index, commits)
         return start, size

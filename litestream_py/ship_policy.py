@@ -37,10 +37,12 @@ MIN_SYNC_SPACING = 0.005
 # counts from its own start) and ship a sync's commits up to a whole spacing late.
 MIN_SHIP_SPACING = MIN_SYNC_SPACING / 2
 # Ship at most this much shadow WAL in one segment so a long backlog (after an
-# outage) goes out in bounded pieces. Small enough that the reused read buffer
-# (fsutil.ReadBuffers) keeps a file sidecar's peak RSS low; object stores get
-# larger segments: fewer round trips (and billed PUTs) for a burst's backlog.
-MAX_SEGMENT_SIZE = 4 << 20
+# outage) goes out in bounded pieces. Small enough that a file sidecar's
+# buffers (the reused read buffer, the compressed segment, the one being
+# written meanwhile) keep its peak RSS low and a burst's last segment ships
+# fast; object stores get larger segments: fewer round trips (and billed PUTs)
+# for a burst's backlog.
+MAX_SEGMENT_SIZE = 2 << 20
 OBJECT_STORE_MAX_SEGMENT_SIZE = 8 << 20
 # A replica that ships early (an object store whose sync-interval the user left
 # unset) ships before its interval is up in two cases. The pieces every

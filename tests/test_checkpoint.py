@@ -11,6 +11,7 @@ small transaction). lsr moves its read lock onto a WAL frame it has copied.
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -141,3 +142,51 @@ def test_a_checkpoint_behind_by_much_copies_and_backfills_without_the_write_lock
         app.close()
     assert integrity_ok(path)
     assert rows(path, "SELECT count(*) FROM t") == [(65,)]
+
+
+def test_the_tail_read_under_the_write_lock_is_published_while_the_backfill_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The newest commits, read under the write lock, reach the shadow and the
+    replicas during the checkpoint's backfill (most of a second after a burst),
+    not after it."""
+    path = tmp_path / "app.db"
+    app = AppProcess(path)
+    db = DB(str(path))
+    db.replicas.append(Replica(db, FileReplicaClient(str(tmp_path / "replica")), "file"))
+    writes: list[int] = []
+    write_lock, backfill = DB._write_lock, DB._run_checkpoint
+    published_during_backfill: list[bool] = []
+
+    @contextmanager
+    def late_commits(self: DB[Replica]) -> Iterator[None]:
+        if writes:
+            app.insert(writes.pop())  # after lsr's last copy: they are the tail
+        with write_lock(self):
+            yield
+
+    def waiting_backfill(conn: apsw.Connection | None) -> tuple[int, int, int]:
+        if not published_during_backfill:
+            wal_end = WAL_HEADER_SIZE + read_wal_index(db.shm_fd).mx_frame * (WAL_FRAME_HEADER_SIZE + db.page_size)
+            deadline = time.monotonic() + 5
+            while db.pos().offset < wal_end and time.monotonic() < deadline:
+                time.sleep(0.005)
+            published_during_backfill.append(db.pos().offset == wal_end)
+        return backfill(conn)
+
+    monkeypatch.setattr(DB, "_write_lock", late_commits)
+    monkeypatch.setattr(DB, "_run_checkpoint", staticmethod(waiting_backfill))
+    try:
+        app.insert(10)
+        db.sync()
+        before = db.pos()
+        writes.append(5)
+        db.checkpoint()
+        assert not writes
+        assert published_during_backfill == [True]
+        db.sync()
+        assert db.pos().index == before.index + 1  # everything was copied before the WAL restarted
+    finally:
+        db.close()
+        app.close()
+    assert integrity_ok(path)
+    assert rows(path, "SELECT count(*) FROM t") == [(15,)]

@@ -17,6 +17,7 @@ import pytest
 
 from litestream_py.db import DB
 from litestream_py.pos import Pos
+from litestream_py.shadow import COPY_PROGRESS_BYTES
 from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader
 from support.app import AppProcess
 from support.sqlite import integrity_ok, open_app_db, rows
@@ -42,8 +43,8 @@ def _synced_and_stopped(path: str, app: AppProcess) -> Pos:
 
 
 @contextmanager
-def _restarted(path: str) -> Iterator[DB[Any]]:
-    db: DB[Any] = DB(path)
+def _restarted(path: str, **settings: Any) -> Iterator[DB[Any]]:
+    db: DB[Any] = DB(path, **settings)
     try:
         yield db
     finally:
@@ -196,3 +197,36 @@ def test_a_database_replaced_with_another_page_size_starts_a_new_generation(tmp_
         assert _shadow_continues_wal(db)
     assert integrity_ok(path)
     assert rows(path, "SELECT v FROM t") == [("replaced",)]
+
+
+BIG_TRANSACTION = ("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3000) "
+                   "INSERT INTO t (v) SELECT hex(randomblob(500)) FROM c")  # ~3 MiB of WAL
+
+
+def test_a_long_copy_publishes_its_first_part_while_the_rest_is_copied(tmp_path: Path, app: AppProcess) -> None:
+    """A sync behind by several segments' worth of WAL publishes every
+    COPY_PROGRESS_BYTES (the commits' times recorded first), so that replicas
+    ship the first part of a burst's backlog while the rest is copied."""
+    with _restarted(str(tmp_path / "app.db"), min_checkpoint_page_count=10**6) as db:  # no checkpoint in between
+        _copied_in_parts(app, db)
+
+
+def _copied_in_parts(app: AppProcess, db: DB[Any]) -> None:
+    app.insert(1)
+    db.sync()
+    start = db.pos()
+    seen: list[tuple[Pos, list[tuple[int, int]]]] = []
+    db.on_change(lambda: seen.append((db.pos(), db.shadow.commit_log.between(
+        db.pos().generation, db.pos().index, start.offset, db.pos().offset))))
+    for _ in range(3):
+        app.execute(BIG_TRANSACTION)
+    db.sync()
+    end = db.pos()
+    assert (end.generation, end.index) == (start.generation, start.index)
+    partial = [(pos, times) for pos, times in seen if start.offset < pos.offset < end.offset]
+    assert partial, f"only {[pos.offset for pos, _ in seen]} published between {start.offset} and {end.offset}"
+    pos, times = partial[0]
+    assert pos.offset - start.offset >= COPY_PROGRESS_BYTES
+    assert times and times[-1][0] == pos.offset  # the commits it holds are dated
+    assert seen[-1][0] == end and len(seen[-1][1]) == 3
+    assert _shadow_continues_wal(db)

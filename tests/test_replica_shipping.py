@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from litestream_py import codec
 from litestream_py.config import ReplicaConfig
+from litestream_py.errors import StorageError
 from litestream_py.factory import replica_from_config
 from litestream_py.pos import Pos, WALSegmentInfo
 from litestream_py.restore import RestoreOptions, restore
@@ -68,11 +70,11 @@ def test_second_snapshot_never_overwrites_the_first_of_its_index(tmp_path: Path,
     assert {first.index, second.index} <= {s.index for s in client.snapshots(generation)}
 
 
-@pytest.mark.parametrize("kind, cap_mib", [("file", 4), ("s3", 8)])
+@pytest.mark.parametrize("kind, cap_mib", [("file", 2), ("s3", 8)])
 def test_segment_cap_depends_on_the_replica_type(tmp_path: Path, kind: str, cap_mib: int,
                                                  s3_servers: dict[str, S3Server]) -> None:
-    """A 20 MiB backlog: file replicas get segments of at most 4 MiB (a small reused
-    read buffer keeps the sidecar's RSS down), object stores 8 MiB (fewer PUTs)."""
+    """A 20 MiB backlog: file replicas get segments of at most 2 MiB (small buffers
+    keep the sidecar's RSS down), object stores 8 MiB (fewer PUTs)."""
     if kind == "file":
         rc = ReplicaConfig(type="file", path=str(tmp_path / "replica"))
     else:
@@ -111,6 +113,77 @@ def test_large_backlog_ships_in_bounded_frame_aligned_segments(tmp_path: Path, e
     assert len(segments) > 3
     frame = WAL_FRAME_HEADER_SIZE + 4096
     assert all((w.offset - WAL_HEADER_SIZE) % frame == 0 for w in segments if w.offset)
+    out = tmp_path / "out.db"
+    restore(client, RestoreOptions(output_path=str(out)))
+    assert rows(out, "SELECT count(*) FROM t") == [(300,)]
+
+
+def _backlog(app, db, replica, rows_: int = 300) -> None:
+    """A snapshot shipped, then one transaction that makes several 64 KiB segments of backlog."""
+    replica.ship = dataclasses.replace(replica.ship, max_segment_size=64 * 1024)
+    db.sync()
+    replica.sync()
+    app.execute("BEGIN")
+    for i in range(rows_):
+        app.execute("INSERT INTO t (v) VALUES (?)", ("x" * 1000 + str(i),))
+    app.execute("COMMIT")
+    db.sync()
+
+
+def test_a_backlog_segment_is_written_while_the_next_is_compressed(tmp_path: Path, engine, monkeypatch) -> None:
+    """The shipper compresses the next segment of a backlog while the previous
+    one's write (and fsync) runs: the I/O waits overlap the CPU."""
+    app, db, client, replica = engine
+    _backlog(app, db, replica)
+    encoded, overlapped = [0], []
+    encode, write = codec.encode_segment, client.write_wal_segment
+
+    def counted_encode(*args, **kwargs):
+        encoded[0] += 1
+        return encode(*args, **kwargs)
+
+    def slow_first_write(pos, data, created_at=None):
+        if not overlapped:
+            seen, deadline = encoded[0], time.monotonic() + 5
+            while encoded[0] == seen and time.monotonic() < deadline:
+                time.sleep(0.005)
+            overlapped.append(encoded[0] > seen)
+        return write(pos, data, created_at)
+
+    monkeypatch.setattr(codec, "encode_segment", counted_encode)
+    monkeypatch.setattr(client, "write_wal_segment", slow_first_write)
+    assert replica.sync() and replica.pos() == db.pos()
+    assert overlapped == [True]
+    out = tmp_path / "out.db"
+    restore(client, RestoreOptions(output_path=str(out)))
+    assert rows(out, "SELECT count(*) FROM t") == [(300,)]
+
+
+def test_a_failed_write_in_a_backlog_writes_nothing_after_it(tmp_path: Path, engine, monkeypatch) -> None:
+    """A segment written on the put thread that fails stops the shipment there:
+    the position stays before it, no later segment reaches the replica, and
+    the next sync ships the rest."""
+    app, db, client, replica = engine
+    _backlog(app, db, replica)
+    start = replica.pos()
+    write = client.write_wal_segment
+    calls = [0]
+
+    def failing_second_write(pos, data, created_at=None):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise StorageError("cannot write wal segment: disk full (test)")
+        return write(pos, data, created_at)
+
+    monkeypatch.setattr(client, "write_wal_segment", failing_second_write)
+    with pytest.raises(StorageError):
+        replica.sync()
+    (generation,) = client.generations()
+    after = [w for w in client.wal_segments(generation) if w.index == start.index and w.offset >= start.offset]
+    assert len(after) == 1 and after[0].offset == start.offset  # the first, and nothing past the failed one
+    assert replica.pos().offset > start.offset  # the first segment's end
+    monkeypatch.setattr(client, "write_wal_segment", write)
+    assert replica.sync() and replica.pos() == db.pos()
     out = tmp_path / "out.db"
     restore(client, RestoreOptions(output_path=str(out)))
     assert rows(out, "SELECT count(*) FROM t") == [(300,)]

@@ -12,7 +12,7 @@ def test_a_local_directory_ships_every_commit_and_looks_before_each_shipment() -
     assert policy.sync_interval == timedelta(0) and not policy.ships_early
     assert policy.spacing == MIN_SHIP_SPACING and policy.quiet_run_after == 0.0
     assert policy.checks_intact_each_sync and policy.intact_check_period is None
-    assert policy.max_segment_size == 4 << 20
+    assert policy.max_segment_size == 2 << 20
 
 
 def test_an_object_store_at_its_default_interval_ships_early_in_larger_segments() -> None:

@@ -1,0 +1,46 @@
+"""What a running file-replica sidecar loads: only what its configuration needs.
+
+Measured on the real ``lsr replicate`` process through /proc/PID/maps: every
+extension module it imported is mapped there. ``_ssl`` is the marker of the
+network stack: boto3 (botocore, urllib3), ``urllib.request`` (the heartbeat)
+and ``http.server`` (the metrics endpoint) all import ``ssl``, which maps
+libssl and libcrypto (~8 MiB of resident memory).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from support.config import write_config
+from support.procs import Processes, wait_for
+from support.sqlite import open_app_db
+from support.workload import stop_lsr, wait_ready
+
+
+def _mapped_once_started(p: subprocess.Popen[bytes], replica: Path) -> set[str]:
+    """The file names mapped by a sidecar once every service has started (it logs "replicating" then)."""
+    wait_ready(p, replica)
+    wait_for(lambda: "replicating" in Processes.output(p), timeout=30, what="the sidecar's start")
+    return {Path(line.split()[5]).name for line in Path(f"/proc/{p.pid}/maps").read_text().splitlines()
+            if len(line.split()) > 5}
+
+
+def test_file_sidecar_loads_no_network_stack(tmp_path: Path, procs: Processes) -> None:
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    app = open_app_db(db)
+    app.execute("CREATE TABLE t (v TEXT)")
+    app.execute("INSERT INTO t (v) VALUES ('x')")
+    plain = procs.lsr_replicate(str(db), f"file://{replica}")
+    loaded = _mapped_once_started(plain, replica)
+    stop_lsr(plain)
+    assert any(name.startswith("_frame.") for name in loaded), "the map lists no extension modules"
+    assert not [name for name in loaded if name.startswith("_ssl")], sorted(loaded)
+
+    # With a metrics endpoint configured, the network stack is loaded: the marker works.
+    cfg = write_config(tmp_path / "litestream.yml", db, f"file://{tmp_path / 'replica2'}", top={"addr": "127.0.0.1:0"})
+    served = procs.lsr_replicate("-config", str(cfg))
+    loaded = _mapped_once_started(served, tmp_path / "replica2")
+    stop_lsr(served)
+    app.close()
+    assert [name for name in loaded if name.startswith("_ssl")], sorted(loaded)
