@@ -369,7 +369,11 @@ class DB(Generic[R]):
 
     def _read_connection(self) -> apsw.Connection:
         """A new connection for the read lock (it runs no statement worth caching)."""
-        return connect(self.path, BUSY_TIMEOUT, statement_cache=0)
+        conn = connect(self.path, BUSY_TIMEOUT, statement_cache=0)
+        # It reads one page now and then: with no page cache, SQLite also frees
+        # the 20 pages it allocated up front, ~80 KiB of each idle database's ~0.17 MiB.
+        conn.execute("PRAGMA cache_size = 0")
+        return conn
 
     def _write_lock(self) -> AbstractContextManager[None]:
         """Hold SQLite's write lock: the application cannot commit meanwhile."""

@@ -42,11 +42,12 @@ def configure_process_for_sidecar() -> None:
     threading.stack_size(SIDECAR_THREAD_STACK_SIZE)
 
 
-# What an open database holds while idle: the database file three times (the
-# read connection's, lsr's own for pread, and the closed writer's, which SQLite
-# keeps until the process's last lock on the file goes), the -shm twice, the
-# -wal, and the meta directory's lock file.
-DESCRIPTORS_PER_DB = 7
+# What an open database holds once it has checkpointed: the database file four
+# times (the read connection's, lsr's own for pread, and two of closed
+# connections, a writer's and a read lock's predecessor, which SQLite keeps
+# until the process's last lock on the file goes), the -shm twice, the -wal,
+# and the meta directory's lock file.
+DESCRIPTORS_PER_DB = 8
 # Beyond the databases: standard streams, inotify, sockets, replica files being written.
 SPARE_DESCRIPTORS = 256
 
