@@ -218,6 +218,10 @@ class DB(Generic[R]):
         """The last position copied into the shadow WAL and synced to disk."""
         return self._pos
 
+    def seconds_until_checkpoint(self) -> float | None:
+        """Until the interval checkpoint of what was copied since the last one (None: nothing waits)."""
+        return self.checkpoints.seconds_until_interval(self._page_size, self._pos.offset)
+
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the syncing thread) whenever the shadow WAL changes."""
         self._change_listeners.append(listener)
