@@ -196,3 +196,23 @@ def test_a_database_replaced_with_another_page_size_starts_a_new_generation(tmp_
         assert _shadow_continues_wal(db)
     assert integrity_ok(path)
     assert rows(path, "SELECT v FROM t") == [("replaced",)]
+
+
+def test_a_quiet_database_says_when_its_interval_checkpoint_falls_due(db_path: Path) -> None:
+    """What the monitor wakes for when its safety-net poll is stretched (replicator.py)."""
+    db: DB[Any] = DB(str(db_path))
+    try:
+        app = open_app_db(db_path)
+        app.execute("INSERT INTO t (v) VALUES ('x')")
+        app.close()
+        db.sync()
+        due = db.seconds_until_checkpoint()
+        interval = db.checkpoints.interval.total_seconds()
+        assert due is not None and 0 < due <= interval
+        db.checkpoints.last -= interval + 1  # as if the interval had passed
+        assert db.seconds_until_checkpoint() == 0
+        db.sync()  # the sync checkpoints; the WAL restarts with lsr's own frame only
+        assert db.stats.checkpoints, "no checkpoint ran"
+        assert db.seconds_until_checkpoint() is None
+    finally:
+        db.close()
