@@ -211,8 +211,9 @@ def test_a_quiet_database_says_when_its_interval_checkpoint_falls_due(db_path: P
         assert due is not None and 0 < due <= interval
         db.checkpoints.last -= interval + 1  # as if the interval had passed
         assert db.seconds_until_checkpoint() == 0
-        db.sync()  # the sync checkpoints; the WAL restarts with lsr's own frame only
+        db.sync()  # the sync checkpoints, which starts the interval over
         assert db.stats.checkpoints, "no checkpoint ran"
-        assert db.seconds_until_checkpoint() is None
+        after = db.seconds_until_checkpoint()  # None once the WAL restarted with lsr's own frame only
+        assert after is None or after > interval / 2
     finally:
         db.close()
