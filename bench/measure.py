@@ -11,6 +11,7 @@ times. Read both before the sidecar is stopped: an exited process has no
 from __future__ import annotations
 
 import os
+import resource
 import threading
 import time
 from dataclasses import dataclass
@@ -48,6 +49,26 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat(5))
     return total / CLK_TCK
+
+
+def open_descriptors(pid: int) -> int:
+    """Descriptors the process holds open now."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def raise_open_file_limit(need: int) -> int:
+    """Raise this process's open-file limit (inherited by the tools it starts) to
+    ``need`` if it is lower, as an operator's LimitNOFILE would; returns the soft
+    limit in force. Raising the hard limit takes CAP_SYS_RESOURCE: without it
+    the hard limit stays and the soft one is raised to it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for limit in ((max(need, soft), max(need, hard)), (hard, hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+            return limit[0]
+        except (ValueError, OSError):
+            continue
+    return soft
 
 
 def _status_kib(pid: int, field: str) -> int:

@@ -13,7 +13,7 @@ import argparse
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -87,9 +87,15 @@ METHOD = """\
   alternating, after a `sync` of earlier writes (median of the repeats),
   by a blocking wait for the process to exit.
 - **Idle**: that many small WAL databases, each with a file replica, in one
-  `replicate -config` process; CPU over the window after every replica has a
-  snapshot and a settling pause; RSS at the end. CPU is counted in clock
-  ticks (10 ms): over a 20 s window one tick is 0.05% of a core.
+  `replicate -config` process (lsr: one `dir:` entry; Go 0.3.13 has no `dir:`,
+  so one entry each); CPU over the window after every replica has a snapshot
+  and a settling pause past both tools' first checkpoint (a minute after
+  opening); RSS and open descriptors at the end. CPU is counted in clock
+  ticks (10 ms): over a 20 s window one tick is 0.05% of a core. The harness
+  raises its open-file limit (which the tools inherit) to 10 per database, as
+  an operator's `LimitNOFILE` would; raising the hard limit takes
+  CAP_SYS_RESOURCE, and without it the run keeps the machine's hard limit
+  (the "open-file limit" column).
 - **S3** runs share the machine's cores with moto, which serves both the
   sidecar and the harness's listing polls. moto's request handling runs
   under one interpreter lock, so its CPU seconds during a restore ("S3
@@ -212,6 +218,10 @@ IDLE = [
     Figure("idle DBs: RSS", "MiB", lambda r: r["rss_mib"], 200),
     Figure("idle DBs: time until all have a snapshot", "s", lambda r: r["ready_seconds"]),
 ]
+# Issue 28 point 6's second scale: 10,000 databases under 1 % of a core and 1 GiB.
+IDLE_MANY = [replace(IDLE[1], target=1024) if fig is IDLE[1] else fig for fig in IDLE]
+# The idle runs' results (bench/run.py), keyed as their settings: ``<key>_dbs`` databases each.
+IDLE_RUNS = {"idle": IDLE, "idle_many": IDLE_MANY}
 
 
 @dataclass(frozen=True)
@@ -313,10 +323,10 @@ def rows(results: Result) -> list[Row]:
     for backend, by_tool in results.get("stall", {}).items():
         for fig in STALL:
             out.append(_row(fig, backend, _value(fig, by_tool.get("lsr")), _value(fig, by_tool.get("go"))))
-    idle = results.get("idle", {})
-    if idle:
-        n = next((r["dbs"] for r in idle.values() if "dbs" in r), 0)
-        for fig in IDLE:
+    for key in IDLE_RUNS:
+        idle = results.get(key, {})
+        n = settings.get(f"{key}_dbs", 0)
+        for fig in IDLE_RUNS[key] if idle else ():
             out.append(_row(fig, "file", _value(fig, idle.get("lsr")), _value(fig, idle.get("go")),
                             label=fig.label.replace("idle DBs", f"{n:,} idle DBs")))
     return out
@@ -416,15 +426,18 @@ def _details(results: Result) -> str:
                        f"| {_num(r['longest_commit_wait'])} | {_num(r['begin_wait_total'])} "
                        f"| {_num(r.get('catch_up'))} | {_num(r.get('wal_mib_per_s'))} | {_num(r.get('cpu_per_mib'))} "
                        f"| {_num(r.get('peak_rss_mib'))} | {runs} |")
-    idle = results.get("idle", {})
+    idle = [(key, tool, r) for key in IDLE_RUNS for tool, r in results.get(key, {}).items()]
     if idle:
-        out += ["", "| idle | DBs | all snapshotted after (s) | CPU % | RSS MiB | peak RSS MiB |", "|" + "---|" * 6]
-        for tool, r in idle.items():
+        out += ["", "| idle | DBs | all snapshotted after (s) | CPU % | RSS MiB | peak RSS MiB | descriptors "
+                "| open-file limit |", "|" + "---|" * 8]
+        for key, tool, r in idle:
             if "error" in r:
-                out.append(f"| {tool} | error: {r['error']} |" + " |" * 4)
+                n = results.get("settings", {}).get(f"{key}_dbs", 0)
+                out.append(f"| {tool} | {n:,} | error: {r['error']} |" + " |" * 5)
                 continue
             out.append(f"| {tool} | {r['dbs']:,} | {_num(r['ready_seconds'])} | {_num(r['cpu_percent'])} "
-                       f"| {_num(r['rss_mib'])} | {_num(r['peak_rss_mib'])} |")
+                       f"| {_num(r['rss_mib'])} | {_num(r['peak_rss_mib'])} | {r.get('descriptors', '-')} "
+                       f"| {r.get('open_file_limit', '-')} |")
     return "\n".join(out)
 
 
@@ -444,9 +457,10 @@ def _anomalies(results: Result) -> list[str]:
                     found.append(f"{where}: {r['negative_lags']} commits seen on the replica before COMMIT returned")
                 if r.get("check", "ok") != "ok":
                     found.append(f"{where}: restored database: {r['check']}")
-    for tool, r in results.get("idle", {}).items():
-        for line in r.get("log_problems", [])[:5]:
-            found.append(f"idle {tool}: log: `{line.strip()[:300]}`")
+    for key in IDLE_RUNS:
+        for tool, r in results.get(key, {}).items():
+            for line in r.get("log_problems", [])[:5]:
+                found.append(f"idle {r.get('dbs', '')} {tool}: log: `{line.strip()[:300]}`")
     return found
 
 
@@ -464,7 +478,7 @@ def markdown(results: Result, png_name: str | None) -> str:
         f"Settings: steady {s.get('steady')} s at {s.get('rate')} txn/s, then a {s.get('burst')} s burst; "
         f"paired throughput in {s.get('throughput_slices', '-')} slices of {s.get('throughput_slice', '-')} s; "
         f"restore of {s.get('restore_mib')} MiB with >= {s.get('restore_segments')} segments, "
-        f"{s.get('restore_repeats')} restores each; {s.get('idle_dbs')} idle DBs over {s.get('idle_seconds')} s; "
+        f"{s.get('restore_repeats')} restores each; {s.get('idle_dbs')} idle DBs (and {s.get('idle_many_dbs', 0)}) over {s.get('idle_seconds')} s; "
         f"saturating writer: {s.get('stall_seconds', '-')} s of {s.get('stall_rows', '-')}-row transactions, "
         f"{s.get('stall_repeats', '-')} runs each.",
         f"Tools: {', '.join(f'{k} = `{v}`' for k, v in results.get('tools', {}).items())}.",

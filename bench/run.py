@@ -38,8 +38,8 @@ from tools import AgeKeyPair, Backend, S3Server, Tool, find_tool
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = scenarios.Settings(steady=1.0, rate=100.0, burst=1.0, catchup_timeout=20.0, restore_mib=4.0,
                            restore_segments=20, restore_repeats=1, replication_repeats=1,
-                           throughput_slices=4, throughput_slice=0.25, idle_dbs=20, idle_seconds=1.0, idle_settle=0.5,
-                           compaction_mib=8.0, compaction_txns=30, compaction_seconds=1.0, compaction_settle=2.0,
+                           throughput_slices=4, throughput_slice=0.25, idle_dbs=20, idle_many_dbs=0, idle_seconds=1.0,
+                           idle_settle=0.5, compaction_mib=8.0, compaction_txns=30, compaction_seconds=1.0, compaction_settle=2.0,
                            compaction_interval="1s", stall_seconds=1.0, stall_repeats=1)
 
 
@@ -84,6 +84,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--stall-rows", type=int, help=f"rows per big transaction (default {d.stall_rows})")
     p.add_argument("--stall-repeats", type=int, help=f"stall runs per tool, and alone (default {d.stall_repeats})")
     p.add_argument("--idle-dbs", type=int, help=f"idle databases (default {d.idle_dbs})")
+    p.add_argument("--idle-many-dbs", type=int,
+                   help=f"idle databases of a second, larger idle run; 0: none (default {d.idle_many_dbs})")
     p.add_argument("--idle-seconds", type=float, help=f"idle CPU window (default {d.idle_seconds})")
     p.add_argument("--s3-poll", type=float, help=f"S3 listing period in seconds (default {d.s3_poll})")
     p.add_argument("--lsr", help="lsr executable (default: next to this Python)")
@@ -350,8 +352,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["restore_floor"]["compaction"] = _attempt(results, "restore floor: compaction", partial(
                 _floor, source, work / "compaction-file-lsr" / "app-replica", s, lsr))
         if "idle" in only:
-            results["idle"] = {t.name: _attempt(results, f"idle {t.name}", partial(scenarios.idle, t, work, s))
-                               for t in tools}
+            for key, count in (("idle", s.idle_dbs), ("idle_many", s.idle_many_dbs)):
+                if count:
+                    results[key] = {t.name: _attempt(results, f"idle {count} {t.name}",
+                                                     partial(scenarios.idle, t, work, s, count)) for t in tools}
     finally:
         for server in servers.values():
             server.stop()

@@ -36,6 +36,8 @@ from watch import Watcher, segment_marker
 
 WRITER = Path(__file__).with_name("workload.py")
 READY_TIMEOUT = 300.0
+# Descriptors lsr holds per idle database (litestream_py.process.DESCRIPTORS_PER_DB), with room for Go's.
+IDLE_DESCRIPTORS_PER_DB = 10
 LAG_QUANTILES = np.linspace(0, 1, 101)
 
 
@@ -61,8 +63,13 @@ class Settings:
     # in B slices too, from the cores the writer and the sidecar share.
     throughput_s3_poll: float = 0.25
     idle_dbs: int = 1000
+    # A second idle run at this scale (0: none), issue 28 point 6: lsr takes them
+    # as one ``dir:``; past the open-file limit the sidecar refuses to start.
+    idle_many_dbs: int = 10000
     idle_seconds: float = 20.0
-    idle_settle: float = 5.0
+    # Past both tools' first checkpoint, a minute after they open each database:
+    # thousands of them checkpointing at once is start-up, not idling.
+    idle_settle: float = 60.0
     s3_poll: float = 0.02  # faster polling loads moto, on the same cores as the tools
     # Issue 29's workload (bench/compaction.py): 300 transactions over 10 s on a
     # 48 MiB database, then past two of lsr's default compaction intervals.
@@ -498,27 +505,40 @@ def _check_restored(path: Path, want_seq: int) -> str:
     return "ok" if seq == want_seq else f"restored through commit {seq}, want {want_seq}"
 
 
-def idle(tool: Tool, work: Path, s: Settings) -> dict[str, Any]:
-    """``idle_dbs`` small databases with file replicas, in one process, doing nothing."""
-    d = work / f"idle-{tool.name}"
+def idle(tool: Tool, work: Path, s: Settings, count: int) -> dict[str, Any]:
+    """``count`` small databases with file replicas, in one process, doing nothing.
+
+    lsr is given them as one ``dir:`` (Go 0.3.13 has no ``dir:``: one entry
+    each); each is replicated under its file name.
+    """
+    d = work / f"idle-{count}-{tool.name}"
     (d / "dbs").mkdir(parents=True)
-    dbs: list[tuple[Path, dict[str, object], dict[str, object]]] = []
-    for i in range(s.idle_dbs):
-        db = d / "dbs" / f"db{i:04d}.db"
-        workload.make_idle(db)
-        dbs.append((db, {"type": "file", "path": str(d / "replicas" / f"db{i:04d}")}, {}))
-    config = write_config(d / "litestream.yml", dbs)
+    template = d / "template.db"
+    workload.make_idle(template)
+    for i in range(count):  # copies: one committed transaction each, as an idle service leaves it
+        shutil.copyfile(template, d / "dbs" / f"db{i:05d}.db")
+    template.unlink()
+    replicas = d / "replicas"
+    if tool.name == "lsr":
+        config = d / "litestream.yml"
+        config.write_text(f"dbs:\n  - dir: {d / 'dbs'}\n    pattern: '*.db'\n    replicas:\n"
+                          f"      - type: file\n        path: {replicas}\n")
+    else:
+        config = write_config(d / "litestream.yml", [
+            (db, {"type": "file", "path": str(replicas / db.name)}, {}) for db in sorted((d / "dbs").glob("*.db"))])
+    open_files = measure.raise_open_file_limit(count * IDLE_DESCRIPTORS_PER_DB + 1024)
     log = d / "sidecar.log"
     t0 = time.monotonic()
     with sidecar(tool, config, log) as proc:
         while True:
-            ready = len(list((d / "replicas").glob("*/generations/*/snapshots/*.snapshot.lz4")))
-            if ready >= s.idle_dbs:
+            ready = len(list(replicas.glob("*/generations/*/snapshots/*.snapshot.lz4")))
+            if ready >= count:
                 break
             if proc.poll() is not None:
                 raise RuntimeError(f"sidecar exited {proc.returncode}: {log.read_text(errors='replace')[-1500:]}")
             if time.monotonic() - t0 > READY_TIMEOUT:
-                raise RuntimeError(f"only {ready} of {s.idle_dbs} replicas had a snapshot after {READY_TIMEOUT:.0f} s")
+                raise RuntimeError(f"only {ready} of {count} replicas had a snapshot after {READY_TIMEOUT:.0f} s "
+                                   f"(open-file limit {open_files})")
             time.sleep(0.5)
         ready_seconds = time.monotonic() - t0
         time.sleep(s.idle_settle)
@@ -526,5 +546,7 @@ def idle(tool: Tool, work: Path, s: Settings) -> dict[str, Any]:
         time.sleep(s.idle_seconds)
         cpu_pct = 100 * (measure.cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - w0)
         rss, peak = measure.rss_mib(proc.pid), measure.peak_rss_mib(proc.pid)
-    return {"dbs": s.idle_dbs, "ready_seconds": ready_seconds, "cpu_percent": cpu_pct, "rss_mib": rss,
-            "peak_rss_mib": peak, "log_problems": log_problems(log)}
+        descriptors = measure.open_descriptors(proc.pid)
+    return {"dbs": count, "ready_seconds": ready_seconds, "cpu_percent": cpu_pct, "rss_mib": rss,
+            "peak_rss_mib": peak, "descriptors": descriptors, "open_file_limit": open_files,
+            "log_problems": log_problems(log)}

@@ -15,7 +15,7 @@ import click
 from litestream_py.config import (
     Config, DBConfig, ReplicaConfig, default_config_path, expand_path, load_config, parse_duration,
 )
-from litestream_py.process import configure_process_for_sidecar, release_free_memory
+from litestream_py.process import configure_process_for_sidecar, raise_open_file_limit, release_free_memory
 from litestream_py.errors import ConfigError
 from litestream_py.factory import db_from_config
 from litestream_py.replicator import Replicator, acquire_leases
@@ -59,6 +59,7 @@ def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, takeove
                 log.warning("%s", warning)
             if not config.dbs:
                 raise ConfigError("cannot replicate: no databases configured")
+            raise_open_file_limit(len(config.dbs))
             configure_process_for_sidecar()
             dbs = [db_from_config(dbc) for dbc in config.dbs]
             replicator = Replicator(dbs)

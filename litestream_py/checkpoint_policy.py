@@ -74,6 +74,13 @@ class CheckpointPolicy:
         interval = self.interval.total_seconds()
         return interval > 0 and time.monotonic() - self.last > interval and copied > wal_size(page_size, 1)
 
+    def seconds_until_interval(self, page_size: int, copied: int) -> float | None:
+        """Until ``interval_due``, or None while nothing copied waits for it."""
+        interval = self.interval.total_seconds()
+        if interval <= 0 or copied <= wal_size(page_size, 1):
+            return None
+        return max(self.last + interval - time.monotonic(), 0.0)
+
     def retry_pending(self) -> bool:
         """A retry is due now: a sync must run even if the WAL did not change."""
         return 0 < self.retry_at <= time.monotonic()

@@ -218,6 +218,10 @@ class DB(Generic[R]):
         """The last position copied into the shadow WAL and synced to disk."""
         return self._pos
 
+    def seconds_until_checkpoint(self) -> float | None:
+        """Until the interval checkpoint of what was copied since the last one (None: nothing waits)."""
+        return self.checkpoints.seconds_until_interval(self._page_size, self._pos.offset)
+
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the syncing thread, or one it waits for) whenever the shadow WAL changes."""
         self._change_listeners.append(listener)
@@ -369,7 +373,11 @@ class DB(Generic[R]):
 
     def _read_connection(self) -> apsw.Connection:
         """A new connection for the read lock (it runs no statement worth caching)."""
-        return connect(self.path, BUSY_TIMEOUT, statement_cache=0)
+        conn = connect(self.path, BUSY_TIMEOUT, statement_cache=0)
+        # It reads one page now and then: with no page cache, SQLite also frees
+        # the 20 pages it allocated up front, ~80 KiB of each idle database's ~0.17 MiB.
+        conn.execute("PRAGMA cache_size = 0")
+        return conn
 
     def _write_lock(self) -> AbstractContextManager[None]:
         """Hold SQLite's write lock: the application cannot commit meanwhile."""

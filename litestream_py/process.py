@@ -4,9 +4,13 @@ threads, and for a restore command, which streams a database through a few big b
 from __future__ import annotations
 
 import ctypes
+import resource
 import threading
 
-__all__ = ["configure_process_for_restore", "configure_process_for_sidecar", "release_free_memory"]
+from .errors import ConfigError
+
+__all__ = ["DESCRIPTORS_PER_DB", "SPARE_DESCRIPTORS", "configure_process_for_restore", "configure_process_for_sidecar",
+           "raise_open_file_limit", "release_free_memory"]
 
 SIDECAR_THREAD_STACK_SIZE = 512 * 1024
 M_ARENA_MAX = -8  # glibc mallopt parameters
@@ -41,6 +45,39 @@ def configure_process_for_sidecar() -> None:
         pass
     # Sidecar threads run shallow code; the default 8 MiB stacks only cost memory.
     threading.stack_size(SIDECAR_THREAD_STACK_SIZE)
+
+
+# What an open database holds once it has checkpointed: the database file four
+# times (the read connection's, lsr's own for pread, and two of closed
+# connections, a writer's and a read lock's predecessor, which SQLite keeps
+# until the process's last lock on the file goes), the -shm twice, the -wal,
+# and the meta directory's lock file.
+DESCRIPTORS_PER_DB = 8
+# Beyond the databases: standard streams, inotify, sockets, replica files being written.
+SPARE_DESCRIPTORS = 256
+
+
+def raise_open_file_limit(databases: int) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as Go's runtime does) and return it.
+
+    Raises ConfigError when ``databases`` cannot all be held open within it,
+    before any is opened: a sidecar that ran out half-way would replicate some
+    databases and fail on the rest with EMFILE.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # keep the soft limit; the check below says whether it suffices
+    need = databases * DESCRIPTORS_PER_DB + SPARE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and need > soft:
+        raise ConfigError(
+            f"cannot open {databases} databases: the open-file limit is {soft} and they need about {need} "
+            f"({DESCRIPTORS_PER_DB} each); raise LimitNOFILE (ulimit -n)"
+        )
+    return soft
 
 
 def release_free_memory() -> None:

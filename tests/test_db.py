@@ -230,3 +230,24 @@ def _copied_in_parts(app: AppProcess, db: DB[Any]) -> None:
     assert times and times[-1][0] == pos.offset  # the commits it holds are dated
     assert seen[-1][0] == end and len(seen[-1][1]) == 3
     assert _shadow_continues_wal(db)
+
+
+def test_a_quiet_database_says_when_its_interval_checkpoint_falls_due(db_path: Path) -> None:
+    """What the monitor wakes for when its safety-net poll is stretched (replicator.py)."""
+    db: DB[Any] = DB(str(db_path))
+    try:
+        app = open_app_db(db_path)
+        app.execute("INSERT INTO t (v) VALUES ('x')")
+        app.close()
+        db.sync()
+        due = db.seconds_until_checkpoint()
+        interval = db.checkpoints.interval.total_seconds()
+        assert due is not None and 0 < due <= interval
+        db.checkpoints.last -= interval + 1  # as if the interval had passed
+        assert db.seconds_until_checkpoint() == 0
+        db.sync()  # the sync checkpoints, which starts the interval over
+        assert db.stats.checkpoints, "no checkpoint ran"
+        after = db.seconds_until_checkpoint()  # None once the WAL restarted with lsr's own frame only
+        assert after is None or after > interval / 2
+    finally:
+        db.close()
