@@ -58,12 +58,15 @@ def _create_temp(path: str, dir_mode: int | None) -> tuple[int, str]:
 
 
 @contextmanager
-def atomic_write(path: str, mode: int = 0o600, dir_mode: int | None = None) -> Iterator[BinaryIO]:
+def atomic_write(path: str, mode: int = 0o600, dir_mode: int | None = None, *,
+                 durable: bool = True) -> Iterator[BinaryIO]:
     """Yield a file that appears at ``path`` only once fully written and synced.
 
     The temp file sits next to ``path`` (same file system, so rename is atomic)
     and is removed if the body raises. With ``dir_mode``, a missing directory
-    of ``path`` is created with that mode.
+    of ``path`` is created with that mode. ``durable=False`` skips the fsyncs
+    (still all or nothing for readers and a killed process) for a file whose
+    loss in a power failure costs nothing, such as a lease renewal.
     """
     directory = os.path.dirname(path) or "."
     fd, tmp = _create_temp(path, dir_mode)
@@ -72,9 +75,11 @@ def atomic_write(path: str, mode: int = 0o600, dir_mode: int | None = None) -> I
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(directory)
+        if durable:
+            fsync_dir(directory)
     except BaseException:
         try:
             os.unlink(tmp)

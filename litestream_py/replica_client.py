@@ -81,9 +81,10 @@ class ReplicaClient(ReplicaReader, Protocol):
         """The lease object beside ``generations/``, or None if there is none."""
         ...
 
-    def write_lease(self, data: bytes, expect: str | None) -> str:
+    def write_lease(self, data: bytes, expect: str | None, durable: bool = True) -> str:
         """Create the lease (``expect=None``: only if absent) or replace the version ``expect``;
-        returns the new version. Raises PreconditionFailedError when that condition fails."""
+        returns the new version. Raises PreconditionFailedError when that condition fails.
+        ``durable=False``: a renewal, which need not survive a power failure (its holder would not)."""
         ...
 
     def delete_lease(self, expect: str) -> None:

@@ -87,10 +87,11 @@ class FileReplicaClient:
             infos.append(SnapshotInfo(generation, index, st.st_size, _mtime(st)))
         return sorted(infos, key=lambda i: i.index)
 
-    def _write(self, path: str, src: BinaryIO | bytes, created_at: datetime | None) -> os.stat_result:
+    def _write(self, path: str, src: BinaryIO | bytes, created_at: datetime | None,
+               durable: bool = True) -> os.stat_result:
         try:
             # Directories are made when missing, not checked before every write.
-            with atomic_write(path, FILE_MODE, dir_mode=DIR_MODE) as f:
+            with atomic_write(path, FILE_MODE, dir_mode=DIR_MODE, durable=durable) as f:
                 if isinstance(src, bytes):
                     f.write(src)
                 else:
@@ -197,7 +198,7 @@ class FileReplicaClient:
             raise StorageError(f"cannot read lease {path}: {exc.strerror}") from exc
         return LeaseObject(data, hashlib.sha256(data).hexdigest())
 
-    def write_lease(self, data: bytes, expect: str | None) -> str:
+    def write_lease(self, data: bytes, expect: str | None, durable: bool = True) -> str:
         path = paths.lease_path(self.root)
         with self._lease_lock():
             current = self.read_lease()
@@ -206,7 +207,7 @@ class FileReplicaClient:
                 raise PreconditionFailedError(
                     f"cannot write lease {path}: it is at version {found or 'none'}, expected {expect or 'none'}"
                 )
-            self._write(path, data, None)
+            self._write(path, data, None, durable)
         return hashlib.sha256(data).hexdigest()
 
     def delete_lease(self, expect: str) -> None:

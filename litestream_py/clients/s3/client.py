@@ -448,8 +448,9 @@ class S3ReplicaClient:
             return None
         return LeaseObject(reply.body, reply.etag or "")
 
-    def write_lease(self, data: bytes, expect: str | None) -> str:
-        """One conditional PUT: If-None-Match: * to create, If-Match: ETag to replace.
+    def write_lease(self, data: bytes, expect: str | None, durable: bool = True) -> str:
+        """One conditional PUT: If-None-Match: * to create, If-Match: ETag to replace
+        (durable once acknowledged, whatever ``durable`` says).
 
         A server that ignores both writes anyway; ``lease.Lease`` reads the
         object back after each write to notice that it lost a race there.
