@@ -175,7 +175,7 @@ def _resolve_target(arg: str, config_path: str | None, no_expand_env: bool, repl
     if dbc is None:
         raise ConfigError(f"cannot find database {arg} in the config (check the path, or pass -config)")
     path = os.path.abspath(dbc.path)
-    db = DBPaths(path, os.path.abspath(dbc.meta_path) if dbc.meta_path else meta_dir(path))
+    db = DBPaths(path, meta_dir(path, dbc.meta_path))
     replicas = targets_from_config(dbc)
     if replica_name:
         replicas = [r for r in replicas if r.name == replica_name]

@@ -193,7 +193,7 @@ class ControlServer:
 def socket_for(db_path: str, meta_path: str | None = None) -> str:
     """The socket of the sidecar replicating ``db_path``, from the pointer it left."""
     try:
-        with open(_pointer(meta_path or meta_dir(db_path))) as f:
+        with open(_pointer(meta_dir(db_path, meta_path))) as f:
             return f.read().strip()
     except FileNotFoundError:
         raise ControlError(f"cannot reach the lsr sidecar of {db_path}: none is running "

@@ -147,10 +147,7 @@ class DB(Generic[R]):
         truncate_page_count: int = DEFAULT_TRUNCATE_PAGE_COUNT,
     ) -> None:
         self.path = os.path.abspath(path)
-        directory, name = os.path.split(self.path)
-        self.meta_path = os.path.abspath(meta_path) if meta_path else os.path.join(
-            directory, f".{name}{paths.META_DIR_SUFFIX}"
-        )
+        self.meta_path = paths.meta_dir(self.path, meta_path)
         self.monitor_interval = monitor_interval
         self.checkpoints = CheckpointPolicy(checkpoint_interval, min_checkpoint_page_count,
                                             max_checkpoint_page_count, truncate_page_count)

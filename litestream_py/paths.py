@@ -45,9 +45,12 @@ META_DIR_SUFFIX = "-litestream"
 # Beside generations/: Go Litestream 0.3.13 lists only generations/ and never sees it.
 LEASE_NAME = "lsr-lease.json"
 
-def meta_dir(db_path: str) -> str:
-    """Where a database's shadow WAL and lsr's state live unless ``meta-path:`` says:
-    beside it, ``.NAME-litestream`` (Go Litestream's place)."""
+
+def meta_dir(db_path: str, configured: str | None = None) -> str:
+    """Where a database's shadow WAL and lsr's state live: ``configured`` (its
+    ``meta-path:``), else beside it, ``.NAME-litestream`` (Go Litestream's place)."""
+    if configured:
+        return os.path.abspath(configured)
     directory, name = os.path.split(os.path.abspath(db_path))
     return os.path.join(directory, f".{name}{META_DIR_SUFFIX}")
 

@@ -92,7 +92,7 @@ def _live_read(db_path: str, meta_path: str | None, shm_fd: int | None) -> Itera
     Inside the sidecar, pass the DB's own -shm descriptor: closing another one
     would drop the sidecar's locks on that file (POSIX record locks are per process).
     """
-    meta = meta_path or paths.meta_dir(db_path)
+    meta = paths.meta_dir(db_path, meta_path)
     if not os.path.exists(db_path):
         raise DatabaseError(f"cannot verify {db_path}: database does not exist")
     own_fd = shm_fd is None
