@@ -71,8 +71,7 @@ class CheckpointPolicy:
 
     def interval_due(self, page_size: int, copied: int) -> bool:
         """The interval passed since the last checkpoint, with frames copied since the WAL began."""
-        interval = self.interval.total_seconds()
-        return interval > 0 and time.monotonic() - self.last > interval and copied > wal_size(page_size, 1)
+        return self.seconds_until_interval(page_size, copied) == 0
 
     def seconds_until_interval(self, page_size: int, copied: int) -> float | None:
         """Until ``interval_due``, or None while nothing copied waits for it."""

@@ -26,6 +26,7 @@ from .commits import COMMITS_EXT, CommitLog
 from .errors import DatabaseError, LitestreamError
 from .fsutil import ReadBuffers, atomic_write, fsync_dir, read_buffers, read_pieces
 from .pos import Pos
+from .ship_policy import MAX_SEGMENT_SIZE
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align, frame_headers, scan_frames
 
 __all__ = ["ShadowWAL", "WALTail", "COPY_CHUNK_SIZE", "COPY_PROGRESS_BYTES", "MAX_WAL_TAIL"]
@@ -36,10 +37,10 @@ COPY_CHUNK_SIZE = 256 << 10
 # The most WAL a checkpoint reads into memory under the write lock (read_wal_tail):
 # a bound on lsr's memory, as the application rarely commits more while lsr waits for the lock.
 MAX_WAL_TAIL = 4 << 20
-# A long copy (a burst's backlog) reports what it has copied every this many
-# bytes (a file replica's segment), so that replicas ship a full segment while
-# the rest is still copied.
-COPY_PROGRESS_BYTES = 2 << 20
+# A long copy (a burst's backlog) reports what it has copied every file
+# replica's segment, so that replicas ship a full segment while the rest is
+# still copied.
+COPY_PROGRESS_BYTES = MAX_SEGMENT_SIZE
 
 
 def _commit_time(wal_fd: int) -> int:
