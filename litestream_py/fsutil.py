@@ -58,15 +58,12 @@ def _create_temp(path: str, dir_mode: int | None) -> tuple[int, str]:
 
 
 @contextmanager
-def atomic_write(path: str, mode: int = 0o600, dir_mode: int | None = None, *,
-                 durable: bool = True) -> Iterator[BinaryIO]:
+def atomic_write(path: str, mode: int = 0o600, dir_mode: int | None = None) -> Iterator[BinaryIO]:
     """Yield a file that appears at ``path`` only once fully written and synced.
 
     The temp file sits next to ``path`` (same file system, so rename is atomic)
     and is removed if the body raises. With ``dir_mode``, a missing directory
-    of ``path`` is created with that mode. ``durable=False`` skips the fsyncs
-    (still all or nothing for readers and a killed process) for a file whose
-    loss in a power failure costs nothing, such as a lease renewal.
+    of ``path`` is created with that mode.
     """
     directory = os.path.dirname(path) or "."
     fd, tmp = _create_temp(path, dir_mode)
@@ -75,11 +72,9 @@ def atomic_write(path: str, mode: int = 0o600, dir_mode: int | None = None, *,
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            if durable:
-                os.fsync(f.fileno())
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-        if durable:
-            fsync_dir(directory)
+        fsync_dir(directory)
     except BaseException:
         try:
             os.unlink(tmp)

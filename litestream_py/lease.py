@@ -18,9 +18,12 @@ before every write, so it stops writing there at once and for good. A
 takeover of a lease that has not expired waits one renewal interval before
 writing, by which time a live holder has noticed.
 
+A renewal is the client's ``renew_lease``: a file replica's sets the lease's
+mtime under its lock (the content stays), an S3 replica's rewrites it.
+
 A server that ignores conditional headers accepts every write: the lease is
-then read back after each one, and the loser of a race finds the other's
-token at its next renewal at the latest.
+then read back after each one (the S3 client does so for its renewals), and
+the loser of a race finds the other's token at its next renewal at the latest.
 """
 
 from __future__ import annotations
@@ -66,6 +69,14 @@ class LeaseInfo:
 
     def to_bytes(self) -> bytes:
         return json.dumps(vars(self), sort_keys=True).encode()  # flat: asdict's deep copy is not needed
+
+    @classmethod
+    def from_object(cls, current: LeaseObject) -> LeaseInfo:
+        """The lease as stored, renewed when its store last marked it so (``LeaseObject.renewed_at``)."""
+        info = cls.from_bytes(current.data)
+        if current.renewed_at is not None and current.renewed_at > info.renewed_at:
+            info = replace(info, renewed_at=current.renewed_at)
+        return info
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LeaseInfo:
@@ -163,7 +174,7 @@ class Lease:
         if current is None:
             return None
         try:
-            holder = LeaseInfo.from_bytes(current.data)
+            holder = LeaseInfo.from_object(current)
         except LitestreamError as exc:
             log.warning("%s: %s; it will be replaced", self.client.describe(), exc)
             return None
@@ -218,14 +229,14 @@ class Lease:
             version = self.client.write_lease(data, expect)
         except PreconditionFailedError as exc:
             raise LeaseHeldError(f"cannot replicate to {where}: another sidecar took its lease first") from exc
-        self._confirm(where, data)
+        self._confirm(where, version)
         with self._lock:
             self._version = version
 
-    def _confirm(self, where: str, written: bytes) -> None:
+    def _confirm(self, where: str, written: str) -> None:
         """Read the lease back: on a server without conditional writes a racer may have overwritten it."""
         current = self.client.read_lease()
-        if current is None or current.data != written:
+        if current is None or current.version != written:
             raise LeaseHeldError(f"cannot replicate to {where}: its lease was taken by {self._who(current)}")
 
     def renew(self) -> bool:
@@ -237,16 +248,8 @@ class Lease:
         where = self.client.describe()
         info = replace(self.info, renewed_at=self._clock())
         try:
-            # Read first: a server that ignores If-Match would let a stale holder overwrite the new one.
-            current = self.client.read_lease()
-            if current is None or current.version != version:
-                raise PreconditionFailedError(f"cannot renew lease on {where}: it changed")
-            # Not synced: after a power failure this sidecar is gone too, and an older
-            # renewal only lets its lease expire sooner (a renewal per replica every
-            # TTL / 3 was most of an idle sidecar's CPU, its two fsyncs half of that).
-            new_version = self.client.write_lease(info.to_bytes(), version, durable=False)
-            self._confirm(where, info.to_bytes())
-        except (PreconditionFailedError, LeaseHeldError):
+            new_version = self.client.renew_lease(info.to_bytes(), version, info.renewed_at)
+        except PreconditionFailedError:
             who = self._who(self.client.read_lease())
             with self._lock:
                 self._lost = who

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 __all__ = ["LeaseObject", "Pos", "SnapshotInfo", "WALSegmentInfo"]
@@ -56,7 +56,12 @@ class WALSegmentInfo:
 
 @dataclass(frozen=True)
 class LeaseObject:
-    """The replica's lease object and the version a conditional write must name to replace it."""
+    """The replica's lease object and the version a conditional write must name to replace it.
+
+    ``renewed_at``: when a store that marks renewals apart from the content (a
+    file's mtime) last did; None where a renewal rewrites the content.
+    """
 
     data: bytes
     version: str
+    renewed_at: float | None = field(default=None, compare=False)

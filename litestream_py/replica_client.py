@@ -81,10 +81,17 @@ class ReplicaClient(ReplicaReader, Protocol):
         """The lease object beside ``generations/``, or None if there is none."""
         ...
 
-    def write_lease(self, data: bytes, expect: str | None, durable: bool = True) -> str:
+    def write_lease(self, data: bytes, expect: str | None) -> str:
         """Create the lease (``expect=None``: only if absent) or replace the version ``expect``;
-        returns the new version. Raises PreconditionFailedError when that condition fails.
-        ``durable=False``: a renewal, which need not survive a power failure (its holder would not)."""
+        returns the new version. Raises PreconditionFailedError when that condition fails."""
+        ...
+
+    def renew_lease(self, data: bytes, expect: str, renewed_at: float) -> str:
+        """Mark the lease at version ``expect`` renewed at ``renewed_at``, as ``write_lease``'s
+        condition; returns its version. ``data`` is the lease with that renewal time, for a store
+        that can only rewrite it; one with modification times may set that instead (and then
+        reports it as ``LeaseObject.renewed_at``). Need not survive a power failure: its holder
+        would not either."""
         ...
 
     def delete_lease(self, expect: str) -> None:

@@ -53,9 +53,10 @@ IDLE_WAKE_INTERVAL = 60.0
 # nothing since its last pass, wakes idle tasks no more often than this per
 # second in all, however many there are: each wake costs 0.05-0.2 ms of CPU,
 # so ten thousand databases on their own intervals (30 s, 60 s, 10 s) would
-# keep ~10% of a core busy doing nothing. Past a few hundred databases the
-# intervals stretch: every ~11 min at 10,000.
-MAX_SAFETY_NET_WAKES_PER_SECOND = 15.0
+# keep ~10% of a core busy doing nothing. Past 150 databases the intervals
+# stretch: every ~3 min at 1,000, ~33 min at 10,000 (snapshot, retention and
+# validation keep their own timers; inotify wakes a replica for new WAL).
+MAX_SAFETY_NET_WAKES_PER_SECOND = 5.0
 # A DB's sync that took t seconds starts again no sooner than BUSY_SPACING_FACTOR * t
 # after it began (at most scheduler.MAX_BUSY_SPACING): under a saturated writer each
 # sync, and so each segment, carries more commits, so fixed per-sync costs shrink

@@ -77,6 +77,22 @@ def test_expired_lease_is_taken_without_takeover(client: ReplicaClient) -> None:
     assert gone.renew() is False and gone.lost
 
 
+def test_a_renewal_keeps_the_lease_past_its_first_ttl(client: ReplicaClient) -> None:
+    """However a store records the renewal (a file's mtime, a rewritten S3 object), others see it."""
+    clock = FakeClock()
+    holder = Lease(client, "/srv/a.db", TTL, clock=clock)
+    holder.acquire()
+    for _ in range(3):
+        clock.now += TTL.total_seconds() - 1
+        assert holder.renew()
+    clock.now += 2  # past the TTL of the acquisition and of each renewal but the last
+    with pytest.raises(LeaseHeldError, match="database /srv/a.db"):
+        Lease(client, "/srv/b.db", TTL, clock=clock).acquire()
+    clock.now += TTL.total_seconds()
+    Lease(client, "/srv/b.db", TTL, clock=clock).acquire()
+    assert holder.renew() is False and "database /srv/b.db" in holder.lost
+
+
 def test_release_lets_the_next_writer_in(client: ReplicaClient) -> None:
     first = Lease(client, "/srv/a.db", TTL)
     first.acquire()

@@ -295,6 +295,25 @@ def test_lease_conditional_writes(backend: Backend) -> None:
     assert client.generations() == []  # the lease is no generation
 
 
+def test_lease_renewal(backend: Backend) -> None:
+    """A renewal names the version it holds: it keeps the lease readable as written, and a stale one
+    is refused, on a server that ignores conditional writes too (the client reads before and after)."""
+    from litestream_py.errors import PreconditionFailedError
+
+    client = backend.client
+    v1 = client.write_lease(b'{"a": 1}', None)
+    v2 = client.renew_lease(b'{"a": 2}', v1, 1_800_000_000.0)
+    current = client.read_lease()
+    assert current is not None and current.version == v2
+    # Either the content was rewritten, or the store keeps the renewal time apart from it.
+    assert current.data == b'{"a": 2}' or (current.data == b'{"a": 1}' and current.renewed_at == 1_800_000_000.0)
+    v3 = client.write_lease(b'{"b": 1}', v2)  # another sidecar takes over
+    with pytest.raises(PreconditionFailedError):
+        client.renew_lease(b'{"a": 3}', v2, 1_800_000_010.0)
+    current = client.read_lease()
+    assert current is not None and current.data == b'{"b": 1}' and current.version == v3
+
+
 def _try_write_lease(client: ReplicaClient, i: int, version: str) -> bool:
     from litestream_py.errors import PreconditionFailedError
 

@@ -448,9 +448,8 @@ class S3ReplicaClient:
             return None
         return LeaseObject(reply.body, reply.etag or "")
 
-    def write_lease(self, data: bytes, expect: str | None, durable: bool = True) -> str:
-        """One conditional PUT: If-None-Match: * to create, If-Match: ETag to replace
-        (durable once acknowledged, whatever ``durable`` says).
+    def write_lease(self, data: bytes, expect: str | None) -> str:
+        """One conditional PUT: If-None-Match: * to create, If-Match: ETag to replace.
 
         A server that ignores both writes anyway; ``lease.Lease`` reads the
         object back after each write to notice that it lost a race there.
@@ -472,6 +471,20 @@ class S3ReplicaClient:
                 raise
         self.operations.add("PUT", len(data))
         return str(out.get("ETag", ""))
+
+    def renew_lease(self, data: bytes, expect: str, renewed_at: float) -> str:
+        """A conditional PUT of the renewed lease (an object's time cannot be set apart from
+        its content), read before and after: a server that ignores If-Match would let a stale
+        holder overwrite the new one, or the new one overwrite this renewal."""
+        changed = PreconditionFailedError(f"cannot renew lease {self._url(paths.lease_path(self.path))}: it changed")
+        current = self.read_lease()
+        if current is None or current.version != expect:
+            raise changed
+        version = self.write_lease(data, expect)
+        current = self.read_lease()
+        if current is None or current.version != version:
+            raise changed
+        return version
 
     def delete_lease(self, expect: str) -> None:
         current = self.read_lease()
