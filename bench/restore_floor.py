@@ -85,8 +85,8 @@ PHASES = [
     ("interpreter", "exec -> the first line of lsr's entry point (the interpreter and site-packages)"),
     ("imports", "the command group and the restore command's imports"),
     ("plan", "the config, the replica's listings and the plan"),
-    ("snapshot", "the snapshot decompressed and written (segments download meanwhile)"),
-    ("wal", "the WAL segments checked and applied"),
+    ("snapshot", "the snapshot decompressed and written (segments download, are checked and applied meanwhile)"),
+    ("wal", "what is left of the WAL segments' check and apply once the snapshot is written"),
     ("flush", "the pages the WAL changed written"),
     ("writeback", "waiting for the snapshot's write-back (fdatasync) to end"),
     ("fsync", "the database's fsync"),
@@ -134,9 +134,14 @@ os.fsync = timed_fsync
 
 def report():
     marks["end"] = time.monotonic()
-    print(json.dumps(marks), file=sys.stderr)
+    print(json.dumps(marks), file=sys.stderr, flush=True)
 import atexit
 atexit.register(report)
+_exit = os._exit
+def reporting_exit(code):  # lsr's entry point skips the interpreter's teardown, and atexit with it
+    report()
+    _exit(code)
+os._exit = reporting_exit
 sys.argv = ["lsr", *sys.argv[1:]]
 main.main()
 """
@@ -161,7 +166,15 @@ def phases(lsr: Tool, config: Path, db: Path, work: Path, repeats: int) -> dict[
         done = subprocess.run([python, "-c", _TRACER, "restore", "-config", str(config), "-o", str(out), str(db)],
                               capture_output=True, text=True, check=True)
         marks = {"exec": t0, **json.loads(done.stderr.strip().splitlines()[-1]), "exit": time.monotonic()}
-        runs.append({key: marks[b] - marks[a] for key, a, b in steps if a in marks and b in marks})
+        # Each step from where the steps before it ended: one that ended sooner
+        # (the WAL is applied beside the snapshot) took no time of its own.
+        run: dict[str, float] = {}
+        reached = marks["exec"]
+        for key, _, b in steps:
+            if b in marks:
+                run[key] = max(marks[b] - reached, 0.0)
+                reached = max(reached, marks[b])
+        runs.append(run)
         for suffix in ("", "-wal", "-shm"):
             Path(f"{out}{suffix}").unlink(missing_ok=True)
     result = {key: float(statistics.median(r[key] for r in runs)) for key, _, _ in steps if all(key in r for r in runs)}
