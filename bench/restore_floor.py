@@ -8,7 +8,10 @@ blocks, content checksum), decoded in 4 MiB pieces on one thread, written with
 command pays before it reads anything: the interpreter (``python -c pass``),
 ``lsr version`` (the interpreter and lsr's command layer), and Go's
 ``litestream version``. ``in_process`` restores lsr's file replica inside this
-process, the start-up left out. ``phases`` splits the restore *command*'s
+process, the start-up left out. ``bare_gets`` is the floor an S3 server sets:
+every object of a replica fetched whole, once, by one botocore client on a
+restore's parallelism of threads, nothing decoded or written; the server's CPU
+for it is what any client's restore of that replica costs the server. ``phases`` splits the restore *command*'s
 time into its steps, in fresh processes, by wrapping lsr's functions by name
 (no timing code in lsr). All figures are medians of ``repeats``.
 """
@@ -25,9 +28,10 @@ from typing import Any, Callable
 
 import lz4.frame
 
-from tools import Tool
+import measure
+from tools import S3Server, Tool
 
-__all__ = ["PHASES", "floor", "in_process", "phases", "startup"]
+__all__ = ["PHASES", "bare_gets", "floor", "in_process", "phases", "startup"]
 
 PIECE = 4 << 20  # compressed bytes fed, and decoded bytes taken, per call: one LZ4 block
 
@@ -85,8 +89,8 @@ PHASES = [
     ("interpreter", "exec -> the first line of lsr's entry point (the interpreter and site-packages)"),
     ("imports", "the command group and the restore command's imports"),
     ("plan", "the config, the replica's listings and the plan"),
-    ("snapshot", "the snapshot decompressed and written (segments download meanwhile)"),
-    ("wal", "the WAL segments checked and applied"),
+    ("snapshot", "the snapshot decompressed and written (segments download, are checked and applied meanwhile)"),
+    ("wal", "what is left of the WAL segments' check and apply once the snapshot is written"),
     ("flush", "the pages the WAL changed written"),
     ("writeback", "waiting for the snapshot's write-back (fdatasync) to end"),
     ("fsync", "the database's fsync"),
@@ -134,9 +138,14 @@ os.fsync = timed_fsync
 
 def report():
     marks["end"] = time.monotonic()
-    print(json.dumps(marks), file=sys.stderr)
+    print(json.dumps(marks), file=sys.stderr, flush=True)
 import atexit
 atexit.register(report)
+_exit = os._exit
+def reporting_exit(code):  # lsr's entry point skips the interpreter's teardown, and atexit with it
+    report()
+    _exit(code)
+os._exit = reporting_exit
 sys.argv = ["lsr", *sys.argv[1:]]
 main.main()
 """
@@ -161,7 +170,15 @@ def phases(lsr: Tool, config: Path, db: Path, work: Path, repeats: int) -> dict[
         done = subprocess.run([python, "-c", _TRACER, "restore", "-config", str(config), "-o", str(out), str(db)],
                               capture_output=True, text=True, check=True)
         marks = {"exec": t0, **json.loads(done.stderr.strip().splitlines()[-1]), "exit": time.monotonic()}
-        runs.append({key: marks[b] - marks[a] for key, a, b in steps if a in marks and b in marks})
+        # Each step from where the steps before it ended: one that ended sooner
+        # (the WAL is applied beside the snapshot) took no time of its own.
+        run: dict[str, float] = {}
+        reached = marks["exec"]
+        for key, _, b in steps:
+            if b in marks:
+                run[key] = max(marks[b] - reached, 0.0)
+                reached = max(reached, marks[b])
+        runs.append(run)
         for suffix in ("", "-wal", "-shm"):
             Path(f"{out}{suffix}").unlink(missing_ok=True)
     result = {key: float(statistics.median(r[key] for r in runs)) for key, _, _ in steps if all(key in r for r in runs)}
@@ -206,3 +223,40 @@ def in_process(replica_root: Path, work: Path, repeats: int) -> float:
 
     once()  # the imports and numpy's, paid once
     return _median(once, repeats)
+
+
+def bare_gets(config: Path, server: S3Server, parallelism: int, repeats: int) -> dict[str, Any]:
+    """Seconds to GET every object of the S3 replica in ``config`` (its first database's
+    first replica), whole, with one botocore client on ``parallelism`` threads, and the
+    server's CPU seconds meanwhile: medians of ``repeats``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import botocore.session
+    import yaml
+    from botocore.config import Config
+
+    replica = yaml.safe_load(config.read_text())["dbs"][0]["replicas"][0]
+    bucket, prefix = str(replica["bucket"]), f"{replica['path']}/"
+    s3 = botocore.session.get_session().create_client(
+        "s3", endpoint_url=str(replica["endpoint"]), region_name="us-east-1",
+        aws_access_key_id=str(replica["access-key-id"]), aws_secret_access_key=str(replica["secret-access-key"]),
+        config=Config(max_pool_connections=parallelism, s3={"addressing_style": "path"}))
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents") or []]
+
+    def get(key: str) -> int:
+        with s3.get_object(Bucket=bucket, Key=key)["Body"] as body:
+            return len(body.read())
+
+    def once() -> tuple[float, float, int]:
+        cpu = measure.cpu_seconds(server.proc.pid)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=parallelism) as pool:
+            size = sum(pool.map(get, keys))
+        return time.perf_counter() - t0, measure.cpu_seconds(server.proc.pid) - cpu, size
+
+    once()  # connections and the client's first-call costs
+    runs = [once() for _ in range(repeats)]
+    return {"objects": len(keys), "mib": runs[0][2] / (1 << 20),
+            "seconds": float(statistics.median(r[0] for r in runs)),
+            "server_cpu": float(statistics.median(r[1] for r in runs))}

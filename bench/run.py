@@ -35,6 +35,8 @@ import stall
 import workload
 from tools import AgeKeyPair, Backend, S3Server, Tool, find_tool
 
+from litestream_py.restore import DEFAULT_RESTORE_PARALLELISM
+
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = scenarios.Settings(steady=1.0, rate=100.0, burst=1.0, catchup_timeout=20.0, restore_mib=4.0,
                            restore_segments=20, restore_repeats=1, replication_repeats=1,
@@ -204,6 +206,12 @@ def _restores(results: dict[str, Any], backend: Backend, work: Path, large: Path
                 flag = f" -parallelism {parallelism}" if parallelism else ""
                 out[r.tool.name] = _attempt(results, f"restore {backend.name} {r.tool.name}{flag}: #{i + 1}",
                                             partial(scenarios.time_restore, r, parallelism=parallelism))
+    server = backend.server
+    for r in built:
+        if server is not None and r.tool.name == "lsr" and "error" not in out["lsr"]:
+            results["restore_floor"][f"bare_gets_{backend.name}"] = _attempt(
+                results, f"restore floor: bare GETs of {backend.name}'s lsr replica",
+                partial(restore_floor.bare_gets, r.config, server, DEFAULT_RESTORE_PARALLELISM, s.restore_repeats))
     return out
 
 

@@ -99,11 +99,13 @@ def _dump(path: str) -> None:
 def main() -> None:
     path = sys.argv.pop(1)
     install()
-    from litestream_py.cmd.main import main as lsr_main
+    # The command group itself: lsr's entry point would end the process with
+    # os._exit once the command succeeds, before the spans are written.
+    from litestream_py.cmd.main import cli
 
     sys.argv[0] = "lsr"
     try:
-        lsr_main()
+        cli(prog_name="lsr")
     finally:
         _dump(path)
 

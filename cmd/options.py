@@ -6,7 +6,6 @@ Every flag is spelled as Litestream spells it (one dash) and also with two dashe
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import sys
@@ -66,6 +65,8 @@ class JSONFormatter(logging.Formatter):
                 entry[key] = value if isinstance(value, (int, float, bool)) or value is None else str(value)
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
+        import json  # here and in print_json: a restore's start-up need not import it
+
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -115,6 +116,8 @@ def json_option(f: F) -> F:
 
 
 def print_json(value: Any) -> None:
+    import json
+
     click.echo(json.dumps(value, indent=2))
 
 

@@ -1,13 +1,14 @@
 """The restore pipeline: prefetch -> apply -> write-behind.
 
 ``restore`` plans (which snapshot, which segments); this module carries a plan
-out into an open file. Segments are fetched ahead on threads while the
-snapshot is decompressed into the file, then verified and applied strictly in
-(index, offset) order, one whole transaction at a time: every frame's salt and
-cumulative checksum is checked before its page is kept. Committed pages wait
-in memory and go out in page order, each page once, a run of neighbours per
-pwritev; the snapshot's pages are written back to disk while it decompresses,
-so the final fsync finds little left to do.
+out into an open file. While one thread decompresses the snapshot into the
+file, segments are fetched ahead on others, and verified and applied strictly
+in (index, offset) order, one whole transaction at a time: every frame's salt
+and cumulative checksum is checked before its page is kept. Committed pages
+wait in memory until the snapshot is in the file, then go out in page order,
+each page once, a run of neighbours per pwritev; the snapshot's pages are
+written back to disk while it decompresses, so the final fsync finds little
+left to do.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ __all__ = [
 PREFETCH_BYTES = 64 << 20
 # Snapshot bytes written between two write-back syncs.
 WRITE_BEHIND_BYTES = 16 << 20
-# The most WAL checked and applied in one pass.
+# WAL checked and applied in one pass (unless the plan ends sooner): the
+# applier waits for downloads to make up this much, as a pass has a fixed
+# cost (~1-2 ms in pure Python, whatever its size).
 MAX_RUN_BYTES = 16 << 20
 # Compressed WAL in a plan up to which frames are checked without numpy:
 # importing it costs ~0.1 s of CPU (more on a busy machine), which a large
@@ -123,26 +126,42 @@ def apply_plan(
     with (
         closing(_Prefetch(client, segments, workers, read_frames=not use_numpy)) as runs,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsr-restore-sync") as syncer,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsr-restore-snapshot") as writer,
     ):
         write_behind = _WriteBehind(f, syncer)
-        with client.open_snapshot(generation, snapshot_index) as src:
-            codec.decompress_stream(src, write_behind, f"snapshot {generation}/{snapshot_index:08x}")
-        write_behind.sync()
-        applier = WALApplier(f, generation, cutoff_ns, end, use_numpy=use_numpy)
-        total, done = len(segments), 0
-        for run in runs:
-            applier.feed(run, runs.read_ahead)
-            done += len(run)
-            if progress:
-                progress(done, total)
-            if applier.done:
-                break
-        if end is not None and applier.last_commit < end and end.offset > WAL_HEADER_SIZE:
-            raise RestoreGapError(f"cannot restore through {end}: the replica ends at {applier.last_commit}")
-        applier.flush()
+        what = f"snapshot {generation}/{snapshot_index:08x}"
+        # The snapshot is written on its own thread (decompression leaves the
+        # interpreter to others) while this one checks the WAL: the applier
+        # keeps its pages in memory until the snapshot is in the file.
+        snapshot = writer.submit(_write_snapshot, client, generation, snapshot_index, write_behind, what)
+        applier = WALApplier(f, generation, cutoff_ns, end, use_numpy=use_numpy, ready=snapshot.result)
+        try:
+            total, done = len(segments), 0
+            for run in runs:
+                applier.feed(run, runs.read_ahead)
+                done += len(run)
+                if progress:
+                    progress(done, total)
+                if applier.done or (snapshot.done() and snapshot.exception() is not None):
+                    break
+            snapshot.result()
+            if end is not None and applier.last_commit < end and end.offset > WAL_HEADER_SIZE:
+                raise RestoreGapError(f"cannot restore through {end}: the replica ends at {applier.last_commit}")
+            applier.flush()
+        except BaseException:
+            write_behind.cancel()  # the snapshot's thread stops at its next write
+            raise
         write_behind.wait()
         os.fsync(f.fileno())
     return applier
+
+
+def _write_snapshot(
+    client: ReplicaReader, generation: str, index: int, write_behind: _WriteBehind, what: str
+) -> None:
+    with client.open_snapshot(generation, index) as src:
+        codec.decompress_stream(src, write_behind, what)
+    write_behind.sync()
 
 
 class WALApplier:
@@ -157,12 +176,16 @@ class WALApplier:
 
     def __init__(
         self, f: BinaryIO, generation: str, cutoff_ns: int | None = None, end: Pos | None = None,
-        use_numpy: bool = True,
+        use_numpy: bool = True, ready: Callable[[], object] | None = None,
     ) -> None:
+        """``ready`` returns once ``f`` holds the snapshot (raising if it cannot):
+        until then the applier only checks frames and keeps pages in memory. By
+        default ``f`` already holds it."""
         self.use_numpy = use_numpy  # check frames with numpy (else in pure Python: no import to pay)
-        f.flush()  # pages go straight to the descriptor from here on
         self.fd = f.fileno()
-        self.size = os.fstat(self.fd).st_size  # the database's size as of the last commit
+        self._ready = ready or f.flush  # after it, pages go straight to the descriptor
+        self.size: int | None = None  # the database's size as of the last commit
+        self.low: int | None = None  # the smallest size a commit set since the last flush
         self.dirty: dict[int, bytes] = {}  # committed pages not written yet
         self.page_size = 0
         self.generation = generation
@@ -296,10 +319,10 @@ class WALApplier:
     def _commit(self, db_pages: int, page_size: int) -> None:
         self.page_size = page_size
         size = db_pages * page_size
-        if size < self.size:
+        if self.size is not None and size < self.size:
             # The database shrank: pages past its new end are gone, written or not.
             self.dirty = {pgno: page for pgno, page in self.dirty.items() if pgno <= db_pages}
-            os.ftruncate(self.fd, size)
+        self.low = size if self.low is None else min(self.low, size)
         self.size = size
         for pgno, page in self.pending.items():
             if pgno <= db_pages:
@@ -311,6 +334,10 @@ class WALApplier:
 
     def flush(self) -> None:
         """Write the waiting pages, a run of consecutive page numbers per pwritev, and set the size."""
+        self._ready()
+        if self.low is not None and self.low < os.fstat(self.fd).st_size:
+            os.ftruncate(self.fd, self.low)  # what a shrink cut off reads as zeros if the file grows again
+        self.low = None
         run: list[bytes] = []
         first = 0
         for pgno in sorted(self.dirty):
@@ -323,7 +350,7 @@ class WALApplier:
         if run:
             _write_at(self.fd, run, (first - 1) * self.page_size)
         self.dirty.clear()
-        if os.fstat(self.fd).st_size != self.size:
+        if self.size is not None and os.fstat(self.fd).st_size != self.size:
             os.ftruncate(self.fd, self.size)  # grown pages SQLite never wrote read as zeros
 
 
@@ -447,17 +474,16 @@ class _Prefetch:
         return FrameTerms.read(view, *layout)
 
     def __iter__(self) -> Iterator[list[tuple[WALSegmentInfo, Segment]]]:
-        """Runs of segments: the next one, and those after it already downloaded.
+        """Runs of segments, each the next ones up to MAX_RUN_BYTES, waiting for their downloads.
 
-        A run is verified in one pass (numpy's per-call cost dwarfs a small
+        A run is verified in one pass (a pass's fixed cost dwarfs a small
         segment's). A failed download ends a run, so segments before it still apply.
         """
         while self._queue:
             run = [self._take()]
             size = len(run[0][1][0])
             while self._queue and size < MAX_RUN_BYTES:
-                fut = self._queue[0].future
-                if not fut.done() or fut.exception() is not None:
+                if self._queue[0].future.exception() is not None:
                     break
                 run.append(self._take())
                 size += len(run[-1][1][0])
@@ -502,8 +528,15 @@ class _WriteBehind:
         self._syncer = syncer
         self._syncs: list[Future[None]] = []
         self._unsynced = 0
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Make the next write fail: the restore failed elsewhere."""
+        self._cancelled = True
 
     def write(self, data: bytes) -> int:
+        if self._cancelled:
+            raise _Cancelled()
         n = self._f.write(data)
         self._unsynced += len(data)
         if self._unsynced >= WRITE_BEHIND_BYTES and (not self._syncs or self._syncs[-1].done()):
@@ -519,4 +552,8 @@ class _WriteBehind:
     def wait(self) -> None:
         for done in self._syncs:
             done.result()
+
+
+class _Cancelled(Exception):
+    """The snapshot's writing stopped because the restore failed elsewhere."""
 

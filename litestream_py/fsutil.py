@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import threading
 from contextlib import contextmanager
 from typing import BinaryIO, Iterator
 
-__all__ = ["atomic_write", "atomic_copy_stream", "fsync_dir", "read_pieces", "ReadBuffers", "read_buffers", "TMP_SUFFIX"]
+__all__ = ["atomic_write", "atomic_copy_stream", "create_temp", "fsync_dir", "read_pieces", "ReadBuffers", "read_buffers",
+           "TMP_SUFFIX"]
 
 TMP_SUFFIX = ".tmp"
 COPY_BUFFER_SIZE = 1 << 20
@@ -36,8 +36,8 @@ def read_pieces(path: str, *pieces: tuple[int, int]) -> list[bytes]:
         os.close(fd)
 
 
-def _create_temp(path: str, dir_mode: int | None) -> tuple[int, str]:
-    """A new, empty temp file next to ``path``: (fd, its name).
+def create_temp(path: str, dir_mode: int | None = None, suffix: str = TMP_SUFFIX) -> tuple[int, str]:
+    """A new, empty temp file next to ``path``, open for reading and writing: (fd, its name).
 
     Unique by process and counter (O_EXCL skips a leftover of an earlier
     process with the same pid). A sidecar writes a segment every few ms, and
@@ -45,9 +45,9 @@ def _create_temp(path: str, dir_mode: int | None) -> tuple[int, str]:
     With ``dir_mode``, a missing directory is created (with that mode) first.
     """
     while True:
-        tmp = f"{path}.{os.getpid()}-{next(_temp_names)}{TMP_SUFFIX}"
+        tmp = f"{path}.{os.getpid()}-{next(_temp_names)}{suffix}"
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), tmp
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), tmp
         except FileExistsError:
             continue
         except FileNotFoundError:
@@ -66,7 +66,7 @@ def atomic_write(path: str, mode: int = 0o600, dir_mode: int | None = None) -> I
     of ``path`` is created with that mode.
     """
     directory = os.path.dirname(path) or "."
-    fd, tmp = _create_temp(path, dir_mode)
+    fd, tmp = create_temp(path, dir_mode)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
@@ -85,6 +85,8 @@ def atomic_write(path: str, mode: int = 0o600, dir_mode: int | None = None) -> I
 
 def atomic_copy_stream(src: BinaryIO, path: str, mode: int = 0o600) -> int:
     """Copy ``src`` to ``path`` atomically; returns the bytes written."""
+    import shutil  # here: importing it costs a restore's start-up ~3 ms (bz2, lzma)
+
     with atomic_write(path, mode) as f:
         shutil.copyfileobj(src, f, COPY_BUFFER_SIZE)
         return f.tell()

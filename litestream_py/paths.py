@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 
 from .errors import LitestreamError
 
@@ -62,6 +61,8 @@ _SHADOW_WAL_RE = re.compile(r"^([0-9a-f]{8})\.wal$")
 
 
 def new_generation_name() -> str:
+    import secrets  # here: with hashlib behind it, ~4 ms of a restore's start-up that never names one
+
     return secrets.token_hex(GENERATION_NAME_LEN // 2)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Sequence
@@ -27,7 +26,7 @@ from .errors import (
     RestoreGapError,
     TimestampOutOfRangeError,
 )
-from .fsutil import fsync_dir
+from .fsutil import create_temp, fsync_dir
 from .lockfile import ProcessLock, describe_holder
 from .pos import Pos, SnapshotInfo, WALSegmentInfo
 from .replica_client import ReplicaReader, ReplicaTarget
@@ -243,7 +242,7 @@ def _restore_once(client: ReplicaReader, opts: RestoreOptions, output: str) -> R
     plan = plan_restore(client, generation, opts.index, opts.timestamp, opts.pos)
     directory = os.path.dirname(output)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(output) + ".", suffix=".lsr-restore.tmp", dir=directory)
+    fd, tmp_path = create_temp(output, suffix=".lsr-restore.tmp")
     cutoff = int(opts.timestamp.timestamp() * 1e9) if opts.timestamp is not None else None
     try:
         with os.fdopen(fd, "r+b") as f:

@@ -186,8 +186,10 @@ def test_applied_wal_matches_sqlites_own_checkpoint(tmp_path: Path, dirty_bytes:
 def test_segments_download_while_the_snapshot_restores_within_a_byte_budget(
     tmp_path: Path, engine, monkeypatch
 ) -> None:
-    """Downloads run ahead of the snapshot (not a fixed handful of segments), but
-    never hold more than the read-ahead budget (plus one segment per worker)."""
+    """Downloads run ahead of an applier waiting for the snapshot (not a fixed handful
+    of segments), but never hold more than the read-ahead budget (plus one segment per
+    worker). The applier takes runs of one segment and writes each commit's pages at
+    once, so it waits for the snapshot from its first commit on."""
     app, db, client, replica = engine
     commit_and_ship(app, db, replica, 120)
     (generation,) = client.generations()
@@ -198,6 +200,8 @@ def test_segments_download_while_the_snapshot_restores_within_a_byte_budget(
     # holding the table's creation, is several times the size of the others.)
     budget = sum(sorted(decoded)[:60])
     monkeypatch.setattr(apply_module, "PREFETCH_BYTES", budget)
+    monkeypatch.setattr(apply_module, "MAX_RUN_BYTES", 1)
+    monkeypatch.setattr(WALApplier, "DIRTY_PAGE_BYTES", 1)
     workers = 4
     # Segments handed to the applier. Counted as they are taken, not as progress
     # reports them: a run of many small segments is taken whole before it is applied.
@@ -233,6 +237,68 @@ def test_segments_download_while_the_snapshot_restores_within_a_byte_budget(
     most = max(ahead)
     assert most >= 50  # far past the old fixed window of 4 per worker
     assert most <= 60 + workers + 1, ahead
+
+
+def test_the_wal_is_checked_while_the_snapshot_is_written(tmp_path: Path, engine, monkeypatch) -> None:
+    """The applier checks the segments and keeps their pages while the snapshot is
+    still to be read (here it is held until the WAL has been fed); the pages go into
+    the file once the snapshot is in it, and the database is whole."""
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 30)
+    fed = threading.Event()
+    feed = WALApplier.feed
+
+    def feeding(self: WALApplier, *args: Any, **kwargs: Any) -> None:
+        feed(self, *args, **kwargs)
+        fed.set()
+
+    monkeypatch.setattr(WALApplier, "feed", feeding)
+    held: list[bool] = []
+
+    class HeldSnapshot(CountingClient):
+        def open_snapshot(self, generation: str, index: int) -> BinaryIO:
+            held.append(fed.wait(timeout=60))  # never set if the WAL waited for the snapshot
+            return super().open_snapshot(generation, index)
+
+    out = tmp_path / "out.db"
+    restore(HeldSnapshot(client.root), RestoreOptions(output_path=str(out)))
+    assert held == [True]
+    assert rows(out, "SELECT v FROM t ORDER BY id") == [(f"row-{i}",) for i in range(30)]
+    assert integrity_ok(out)
+
+
+def test_a_bad_segment_stops_the_snapshot_being_written(tmp_path: Path, engine, monkeypatch) -> None:
+    """A segment that fails its check while the snapshot is being written fails the
+    restore with the segment's error (not the snapshot's stop), and leaves nothing."""
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 10)
+    (generation,) = client.generations()
+    victim = client.wal_segments(generation)[4]
+    data, commits = codec.decode_segment(client.read_wal_segment(victim.pos))
+    broken = data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
+    segment_file = Path(client.root) / "generations" / generation / "wal" / f"{victim.index:08x}_{victim.offset:08x}.wal.lz4"
+    segment_file.write_bytes(codec.encode_segment(broken, commits))
+    cancelled = threading.Event()
+    cancel = apply_module._WriteBehind.cancel
+
+    def cancelling(self: Any) -> None:
+        cancel(self)
+        cancelled.set()
+
+    monkeypatch.setattr(apply_module._WriteBehind, "cancel", cancelling)
+    held: list[bool] = []
+
+    class HeldSnapshot(CountingClient):
+        def open_snapshot(self, generation: str, index: int) -> BinaryIO:
+            held.append(cancelled.wait(timeout=60))
+            return super().open_snapshot(generation, index)
+
+    out = tmp_path / "out.db"
+    where = f"{generation}/{victim.index:08x}_{victim.offset:08x}"
+    with pytest.raises(WALFormatError, match=f"wal segment {where}: checksum mismatch"):
+        restore(HeldSnapshot(client.root), RestoreOptions(output_path=str(out)))
+    assert held == [True]
+    assert not list(tmp_path.glob("out.db*"))
 
 
 def test_a_local_replica_is_read_by_one_thread_a_remote_one_by_parallelism(tmp_path: Path, engine) -> None:

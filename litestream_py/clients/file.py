@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
-import shutil
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import BinaryIO, Iterable, Iterator
@@ -27,6 +25,13 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 # Serialises the lease's compare-and-replace; flock is released when its holder dies.
 LEASE_LOCK_NAME = ".lsr-lease.lock"
+
+
+def _version(lease: bytes) -> str:
+    """The lease's version, the digest of its bytes (hashlib is imported here: ~3 ms a restore need not pay)."""
+    import hashlib
+
+    return hashlib.sha256(lease).hexdigest()
 
 
 def _mtime(st: os.stat_result) -> datetime:
@@ -73,6 +78,8 @@ class FileReplicaClient:
         return sorted(e.name for e in self._listdir(root) if paths.is_generation_name(e.name) and e.is_dir())
 
     def delete_generation(self, generation: str) -> None:
+        import shutil  # here, as the other rare ones: a restore's start-up need not import them
+
         self.operations.add("DELETE")
         shutil.rmtree(paths.generation_dir(self.root, generation), ignore_errors=True)
 
@@ -94,6 +101,8 @@ class FileReplicaClient:
                 if isinstance(src, bytes):
                     f.write(src)
                 else:
+                    import shutil
+
                     shutil.copyfileobj(src, f, 1 << 20)
                 f.flush()
                 if created_at is not None:
@@ -206,14 +215,14 @@ class FileReplicaClient:
             raise StorageError(f"cannot read lease {path}: {exc.strerror}") from exc
         finally:
             os.close(fd)
-        return LeaseObject(data, hashlib.sha256(data).hexdigest(), renewed_at)
+        return LeaseObject(data, _version(data), renewed_at)
 
     def write_lease(self, data: bytes, expect: str | None) -> str:
         path = paths.lease_path(self.root)
         with self._lease_lock():
             self._expect_lease(path, expect)
             self._write(path, data, None)
-        return hashlib.sha256(data).hexdigest()
+        return _version(data)
 
     def renew_lease(self, data: bytes, expect: str, renewed_at: float) -> str:
         # The mtime is the renewal: rewriting the file by rename costs the kernel a
