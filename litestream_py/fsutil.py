@@ -119,7 +119,7 @@ class ReadBuffers:
         The view is valid only inside the ``with`` block: its buffer is then
         handed to the next read, unless something still holds a view of it.
         """
-        buf = self._take(size)
+        buf = self.take(size)
         try:
             with memoryview(buf)[:size] as view:
                 got = 0
@@ -131,18 +131,20 @@ class ReadBuffers:
                 with view[:got] as data:
                     yield data
         finally:
-            if not _exported(buf):
-                self._give(buf)
+            self.give(buf)
 
-    def _take(self, size: int) -> bytearray:
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes, the waiting one if it is large enough;
+        hand it back with ``give``."""
         with self._lock:
             if self._free is not None and len(self._free) >= size:
                 buf, self._free = self._free, None
                 return buf
         return bytearray(size)
 
-    def _give(self, buf: bytearray) -> None:
-        if len(buf) > self._max_kept:
+    def give(self, buf: bytearray) -> None:
+        """Let ``buf`` serve a later read, unless it is too large or still in use."""
+        if len(buf) > self._max_kept or _exported(buf):
             return
         with self._lock:
             if self._free is None or len(buf) > len(self._free):
