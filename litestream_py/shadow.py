@@ -34,6 +34,9 @@ __all__ = ["ShadowWAL", "WALTail", "COPY_CHUNK_SIZE", "COPY_PROGRESS_BYTES", "MA
 # Copy the WAL in bounded pieces so a WAL that grew while lsr was down does not
 # have to fit in memory at once.
 COPY_CHUNK_SIZE = 256 << 10
+# ... doubled, up to this, while a transaction goes on (fewer calls; the window
+# holds the transaction and one piece, so larger pieces only cost memory).
+MAX_COPY_CHUNK_SIZE = 4 * COPY_CHUNK_SIZE
 # The most WAL a checkpoint reads into memory under the write lock (read_wal_tail):
 # a bound on lsr's memory, as the application rarely commits more while lsr waits for the lock.
 MAX_WAL_TAIL = 4 << 20
@@ -301,7 +304,7 @@ class ShadowWAL:
                                 progress(size)
                         if got < chunk or result.frames < unverified // frame_size:
                             break  # reached the end of the file (or tail) or of the valid frames
-                        if not result.committed:
+                        if not result.committed and chunk < MAX_COPY_CHUNK_SIZE:
                             chunk *= 2  # one transaction larger than the pieces so far: fewer, larger reads
                 except BaseException:
                     window.close()
