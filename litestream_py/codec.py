@@ -181,25 +181,43 @@ class _Preferences(ctypes.Structure):  # LZ4F_preferences_t (lz4frame.h, stable 
 
 # _FRAME's settings: 4 MiB independent blocks (LZ4F_max4MB, LZ4F_blockIndependent), content checksum.
 _PREFERENCES = _Preferences(_FrameInfo(7, 1, 1, 0, 0, 0, 0), SEGMENT_LEVEL, 1, 0)
-_lz4f = ctypes.CDLL(_lz4_extension.__file__)
-_lz4f.LZ4F_compressFrameBound.restype = ctypes.c_size_t
-_lz4f.LZ4F_compressFrameBound.argtypes = [ctypes.c_size_t, ctypes.c_void_p]
-_lz4f.LZ4F_compressFrame.restype = ctypes.c_size_t
-_lz4f.LZ4F_compressFrame.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
-                                     ctypes.c_void_p]
-_lz4f.LZ4F_isError.restype = ctypes.c_uint
-_lz4f.LZ4F_isError.argtypes = [ctypes.c_size_t]
+
+
+def _load_lz4f() -> ctypes.CDLL | None:
+    """liblz4's frame functions, or None where the extension does not export them
+    (another build of python-lz4): segments are then encoded by lz4.frame.compress."""
+    try:
+        lib = ctypes.CDLL(_lz4_extension.__file__)
+        lib.LZ4F_compressFrameBound.restype = ctypes.c_size_t
+        lib.LZ4F_compressFrameBound.argtypes = [ctypes.c_size_t, ctypes.c_void_p]
+        lib.LZ4F_compressFrame.restype = ctypes.c_size_t
+        lib.LZ4F_compressFrame.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+                                           ctypes.c_void_p]
+        lib.LZ4F_isError.restype = ctypes.c_uint
+        lib.LZ4F_isError.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+_lz4f = _load_lz4f()
 
 
 def segment_bound(size: int, commits: int) -> int:
     """The most bytes ``encode_segment_into`` writes for ``size`` WAL bytes and ``commits`` commits."""
     head = 2 * 8 + len(MERGED_TAG) + _MERGED.size + len(COMMIT_TIMES_TAG) + 4 + commits * COMMIT_ENTRY.size
+    if _lz4f is None:  # LZ4_compressBound per 4 MiB block, and the frame's header, block sizes, end and checksum
+        return head + size + size // 255 + 24 * (size // (4 << 20) + 1) + 32
     return head + int(_lz4f.LZ4F_compressFrameBound(size, ctypes.byref(_PREFERENCES)))
 
 
 def encode_segment_into(out: bytearray, data: bytes | memoryview, commits: list[tuple[int, int]]) -> int:
     """``encode_segment``'s bytes, written to the start of ``out`` (at least
     ``segment_bound`` long); returns how many."""
+    if _lz4f is None:
+        segment = encode_segment(data, commits)
+        out[: len(segment)] = segment
+        return len(segment)
     head = _segment_head(commits, 0)
     out[: len(head)] = head
     size = len(data)
