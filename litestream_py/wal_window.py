@@ -79,7 +79,8 @@ class FileWindow(WALWindow):
     def extend(self, size: int) -> tuple[int, int]:
         if len(self._buf) < self.have + size:
             bigger = self._buffers.take(self.have + size)
-            bigger[: self.have] = self._buf[: self.have]
+            with memoryview(self._buf) as held:  # a slice of the bytearray would be one more copy
+                bigger[: self.have] = held[: self.have]
             self._buffers.give(self._buf)
             self._buf = bigger
         got = 0
