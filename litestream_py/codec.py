@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import struct
 from typing import BinaryIO, Iterable, Iterator, Protocol
 
 import lz4.frame
+import lz4.frame._frame as _lz4_extension
 
 from .commits import COMMIT_ENTRY
 from .errors import ChecksumMismatchError
@@ -18,6 +20,8 @@ __all__ = [
     "compress_stream",
     "decompress_stream",
     "encode_segment",
+    "encode_segment_into",
+    "segment_bound",
     "decode_segment",
     "merged_count",
     "snapshot_header",
@@ -50,10 +54,17 @@ def _compressor() -> lz4.frame.LZ4FrameCompressor:
     return lz4.frame.LZ4FrameCompressor(**_FRAME)
 
 
+# WAL segments are compressed as they ship, a busy writer's every byte: LZ4's
+# acceleration 3 (level -2) costs a little size for a fifth or so of its CPU
+# (docs/bench.md). Same frame format: every LZ4 reader, Go's included, reads it.
+SEGMENT_LEVEL = -2
+
+
 def compress(data: bytes | memoryview) -> bytes:
+    """A WAL segment's LZ4 frame (see SEGMENT_LEVEL)."""
     # One call, not a streaming compressor: that one zero-fills a 4 MiB buffer
     # on every begin(), which dominated the sidecar's CPU.
-    out: bytes = lz4.frame.compress(data, store_size=False, **_FRAME)
+    out: bytes = lz4.frame.compress(data, store_size=False, compression_level=SEGMENT_LEVEL, **_FRAME)
     return out
 
 
@@ -138,15 +149,94 @@ def _skippable(payload: bytes) -> bytes:
     return struct.pack("<II", SKIPPABLE_MAGIC, len(payload)) + payload
 
 
-def encode_segment(data: bytes | memoryview, commits: list[tuple[int, int]], merged: int = 0) -> bytes:
-    """LZ4-compress WAL bytes, prefixed with the commits' capture times (and,
-    for a merged segment, the count of shipped segments it replaces)."""
-    body = compress(data)
+def _segment_head(commits: list[tuple[int, int]], merged: int) -> bytes:
     head = _skippable(MERGED_TAG + _MERGED.pack(merged)) if merged > 1 else b""
     if commits:
         entries = b"".join(COMMIT_ENTRY.pack(o, t) for o, t in commits)
         head += _skippable(COMMIT_TIMES_TAG + struct.pack("<I", len(commits)) + entries)
-    return head + body
+    return head
+
+
+def encode_segment(data: bytes | memoryview, commits: list[tuple[int, int]], merged: int = 0) -> bytes:
+    """LZ4-compress WAL bytes, prefixed with the commits' capture times (and,
+    for a merged segment, the count of shipped segments it replaces)."""
+    return _segment_head(commits, merged) + compress(data)
+
+
+# The shipper's segments are encoded straight into a reused buffer by liblz4's
+# one-call frame compressor (python-lz4's extension exports it): lz4.frame.compress
+# fills a buffer of its own, copies it into a new bytes, and the head is joined
+# on in a third, each a fresh mapping whose pages fault in for every segment.
+class _FrameInfo(ctypes.Structure):
+    _fields_ = [("block_size_id", ctypes.c_int), ("block_mode", ctypes.c_int),
+                ("content_checksum", ctypes.c_int), ("frame_type", ctypes.c_int),
+                ("content_size", ctypes.c_ulonglong), ("dict_id", ctypes.c_uint),
+                ("block_checksum", ctypes.c_int)]
+
+
+class _Preferences(ctypes.Structure):  # LZ4F_preferences_t (lz4frame.h, stable since 1.8)
+    _fields_ = [("frame_info", _FrameInfo), ("compression_level", ctypes.c_int), ("auto_flush", ctypes.c_uint),
+                ("favor_dec_speed", ctypes.c_uint), ("reserved", ctypes.c_uint * 3)]
+
+
+# _FRAME's settings: 4 MiB independent blocks (LZ4F_max4MB, LZ4F_blockIndependent), content checksum.
+_PREFERENCES = _Preferences(_FrameInfo(7, 1, 1, 0, 0, 0, 0), SEGMENT_LEVEL, 1, 0)
+
+
+def _load_lz4f() -> ctypes.CDLL | None:
+    """liblz4's frame functions, or None where the extension does not export them
+    (another build of python-lz4): segments are then encoded by lz4.frame.compress."""
+    try:
+        lib = ctypes.CDLL(_lz4_extension.__file__)
+        lib.LZ4F_compressFrameBound.restype = ctypes.c_size_t
+        lib.LZ4F_compressFrameBound.argtypes = [ctypes.c_size_t, ctypes.c_void_p]
+        lib.LZ4F_compressFrame.restype = ctypes.c_size_t
+        lib.LZ4F_compressFrame.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+                                           ctypes.c_void_p]
+        lib.LZ4F_isError.restype = ctypes.c_uint
+        lib.LZ4F_isError.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+_lz4f = _load_lz4f()
+
+
+def segment_bound(size: int, commits: int) -> int:
+    """The most bytes ``encode_segment_into`` writes for ``size`` WAL bytes and ``commits`` commits."""
+    head = 2 * 8 + len(MERGED_TAG) + _MERGED.size + len(COMMIT_TIMES_TAG) + 4 + commits * COMMIT_ENTRY.size
+    if _lz4f is None:  # LZ4_compressBound per 4 MiB block, and the frame's header, block sizes, end and checksum
+        return head + size + size // 255 + 24 * (size // (4 << 20) + 1) + 32
+    return head + int(_lz4f.LZ4F_compressFrameBound(size, ctypes.byref(_PREFERENCES)))
+
+
+def encode_segment_into(out: bytearray, data: bytes | memoryview, commits: list[tuple[int, int]]) -> int:
+    """``encode_segment``'s bytes, written to the start of ``out`` (at least
+    ``segment_bound`` long); returns how many."""
+    if _lz4f is None:
+        segment = encode_segment(data, commits)
+        out[: len(segment)] = segment
+        return len(segment)
+    head = _segment_head(commits, 0)
+    out[: len(head)] = head
+    size = len(data)
+    view = memoryview(data)
+    source: ctypes.c_char | ctypes.c_char_p
+    if not view.readonly and size:
+        source = ctypes.c_char.from_buffer(view)
+        address = ctypes.addressof(source)
+    else:  # bytes (tests, a read-only view): a copy whose address ctypes gives
+        source = ctypes.c_char_p(bytes(view))
+        address = ctypes.cast(source, ctypes.c_void_p).value or 0
+    target = ctypes.c_char.from_buffer(out, len(head))
+    written = int(_lz4f.LZ4F_compressFrame(ctypes.addressof(target), len(out) - len(head), address, size,
+                                           ctypes.byref(_PREFERENCES)))
+    del source, target  # their exports of the buffers end here
+    view.release()
+    if _lz4f.LZ4F_isError(written):
+        raise ValueError(f"cannot compress wal segment: lz4 error {written}")
+    return len(head) + written
 
 
 def _frames(blob: bytes) -> tuple[list[bytes], int]:

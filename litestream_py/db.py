@@ -564,7 +564,9 @@ class DB(Generic[R]):
     def _copy_to_shadow(self, generation: str, index: int, tail: WALTail | None = None) -> int:
         """Append the WAL's newly committed frames to the shadow (shadow.append); returns its size."""
         published = (self._pos.generation, self._pos.index) == (generation, index)
-        start, size = self.shadow.append(generation, index, self.wal_path, tail,
+        shm = read_wal_index(self._shm_fd)
+        committed = WAL_HEADER_SIZE + shm.mx_frame * (WAL_FRAME_HEADER_SIZE + self._page_size) if shm.settled else None
+        start, size = self.shadow.append(generation, index, self.wal_path, tail, committed_end=committed,
                                          progress=self._publish_progress if published else None)
         self.stats.total_wal_bytes += size - start
         if published and size > self._pos.offset:

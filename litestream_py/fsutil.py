@@ -99,14 +99,15 @@ class ReadBuffers:
     allocations on their own), and the kernel faults in each of its 4 KiB
     pages as the read fills it: about a tenth of the sidecar's CPU in a
     write burst.
-    One buffer of at most ``max_kept`` bytes waits for reuse: the sidecar
-    ships one segment at a time per replica, and a concurrent read allocates
-    its own.
+    ``kept`` buffers of at most ``max_kept`` bytes wait for reuse (one: the
+    sidecar reads one segment at a time per replica, and a concurrent read
+    allocates its own).
     """
 
-    def __init__(self, max_kept: int = 16 << 20) -> None:
+    def __init__(self, max_kept: int = 16 << 20, kept: int = 1) -> None:
         self._max_kept = max_kept
-        self._free: bytearray | None = None
+        self._kept = kept
+        self._free: list[bytearray] = []  # largest last
         self._lock = threading.Lock()
 
     @contextmanager
@@ -116,7 +117,7 @@ class ReadBuffers:
         The view is valid only inside the ``with`` block: its buffer is then
         handed to the next read, unless something still holds a view of it.
         """
-        buf = self._take(size)
+        buf = self.take(size)
         try:
             with memoryview(buf)[:size] as view:
                 got = 0
@@ -128,22 +129,25 @@ class ReadBuffers:
                 with view[:got] as data:
                     yield data
         finally:
-            if not _exported(buf):
-                self._give(buf)
+            self.give(buf)
 
-    def _take(self, size: int) -> bytearray:
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes, a waiting one if one is large enough;
+        hand it back with ``give``."""
         with self._lock:
-            if self._free is not None and len(self._free) >= size:
-                buf, self._free = self._free, None
-                return buf
+            for i, buf in enumerate(self._free):
+                if len(buf) >= size:
+                    return self._free.pop(i)
         return bytearray(size)
 
-    def _give(self, buf: bytearray) -> None:
-        if len(buf) > self._max_kept:
+    def give(self, buf: bytearray) -> None:
+        """Let ``buf`` serve a later read, unless it is too large or still in use."""
+        if not buf or len(buf) > self._max_kept or _exported(buf):
             return
         with self._lock:
-            if self._free is None or len(buf) > len(self._free):
-                self._free = buf  # the larger one serves more reads
+            self._free.append(buf)
+            self._free.sort(key=len)
+            del self._free[: -self._kept]  # the larger ones serve more reads
 
 
 def _exported(buf: bytearray) -> bool:

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Callable
 from . import codec
 from .encryption import AgeKeys, AgeReader
 from .errors import LitestreamError, StorageError
+from .fsutil import ReadBuffers
 from .compaction import CompactionStats, Compactor
 from .pos import Pos, SnapshotInfo
 from .replica_client import ReplicaClient, ReplicaReader
-from .ship_policy import DEFAULT_SYNC_INTERVAL, ShipPolicy
+from .ship_policy import DEFAULT_SYNC_INTERVAL, OBJECT_STORE_MAX_SEGMENT_SIZE, ShipPolicy
 from .stats import ReplicaStats
 
 if TYPE_CHECKING:
@@ -37,6 +38,20 @@ DEFAULT_RETENTION_CHECK_INTERVAL = timedelta(hours=1)
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+# Segments are encoded into these: one being written (_Puts) while the next is encoded.
+_segment_buffers = ReadBuffers(max_kept=2 * OBJECT_STORE_MAX_SEGMENT_SIZE, kept=2)
+
+
+def _give_back(buf: bytearray, segment: bytes | memoryview) -> None:
+    """Hand ``buf`` on to the next segment once ``segment``, a view of it, is read."""
+    if isinstance(segment, memoryview):
+        try:
+            segment.release()
+        except BufferError:
+            return  # something holds on to it: the buffer is not reused
+    _segment_buffers.give(buf)
 
 
 class _Puts:
@@ -279,15 +294,23 @@ class Replica:
             return False
         end = min(end, full)
         with shadow.read_segment(pos, end) as (data, commits):
-            segment = codec.encode_segment(data, commits)
+            buf = _segment_buffers.take(codec.segment_bound(len(data), len(commits)))
+            size = codec.encode_segment_into(buf, data, commits)
+        segment: bytes | memoryview = memoryview(buf)[:size]
         if self.age is not None:
-            segment = self.age.encrypt(segment)  # commit times included: nothing readable at rest
+            # Commit times included: nothing readable at rest.
+            plain, segment = segment, self.age.encrypt(bytes(segment))
+            _give_back(buf, plain)
+            buf = bytearray()
         # The segment's timestamp is its last commit's capture time, so even
         # Go Litestream's timestamp rule (file mtime) lands close to exact.
         created_at = datetime.fromtimestamp(commits[-1][1] / 1e9, timezone.utc) if commits else _now()
 
         def put() -> None:
-            self.client.write_wal_segment(pos, segment, created_at)
+            try:
+                self.client.write_wal_segment(pos, segment, created_at)
+            finally:
+                _give_back(buf, segment)
             self._set_pos(Pos(pos.generation, pos.index, end))
             self.stats.shipped(end - pos.offset, commits[-1][1] if commits else None)
             log.debug("%s: wal segment written %s (%d bytes)", self.name, pos, end - pos.offset,

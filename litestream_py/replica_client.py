@@ -69,7 +69,7 @@ class ReplicaClient(ReplicaReader, Protocol):
     def delete_snapshot(self, generation: str, index: int) -> None: ...
 
     def write_wal_segment(
-        self, pos: Pos, data: bytes, created_at: datetime | None = None
+        self, pos: Pos, data: bytes | memoryview, created_at: datetime | None = None
     ) -> WALSegmentInfo:
         """Store compressed segment bytes; ``created_at`` becomes its timestamp where the backend allows."""
         ...

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -28,12 +27,16 @@ from .fsutil import ReadBuffers, atomic_write, fsync_dir, read_buffers, read_pie
 from .pos import Pos
 from .ship_policy import MAX_SEGMENT_SIZE
 from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align, frame_headers, scan_frames
+from .wal_window import FileWindow, HeldWindow, WALWindow, commit_time
 
 __all__ = ["ShadowWAL", "WALTail", "COPY_CHUNK_SIZE", "COPY_PROGRESS_BYTES", "MAX_WAL_TAIL"]
 
 # Copy the WAL in bounded pieces so a WAL that grew while lsr was down does not
 # have to fit in memory at once.
 COPY_CHUNK_SIZE = 256 << 10
+# ... doubled, up to this, while a transaction goes on (fewer calls; the window
+# holds the transaction and one piece, so larger pieces only cost memory).
+MAX_COPY_CHUNK_SIZE = 4 * COPY_CHUNK_SIZE
 # The most WAL a checkpoint reads into memory under the write lock (read_wal_tail):
 # a bound on lsr's memory, as the application rarely commits more while lsr waits for the lock.
 MAX_WAL_TAIL = 4 << 20
@@ -43,35 +46,10 @@ MAX_WAL_TAIL = 4 << 20
 COPY_PROGRESS_BYTES = MAX_SEGMENT_SIZE
 
 
-def _commit_time(wal_fd: int) -> int:
-    """When the commits just read from the WAL were made, as time_ns: an upper bound.
-
-    The WAL's mtime, taken after the read, is the time of the last write to it,
-    and so no earlier than any commit the read returned; it does not lag behind
-    the commit when lsr is slow to get to the read (a loaded machine), as the
-    time of the read does. The read's own time bounds it from above (a clock
-    step, an mtime set by hand). Of several commits in one read, all but the
-    last are stamped late: that is as much as the kernel can prove.
-    """
-    now = time.time_ns()
-    return min(os.fstat(wal_fd).st_mtime_ns, now)
-
-
 # Shared by every database's copies: one buffer, as large as the largest
-# chunk so far (a burst's transactions), waits for reuse. A fresh bytes per
-# read would be a new mapping whose pages fault in as the read fills it.
+# transaction so far (a burst's) and a piece, waits for reuse. A fresh bytes
+# per read would be a new mapping whose pages fault in as the read fills it.
 _copy_buffers = ReadBuffers(max_kept=2 * MAX_WAL_TAIL)
-
-
-@contextmanager
-def _wal_chunk(fd: int, tail: WALTail | None, offset: int, size: int) -> Iterator[tuple[memoryview, int]]:
-    """Up to ``size`` WAL bytes from ``offset``, from ``tail`` when given, and
-    when they were read (see _commit_time); valid inside the ``with`` only."""
-    if tail is not None:
-        yield memoryview(tail.data)[offset - tail.offset:][:size], tail.captured
-        return
-    with _copy_buffers.pread(fd, size, offset) as data:
-        yield data, _commit_time(fd)
 
 
 @dataclass
@@ -94,6 +72,8 @@ class ShadowWAL:
         self._durable_lock = threading.Lock()
         # A shadow's header never changes: read once per index (shippers ask on every segment).
         self._headers: dict[tuple[str, int], WALHeader] = {}
+        # A transaction's first frames, read and verified by the last copy (see wal_window).
+        self._kept: tuple[str, int, FileWindow] | None = None
 
     # -- layout ------------------------------------------------------------
     # Plain formatting, not os.path.join: several of these are built per sync
@@ -249,14 +229,17 @@ class ShadowWAL:
             return None  # too much to hold in memory at once: copy it the usual way
         with open(wal_path, "rb") as wal:
             data = os.pread(wal.fileno(), wal_end - offset, offset) if wal_end > offset else b""
-            captured = _commit_time(wal.fileno())
+            captured = commit_time(wal.fileno())
         return WALTail(offset, data, captured)
 
     def append(self, generation: str, index: int, wal_path: str, tail: WALTail | None = None,
-               progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+               progress: Callable[[int], None] | None = None, committed_end: int | None = None) -> tuple[int, int]:
         """Append the WAL's newly committed, checksum-verified frames to shadow index
         ``index``; returns its (old, new) size. ``progress`` is called with the
         size so far every COPY_PROGRESS_BYTES, the commits' times recorded first.
+        ``committed_end``: where the WAL's last commit ends, from the wal-index
+        (None: unknown); the frames the last copy kept are read again if it
+        falls among them (see _window).
 
         Reads only the bytes past the shadow's end, or takes them from ``tail``
         (see read_wal_tail). Not fsynced here: a replica makes what it ships
@@ -279,32 +262,85 @@ class ShadowWAL:
             if tail is not None and tail.offset != size:
                 raise DatabaseError(f"shadow wal {path} changed while lsr held the wal's tail")
             with open(wal_path, "rb") as wal:
-                # Start small: past the live end of a restarted WAL lie stale
-                # frames that every sync would otherwise read again. (Bounded
-                # pieces of a held tail too: scanning makes copies of each.)
-                chunk = max(COPY_CHUNK_SIZE // frame_size, 1) * frame_size
-                while True:
-                    with _wal_chunk(wal.fileno(), tail, size, chunk) as (data, captured):
-                        if len(data) < frame_size:
+                window = self._window(generation, index, size, (s0, s1), tail, committed_end)
+                resumed = window.verified > 0
+                try:
+                    # Start small: past the live end of a restarted WAL lie stale
+                    # frames that every sync would otherwise read again. (Bounded
+                    # pieces of a held tail too: scanning makes copies of each.)
+                    chunk = max(COPY_CHUNK_SIZE // frame_size, 1) * frame_size
+                    while True:
+                        if isinstance(window, FileWindow):
+                            window.fd = wal.fileno()
+                        got, captured = window.extend(chunk)
+                        scanned = window.verified
+                        unverified = window.have - scanned
+                        if unverified < frame_size:
                             break
-                        result = scan_frames(data, header, (s0, s1))
+                        with window.view(scanned, window.have) as data:
+                            result = scan_frames(data, header, window.checksum)
+                        if resumed and not result.frames:
+                            # What follows the frames kept from the last copy does
+                            # not continue them: they were rewritten since (see
+                            # wal_window). Read from the shadow's end again.
+                            window.close()
+                            window, resumed = FileWindow(size, (s0, s1), _copy_buffers), False
+                            continue
+                        resumed = False
+                        window.verified = scanned + result.frames * frame_size
+                        window.checksum = result.frames_checksum
                         if result.committed:
+                            written = scanned + result.committed
                             shadow.seek(size)
-                            shadow.write(data[: result.committed])
-                            commits += [(size + end, captured) for end in result.commits]
-                            size += result.committed
+                            with window.view(0, written) as data:
+                                shadow.write(data)
+                            commits += [(size + scanned + end, captured) for end in result.commits]
+                            window.consume(written)
+                            size += written
                             s0, s1 = result.checksum
                             if progress is not None and size - reported >= COPY_PROGRESS_BYTES:
                                 self.commit_log.record(generation, index, commits)
                                 commits, reported = [], size
                                 progress(size)
-                        if len(data) < chunk or result.frames < len(data) // frame_size:
+                        if got < chunk or result.frames < unverified // frame_size:
                             break  # reached the end of the file (or tail) or of the valid frames
-                        if not result.committed:
-                            chunk *= 2  # one transaction larger than the chunk
+                        if not result.committed and chunk < MAX_COPY_CHUNK_SIZE:
+                            chunk *= 2  # one transaction larger than the pieces so far: fewer, larger reads
+                except BaseException:
+                    window.close()
+                    raise
+                self._set_aside(window, generation, index)
         if commits:
             self.commit_log.record(generation, index, commits)
         return start, size
+
+    def _window(self, generation: str, index: int, size: int, checksum: tuple[int, int],
+                tail: WALTail | None, committed_end: int | None) -> WALWindow:
+        """Where a copy from ``size`` (the shadow's end, ``checksum`` its last frame's)
+        reads: ``tail``, or the WAL, starting with the frames the last copy kept.
+
+        Those held no commit. A commit that ends among them now was written over
+        them (their transaction rolled back, the next one shorter): the chain
+        check of what follows them would not notice, so they are read anew.
+        """
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            window = kept[2]
+            if (tail is None and kept[:2] == (generation, index) and window.offset == size
+                    and committed_end is not None and not size < committed_end <= size + window.verified):
+                return window
+            window.close()
+        if tail is not None:
+            return HeldWindow(tail.data, checksum, tail.captured)
+        return FileWindow(size, checksum, _copy_buffers)
+
+    def _set_aside(self, window: WALWindow, generation: str, index: int) -> None:
+        """Keep the verified frames of a transaction still being written for the next copy."""
+        if isinstance(window, FileWindow) and window.verified:
+            window.keep_verified()
+            self._kept = (generation, index, window)
+        else:
+            window.close()
 
     def make_durable(self, generation: str, index: int, end: int) -> None:
         """fsync shadow index ``index`` if its first ``end`` bytes may not be on disk yet.

@@ -62,9 +62,12 @@ SHM_BACKFILL_OFFSET = 96
 class WalIndex:
     """The -shm header fields lsr reads (all 0 for a missing or empty -shm)."""
 
-    __slots__ = ("mx_frame", "backfilled", "page_size")
+    __slots__ = ("mx_frame", "backfilled", "page_size", "settled")
 
     def __init__(self, shm: bytes) -> None:
+        # Both copies alike: not read while a commit rewrote them (SQLite's own test).
+        half = WAL_INDEX_HDR_COPIES_SIZE // 2
+        self.settled = len(shm) >= WAL_INDEX_HEADER_SIZE and shm[:half] == shm[half:WAL_INDEX_HDR_COPIES_SIZE]
         if len(shm) < WAL_INDEX_HEADER_SIZE:
             self.mx_frame = self.backfilled = self.page_size = 0
             return

@@ -228,13 +228,16 @@ class ScanResult:
     """What a scan over frames found valid.
 
     ``committed`` counts the bytes through the last commit frame; ``commits`` lists
-    the end offset (relative to the scan start) of every commit frame.
+    the end offset (relative to the scan start) of every commit frame. ``frames``
+    counts the valid frames, and ``frames_checksum`` is the checksum after the
+    last of them: a later scan continues from there (a transaction read in pieces).
     """
 
     committed: int
     checksum: tuple[int, int]
     commits: list[int]
     frames: int
+    frames_checksum: tuple[int, int]
 
 
 _FRAME_WEIGHTS: dict[int, np.ndarray] = {}
@@ -384,12 +387,15 @@ def scan_frames(
     check = check_frames(data, header, start_checksum)
     if check.problem and strict:
         raise WALFormatError(f"cannot verify wal frame at +{check.valid * frame_size}: {check.problem}")
+    valid = check.valid
+    frames_checksum = (int(check.sums[-1, 0]), int(check.sums[-1, 1])) if valid else start_checksum
     commit_frames = np.flatnonzero(check.fields[:, 1])
     if len(commit_frames) == 0:
-        return ScanResult(0, start_checksum, [], check.valid)
+        return ScanResult(0, start_checksum, [], valid, frames_checksum)
     last = int(commit_frames[-1])
     commits = ((commit_frames + 1) * frame_size).tolist()
-    return ScanResult(commits[-1], (int(check.sums[last, 0]), int(check.sums[last, 1])), commits, check.valid)
+    return ScanResult(commits[-1], (int(check.sums[last, 0]), int(check.sums[last, 1])), commits, valid,
+                      frames_checksum)
 
 
 # Bytes per lane in checksum_chain_py: a lane sums up to 8194 products of two

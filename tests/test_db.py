@@ -17,7 +17,8 @@ import pytest
 
 from litestream_py.db import DB
 from litestream_py.pos import Pos
-from litestream_py.shadow import COPY_PROGRESS_BYTES
+from litestream_py import shadow as shadow_module
+from litestream_py.shadow import COPY_CHUNK_SIZE, COPY_PROGRESS_BYTES
 from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader
 from support.app import AppProcess
 from support.sqlite import integrity_ok, open_app_db, rows
@@ -230,6 +231,85 @@ def _copied_in_parts(app: AppProcess, db: DB[Any]) -> None:
     assert times and times[-1][0] == pos.offset  # the commits it holds are dated
     assert seen[-1][0] == end and len(seen[-1][1]) == 3
     assert _shadow_continues_wal(db)
+
+
+@pytest.fixture
+def frames_verified(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The whole frames each verification of the shadow copy is handed (a spy on scan_frames)."""
+    seen: list[int] = []
+    real_scan = shadow_module.scan_frames
+
+    def scan(data: Any, header: WALHeader, *args: Any, **kwargs: Any) -> Any:
+        seen.append(len(data) // (WAL_FRAME_HEADER_SIZE + header.page_size))
+        return real_scan(data, header, *args, **kwargs)
+
+    monkeypatch.setattr(shadow_module, "scan_frames", scan)
+    return seen
+
+
+def test_a_transaction_larger_than_a_read_is_read_and_verified_once(
+        tmp_path: Path, app: AppProcess, frames_verified: list[int]) -> None:
+    """The copy reads the WAL in pieces of COPY_CHUNK_SIZE and up; a transaction
+    larger than a piece is read on behind its first frames, not from its start
+    again (which verified a burst's WAL about twice)."""
+    with _restarted(str(tmp_path / "app.db"), min_checkpoint_page_count=10**6) as db:
+        app.insert(1)
+        db.sync()
+        start = db.pos()
+        for _ in range(2):
+            app.execute(BIG_TRANSACTION)
+        frames_verified.clear()
+        db.sync()
+        end = db.pos()
+        frame_size = WAL_FRAME_HEADER_SIZE + db.page_size
+        assert end.offset - start.offset > 2 * COPY_CHUNK_SIZE
+        assert sum(frames_verified) * frame_size == end.offset - start.offset
+        assert _shadow_continues_wal(db)
+
+
+def _spilled(app: AppProcess, db: DB[Any]) -> Pos:
+    """lsr copies a first commit, then the application begins a large transaction
+    whose frames spill into the WAL before COMMIT; returns the shadow's position."""
+    app.insert(1)
+    db.sync()
+    app.execute("PRAGMA cache_size = 10")
+    app.execute("BEGIN")
+    app.execute(BIG_TRANSACTION)
+    assert os.path.getsize(db.wal_path) > db.pos().offset + 2 * COPY_CHUNK_SIZE  # uncommitted frames to read
+    return db.pos()
+
+
+def test_a_transaction_being_written_is_verified_once_over_two_copies(
+        tmp_path: Path, app: AppProcess, frames_verified: list[int]) -> None:
+    """A copy keeps the verified frames of a transaction not yet committed for the next copy."""
+    with _restarted(str(tmp_path / "app.db"), min_checkpoint_page_count=10**6) as db:
+        start = _spilled(app, db)
+        frames_verified.clear()
+        db.sync()
+        assert db.pos() == start and sum(frames_verified) > 0  # read and verified, nothing to copy yet
+        app.execute("COMMIT")
+        db.sync()
+        frame_size = WAL_FRAME_HEADER_SIZE + db.page_size
+        assert db.pos().offset == os.path.getsize(db.wal_path)
+        assert sum(frames_verified) * frame_size == db.pos().offset - start.offset
+        assert _shadow_continues_wal(db)
+
+
+def test_frames_kept_from_a_rolled_back_transaction_are_not_copied(tmp_path: Path, app: AppProcess) -> None:
+    """The frames kept for the next copy are gone from the WAL when their
+    transaction rolls back and the next one is written over them: that one is
+    read anew, and the shadow holds the WAL as it is."""
+    with _restarted(str(tmp_path / "app.db"), min_checkpoint_page_count=10**6) as db:
+        start = _spilled(app, db)
+        db.sync()
+        assert db.pos() == start
+        app.execute("ROLLBACK")
+        app.execute("PRAGMA cache_size = -2000")
+        app.insert(3)
+        db.sync()
+        assert db.pos().offset > start.offset  # the three commits, read anew
+        assert _shadow_continues_wal(db)
+        assert app.execute("SELECT count(*) FROM t") == [[4]]
 
 
 def test_a_quiet_database_says_when_its_interval_checkpoint_falls_due(db_path: Path) -> None:

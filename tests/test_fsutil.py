@@ -93,3 +93,18 @@ def test_a_buffer_still_in_use_is_not_reused(data_fd: tuple[int, bytes]) -> None
     with buffers.pread(fd, MiB, 2 * MiB) as view:
         assert view.obj is not kept.base.obj
     assert bytes(kept) == data[:MiB]
+
+
+def test_two_kept_buffers_serve_a_write_in_flight_and_the_next_segment() -> None:
+    """The shipper's segment buffers: one is written on the put thread while the
+    next segment is encoded into the other; neither is allocated anew after the first round."""
+    buffers = ReadBuffers(kept=2)
+    first, second = buffers.take(MiB), buffers.take(MiB)
+    buffers.give(first)
+    buffers.give(second)
+    again = {id(buffers.take(MiB)), id(buffers.take(MiB))}
+    assert again == {id(first), id(second)}
+    buffers.give(bytearray(MiB))
+    buffers.give(bytearray(2 * MiB))
+    buffers.give(bytearray(3 * MiB))
+    assert sorted(len(buffers.take(1)) for _ in range(3)) == [1, 2 * MiB, 3 * MiB]  # the two largest kept

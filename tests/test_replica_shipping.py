@@ -136,7 +136,7 @@ def test_a_backlog_segment_is_written_while_the_next_is_compressed(tmp_path: Pat
     app, db, client, replica = engine
     _backlog(app, db, replica)
     encoded, overlapped = [0], []
-    encode, write = codec.encode_segment, client.write_wal_segment
+    encode, write = codec.encode_segment_into, client.write_wal_segment
 
     def counted_encode(*args, **kwargs):
         encoded[0] += 1
@@ -150,7 +150,7 @@ def test_a_backlog_segment_is_written_while_the_next_is_compressed(tmp_path: Pat
             overlapped.append(encoded[0] > seen)
         return write(pos, data, created_at)
 
-    monkeypatch.setattr(codec, "encode_segment", counted_encode)
+    monkeypatch.setattr(codec, "encode_segment_into", counted_encode)
     monkeypatch.setattr(client, "write_wal_segment", slow_first_write)
     assert replica.sync() and replica.pos() == db.pos()
     assert overlapped == [True]
@@ -238,8 +238,8 @@ def test_shadow_frames_are_on_disk_before_they_are_shipped(tmp_path: Path, engin
 
     real_write = client.write_wal_segment
 
-    def spy_write(pos: Pos, data: bytes, created_at: datetime | None = None) -> WALSegmentInfo:
-        end = pos.offset + len(codec.decode_segment(data)[0])
+    def spy_write(pos: Pos, data: bytes | memoryview, created_at: datetime | None = None) -> WALSegmentInfo:
+        end = pos.offset + len(codec.decode_segment(bytes(data))[0])
         events.append(("ship", db.shadow.wal_path(pos.generation, pos.index), end))
         return real_write(pos, data, created_at)
 
@@ -281,3 +281,23 @@ def test_snapshot_interval_and_retention_run_inside_the_sidecar(tmp_path: Path, 
     out = tmp_path / "out.db"
     assert run_lsr("restore", "-o", str(out), f"file://{replica}").returncode == 0
     assert rows(out, "SELECT count(*) FROM t") == rows(db, "SELECT count(*) FROM t")
+
+
+@pytest.mark.parametrize("source", ["view", "bytes", "empty", "without liblz4's exports"])
+def test_a_segment_encoded_in_place_is_the_one_lz4_frame_compress_writes(
+        source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipper's segments come from liblz4's frame compressor called into a
+    reused buffer (codec.encode_segment_into), not from python-lz4's compress:
+    the same bytes, byte for byte, whatever holds the WAL bytes (and through
+    python-lz4 where its extension does not export liblz4's functions)."""
+    if source.startswith("without"):
+        monkeypatch.setattr(codec, "_lz4f", None)
+    wal = b"" if source == "empty" else (os.urandom(300_000).hex().encode() + bytes(200_000))
+    commits = [(WAL_HEADER_SIZE + 4120, 1_700_000_000_123_456_789)] if wal else []
+    held = bytearray(b"x" * 10 + wal)
+    data = memoryview(held)[10:] if source == "view" else wal
+    out = bytearray(b"\xff" * (codec.segment_bound(len(wal), len(commits)) + 5))
+    size = codec.encode_segment_into(out, data, commits)
+    assert bytes(out[:size]) == codec.encode_segment(wal, commits)
+    assert codec.decode_segment(bytes(out[:size])) == (wal, commits)
+    assert out[size:] == b"\xff" * (len(out) - size)  # nothing written past the segment

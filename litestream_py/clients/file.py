@@ -94,11 +94,11 @@ class FileReplicaClient:
             infos.append(SnapshotInfo(generation, index, st.st_size, _mtime(st)))
         return sorted(infos, key=lambda i: i.index)
 
-    def _write(self, path: str, src: BinaryIO | bytes, created_at: datetime | None) -> os.stat_result:
+    def _write(self, path: str, src: BinaryIO | bytes | memoryview, created_at: datetime | None) -> os.stat_result:
         try:
             # Directories are made when missing, not checked before every write.
             with atomic_write(path, FILE_MODE, dir_mode=DIR_MODE) as f:
-                if isinstance(src, bytes):
+                if isinstance(src, (bytes, memoryview)):
                     f.write(src)
                 else:
                     import shutil
@@ -151,7 +151,7 @@ class FileReplicaClient:
             infos.append(WALSegmentInfo(generation, index, offset, st.st_size, _mtime(st)))
         return sorted(infos, key=lambda i: (i.index, i.offset))
 
-    def write_wal_segment(self, pos: Pos, data: bytes, created_at: datetime | None = None) -> WALSegmentInfo:
+    def write_wal_segment(self, pos: Pos, data: bytes | memoryview, created_at: datetime | None = None) -> WALSegmentInfo:
         path = paths.wal_segment_path(self.root, pos.generation, pos.index, pos.offset)
         st = self._write(path, data, created_at)
         return WALSegmentInfo(pos.generation, pos.index, pos.offset, st.st_size, _mtime(st))

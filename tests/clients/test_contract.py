@@ -152,6 +152,16 @@ def test_wal_segment_round_trip(backend: Backend) -> None:
     assert _near_now(listed.created_at)
 
 
+def test_wal_segment_from_a_view_of_a_larger_buffer(backend: Backend) -> None:
+    """The shipper hands a segment over as a view of its reused encoding buffer:
+    the view's bytes are stored, nothing before or after them."""
+    buf = bytearray(os.urandom(3000))
+    with memoryview(buf)[100:1100] as view:
+        info = backend.client.write_wal_segment(Pos(GEN_A, 3, 0), view)
+    assert info.size == 1000
+    assert backend.client.read_wal_segment(Pos(GEN_A, 3, 0)) == bytes(buf[100:1100])
+
+
 def test_wal_segments_sorted_by_index_then_offset(backend: Backend) -> None:
     c = backend.client
     order = [(2, 0), (1, 8192), (1, 0), (0x10, 0), (1, 4096), (2, 32)]

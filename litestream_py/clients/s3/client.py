@@ -425,7 +425,7 @@ class S3ReplicaClient:
             infos.append(WALSegmentInfo(generation, index, offset, o.size, _utc(o.last_modified)))
         return sorted(infos, key=lambda i: (i.index, i.offset))
 
-    def write_wal_segment(self, pos: Pos, data: bytes, created_at: datetime | None = None) -> WALSegmentInfo:
+    def write_wal_segment(self, pos: Pos, data: bytes | memoryview, created_at: datetime | None = None) -> WALSegmentInfo:
         key = paths.wal_segment_path(self.path, pos.generation, pos.index, pos.offset)
         self._upload(key, "wal segment", io.BytesIO(data), len(data), _format_crc(data))
         return WALSegmentInfo(pos.generation, pos.index, pos.offset, len(data), created_at or _now())
