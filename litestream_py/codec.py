@@ -18,6 +18,7 @@ __all__ = [
     "compress_stream",
     "decompress_stream",
     "encode_segment",
+    "write_segment",
     "decode_segment",
     "merged_count",
     "snapshot_header",
@@ -142,11 +143,24 @@ def encode_segment(data: bytes | memoryview, commits: list[tuple[int, int]], mer
     """LZ4-compress WAL bytes, prefixed with the commits' capture times (and,
     for a merged segment, the count of shipped segments it replaces)."""
     body = compress(data)
+    return _segment_head(commits, merged) + body
+
+
+def write_segment(dst: BinaryIO, parts: Iterable[bytes], commits: list[tuple[int, int]], merged: int = 0) -> None:
+    """``encode_segment`` of the concatenated ``parts``, streamed into ``dst``:
+    neither the WAL bytes nor the compressed segment are held whole (a merged
+    segment is many MiB; see compaction)."""
+    dst.write(_segment_head(commits, merged))
+    for piece in compress_iter(parts):
+        dst.write(piece)
+
+
+def _segment_head(commits: list[tuple[int, int]], merged: int) -> bytes:
     head = _skippable(MERGED_TAG + _MERGED.pack(merged)) if merged > 1 else b""
     if commits:
         entries = b"".join(COMMIT_ENTRY.pack(o, t) for o, t in commits)
         head += _skippable(COMMIT_TIMES_TAG + struct.pack("<I", len(commits)) + entries)
-    return head + body
+    return head
 
 
 def _frames(blob: bytes) -> tuple[list[bytes], int]:

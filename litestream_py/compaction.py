@@ -25,10 +25,11 @@ delete segments, so both hold the replica's ``prune_lock``.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import BinaryIO, Callable, Iterator
 
 from . import codec
 from .errors import NotFoundError
@@ -219,9 +220,9 @@ class Compactor:
     def _flush(self, p: _Pass, group: list[_Member]) -> None:
         if len(group) < 2:
             return
-        parts: list[bytes] = []
+        members: list[_Member] = []
         commits: Commits = []
-        merged = 0
+        merged = length = 0
         for listed in group:
             m = listed if listed.blob is not None else self._read(listed.seg)
             assert m.blob is not None
@@ -229,25 +230,29 @@ class Compactor:
             merged += m.merged
             if len(data) != listed.length:  # replaced since it was listed: a later pass sees the new one
                 return
-            parts.append(data)
+            members.append(m)
+            length += len(data)
             commits.extend(times or self._go_commit_times(m.seg, data))
-        data = b"".join(parts)
+        del data  # the members hold the bytes: _let_go lets each go in turn
         first, last = group[0].seg, group[-1].seg
-        # The last part's time: listings keep dating the merged object like the
-        # newest of what it replaces (Go's -timestamp reads listing times).
-        blob = codec.encode_segment(data, commits, merged)
-        if self.seal is not None:
-            blob = self.seal(blob)
-        self.guard()
-        info = self.client.write_wal_segment(first.pos, blob, last.created_at)
-        self._lengths[(info.pos, info.size)] = len(data)
+        # Streamed through a temporary file: joined, compressed and framed in
+        # memory, a merged segment of max_size held four copies of itself.
+        with tempfile.TemporaryFile(prefix="lsr-compact-") as tmp:
+            codec.write_segment(tmp, _let_go(group, members), commits, merged)
+            tmp.seek(0)
+            # The last part's time: listings keep dating the merged object like the
+            # newest of what it replaces (Go's -timestamp reads listing times).
+            blob: bytes | BinaryIO = tmp if self.seal is None else self.seal(tmp.read())
+            self.guard()
+            info = self.client.write_wal_segment(first.pos, blob, last.created_at)
+        self._lengths[(info.pos, info.size)] = length
         self.guard()
         self.client.delete_wal_segments([m.seg.pos for m in group[1:]])
         self.stats.merged += len(group)
         self.stats.written += 1
-        self.stats.bytes += len(data)
-        p.budget -= len(data)
-        log.info("%s: compacted %d wal segments into %s (%d bytes)", self.name, len(group), first.pos, len(data),
+        self.stats.bytes += length
+        p.budget -= length
+        log.info("%s: compacted %d wal segments into %s (%d bytes)", self.name, len(group), first.pos, length,
                  extra={"replica": self.name, "generation": first.generation, "pos": str(first.pos)})
 
     def _go_commit_times(self, seg: WALSegmentInfo, data: bytes) -> Commits:
@@ -267,6 +272,16 @@ class Compactor:
             head, _ = codec.decode_segment(self.reader.read_wal_segment(Pos(generation, index, 0)))
             size = self._page_sizes[(generation, index)] = WALHeader.parse(head[:WAL_HEADER_SIZE], verify=False).page_size
         return size
+
+
+def _let_go(group: list[_Member], members: list[_Member]) -> Iterator[bytes]:
+    """The members' WAL bytes in order, each dropped by the group once handed
+    over: the compressor holds one member's bytes at a time, not the group's."""
+    for listed, m in zip(group, members):
+        assert m.blob is not None
+        data = m.blob[0]
+        listed.blob = m.blob = None
+        yield data
 
 
 def segment_extent(client: ReplicaReader, seg: WALSegmentInfo) -> tuple[int, int]:

@@ -143,7 +143,7 @@ class FileReplicaClient:
             infos.append(WALSegmentInfo(generation, index, offset, st.st_size, _mtime(st)))
         return sorted(infos, key=lambda i: (i.index, i.offset))
 
-    def write_wal_segment(self, pos: Pos, data: bytes, created_at: datetime | None = None) -> WALSegmentInfo:
+    def write_wal_segment(self, pos: Pos, data: bytes | BinaryIO, created_at: datetime | None = None) -> WALSegmentInfo:
         path = paths.wal_segment_path(self.root, pos.generation, pos.index, pos.offset)
         st = self._write(path, data, created_at)
         return WALSegmentInfo(pos.generation, pos.index, pos.offset, st.st_size, _mtime(st))
