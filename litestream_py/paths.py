@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 
 from .errors import LitestreamError
 
@@ -62,7 +61,8 @@ _SHADOW_WAL_RE = re.compile(r"^([0-9a-f]{8})\.wal$")
 
 
 def new_generation_name() -> str:
-    return secrets.token_hex(GENERATION_NAME_LEN // 2)
+    # Not the secrets module: it imports hashlib, which maps OpenSSL (see digest.py).
+    return os.urandom(GENERATION_NAME_LEN // 2).hex()
 
 
 def is_generation_name(name: str) -> bool:

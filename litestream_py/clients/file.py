@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -13,6 +12,7 @@ from typing import BinaryIO, Iterable, Iterator
 
 from .. import paths
 from ..config import ReplicaConfig, expand_path, parse_replica_url
+from ..digest import digest_hex
 from ..errors import ConfigError, LitestreamError, NotFoundError, PreconditionFailedError, StorageError
 from ..fsutil import atomic_write, fsync_dir
 from ..pos import LeaseObject, Pos, SnapshotInfo, WALSegmentInfo
@@ -196,7 +196,7 @@ class FileReplicaClient:
             return None
         except OSError as exc:
             raise StorageError(f"cannot read lease {path}: {exc.strerror}") from exc
-        return LeaseObject(data, hashlib.sha256(data).hexdigest())
+        return LeaseObject(data, digest_hex(data))
 
     def write_lease(self, data: bytes, expect: str | None, durable: bool = True) -> str:
         path = paths.lease_path(self.root)
@@ -208,7 +208,7 @@ class FileReplicaClient:
                     f"cannot write lease {path}: it is at version {found or 'none'}, expected {expect or 'none'}"
                 )
             self._write(path, data, None, durable)
-        return hashlib.sha256(data).hexdigest()
+        return digest_hex(data)
 
     def delete_lease(self, expect: str) -> None:
         with self._lease_lock():
