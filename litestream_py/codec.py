@@ -58,7 +58,7 @@ def compress(data: bytes | memoryview) -> bytes:
     return out
 
 
-def decompress(data: bytes, what: str = "object") -> bytes:
+def decompress(data: bytes | memoryview, what: str = "object") -> bytes:
     try:
         return lz4.frame.decompress(data)  # type: ignore[no-any-return]
     except RuntimeError as exc:
@@ -70,7 +70,11 @@ def compress_iter(chunks: Iterable[bytes]) -> Iterator[bytes]:
     c = _compressor()
     yield c.begin()
     for chunk in chunks:
-        yield c.compress(chunk)
+        out = c.compress(chunk)
+        # Neither is held while the next chunk is made (compaction reads and decodes it).
+        del chunk
+        yield out
+        del out
     yield c.flush()
 
 
@@ -153,6 +157,7 @@ def write_segment(dst: BinaryIO, parts: Iterable[bytes], commits: list[tuple[int
     dst.write(_segment_head(commits, merged))
     for piece in compress_iter(parts):
         dst.write(piece)
+        del piece  # see compress_iter
 
 
 def _segment_head(commits: list[tuple[int, int]], merged: int) -> bytes:
@@ -187,7 +192,7 @@ def decode_segment(blob: bytes, what: str = "wal segment") -> tuple[bytes, list[
             if len(payload) < base + count * COMMIT_ENTRY.size:
                 raise ChecksumMismatchError(f"cannot decode {what}: truncated commit times")
             commits = [COMMIT_ENTRY.unpack_from(payload, base + i * COMMIT_ENTRY.size) for i in range(count)]
-    return decompress(blob[start:], what), commits
+    return decompress(memoryview(blob)[start:], what), commits
 
 
 def merged_count(blob: bytes) -> int:

@@ -268,6 +268,7 @@ class Compactor:
             if again.length != m.length or again.commits != m.commits:
                 raise _Replaced(str(m.seg.pos))
             yield data
+            del data  # before the next member is read
 
     def _go_commit_times(self, seg: WALSegmentInfo, data: bytes) -> Commits:
         """Commits of a segment without recorded times (written by Go, or by lsr
