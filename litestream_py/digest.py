@@ -10,7 +10,10 @@ it is used.
 
 from __future__ import annotations
 
-from _blake2 import blake2b
+try:
+    from _blake2 import blake2b
+except ImportError:  # a CPython built without it: hashlib's then comes from OpenSSL
+    from hashlib import blake2b
 
 __all__ = ["digest_hex"]
 
