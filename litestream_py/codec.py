@@ -22,6 +22,7 @@ __all__ = [
     "encode_segment",
     "encode_segment_into",
     "segment_bound",
+    "write_segment",
     "decode_segment",
     "merged_count",
     "snapshot_header",
@@ -68,7 +69,7 @@ def compress(data: bytes | memoryview) -> bytes:
     return out
 
 
-def decompress(data: bytes, what: str = "object") -> bytes:
+def decompress(data: bytes | memoryview, what: str = "object") -> bytes:
     try:
         return lz4.frame.decompress(data)  # type: ignore[no-any-return]
     except RuntimeError as exc:
@@ -80,7 +81,11 @@ def compress_iter(chunks: Iterable[bytes]) -> Iterator[bytes]:
     c = _compressor()
     yield c.begin()
     for chunk in chunks:
-        yield c.compress(chunk)
+        out = c.compress(chunk)
+        # Neither is held while the next chunk is made (compaction reads and decodes it).
+        del chunk
+        yield out
+        del out
     yield c.flush()
 
 
@@ -147,6 +152,16 @@ _MERGED = struct.Struct("<I")
 
 def _skippable(payload: bytes) -> bytes:
     return struct.pack("<II", SKIPPABLE_MAGIC, len(payload)) + payload
+
+
+def write_segment(dst: BinaryIO, parts: Iterable[bytes], commits: list[tuple[int, int]], merged: int = 0) -> None:
+    """``encode_segment`` of the concatenated ``parts``, streamed into ``dst``:
+    neither the WAL bytes nor the compressed segment are held whole (a merged
+    segment is many MiB; see compaction)."""
+    dst.write(_segment_head(commits, merged))
+    for piece in compress_iter(parts):
+        dst.write(piece)
+        del piece  # see compress_iter
 
 
 def _segment_head(commits: list[tuple[int, int]], merged: int) -> bytes:
@@ -263,7 +278,7 @@ def decode_segment(blob: bytes, what: str = "wal segment") -> tuple[bytes, list[
             if len(payload) < base + count * COMMIT_ENTRY.size:
                 raise ChecksumMismatchError(f"cannot decode {what}: truncated commit times")
             commits = [COMMIT_ENTRY.unpack_from(payload, base + i * COMMIT_ENTRY.size) for i in range(count)]
-    return decompress(blob[start:], what), commits
+    return decompress(memoryview(blob)[start:], what), commits
 
 
 def merged_count(blob: bytes) -> int:

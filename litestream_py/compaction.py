@@ -25,10 +25,11 @@ delete segments, so both hold the replica's ``prune_lock``.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import BinaryIO, Callable, Iterator
 
 from . import codec
 from .errors import NotFoundError
@@ -81,10 +82,16 @@ class CompactionStats:
 
 @dataclass
 class _Member:
+    """A segment of a group to merge; its WAL bytes are not held (see _flush)."""
+
     seg: WALSegmentInfo
     length: int  # WAL bytes
-    blob: tuple[bytes, Commits] | None = None  # decoded, once downloaded
-    merged: int = 1  # shipped segments it holds (known once downloaded)
+    commits: Commits | None = None  # its commits' times, once read
+    merged: int = 1  # shipped segments it holds (known once read)
+
+
+class _Replaced(Exception):
+    """A member's bytes changed between the two reads of a pass (see _flush)."""
 
 
 @dataclass
@@ -184,7 +191,7 @@ class Compactor:
         end = -1  # where the last segment seen ends
         for seg in segs:
             known = self._lengths.get((seg.pos, seg.size))
-            member = self._read(seg) if known is None else _Member(seg, known)
+            member = self._read(seg)[0] if known is None else _Member(seg, known)
             if end >= 0 and seg.offset < end:
                 if seg.offset + member.length <= end:
                     p.covered.append(seg)  # left by an interrupted pass: merged already
@@ -204,7 +211,8 @@ class Compactor:
                 return
         self._flush(p, group)
 
-    def _read(self, seg: WALSegmentInfo) -> _Member:
+    def _read(self, seg: WALSegmentInfo) -> tuple[_Member, bytes]:
+        """A segment as a member of a group, with its WAL bytes."""
         raw = self.reader.read_wal_segment(seg.pos)
         if self.seal is None and is_age(raw):
             # Merged in plaintext, it would undo the encryption.
@@ -214,41 +222,53 @@ class Compactor:
         self._lengths[(seg.pos, seg.size)] = len(data)
         if seg.offset == 0 and len(data) >= WAL_HEADER_SIZE:
             self._page_sizes[(seg.generation, seg.index)] = WALHeader.parse(data[:WAL_HEADER_SIZE], verify=False).page_size
-        return _Member(seg, len(data), (data, commits), codec.merged_count(raw))
+        member = _Member(seg, len(data), commits or self._go_commit_times(seg, data), codec.merged_count(raw))
+        return member, data
 
     def _flush(self, p: _Pass, group: list[_Member]) -> None:
+        """Merge ``group`` into one segment, streamed: each member is read again as
+        it is compressed, so a pass holds one member's bytes at a time, not the
+        group's (up to max_size) and its merged copies."""
         if len(group) < 2:
             return
-        parts: list[bytes] = []
-        commits: Commits = []
-        merged = 0
-        for listed in group:
-            m = listed if listed.blob is not None else self._read(listed.seg)
-            assert m.blob is not None
-            data, times = m.blob
-            merged += m.merged
-            if len(data) != listed.length:  # replaced since it was listed: a later pass sees the new one
-                return
-            parts.append(data)
-            commits.extend(times or self._go_commit_times(m.seg, data))
-        data = b"".join(parts)
+        for i, listed in enumerate(group):
+            if listed.commits is None:  # its length was known, not its commits
+                group[i] = self._read(listed.seg)[0]
+                if group[i].length != listed.length:
+                    return  # replaced since it was listed: a later pass sees the new one
+        commits = [c for m in group for c in m.commits or []]
+        merged = sum(m.merged for m in group)
+        length = sum(m.length for m in group)
         first, last = group[0].seg, group[-1].seg
-        # The last part's time: listings keep dating the merged object like the
-        # newest of what it replaces (Go's -timestamp reads listing times).
-        blob = codec.encode_segment(data, commits, merged)
-        if self.seal is not None:
-            blob = self.seal(blob)
-        self.guard()
-        info = self.client.write_wal_segment(first.pos, blob, last.created_at)
-        self._lengths[(info.pos, info.size)] = len(data)
+        with tempfile.TemporaryFile(prefix="lsr-compact-") as tmp:
+            try:
+                codec.write_segment(tmp, self._members_bytes(group), commits, merged)
+            except _Replaced:
+                return
+            tmp.seek(0)
+            # The last part's time: listings keep dating the merged object like the
+            # newest of what it replaces (Go's -timestamp reads listing times).
+            blob: bytes | BinaryIO = tmp if self.seal is None else self.seal(tmp.read())
+            self.guard()
+            info = self.client.write_wal_segment(first.pos, blob, last.created_at)
+        self._lengths[(info.pos, info.size)] = length
         self.guard()
         self.client.delete_wal_segments([m.seg.pos for m in group[1:]])
         self.stats.merged += len(group)
         self.stats.written += 1
-        self.stats.bytes += len(data)
-        p.budget -= len(data)
-        log.info("%s: compacted %d wal segments into %s (%d bytes)", self.name, len(group), first.pos, len(data),
+        self.stats.bytes += length
+        p.budget -= length
+        log.info("%s: compacted %d wal segments into %s (%d bytes)", self.name, len(group), first.pos, length,
                  extra={"replica": self.name, "generation": first.generation, "pos": str(first.pos)})
+
+    def _members_bytes(self, group: list[_Member]) -> Iterator[bytes]:
+        """Each member's WAL bytes, read anew; raises _Replaced if one changed meanwhile."""
+        for m in group:
+            again, data = self._read(m.seg)
+            if again.length != m.length or again.commits != m.commits:
+                raise _Replaced(str(m.seg.pos))
+            yield data
+            del data  # before the next member is read
 
     def _go_commit_times(self, seg: WALSegmentInfo, data: bytes) -> Commits:
         """Commits of a segment without recorded times (written by Go, or by lsr

@@ -17,7 +17,6 @@ and a reply with ``"ok"`` and either the answer or ``"error"``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import health
+from .digest import digest_hex
 from .errors import ControlError, LitestreamError, ReplicationTimeoutError
 from .fsutil import atomic_write
 from .paths import meta_dir
@@ -67,7 +67,7 @@ def default_socket_path(db_paths: list[str]) -> str:
     """A short, per-user socket path for a sidecar serving ``db_paths``."""
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     base = os.path.join(runtime, "lsr") if runtime and os.path.isdir(runtime) else f"/tmp/lsr-{os.getuid()}"
-    digest = hashlib.sha256("\n".join(sorted(db_paths)).encode()).hexdigest()[:16]
+    digest = digest_hex("\n".join(sorted(db_paths)).encode(), 8)
     return os.path.join(base, f"{digest}.sock")
 
 

@@ -17,10 +17,13 @@ import io
 import os
 import queue
 import threading
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, cast
 
-import pyrage
-from pyrage import x25519
+# pyrage (and hashlib, which maps OpenSSL) are imported where keys are used:
+# every replica's reader passes through here, and an unencrypted sidecar would
+# otherwise carry both in its resident memory (tests/test_sidecar_footprint.py).
+if TYPE_CHECKING:
+    from pyrage import x25519
 
 from .errors import ChecksumMismatchError, ConfigError, EncryptedReplicaError
 from .pos import Pos, SnapshotInfo, WALSegmentInfo
@@ -60,11 +63,15 @@ class AgeKeys:
         return f"AgeKeys({len(self.identities)} identities, {len(self.recipients)} recipients)"
 
     def encrypt(self, data: bytes) -> bytes:
+        import pyrage
+
         out: bytes = pyrage.encrypt(data, self.recipients)
         return out
 
     def encrypt_chunks(self, chunks: Iterable[bytes], dst: BinaryIO) -> None:
         """Encrypt a stream of plaintext pieces into ``dst`` without holding it whole."""
+        import pyrage
+
         pyrage.encrypt_io(_ChunkReader(iter(chunks)), dst, self.recipients)
 
 
@@ -127,6 +134,8 @@ class AgeReader:
         what = f"wal segment {pos.generation}/{pos.index:08x}_{pos.offset:08x}"
         if self.keys is None or not self.keys.identities:
             raise _decrypt_error(None, what, self.keys)
+        import pyrage
+
         try:
             out: bytes = pyrage.decrypt(blob, self.keys.identities)
         except pyrage.DecryptError as exc:
@@ -197,6 +206,8 @@ class _DecryptStream(io.RawIOBase):
 
     # -- the decrypting thread --------------------------------------------------
     def _run(self) -> None:
+        import pyrage
+
         try:
             pyrage.decrypt_io(self._src, _Sink(self._take), self._keys.identities)
             if self._pending:
@@ -246,6 +257,8 @@ class _DecryptStream(io.RawIOBase):
                 self._eof = True
                 # pyrage reports a bad stream as DecryptError, or as an OSError
                 # without errno from decrypt_io; the source's own errors pass.
+                import pyrage
+
                 if isinstance(item, pyrage.DecryptError) or (type(item) is OSError and not item.errno):
                     raise _decrypt_error(item, self._what, self._keys) from None
                 raise item
@@ -309,14 +322,20 @@ def _read_identity_file(path: str, key: str) -> list[str]:
         raise ConfigError(f"cannot read {key} {path}: not a text file of age identities") from None
 
 
-_IDENTITY = (x25519.Identity.from_str, pyrage.IdentityError, "an age identity (expected AGE-SECRET-KEY-1...)")
-_RECIPIENT = (x25519.Recipient.from_str, pyrage.RecipientError, "an age recipient (expected a public key age1...)")
+_IDENTITY = "identity"
+_RECIPIENT = "recipient"
 
 
-def _parse_keys(lines: list[str], kind: tuple[Any, type[Exception], str], what: str,
-                numbered: bool = False) -> list[Any]:
+def _parse_keys(lines: list[str], kind: str, what: str, numbered: bool = False) -> list[Any]:
     """Parse keys of one kind; a bad one is named by position (``what``), never by content."""
-    parse, error, expected = kind
+    import pyrage
+    from pyrage import x25519
+
+    parse, error, expected = {
+        _IDENTITY: (x25519.Identity.from_str, pyrage.IdentityError, "an age identity (expected AGE-SECRET-KEY-1...)"),
+        _RECIPIENT: (x25519.Recipient.from_str, pyrage.RecipientError,
+                     "an age recipient (expected a public key age1...)"),
+    }[kind]
     out = []
     for j, line in enumerate(lines):
         try:

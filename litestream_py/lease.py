@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import socket
 import threading
 import time
@@ -126,7 +125,7 @@ class Lease:
         self.takeover = takeover
         self._clock = clock
         now = clock()
-        self.info = LeaseInfo(secrets.token_hex(8), socket.gethostname(), os.getpid(), db_path, now, now,
+        self.info = LeaseInfo(os.urandom(8).hex(), socket.gethostname(), os.getpid(), db_path, now, now,
                               ttl.total_seconds())
         self._version: str | None = None
         self._lost = ""  # who took it, once lost

@@ -61,9 +61,8 @@ _SHADOW_WAL_RE = re.compile(r"^([0-9a-f]{8})\.wal$")
 
 
 def new_generation_name() -> str:
-    import secrets  # here: with hashlib behind it, ~4 ms of a restore's start-up that never names one
-
-    return secrets.token_hex(GENERATION_NAME_LEN // 2)
+    # Not the secrets module: it imports hashlib, which maps OpenSSL (see digest.py).
+    return os.urandom(GENERATION_NAME_LEN // 2).hex()
 
 
 def is_generation_name(name: str) -> bool:

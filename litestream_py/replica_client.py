@@ -69,9 +69,10 @@ class ReplicaClient(ReplicaReader, Protocol):
     def delete_snapshot(self, generation: str, index: int) -> None: ...
 
     def write_wal_segment(
-        self, pos: Pos, data: bytes | memoryview, created_at: datetime | None = None
+        self, pos: Pos, data: bytes | memoryview | BinaryIO, created_at: datetime | None = None
     ) -> WALSegmentInfo:
-        """Store compressed segment bytes; ``created_at`` becomes its timestamp where the backend allows."""
+        """Store compressed segment bytes, given whole or as a seekable file at 0 (a merged
+        segment); ``created_at`` becomes its timestamp where the backend allows."""
         ...
 
     def delete_wal_segments(self, positions: Iterable[Pos]) -> None: ...

@@ -8,7 +8,6 @@ replica to hold it, and restores exactly through it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -58,6 +57,8 @@ class VerifyResult:
 
 def logical_digest(conn: apsw.Connection) -> list[tuple[str, str]]:
     """[(table, sha256 of its schema and rows in rowid or primary-key order)], sorted by name."""
+    import hashlib  # here: it maps OpenSSL, which a sidecar without validation never needs (see digest.py)
+
     out = []
     schema = conn.execute(
         "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"

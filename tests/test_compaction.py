@@ -120,6 +120,38 @@ def test_merges_each_index_into_contiguous_capped_segments(tmp_path: Path, engin
     assert segment_lengths(client) == after
 
 
+def test_a_segment_replaced_while_its_group_is_merged_is_merged_only_as_it_is_now(tmp_path: Path, engine) -> None:
+    # A merge reads each member twice (to size the group, then to compress it):
+    # a member that changed in between aborts the merge, and the next pass
+    # merges what is there then.
+    app, db, client, replica = engine
+    commit_and_ship(app, db, replica, 6)
+    g = client.generations()[0]
+    victim = client.wal_segments(g)[2]
+    raw = client.read_wal_segment(victim.pos)
+    data, times = codec.decode_segment(raw)
+    restamped = codec.encode_segment(data, [(o, t + 1) for o, t in times])
+    reads: dict[Pos, int] = {}
+    original = client.read_wal_segment
+
+    def read_and_replace(pos: Pos) -> bytes:
+        reads[pos] = reads.get(pos, 0) + 1
+        if pos == victim.pos and reads[pos] == 2:  # between the two reads of one pass
+            client.write_wal_segment(pos, restamped, victim.created_at)
+        return original(pos)
+
+    before = segment_lengths(client)
+    client.read_wal_segment = read_and_replace  # type: ignore[method-assign]
+    c = compactor(client)
+    c.compact()
+    assert reads[victim.pos] == 2 and c.stats.written == 0
+    assert segment_lengths(client) == before
+    c.compact()
+    assert c.stats.written == 1 and len(client.wal_segments(g)) == 2  # the merged one and the live edge
+    assert [t for _, t in times][0] + 1 in commit_times(client)
+    assert restored_count(client, tmp_path / "out.db") == 6
+
+
 def test_live_edge_is_left_alone(tmp_path: Path, engine) -> None:
     """Segments younger than the age stay as shipped; shipping goes on after a compaction."""
     app, db, client, replica = engine

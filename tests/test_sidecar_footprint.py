@@ -4,7 +4,9 @@ Measured on the real ``lsr replicate`` process through /proc/PID/maps: every
 extension module it imported is mapped there. ``_ssl`` is the marker of the
 network stack: boto3 (botocore, urllib3), ``urllib.request`` (the heartbeat)
 and ``http.server`` (the metrics endpoint) all import ``ssl``, which maps
-libssl and libcrypto (~8 MiB of resident memory).
+libssl and libcrypto (~8 MiB of resident memory). libcrypto alone comes with
+hashlib (and secrets and hmac, which import it): ~3.5 MiB. ``pyrage`` (age
+encryption) is ~1 MiB more, loaded only for a replica with age keys.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from support.config import write_config
 from support.procs import Processes, wait_for
 from support.sqlite import open_app_db
-from support.workload import stop_lsr, wait_ready
+from support.workload import AgeKeyPair, stop_lsr, wait_ready
 
 
 def _mapped_once_started(p: subprocess.Popen[bytes], replica: Path) -> set[str]:
@@ -35,7 +37,7 @@ def test_file_sidecar_loads_no_network_stack(tmp_path: Path, procs: Processes) -
     loaded = _mapped_once_started(plain, replica)
     stop_lsr(plain)
     assert any(name.startswith("_frame.") for name in loaded), "the map lists no extension modules"
-    assert not [name for name in loaded if name.startswith("_ssl")], sorted(loaded)
+    assert not [name for name in loaded if name.startswith(("_ssl", "_hashlib", "libcrypto", "pyrage"))], sorted(loaded)
 
     # With a metrics endpoint configured, the network stack is loaded: the marker works.
     cfg = write_config(tmp_path / "litestream.yml", db, f"file://{tmp_path / 'replica2'}", top={"addr": "127.0.0.1:0"})
@@ -44,3 +46,17 @@ def test_file_sidecar_loads_no_network_stack(tmp_path: Path, procs: Processes) -
     stop_lsr(served)
     app.close()
     assert [name for name in loaded if name.startswith("_ssl")], sorted(loaded)
+    assert [name for name in loaded if name.startswith("libcrypto")], sorted(loaded)
+
+
+def test_age_is_loaded_only_for_an_encrypted_replica(tmp_path: Path, procs: Processes) -> None:
+    db = tmp_path / "app.db"
+    app = open_app_db(db)
+    app.execute("CREATE TABLE t (v TEXT)")
+    app.execute("INSERT INTO t (v) VALUES ('x')")
+    cfg = write_config(tmp_path / "litestream.yml", db, tmp_path / "replica", extra=AgeKeyPair().yaml(identities=False))
+    sealed = procs.lsr_replicate("-config", str(cfg))
+    loaded = _mapped_once_started(sealed, tmp_path / "replica")
+    stop_lsr(sealed)
+    app.close()
+    assert [name for name in loaded if name.startswith("pyrage")], sorted(loaded)

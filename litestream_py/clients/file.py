@@ -11,6 +11,7 @@ from typing import BinaryIO, Iterable, Iterator
 
 from .. import paths
 from ..config import ReplicaConfig, expand_path, parse_replica_url
+from ..digest import digest_hex
 from ..errors import ConfigError, LitestreamError, NotFoundError, PreconditionFailedError, StorageError
 from ..fsutil import atomic_write, fsync_dir
 from ..pos import LeaseObject, Pos, SnapshotInfo, WALSegmentInfo
@@ -25,13 +26,6 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 # Serialises the lease's compare-and-replace; flock is released when its holder dies.
 LEASE_LOCK_NAME = ".lsr-lease.lock"
-
-
-def _version(lease: bytes) -> str:
-    """The lease's version, the digest of its bytes (hashlib is imported here: ~3 ms a restore need not pay)."""
-    import hashlib
-
-    return hashlib.sha256(lease).hexdigest()
 
 
 def _mtime(st: os.stat_result) -> datetime:
@@ -151,7 +145,8 @@ class FileReplicaClient:
             infos.append(WALSegmentInfo(generation, index, offset, st.st_size, _mtime(st)))
         return sorted(infos, key=lambda i: (i.index, i.offset))
 
-    def write_wal_segment(self, pos: Pos, data: bytes | memoryview, created_at: datetime | None = None) -> WALSegmentInfo:
+    def write_wal_segment(self, pos: Pos, data: bytes | memoryview | BinaryIO,
+                          created_at: datetime | None = None) -> WALSegmentInfo:
         path = paths.wal_segment_path(self.root, pos.generation, pos.index, pos.offset)
         st = self._write(path, data, created_at)
         return WALSegmentInfo(pos.generation, pos.index, pos.offset, st.st_size, _mtime(st))
@@ -215,14 +210,14 @@ class FileReplicaClient:
             raise StorageError(f"cannot read lease {path}: {exc.strerror}") from exc
         finally:
             os.close(fd)
-        return LeaseObject(data, _version(data), renewed_at)
+        return LeaseObject(data, digest_hex(data), renewed_at)
 
     def write_lease(self, data: bytes, expect: str | None) -> str:
         path = paths.lease_path(self.root)
         with self._lease_lock():
             self._expect_lease(path, expect)
             self._write(path, data, None)
-        return _version(data)
+        return digest_hex(data)
 
     def renew_lease(self, data: bytes, expect: str, renewed_at: float) -> str:
         # The mtime is the renewal: rewriting the file by rename costs the kernel a

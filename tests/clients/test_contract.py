@@ -162,6 +162,18 @@ def test_wal_segment_from_a_view_of_a_larger_buffer(backend: Backend) -> None:
     assert backend.client.read_wal_segment(Pos(GEN_A, 3, 0)) == bytes(buf[100:1100])
 
 
+def test_wal_segment_from_a_file(backend: Backend) -> None:
+    # Compaction hands a merged segment over as a temporary file, not as bytes.
+    c = backend.client
+    data = os.urandom(3 * MiB + 17)
+    when = datetime.now(timezone.utc) - timedelta(minutes=5)
+    info = c.write_wal_segment(Pos(GEN_A, 2, 32), io.BytesIO(data), when)
+    assert (info.generation, info.index, info.offset, info.size) == (GEN_A, 2, 32, len(data))
+    assert c.read_wal_segment(Pos(GEN_A, 2, 32)) == data
+    [listed] = c.wal_segments(GEN_A)
+    assert (listed.pos, listed.size) == (Pos(GEN_A, 2, 32), len(data))
+
+
 def test_wal_segments_sorted_by_index_then_offset(backend: Backend) -> None:
     c = backend.client
     order = [(2, 0), (1, 8192), (1, 0), (0x10, 0), (1, 4096), (2, 32)]

@@ -397,12 +397,17 @@ class S3ReplicaClient:
         self, generation: str, index: int, data: BinaryIO, created_at: datetime | None = None
     ) -> SnapshotInfo:
         key = paths.snapshot_path(self.path, generation, index)
+        size = self._upload_file(key, "snapshot", data)
+        return SnapshotInfo(generation, index, size, created_at or _now())
+
+    def _upload_file(self, key: str, what: str, data: BinaryIO) -> int:
+        """Upload a seekable file from 0; returns its size."""
         crc = _file_crc(data)
         data.seek(0, io.SEEK_END)
         size = data.tell()
         data.seek(0)
-        self._upload(key, "snapshot", data, size, crc)
-        return SnapshotInfo(generation, index, size, created_at or _now())
+        self._upload(key, what, data, size, crc)
+        return size
 
     def open_snapshot(self, generation: str, index: int) -> BinaryIO:
         """The snapshot as a stream, downloaded while it is read (see ``ObjectStream``)."""
@@ -425,10 +430,15 @@ class S3ReplicaClient:
             infos.append(WALSegmentInfo(generation, index, offset, o.size, _utc(o.last_modified)))
         return sorted(infos, key=lambda i: (i.index, i.offset))
 
-    def write_wal_segment(self, pos: Pos, data: bytes | memoryview, created_at: datetime | None = None) -> WALSegmentInfo:
+    def write_wal_segment(self, pos: Pos, data: bytes | memoryview | BinaryIO,
+                          created_at: datetime | None = None) -> WALSegmentInfo:
         key = paths.wal_segment_path(self.path, pos.generation, pos.index, pos.offset)
-        self._upload(key, "wal segment", io.BytesIO(data), len(data), _format_crc(data))
-        return WALSegmentInfo(pos.generation, pos.index, pos.offset, len(data), created_at or _now())
+        if isinstance(data, (bytes, memoryview)):
+            self._upload(key, "wal segment", io.BytesIO(data), len(data), _format_crc(data))
+            size = len(data)
+        else:
+            size = self._upload_file(key, "wal segment", data)
+        return WALSegmentInfo(pos.generation, pos.index, pos.offset, size, created_at or _now())
 
     def read_wal_segment(self, pos: Pos) -> bytes:
         # Segments are at most a few MiB: one GET each (restores fetch hundreds).
