@@ -15,9 +15,7 @@ import click
 from litestream_py.config import (
     Config, DBConfig, ReplicaConfig, default_config_path, expand_path, load_config, parse_duration,
 )
-from litestream_py.process import (
-    configure_process_for_sidecar, raise_open_file_limit, release_free_memory, release_start_up_pages,
-)
+from litestream_py.process import configure_process_for_sidecar, raise_open_file_limit, release_free_memory
 from litestream_py.errors import ConfigError
 from litestream_py.factory import db_from_config
 from litestream_py.replicator import Replicator, acquire_leases
@@ -82,7 +80,6 @@ def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, takeove
                 for db in dbs:
                     log.info("replicating %s to %s", db.path, ", ".join(r.client.describe() for r in db.replicas),
                              extra={"db": db.path})
-                release_start_up_pages()
             return wait_and_stop(replicator, exec_cmd or config.exec, stop, started)
         finally:
             keeper.stop()

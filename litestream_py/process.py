@@ -10,13 +10,12 @@ import threading
 from .errors import ConfigError
 
 __all__ = ["DESCRIPTORS_PER_DB", "SPARE_DESCRIPTORS", "configure_process_for_restore", "configure_process_for_sidecar",
-           "raise_open_file_limit", "release_free_memory", "release_start_up_pages"]
+           "raise_open_file_limit", "release_free_memory"]
 
 SIDECAR_THREAD_STACK_SIZE = 512 * 1024
 M_ARENA_MAX = -8  # glibc mallopt parameters
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-MADV_DONTNEED = 4  # Linux madvise advice
 # Buffers this large (WAL chunks, compressed segments) get their own mapping,
 # returned to the OS when freed, whichever worker thread and arena they came from.
 SIDECAR_MMAP_THRESHOLD = 256 * 1024
@@ -107,48 +106,3 @@ def configure_process_for_restore() -> None:
         libc.mallopt(M_TRIM_THRESHOLD, 2 * RESTORE_MMAP_THRESHOLD)
     except (OSError, AttributeError):
         pass
-
-
-def release_start_up_pages() -> int:
-    """Unmap the resident pages of read-only file mappings that hold no private
-    copy (libraries' code and constants); returns how many mappings (Linux; elsewhere 0).
-
-    Loading and initialising the interpreter and the libraries a sidecar
-    imports (numpy and its OpenBLAS, SQLite) touches much of each of them once,
-    and those pages stay in its resident set though most never run again.
-    They are clean copies of the files: dropped, a page that is used again
-    faults back in from the page cache. A mapping with a private page (a
-    relocated or otherwise written copy, resident or swapped) is left alone:
-    dropping it would lose the change.
-    """
-    try:
-        with open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
-            text = f.read()
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
-    except (OSError, AttributeError):
-        return 0
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    released = 0
-    for start, end, clean in _read_only_file_mappings(text):
-        if clean and madvise(start, end - start, MADV_DONTNEED) == 0:
-            released += 1
-    return released
-
-
-def _read_only_file_mappings(smaps: str) -> list[tuple[int, int, bool]]:
-    """(start, end, holds no private page) of each private, unwritable file mapping in ``smaps``."""
-    out: list[tuple[int, int, bool]] = []
-    tracked = False
-    for line in smaps.splitlines():
-        fields = line.split()
-        if not fields:
-            continue
-        if not fields[0].endswith(":"):  # a mapping's first line: range, perms, offset, device, inode, path
-            tracked = len(fields) >= 6 and fields[5].startswith("/") and fields[1][1] != "w" and fields[1][3] == "p"
-            if tracked:
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                out.append((start, end, True))
-        elif tracked and fields[0] in ("Anonymous:", "Swap:") and int(fields[1]) > 0:
-            out[-1] = (out[-1][0], out[-1][1], False)
-    return out
