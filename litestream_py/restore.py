@@ -45,7 +45,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_RESTORE_PARALLELISM = 8
-RESTORE_ATTEMPTS = 3
+# A restore that finds a listed segment gone (compaction or retention deleted it
+# meanwhile) starts over from a fresh listing; a gap fails at planning instead.
+# Under a one-second compaction-interval on a loaded machine, three attempts in
+# a row lost that race (tests/test_compaction.py, two CPU burners).
+RESTORE_ATTEMPTS = 10
 
 
 @dataclass
