@@ -17,7 +17,7 @@ from .fsutil import ReadBuffers
 from .compaction import CompactionStats, Compactor
 from .pos import Pos, SnapshotInfo
 from .replica_client import ReplicaClient, ReplicaReader
-from .ship_policy import DEFAULT_SYNC_INTERVAL, OBJECT_STORE_MAX_SEGMENT_SIZE, ShipPolicy
+from .ship_policy import DEFAULT_SYNC_INTERVAL, MAX_SEGMENT_SIZE, ShipPolicy
 from .stats import ReplicaStats
 
 if TYPE_CHECKING:
@@ -41,7 +41,12 @@ def _now() -> datetime:
 
 
 # Segments are encoded into these: one being written (_Puts) while the next is encoded.
-_segment_buffers = ReadBuffers(max_kept=2 * OBJECT_STORE_MAX_SEGMENT_SIZE, kept=2)
+# Up to a file replica's segment size: an object store's larger segments are
+# encoded into a bytes of their own, which its upload shares instead of copying
+# (reused buffers and the upload's copies of them raised an S3 sidecar's peak
+# RSS from 90 to 104-106 MiB in the replication scenario).
+MAX_REUSED_SEGMENT_BUFFER = 2 * MAX_SEGMENT_SIZE
+_segment_buffers = ReadBuffers(max_kept=MAX_REUSED_SEGMENT_BUFFER, kept=2)
 
 
 def _give_back(buf: bytearray, segment: bytes | memoryview) -> None:
@@ -293,10 +298,14 @@ class Replica:
         if not include_partial and pos.index == dpos.index and end < full:
             return False
         end = min(end, full)
+        segment: bytes | memoryview
         with shadow.read_segment(pos, end) as (data, commits):
-            buf = _segment_buffers.take(codec.segment_bound(len(data), len(commits)))
-            size = codec.encode_segment_into(buf, data, commits)
-        segment: bytes | memoryview = memoryview(buf)[:size]
+            bound = codec.segment_bound(len(data), len(commits))
+            if bound <= MAX_REUSED_SEGMENT_BUFFER:
+                buf = _segment_buffers.take(bound)
+                segment = memoryview(buf)[: codec.encode_segment_into(buf, data, commits)]
+            else:
+                buf, segment = bytearray(), codec.encode_segment(data, commits)
         if self.age is not None:
             # Commit times included: nothing readable at rest.
             plain, segment = segment, self.age.encrypt(bytes(segment))
