@@ -244,7 +244,6 @@ class Lease:
             version = self._version
         if version is None or self.lost:
             return False
-        where = self.client.describe()
         info = replace(self.info, renewed_at=self._clock())
         try:
             new_version = self.client.renew_lease(info.to_bytes(), version, info.renewed_at)
@@ -252,7 +251,7 @@ class Lease:
             who = self._who(self.client.read_lease())
             with self._lock:
                 self._lost = who
-            log.error("%s: lease lost to %s; stopped writing to this replica", where, who)
+            log.error("%s: lease lost to %s; stopped writing to this replica", self.client.describe(), who)
             return False
         with self._lock:
             self.info, self._version = info, new_version

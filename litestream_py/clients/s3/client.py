@@ -486,15 +486,13 @@ class S3ReplicaClient:
         """A conditional PUT of the renewed lease (an object's time cannot be set apart from
         its content), read before and after: a server that ignores If-Match would let a stale
         holder overwrite the new one, or the new one overwrite this renewal."""
-        changed = PreconditionFailedError(f"cannot renew lease {self._url(paths.lease_path(self.path))}: it changed")
         current = self.read_lease()
-        if current is None or current.version != expect:
-            raise changed
-        version = self.write_lease(data, expect)
-        current = self.read_lease()
-        if current is None or current.version != version:
-            raise changed
-        return version
+        if current is not None and current.version == expect:
+            version = self.write_lease(data, expect)
+            current = self.read_lease()
+            if current is not None and current.version == version:
+                return version
+        raise PreconditionFailedError(f"cannot renew lease {self._url(paths.lease_path(self.path))}: it changed")
 
     def delete_lease(self, expect: str) -> None:
         current = self.read_lease()
