@@ -166,10 +166,13 @@ class Follower:
                 try:
                     progressed = self.step()
                 except StorageError as exc:
-                    # An unreachable store, or an object retention removed mid-read: try again.
-                    if str(exc) != failing:
+                    # An unreachable store, or an object retention removed mid-read: try again,
+                    # warning once per outage (its cause may change as a connection times out).
+                    if not failing:
                         log.warning("follow: %s (retrying every %s)", exc, self.interval)
-                        failing = str(exc)
+                    elif str(exc) != failing:
+                        log.info("follow: still failing: %s", exc)
+                    failing = str(exc)
                     progressed = False
                 else:
                     if failing:

@@ -6,6 +6,7 @@ Every process a test starts is killed by PID at teardown.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -17,11 +18,26 @@ import pytest
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.clients.s3 import S3ReplicaClient
 from litestream_py.replica import Replica
+from support.alone import run_alone_or_shared
 from support.engine import replicated_app
 from support.faultproxy import FaultProxy
 from support.procs import GO_VERSION, Processes, go_litestream_path, stop_process
 from support.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, SERVER_NAMES, S3Server, make_s3_client, start_server
 from support.sqlite import open_app_db
+
+
+@pytest.fixture(autouse=True)
+def _alone_under_xdist(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Under pytest-xdist (``.ci/run``), a test marked ``alone``, or one that loads the machine
+    with ``cpu_burners`` (a known load: theirs, not theirs and another test's), runs with no
+    other test running."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    alone = request.node.get_closest_marker("alone") is not None or "cpu_burners" in request.fixturenames
+    session_dir = tmp_path_factory.getbasetemp().parent  # pytest-N/, shared by this run's workers
+    with run_alone_or_shared(session_dir, alone=alone):
+        yield
 
 
 @pytest.fixture(scope="session")
