@@ -127,7 +127,8 @@ def _compile_lsr() -> None:
     import litestream_py
     import litestream_py.cmd
 
-    dirs = [os.path.dirname(str(m.__file__)) for m in (litestream_py, litestream_py.cmd)]
+    # litestream_py.cmd is a namespace package (no __file__): its folder is on its __path__.
+    dirs = [d for m in (litestream_py, litestream_py.cmd) for d in m.__path__]
     subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], stdout=subprocess.DEVNULL, check=False)
 
 

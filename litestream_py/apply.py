@@ -60,11 +60,12 @@ WRITE_BEHIND_BYTES = 16 << 20
 # cost (~1-2 ms in pure Python, whatever its size).
 MAX_RUN_BYTES = 16 << 20
 # Compressed WAL in a plan up to which frames are checked without numpy:
-# importing it costs ~0.1 s of CPU (more on a busy machine), which a large
-# snapshot's decompression hides on a second core; the pure-Python check
-# costs ~6 ms per MiB of WAL on the applying thread (~3 MiB of WAL per MiB
-# compressed): below this, not importing numpy is the cheaper of the two.
-PURE_PYTHON_WAL_BYTES = 2 << 20
+# importing it costs ~0.1 s of CPU (more on a busy machine), and a large
+# snapshot's decompression no longer leaves a core idle to hide it (its blocks
+# decode on every core); the pure-Python check costs ~6-9 ms per MiB of WAL
+# (~3 MiB of WAL per MiB compressed): below this, not importing numpy is the
+# cheaper of the two (docs/bench.md, Restore).
+PURE_PYTHON_WAL_BYTES = 4 << 20
 # Decoded WAL from which a segment's frames are read ahead by the downloading
 # thread: a read costs ~1 ms whatever its size (it walks every word of a
 # frame), so small segments are left to the applier, which reads a run of
@@ -534,7 +535,7 @@ class _WriteBehind:
         """Make the next write fail: the restore failed elsewhere."""
         self._cancelled = True
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         if self._cancelled:
             raise _Cancelled()
         n = self._f.write(data)

@@ -7,8 +7,8 @@ import struct
 from typing import BinaryIO, Iterable, Iterator, Protocol
 
 import lz4.frame
-import lz4.frame._frame as _lz4_extension
 
+from . import liblz4, lz4_blocks
 from .commits import COMMIT_ENTRY
 from .errors import ChecksumMismatchError
 
@@ -34,7 +34,7 @@ __all__ = [
 class Writer(Protocol):
     """Where ``decompress_stream`` puts its output: a file, or anything with ``write``."""
 
-    def write(self, data: bytes, /) -> int: ...
+    def write(self, data: bytes | memoryview, /) -> int: ...
 
 
 STREAM_CHUNK = 1 << 20
@@ -112,12 +112,16 @@ def compress_stream(src: BinaryIO, dst: BinaryIO) -> int:
 def decompress_stream(src: BinaryIO, dst: Writer, what: str = "object") -> int:
     """Decompress an LZ4 frame from ``src`` into ``dst``; returns bytes written.
 
-    A leading skippable frame (lsr's snapshot header) is passed over. Each
-    piece is written on this thread: a writer thread's overlap saved little
-    (writing is a third of decoding), and its hand-offs cost more than that
-    whenever the machine's cores are busy.
+    A leading skippable frame (lsr's snapshot header) is passed over. A frame
+    of independent blocks is decoded on every core (``lz4_blocks``); another
+    on this thread. Each piece is written on this thread: a writer thread's
+    overlap saved little (writing is a third of decoding), and its hand-offs
+    cost more than that whenever the machine's cores are busy.
     """
     read_snapshot_header(src)
+    peek = getattr(src, "peek", None)
+    if peek is not None and lz4_blocks.parallel_frame(peek(lz4_blocks.FRAME_HEADER_MAX)[: lz4_blocks.FRAME_HEADER_MAX]):
+        return lz4_blocks.decode_frame(src, dst.write, what)
     n = 0
     decompressor = lz4.frame.LZ4FrameDecompressor()
     try:
@@ -198,24 +202,8 @@ class _Preferences(ctypes.Structure):  # LZ4F_preferences_t (lz4frame.h, stable 
 _PREFERENCES = _Preferences(_FrameInfo(7, 1, 1, 0, 0, 0, 0), SEGMENT_LEVEL, 1, 0)
 
 
-def _load_lz4f() -> ctypes.CDLL | None:
-    """liblz4's frame functions, or None where the extension does not export them
-    (another build of python-lz4): segments are then encoded by lz4.frame.compress."""
-    try:
-        lib = ctypes.CDLL(_lz4_extension.__file__)
-        lib.LZ4F_compressFrameBound.restype = ctypes.c_size_t
-        lib.LZ4F_compressFrameBound.argtypes = [ctypes.c_size_t, ctypes.c_void_p]
-        lib.LZ4F_compressFrame.restype = ctypes.c_size_t
-        lib.LZ4F_compressFrame.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
-                                           ctypes.c_void_p]
-        lib.LZ4F_isError.restype = ctypes.c_uint
-        lib.LZ4F_isError.argtypes = [ctypes.c_size_t]
-    except (OSError, AttributeError):
-        return None
-    return lib
-
-
-_lz4f = _load_lz4f()
+# None where python-lz4's build does not export it: segments are then encoded by lz4.frame.compress.
+_lz4f = liblz4.LIB
 
 
 def segment_bound(size: int, commits: int) -> int:
