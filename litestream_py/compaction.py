@@ -37,7 +37,7 @@ from .pos import Pos, WALSegmentInfo
 from .encryption import is_age
 from .errors import EncryptedReplicaError
 from .replica_client import ReplicaClient, ReplicaReader
-from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_headers
+from .wal import WAL_HEADER_SIZE, WALHeader, commit_frame_ends
 
 __all__ = [
     "DEFAULT_COMPACTION_INTERVAL",
@@ -276,10 +276,8 @@ class Compactor:
         would date them: merged, they keep that date."""
         page_size = self._page_size(seg.generation, seg.index)
         start = WAL_HEADER_SIZE if seg.offset == 0 else 0
-        frame = WAL_FRAME_HEADER_SIZE + page_size
-        fields = frame_headers(memoryview(data)[start:], page_size)
         ns = int(seg.created_at.timestamp() * 1e9)
-        return [(seg.offset + start + (i + 1) * frame, ns) for i in fields[:, 1].nonzero()[0].tolist()]
+        return [(seg.offset + start + end, ns) for end in commit_frame_ends(memoryview(data)[start:], page_size)]
 
     def _page_size(self, generation: str, index: int) -> int:
         size = self._page_sizes.get((generation, index))

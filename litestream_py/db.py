@@ -50,6 +50,7 @@ from .fsutil import read_pieces
 from .lockfile import ProcessLock, describe_holder
 from .pos import Pos
 from .shadow import ShadowWAL, WALTail
+from .ship_policy import MIN_SYNC_SPACING
 from .sqlite_locks import (
     BUMP_SEQ_SQL,
     PollingBusyHandler,
@@ -73,6 +74,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MONITOR_INTERVAL = timedelta(seconds=1)
 BUSY_TIMEOUT = timedelta(seconds=1)
 FORCED_CHECKPOINT_RETRY = 0.01
+# How often commits made during a backfill are copied to the shadow while it
+# runs: as often as syncs may run (a backfill holds up the DB's next sync).
+COPY_DURING_BACKFILL_SPACING = MIN_SYNC_SPACING
 # Scheduled PASSIVE checkpoints are opportunistic: under a busy writer they give
 # up on the write lock quickly (instead of stalling every sync behind it) and
 # try again a little later (checkpoint_policy); the forced modes wait the full busy timeout.
@@ -621,29 +625,38 @@ class DB(Generic[R]):
             raise
 
     @contextmanager
-    def _tail_copied_aside(self, generation: str, index: int, tail: WALTail | None) -> Iterator[None]:
-        """Copy ``tail`` to the shadow and publish it on a thread of its own while
-        the block runs (work that must not wait behind the copy: a backfill that
-        has to start before the application's next commit); joined at its end,
-        re-raising what the copy raised."""
-        if tail is None or not tail.data:
-            yield
-            return
+    def _copying_meanwhile(self, generation: str, index: int, tail: WALTail | None) -> Iterator[None]:
+        """While the block runs (a backfill, which must start before the
+        application's next commit and can take most of a second under a
+        saturating writer), copy to the shadow and publish on a thread of its
+        own: ``tail`` first, then every COPY_DURING_BACKFILL_SPACING what the
+        application commits meanwhile (lsr's read lock keeps the WAL from
+        restarting). Joined at the block's end, re-raising what a copy raised.
+        """
         failure: list[BaseException] = []
+        done = threading.Event()
 
         def copy() -> None:
             try:
-                self._copy_tail_to_shadow(generation, index, tail)
-                self._publish(generation, index)
-                self._notify()
+                if tail is not None and tail.data:
+                    self._copy_tail_to_shadow(generation, index, tail)
+                    self._publish(generation, index)
+                    self._notify()
+                seen = -1
+                while not done.wait(COPY_DURING_BACKFILL_SPACING):
+                    mx_frame = read_wal_index(self._shm_fd).mx_frame
+                    if mx_frame != seen:  # a commit since the last look
+                        seen = mx_frame
+                        self._copy_to_shadow(generation, index)
             except BaseException as exc:  # re-raised by the owner below
                 failure.append(exc)
 
-        copier = threading.Thread(target=copy, name="lsr-tail")
+        copier = threading.Thread(target=copy, name="lsr-copy-aside")
         copier.start()
         try:
             yield
         finally:
+            done.set()
             copier.join()
         if failure:
             raise failure[0]
@@ -713,7 +726,7 @@ class DB(Generic[R]):
         # The tail holds the newest commits, and this backfill can take most of
         # a second (a burst's whole WAL): they go to the shadow and on to the
         # replicas meanwhile, not after it (SQLite releases the GIL).
-        with self._tail_copied_aside(generation, index, retake.tail):
+        with self._copying_meanwhile(generation, index, retake.tail):
             self._run_checkpoint(writer)
         held = retake.held  # the longest the application waited for lsr here, in seconds
         # Copy all but the newest frames first, so that the application's wait
@@ -730,7 +743,8 @@ class DB(Generic[R]):
             if retake.counts is None:
                 # Handed over: backfill and copy without the write lock, then
                 # take it again for what the application added meanwhile.
-                busy, frames, backfilled = self._run_checkpoint(writer)
+                with self._copying_meanwhile(generation, index, None):
+                    busy, frames, backfilled = self._run_checkpoint(writer)
                 busy = 1  # lsr's read-mark, past 0, still keeps the WAL from restarting
                 self._copy_to_shadow(generation, index)
                 self._publish(generation, index)

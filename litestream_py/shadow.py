@@ -26,7 +26,7 @@ from .errors import DatabaseError, LitestreamError
 from .fsutil import ReadBuffers, atomic_write, fsync_dir, read_buffers, read_pieces
 from .pos import Pos
 from .ship_policy import MAX_SEGMENT_SIZE
-from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align, frame_headers, scan_frames
+from .wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WALHeader, frame_align, salted_frames, scan_frames
 from .wal_window import FileWindow, HeldWindow, WALWindow, commit_time
 
 __all__ = ["ShadowWAL", "WALTail", "COPY_CHUNK_SIZE", "COPY_PROGRESS_BYTES", "MAX_WAL_TAIL"]
@@ -417,9 +417,9 @@ class ShadowWAL:
         """Refuse to ship frames whose salt differs from their WAL header's."""
         header = self.header(pos.generation, pos.index)
         start = WAL_HEADER_SIZE if pos.offset == 0 else 0
-        fields = frame_headers(data[start:], header.page_size)
-        wrong = (fields[:, 2] != header.salt1) | (fields[:, 3] != header.salt2)
-        if wrong.any():
-            at = pos.offset + start + int(wrong.argmax()) * (WAL_FRAME_HEADER_SIZE + header.page_size)
+        frame_size = WAL_FRAME_HEADER_SIZE + header.page_size
+        salted = salted_frames(data[start:], header)
+        if salted < (len(data) - start) // frame_size:
+            at = pos.offset + start + salted * frame_size
             path = self.wal_path(pos.generation, pos.index)
             raise LitestreamError(f"cannot ship {path}: salt mismatch at offset {at}")

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import _walcheck
 from .errors import WALFormatError
 
 # numpy is imported where it is used, not here: its import costs ~0.15 s, which
@@ -41,6 +42,8 @@ __all__ = [
     "frame_align",
     "wal_size",
     "scan_frames",
+    "salted_frames",
+    "commit_frame_ends",
     "check_frames",
     "FrameCheck",
     "checksum_chain",
@@ -70,6 +73,7 @@ def import_numpy_in_background() -> threading.Thread:
 
 
 _MASK32 = 0xFFFFFFFF
+_COMMIT_SIZE = struct.Struct(">I")  # a frame header's second field
 _MATRIX_POWERS: np.ndarray | None = None
 
 
@@ -369,6 +373,9 @@ def check_frames(data: bytes | memoryview, header: WALHeader, start_checksum: tu
     return FrameCheck(fields[:valid], sums[:valid], problem)
 
 
+_PROBLEMS = ("", "salt mismatch", "checksum mismatch")  # _walcheck.scan's problem codes
+
+
 def scan_frames(
     data: bytes | memoryview,
     header: WALHeader,
@@ -380,22 +387,28 @@ def scan_frames(
 
     Stops at the first invalid frame (the end of the live WAL) unless ``strict``,
     where an invalid frame raises. Only bytes through the last commit frame count.
+    In C (_walcheck.c): the sidecar's shadow copy runs it on every WAL byte, and
+    without numpy, which it then never imports.
     """
-    import numpy as np
+    frames, problem, frames_checksum, commits, commit_checksum = _walcheck.scan(
+        data, header.page_size, header.big_endian, header.salt1, header.salt2, *start_checksum)
+    if problem and strict:
+        at = frames * (WAL_FRAME_HEADER_SIZE + header.page_size)
+        raise WALFormatError(f"cannot verify wal frame at +{at}: {_PROBLEMS[problem]}")
+    return ScanResult(commits[-1] if commits else 0, commit_checksum, commits, frames, frames_checksum)
 
-    frame_size = WAL_FRAME_HEADER_SIZE + header.page_size
-    check = check_frames(data, header, start_checksum)
-    if check.problem and strict:
-        raise WALFormatError(f"cannot verify wal frame at +{check.valid * frame_size}: {check.problem}")
-    valid = check.valid
-    frames_checksum = (int(check.sums[-1, 0]), int(check.sums[-1, 1])) if valid else start_checksum
-    commit_frames = np.flatnonzero(check.fields[:, 1])
-    if len(commit_frames) == 0:
-        return ScanResult(0, start_checksum, [], valid, frames_checksum)
-    last = int(commit_frames[-1])
-    commits = ((commit_frames + 1) * frame_size).tolist()
-    return ScanResult(commits[-1], (int(check.sums[last, 0]), int(check.sums[last, 1])), commits, valid,
-                      frames_checksum)
+
+def salted_frames(data: bytes | memoryview, header: WALHeader) -> int:
+    """How many whole frames of ``data``, from the first, carry ``header``'s salts."""
+    return _walcheck.salted(data, header.page_size, header.salt1, header.salt2)
+
+
+def commit_frame_ends(data: bytes | memoryview, page_size: int) -> list[int]:
+    """The end offset in ``data`` of each of its whole frames that ends a transaction."""
+    frame_size = WAL_FRAME_HEADER_SIZE + page_size
+    view = memoryview(data)
+    return [pos + frame_size for pos in range(0, len(view) - frame_size + 1, frame_size)
+            if _COMMIT_SIZE.unpack_from(view, pos + 4)[0]]
 
 
 # Bytes per lane in checksum_chain_py: a lane sums up to 8194 products of two

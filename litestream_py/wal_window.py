@@ -15,6 +15,7 @@ the copy drops the window and reads from the shadow's end again.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 
@@ -100,8 +101,11 @@ class FileWindow(WALWindow):
     def consume(self, size: int) -> None:
         # What is left is a transaction's first frames (less than a piece or
         # two): moved to the buffer's start, so the buffer never grows past
-        # one transaction and one piece.
-        self._buf[: self.have - size] = self._buf[size : self.have]
+        # one transaction and one piece. One memmove: a slice assignment
+        # copies through a temporary, a fresh mapping of up to a few MiB.
+        if self.have > size:
+            with _Address(self._buf) as start:
+                ctypes.memmove(start, start + size, self.have - size)
         self.offset += size
         self.have -= size
         self.verified -= size
@@ -114,6 +118,22 @@ class FileWindow(WALWindow):
         self._buffers.give(self._buf)
         self._buf = bytearray()
         self.have = self.verified = 0
+
+
+class _Address:
+    """The address of a bytearray's first byte, for ctypes, while the ``with`` lasts
+    (the bytearray cannot be resized meanwhile)."""
+
+    def __init__(self, buf: bytearray) -> None:
+        self._buf = buf
+        self._export: ctypes.Array[ctypes.c_char] | None = None
+
+    def __enter__(self) -> int:
+        self._export = (ctypes.c_char * len(self._buf)).from_buffer(self._buf)
+        return ctypes.addressof(self._export)
+
+    def __exit__(self, *exc: object) -> None:
+        self._export = None
 
 
 class HeldWindow(WALWindow):

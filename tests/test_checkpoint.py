@@ -144,6 +144,15 @@ def test_a_checkpoint_behind_by_much_copies_and_backfills_without_the_write_lock
     assert rows(path, "SELECT count(*) FROM t") == [(65,)]
 
 
+def _publishes_the_wal_end(db: DB[Replica]) -> bool:
+    """Whether ``db`` publishes everything the WAL holds now (waiting up to 5 s)."""
+    wal_end = WAL_HEADER_SIZE + read_wal_index(db.shm_fd).mx_frame * (WAL_FRAME_HEADER_SIZE + db.page_size)
+    deadline = time.monotonic() + 5
+    while db.pos().offset < wal_end and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return db.pos().offset == wal_end
+
+
 def test_the_tail_read_under_the_write_lock_is_published_while_the_backfill_runs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The newest commits, read under the write lock, reach the shadow and the
@@ -166,11 +175,7 @@ def test_the_tail_read_under_the_write_lock_is_published_while_the_backfill_runs
 
     def waiting_backfill(conn: apsw.Connection | None) -> tuple[int, int, int]:
         if not published_during_backfill:
-            wal_end = WAL_HEADER_SIZE + read_wal_index(db.shm_fd).mx_frame * (WAL_FRAME_HEADER_SIZE + db.page_size)
-            deadline = time.monotonic() + 5
-            while db.pos().offset < wal_end and time.monotonic() < deadline:
-                time.sleep(0.005)
-            published_during_backfill.append(db.pos().offset == wal_end)
+            published_during_backfill.append(_publishes_the_wal_end(db))
         return backfill(conn)
 
     monkeypatch.setattr(DB, "_write_lock", late_commits)
@@ -190,3 +195,35 @@ def test_the_tail_read_under_the_write_lock_is_published_while_the_backfill_runs
         app.close()
     assert integrity_ok(path)
     assert rows(path, "SELECT count(*) FROM t") == [(15,)]
+
+
+def test_commits_made_while_the_backfill_runs_are_published_before_it_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a saturating writer a backfill takes most of a second: what the
+    application commits meanwhile reaches the shadow and the replicas during it,
+    not after it (the burst's last commit would wait for the whole backfill)."""
+    path = tmp_path / "app.db"
+    app = AppProcess(path)
+    db = DB(str(path))
+    db.replicas.append(Replica(db, FileReplicaClient(str(tmp_path / "replica")), "file"))
+    backfill = DB._run_checkpoint
+    published_during_backfill: list[bool] = []
+
+    def backfill_with_a_commit_meanwhile(conn: apsw.Connection | None) -> tuple[int, int, int]:
+        if not published_during_backfill:
+            app.insert(7)  # lsr holds no lock of the application's here
+            published_during_backfill.append(_publishes_the_wal_end(db))
+        return backfill(conn)
+
+    monkeypatch.setattr(DB, "_run_checkpoint", staticmethod(backfill_with_a_commit_meanwhile))
+    try:
+        app.insert(10)
+        db.sync()
+        db.checkpoint()
+        assert published_during_backfill == [True]
+        db.sync()
+    finally:
+        db.close()
+        app.close()
+    assert integrity_ok(path)
+    assert rows(path, "SELECT count(*) FROM t") == [(17,)]

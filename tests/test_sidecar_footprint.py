@@ -6,7 +6,8 @@ network stack: boto3 (botocore, urllib3), ``urllib.request`` (the heartbeat)
 and ``http.server`` (the metrics endpoint) all import ``ssl``, which maps
 libssl and libcrypto (~8 MiB of resident memory). libcrypto alone comes with
 hashlib (and secrets and hmac, which import it): ~3.5 MiB. ``pyrage`` (age
-encryption) is ~1 MiB more, loaded only for a replica with age keys.
+encryption) is ~1 MiB more, loaded only for a replica with age keys. numpy
+(~13 MiB) is for restores: the sidecar checks WAL frames in C (_walcheck.c).
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ from pathlib import Path
 from support.config import write_config
 from support.procs import Processes, wait_for
 from support.sqlite import open_app_db
-from support.workload import AgeKeyPair, stop_lsr, wait_ready
+from support.workload import AgeKeyPair, sidecar_on_new_db, stop_lsr, wait_ready, wait_synced
 
 
 def _mapped_once_started(p: subprocess.Popen[bytes], replica: Path) -> set[str]:
     """The file names mapped by a sidecar once every service has started (it logs "replicating" then)."""
     wait_ready(p, replica)
     wait_for(lambda: "replicating" in Processes.output(p), timeout=30, what="the sidecar's start")
-    return {Path(line.split()[5]).name for line in Path(f"/proc/{p.pid}/maps").read_text().splitlines()
+    return _mapped(p.pid)
+
+
+def _mapped(pid: int) -> set[str]:
+    return {Path(line.split()[5]).name for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
             if len(line.split()) > 5}
 
 
@@ -60,3 +65,19 @@ def test_age_is_loaded_only_for_an_encrypted_replica(tmp_path: Path, procs: Proc
     stop_lsr(sealed)
     app.close()
     assert [name for name in loaded if name.startswith("pyrage")], sorted(loaded)
+
+
+def test_a_sidecar_copying_and_shipping_wal_loads_no_numpy(tmp_path: Path, procs: Processes) -> None:
+    app, db, p = sidecar_on_new_db(tmp_path, procs, {})
+    replica = tmp_path / "replica"
+    wait_ready(p, replica)
+    for _ in range(5):  # transactions of many frames: the shadow copy verifies them, a replica ships them
+        app.execute("BEGIN")
+        app.executemany("INSERT INTO t (v) VALUES (hex(randomblob(3000)))", [()] * 200)
+        app.execute("COMMIT")
+    wait_synced(db, replica, config=tmp_path / "lsr.yml")
+    loaded = _mapped(p.pid)
+    stop_lsr(p)
+    app.close()
+    assert any(name.startswith("_walcheck.") for name in loaded), sorted(loaded)
+    assert not [name for name in loaded if name.startswith(("_multiarray_umath", "libscipy_openblas"))], sorted(loaded)

@@ -23,7 +23,9 @@ from litestream_py.wal import (
     check_frames_py,
     checksum_chain,
     checksum_reference,
+    commit_frame_ends,
     frame_align,
+    salted_frames,
     scan_frames,
 )
 from support.sqlite import write_wal
@@ -126,6 +128,50 @@ def test_pure_python_frame_check_agrees_with_numpys(big: bool, page_size: int) -
         assert (len(fields), problem) == want == (check.valid, check.problem)
         assert [list(f) for f in fields] == check.fields[:, :2].tolist()
         assert [list(x) for x in sums] == check.sums.tolist()
+
+
+@pytest.mark.parametrize("big,page_size", [(False, 512), (True, 1024), (False, 4096), (True, 65536)])
+def test_scan_in_c_agrees_with_the_reference_loop(big: bool, page_size: int) -> None:
+    """scan_frames (_walcheck.c) against SQLite's loop in Python, frame by frame: the
+    valid frames, each commit's end, the chain after the frames and after the last
+    commit; on valid frames, a flipped page bit, a flipped commit field, a foreign salt."""
+    frame = WAL_FRAME_HEADER_SIZE + page_size
+    magic = WAL_MAGIC_BE if big else WAL_MAGIC_LE
+    header = WALHeader.parse(struct.pack(">IIIIII", magic, 3007000, page_size, 0, 0xFEDCBA98, 2) + b"\0" * 8,
+                             verify=False)
+    count = 6 if page_size == 65536 else 40
+    commit_frames = {1, 2, count // 2, count - 2}  # not the last: frames past the last commit
+    data = bytearray(os.urandom(count * frame))
+    start_sum = (0xDEADBEEF, 0xFFFFFFFF)
+    chain = []
+    s = start_sum
+    for k in range(count):
+        at = k * frame
+        data[at + 4 : at + 16] = struct.pack(">III", k + 1 if k in commit_frames else 0, 0xFEDCBA98, 2)
+        s = checksum_reference(big, *s, bytes(data[at : at + 8]))
+        s = checksum_reference(big, *s, bytes(data[at + WAL_FRAME_HEADER_SIZE : at + frame]))
+        data[at + 16 : at + 24] = struct.pack(">II", *s)
+        chain.append(s)
+    page_bit = bytearray(data)
+    page_bit[3 * frame + frame - 1] ^= 0x80
+    commit_field = bytearray(data)
+    commit_field[count // 2 * frame + 7] ^= 0x01
+    foreign = bytearray(data)
+    foreign[4 * frame + 15] ^= 0x01  # salt2 of the fifth frame
+    for case, valid, problem in ((data, count, ""), (page_bit, 3, "checksum mismatch"),
+                                 (commit_field, count // 2, "checksum mismatch"), (foreign, 4, "salt mismatch")):
+        result = scan_frames(memoryview(bytes(case)), header, start_sum)
+        commits = [(k + 1) * frame for k in sorted(commit_frames) if k < valid]
+        assert (result.frames, result.commits, result.committed) == (valid, commits, commits[-1])
+        assert result.frames_checksum == chain[valid - 1]
+        assert result.checksum == chain[commits[-1] // frame - 1]
+        if problem:
+            with pytest.raises(WALFormatError, match=f"at \\+{valid * frame}: {problem}"):
+                scan_frames(bytes(case), header, start_sum, strict=True)
+    none = scan_frames(bytes(data[: frame - 1]), header, start_sum)  # no whole frame
+    assert (none.frames, none.commits, none.committed, none.checksum) == (0, [], 0, start_sum)
+    assert salted_frames(bytes(foreign), header) == 4 and salted_frames(bytes(data), header) == count
+    assert commit_frame_ends(bytes(data), page_size) == [(k + 1) * frame for k in sorted(commit_frames)]
 
 
 def test_scan_stops_at_corrupt_frame(tmp_path: Path) -> None:

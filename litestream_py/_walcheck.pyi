@@ -1,0 +1,6 @@
+"""Types of the C extension _walcheck.c (salts and checksum chain of WAL frames)."""
+
+def scan(
+    data: bytes | bytearray | memoryview, page_size: int, big_endian: bool, salt1: int, salt2: int, s0: int, s1: int
+) -> tuple[int, int, tuple[int, int], list[int], tuple[int, int]]: ...
+def salted(data: bytes | bytearray | memoryview, page_size: int, salt1: int, salt2: int) -> int: ...
