@@ -17,8 +17,12 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import _walcheck
 from .errors import WALFormatError
+
+try:
+    from . import _walcheck
+except ImportError:  # installed where no C compiler was found: numpy checks the frames
+    _walcheck = None  # type: ignore[assignment]
 
 # numpy is imported where it is used, not here: its import costs ~0.15 s, which
 # a restore hides behind the snapshot download (see import_numpy_in_background).
@@ -390,6 +394,8 @@ def scan_frames(
     In C (_walcheck.c): the sidecar's shadow copy runs it on every WAL byte, and
     without numpy, which it then never imports.
     """
+    if _walcheck is None:
+        return _scan_frames_numpy(data, header, start_checksum, strict=strict)
     frames, problem, frames_checksum, commits, commit_checksum = _walcheck.scan(
         data, header.page_size, header.big_endian, header.salt1, header.salt2, *start_checksum)
     if problem and strict:
@@ -400,7 +406,31 @@ def scan_frames(
 
 def salted_frames(data: bytes | memoryview, header: WALHeader) -> int:
     """How many whole frames of ``data``, from the first, carry ``header``'s salts."""
+    if _walcheck is None:
+        fields = frame_headers(data, header.page_size)
+        wrong = (fields[:, 2] != header.salt1) | (fields[:, 3] != header.salt2)
+        return int(wrong.argmax()) if wrong.any() else len(fields)
     return _walcheck.salted(data, header.page_size, header.salt1, header.salt2)
+
+
+def _scan_frames_numpy(data: bytes | memoryview, header: WALHeader, start_checksum: tuple[int, int], *,
+                       strict: bool) -> ScanResult:
+    """scan_frames where _walcheck was not built."""
+    import numpy as np
+
+    frame_size = WAL_FRAME_HEADER_SIZE + header.page_size
+    check = check_frames(data, header, start_checksum)
+    if check.problem and strict:
+        raise WALFormatError(f"cannot verify wal frame at +{check.valid * frame_size}: {check.problem}")
+    valid = check.valid
+    frames_checksum = (int(check.sums[-1, 0]), int(check.sums[-1, 1])) if valid else start_checksum
+    commit_frames = np.flatnonzero(check.fields[:, 1])
+    if len(commit_frames) == 0:
+        return ScanResult(0, start_checksum, [], valid, frames_checksum)
+    last = int(commit_frames[-1])
+    commits = ((commit_frames + 1) * frame_size).tolist()
+    return ScanResult(commits[-1], (int(check.sums[last, 0]), int(check.sums[last, 1])), commits, valid,
+                      frames_checksum)
 
 
 def commit_frame_ends(data: bytes | memoryview, page_size: int) -> list[int]:

@@ -130,11 +130,19 @@ def test_pure_python_frame_check_agrees_with_numpys(big: bool, page_size: int) -
         assert [list(x) for x in sums] == check.sums.tolist()
 
 
+@pytest.mark.parametrize("implementation", ["c", "numpy"])
 @pytest.mark.parametrize("big,page_size", [(False, 512), (True, 1024), (False, 4096), (True, 65536)])
-def test_scan_in_c_agrees_with_the_reference_loop(big: bool, page_size: int) -> None:
-    """scan_frames (_walcheck.c) against SQLite's loop in Python, frame by frame: the
-    valid frames, each commit's end, the chain after the frames and after the last
-    commit; on valid frames, a flipped page bit, a flipped commit field, a foreign salt."""
+def test_scan_in_c_agrees_with_the_reference_loop(big: bool, page_size: int, implementation: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """scan_frames (_walcheck.c, or numpy where it was not built) against SQLite's loop in
+    Python, frame by frame: the valid frames, each commit's end, the chain after the frames
+    and after the last commit; on valid frames, a flipped page bit, a flipped commit field,
+    a foreign salt."""
+    import litestream_py.wal as wal
+
+    assert wal._walcheck is not None, "the C extension was not built (the test set-up has a compiler)"
+    if implementation == "numpy":
+        monkeypatch.setattr(wal, "_walcheck", None)
     frame = WAL_FRAME_HEADER_SIZE + page_size
     magic = WAL_MAGIC_BE if big else WAL_MAGIC_LE
     header = WALHeader.parse(struct.pack(">IIIIII", magic, 3007000, page_size, 0, 0xFEDCBA98, 2) + b"\0" * 8,
