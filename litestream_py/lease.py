@@ -21,6 +21,13 @@ writing, by which time a live holder has noticed.
 A renewal is the client's ``renew_lease``: a file replica's sets the lease's
 mtime under its lock (the content stays), an S3 replica's rewrites it.
 
+A replica of a dormant database (dormancy.py) writes nothing, and its lease is
+renewed less often, with a TTL to match recorded in the lease (RESTING_RENEWALS_PER_SECOND):
+another sidecar still finds it held and refuses to start. Before its next
+write, a replica whose lease was last renewed more than one ordinary renewal
+interval ago renews it first (``ensure``), conditionally as always: after a
+takeover meanwhile it finds the lease lost and writes nothing.
+
 A server that ignores conditional headers accepts every write: the lease is
 then read back after each one (the S3 client does so for its renewals), and
 the loser of a race finds the other's token at its next renewal at the latest.
@@ -43,13 +50,17 @@ from .pos import LeaseObject
 from .replica_client import ReplicaClient
 
 
-__all__ = ["DEFAULT_LEASE_TTL", "Lease", "LeaseInfo", "LeaseKeeper", "RENEW_FRACTION"]
+__all__ = ["DEFAULT_LEASE_TTL", "Lease", "LeaseInfo", "LeaseKeeper", "RENEW_FRACTION", "RESTING_RENEWALS_PER_SECOND"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_TTL = timedelta(seconds=30)
 # Renewals per TTL: two may fail (a slow or briefly unreachable store) before the lease expires.
 RENEW_FRACTION = 3
+# Renewals per second, in all, of the leases of dormant databases: each costs
+# ~50 us of CPU, and ten thousand on the ordinary TTL would take ~5 % of a core.
+# Past this, their renewal interval (and TTL) stretches with their number.
+RESTING_RENEWALS_PER_SECOND = 20.0
 
 Clock = Callable[[], float]
 
@@ -119,8 +130,10 @@ class Lease:
         *,
         takeover: bool = False,
         clock: Clock = time.time,
+        resting: Callable[[], bool] = lambda: False,
     ) -> None:
         self.client = client
+        self.resting = resting  # its database is dormant: renew on the resting schedule (LeaseKeeper)
         self.ttl = ttl
         self.takeover = takeover
         self._clock = clock
@@ -131,6 +144,8 @@ class Lease:
         self._lost = ""  # who took it, once lost
         self._lock = threading.Lock()
         self._acquire_lock = threading.Lock()
+        # Renewals one at a time: two with the same version, one would fail and call the lease lost.
+        self._renew_lock = threading.Lock()
 
     @property
     def renew_interval(self) -> float:
@@ -197,6 +212,10 @@ class Lease:
         """Before a write: hold the lease (taking it on the first write), else raise LeaseLostError."""
         self.check()
         if self.held:
+            if self._clock() - self.info.renewed_at > self.renew_interval:
+                # Renewed on the resting schedule (or late): prove it is still ours first.
+                self.renew(self.ttl.total_seconds())
+                self.check()
             return
         with self._acquire_lock:
             if self.held:
@@ -238,15 +257,24 @@ class Lease:
         if current is None or current.version != written:
             raise LeaseHeldError(f"cannot replicate to {where}: its lease was taken by {self._who(current)}")
 
-    def renew(self) -> bool:
-        """Extend the lease; False (and the lease marked lost) if someone else has it."""
+    def renew(self, ttl: float | None = None) -> bool:
+        """Extend the lease (recording ``ttl`` seconds as its TTL, if given); False
+        (and the lease marked lost) if someone else has it."""
+        with self._renew_lock:
+            return self._renew(ttl)
+
+    def _renew(self, ttl: float | None) -> bool:
         with self._lock:
             version = self._version
         if version is None or self.lost:
             return False
-        info = replace(self.info, renewed_at=self._clock())
+        info = replace(self.info, renewed_at=self._clock(), ttl=self.info.ttl if ttl is None else ttl)
         try:
-            new_version = self.client.renew_lease(info.to_bytes(), version, info.renewed_at)
+            if info.ttl != self.info.ttl:
+                # A file replica's renewal keeps the content, and the TTL is in it.
+                new_version = self.client.write_lease(info.to_bytes(), version)
+            else:
+                new_version = self.client.renew_lease(info.to_bytes(), version, info.renewed_at)
         except PreconditionFailedError:
             who = self._who(self.client.read_lease())
             with self._lock:
@@ -256,6 +284,11 @@ class Lease:
         with self._lock:
             self.info, self._version = info, new_version
         return True
+
+    def renewal_due(self, ttl: float, slack: float) -> bool:
+        """Whether a renewal with ``ttl`` is due within ``slack`` seconds (the sooner of its TTL's and the recorded one's)."""
+        info = self.info
+        return info.renewed_at + min(ttl, info.ttl) / RENEW_FRACTION <= self._clock() + slack
 
     def check(self) -> None:
         """Raise LeaseLostError unless this sidecar may write to the replica."""
@@ -286,11 +319,19 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         interval = min(lease.renew_interval for lease in self.leases)
+        # A dormant database's lease: renewed every ``resting`` seconds, with a TTL to match.
+        resting = max(interval, len(self.leases) / RESTING_RENEWALS_PER_SECOND)
         failing: dict[int, str] = {}  # lease -> the error it keeps failing with
         while not self._stop.wait(interval):
             for i, lease in enumerate(self.leases):
+                ttl = lease.ttl.total_seconds()
+                if lease.resting():
+                    ttl = max(ttl, resting * RENEW_FRACTION)
+                # Due a little early: a renewal just missed would wait a whole interval.
+                if not lease.renewal_due(ttl, slack=interval / 2):
+                    continue
                 try:
-                    lease.renew()
+                    lease.renew(ttl)
                 except LitestreamError as exc:
                     # An unreachable store: the replica's own writes fail too and warn about
                     # it; here it is said once. Past its TTL the lease may be taken meanwhile,

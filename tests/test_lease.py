@@ -138,3 +138,35 @@ def test_an_unreadable_lease_is_replaced(client: ReplicaClient) -> None:
     assert lease.held and lease.renew()
     current = client.read_lease()
     assert current is not None and LeaseInfo.from_bytes(current.data).db == "/srv/a.db"
+
+
+def test_a_resting_lease_records_its_longer_ttl_and_still_refuses_others(client: ReplicaClient) -> None:
+    """A dormant database's lease is renewed rarely, with a TTL to match: it does not expire in between."""
+    clock = FakeClock()
+    holder = Lease(client, "/srv/a.db", TTL, clock=clock)
+    holder.ensure()
+    resting = 10 * TTL.total_seconds()
+    assert holder.renew(resting)
+    current = client.read_lease()
+    assert current is not None and LeaseInfo.from_object(current).ttl == resting
+    clock.now += resting - 1  # long past the ordinary TTL
+    with pytest.raises(LeaseHeldError, match="database /srv/a.db"):
+        Lease(client, "/srv/b.db", TTL, clock=clock).acquire()
+    clock.now += 2
+    Lease(client, "/srv/b.db", TTL, clock=clock).acquire()  # the resting TTL ends too
+
+
+def test_a_write_after_a_rest_renews_first_and_a_takeover_meanwhile_fences_it(client: ReplicaClient) -> None:
+    clock = FakeClock()
+    holder = Lease(client, "/srv/a.db", TTL, clock=clock)
+    holder.ensure()
+    assert holder.renew(10 * TTL.total_seconds())
+    clock.now += 2 * TTL.total_seconds()
+    holder.ensure()  # still its own: renewed, with the ordinary TTL again
+    current = client.read_lease()
+    assert current is not None and LeaseInfo.from_object(current).ttl == TTL.total_seconds()
+    assert LeaseInfo.from_object(current).renewed_at == pytest.approx(clock.now, abs=1)
+    clock.now += 2 * TTL.total_seconds()
+    Lease(client, "/srv/b.db", TTL, clock=clock, takeover=True).ensure()
+    with pytest.raises(LeaseLostError, match="database /srv/b.db"):
+        holder.ensure()  # the renewal before its write finds the lease taken
