@@ -516,6 +516,13 @@ def idle(tool: Tool, work: Path, s: Settings, count: int) -> dict[str, Any]:
     lsr is given them as one ``dir:`` (Go 0.3.13 has no ``dir:``: one entry
     each); each is replicated under its file name.
     """
+    open_files = measure.raise_open_file_limit(count * IDLE_DESCRIPTORS_PER_DB + 1024)
+    go_needs = count * GO_DESCRIPTORS_PER_DB + GO_SPARE_DESCRIPTORS
+    if tool.name == "go" and go_needs > open_files:
+        # Started anyway it fails with EMFILE on the databases past the limit,
+        # after growing to several GiB on a machine others share.
+        raise RuntimeError(f"Go 0.3.13 cannot hold {count:,} databases open: about {go_needs:,} descriptors "
+                           f"({GO_DESCRIPTORS_PER_DB} each), open-file limit {open_files:,}; not started")
     d = work / f"idle-{count}-{tool.name}"
     (d / "dbs").mkdir(parents=True)
     template = d / "template.db"
@@ -531,14 +538,6 @@ def idle(tool: Tool, work: Path, s: Settings, count: int) -> dict[str, Any]:
     else:
         config = write_config(d / "litestream.yml", [
             (db, {"type": "file", "path": str(replicas / db.name)}, {}) for db in sorted((d / "dbs").glob("*.db"))])
-    open_files = measure.raise_open_file_limit(count * IDLE_DESCRIPTORS_PER_DB + 1024)
-    go_needs = count * GO_DESCRIPTORS_PER_DB + GO_SPARE_DESCRIPTORS
-    if tool.name == "go" and go_needs > open_files:
-        # Started anyway it fails with EMFILE on the databases past the limit,
-        # after growing to several GiB on a machine others share.
-        shutil.rmtree(d)
-        raise RuntimeError(f"Go 0.3.13 cannot hold {count:,} databases open: about {go_needs:,} descriptors "
-                           f"({GO_DESCRIPTORS_PER_DB} each), open-file limit {open_files:,}; not started")
     log = d / "sidecar.log"
     t0 = time.monotonic()
     timeout = max(READY_TIMEOUT, count * IDLE_READY_SECONDS_PER_DB)

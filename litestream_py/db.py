@@ -18,7 +18,8 @@ past a reader on the database file (read-mark 0). So while the read lock is held
 committed frame can leave the WAL before lsr has copied it, and a WAL that was
 restarted or truncated since the last sync was restarted only after a full copy.
 When that cannot be shown (first start, a gap in the read lock, a WAL changed
-while lsr was down) lsr starts a new generation.
+while lsr was down) lsr starts a new generation. A dormant DB (dormancy.py) is
+such a gap by choice: it wakes through the same check as a start.
 """
 
 from __future__ import annotations
