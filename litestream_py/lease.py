@@ -134,6 +134,7 @@ class Lease:
     ) -> None:
         self.client = client
         self.resting = resting  # its database is dormant: renew on the resting schedule (LeaseKeeper)
+        self.resting_ttl = ttl.total_seconds()  # the TTL of that schedule (set by LeaseKeeper)
         self.ttl = ttl
         self.takeover = takeover
         self._clock = clock
@@ -146,6 +147,10 @@ class Lease:
         self._acquire_lock = threading.Lock()
         # Renewals one at a time: two with the same version, one would fail and call the lease lost.
         self._renew_lock = threading.Lock()
+        # When the next renewal is due, awake and resting: the keeper checks
+        # ten thousand leases every few seconds, so it only compares these.
+        self._due_awake = self._due_resting = 0.0
+        self._set_dues(self.info)
 
     @property
     def renew_interval(self) -> float:
@@ -250,6 +255,7 @@ class Lease:
         self._confirm(where, version)
         with self._lock:
             self._version = version
+        self._set_dues(self.info)
 
     def _confirm(self, where: str, written: str) -> None:
         """Read the lease back: on a server without conditional writes a racer may have overwritten it."""
@@ -283,12 +289,26 @@ class Lease:
             return False
         with self._lock:
             self.info, self._version = info, new_version
+        self._set_dues(info)
         return True
 
-    def renewal_due(self, ttl: float, slack: float) -> bool:
-        """Whether a renewal with ``ttl`` is due within ``slack`` seconds (the sooner of its TTL's and the recorded one's)."""
-        info = self.info
-        return info.renewed_at + min(ttl, info.ttl) / RENEW_FRACTION <= self._clock() + slack
+    def set_resting_ttl(self, ttl: float) -> None:
+        """The TTL of the resting schedule, in seconds (LeaseKeeper's choice)."""
+        self.resting_ttl = ttl
+        self._set_dues(self.info)
+
+    def _set_dues(self, info: LeaseInfo) -> None:
+        # The sooner of the wanted TTL's and the recorded one's: a change of schedule is due at once.
+        self._due_awake = info.renewed_at + min(self.ttl.total_seconds(), info.ttl) / RENEW_FRACTION
+        self._due_resting = info.renewed_at + min(self.resting_ttl, info.ttl) / RENEW_FRACTION
+
+    def renewal_due(self, slack: float) -> float | None:
+        """The TTL to renew with if a renewal is due within ``slack`` seconds, else None."""
+        if self.resting():
+            due, ttl = self._due_resting, self.resting_ttl
+        else:
+            due, ttl = self._due_awake, self.ttl.total_seconds()
+        return ttl if due <= self._clock() + slack else None
 
     def check(self) -> None:
         """Raise LeaseLostError unless this sidecar may write to the replica."""
@@ -314,21 +334,22 @@ class LeaseKeeper:
     def start(self) -> None:
         if not self.leases:
             return
+        # A dormant database's lease: renewed every ``resting`` seconds, with a TTL to match.
+        interval = min(lease.renew_interval for lease in self.leases)
+        resting = max(interval, len(self.leases) / RESTING_RENEWALS_PER_SECOND)
+        for lease in self.leases:
+            lease.set_resting_ttl(max(lease.ttl.total_seconds(), resting * RENEW_FRACTION))
         self._thread = threading.Thread(target=self._run, name="lsr-lease", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         interval = min(lease.renew_interval for lease in self.leases)
-        # A dormant database's lease: renewed every ``resting`` seconds, with a TTL to match.
-        resting = max(interval, len(self.leases) / RESTING_RENEWALS_PER_SECOND)
         failing: dict[int, str] = {}  # lease -> the error it keeps failing with
         while not self._stop.wait(interval):
             for i, lease in enumerate(self.leases):
-                ttl = lease.ttl.total_seconds()
-                if lease.resting():
-                    ttl = max(ttl, resting * RENEW_FRACTION)
                 # Due a little early: a renewal just missed would wait a whole interval.
-                if not lease.renewal_due(ttl, slack=interval / 2):
+                ttl = lease.renewal_due(slack=interval / 2)
+                if ttl is None:
                     continue
                 try:
                     lease.renew(ttl)

@@ -170,3 +170,27 @@ def test_a_write_after_a_rest_renews_first_and_a_takeover_meanwhile_fences_it(cl
     Lease(client, "/srv/b.db", TTL, clock=clock, takeover=True).ensure()
     with pytest.raises(LeaseLostError, match="database /srv/b.db"):
         holder.ensure()  # the renewal before its write finds the lease taken
+
+
+def test_the_keeper_renews_a_resting_lease_on_its_longer_schedule(client: ReplicaClient) -> None:
+    clock = FakeClock()
+    dormant = [False]
+    busy = Lease(client, "/srv/a.db", TTL, clock=clock, resting=lambda: dormant[0])
+    busy.ensure()
+    busy.set_resting_ttl(10 * TTL.total_seconds())
+    assert busy.renewal_due(slack=0) is None  # just acquired
+    clock.now += TTL.total_seconds() / 3
+    assert busy.renewal_due(slack=0) == TTL.total_seconds()
+    dormant[0] = True  # its database went dormant: renewed with the resting TTL, then rarely
+    assert busy.renewal_due(slack=0) == 10 * TTL.total_seconds()
+    assert busy.renew(10 * TTL.total_seconds())
+    clock.now += TTL.total_seconds()
+    assert busy.renewal_due(slack=0) is None
+    clock.now += 10 * TTL.total_seconds() / 3
+    assert busy.renewal_due(slack=0) == 10 * TTL.total_seconds()
+    dormant[0] = False  # awake again: on the ordinary schedule at once
+    assert busy.renewal_due(slack=0) == TTL.total_seconds()
+    assert busy.renew(TTL.total_seconds())
+    assert busy.renewal_due(slack=0) is None
+    clock.now += TTL.total_seconds() / 3
+    assert busy.renewal_due(slack=0) == TTL.total_seconds()
