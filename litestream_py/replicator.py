@@ -289,9 +289,9 @@ class Replicator:
         retry = db.checkpoints.seconds_until_retry()
         if retry is not None:
             wait = min(wait, retry)
-        # A stretched safety net must not put off the interval checkpoint of a DB gone quiet.
         if db.is_awake() and not errors.last:
             wait = min(wait, self._rest(db))
+        # A stretched safety net must not put off the interval checkpoint of a DB gone quiet.
         checkpoint = db.seconds_until_checkpoint()
         if checkpoint is not None:
             wait = min(wait, max(checkpoint, db.monitor_interval.total_seconds()))

@@ -162,10 +162,10 @@ def test_a_write_after_a_rest_renews_first_and_a_takeover_meanwhile_fences_it(cl
     holder.ensure()
     assert holder.renew(10 * TTL.total_seconds())
     clock.now += 2 * TTL.total_seconds()
-    holder.ensure()  # still its own: renewed, with the ordinary TTL again
+    holder.ensure()  # still its own: renewed first (the keeper restores the ordinary TTL)
     current = client.read_lease()
-    assert current is not None and LeaseInfo.from_object(current).ttl == TTL.total_seconds()
-    assert LeaseInfo.from_object(current).renewed_at == pytest.approx(clock.now, abs=1)
+    assert current is not None and LeaseInfo.from_object(current).renewed_at == pytest.approx(clock.now, abs=1)
+    assert holder.info.renewed_at == clock.now
     clock.now += 2 * TTL.total_seconds()
     Lease(client, "/srv/b.db", TTL, clock=clock, takeover=True).ensure()
     with pytest.raises(LeaseLostError, match="database /srv/b.db"):
