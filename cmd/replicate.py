@@ -59,10 +59,10 @@ def command(config_path: str | None, no_expand_env: bool, exec_cmd: str, takeove
                 log.warning("%s", warning)
             if not config.dbs:
                 raise ConfigError("cannot replicate: no databases configured")
-            raise_open_file_limit(len(config.dbs))
+            awake_limit = raise_open_file_limit(len(config.dbs))
             configure_process_for_sidecar()
             dbs = [db_from_config(dbc) for dbc in config.dbs]
-            replicator = Replicator(dbs)
+            replicator = Replicator(dbs, awake_limit=awake_limit)
         started: list[Service] = []
         keeper = acquire_leases(dbs, parse_duration(lease_ttl, "-lease-ttl"), takeover, stop)
         try:

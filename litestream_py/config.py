@@ -49,7 +49,7 @@ _UNSUPPORTED_TOP_KEYS = {
 }
 _LOGGING_KEYS = {"level", "type", "stderr"}
 _DB_KEYS = {
-    "path", "dir", "pattern", "meta-path", "monitor-interval", "checkpoint-interval",
+    "path", "dir", "pattern", "meta-path", "monitor-interval", "checkpoint-interval", "dormant-after",
     "min-checkpoint-page-count", "max-checkpoint-page-count", "replicas",
 }
 _S3_KEYS = {"access-key-id", "secret-access-key", "region", "bucket", "endpoint", "force-path-style", "skip-verify"}
@@ -161,6 +161,7 @@ class DBConfig:
     meta_path: str | None = None
     monitor_interval: timedelta | None = None
     checkpoint_interval: timedelta | None = None
+    dormant_after: timedelta | None = None  # lsr's own: idle this long, let go of the database (0: never)
     min_checkpoint_page_count: int | None = None
     max_checkpoint_page_count: int | None = None
     replicas: list[ReplicaConfig] = field(default_factory=list)
@@ -306,7 +307,7 @@ def parse_config(text: str, *, expand: bool = True, source: str = "config") -> C
             dbc.dir_pattern = str(data.get("pattern") or "*.db")
         if data.get("meta-path"):
             dbc.meta_path = expand_path(str(data["meta-path"]))
-        for key in ("monitor-interval", "checkpoint-interval"):
+        for key in ("monitor-interval", "checkpoint-interval", "dormant-after"):
             if data.get(key) is not None:
                 setattr(dbc, key.replace("-", "_"), parse_duration(data[key], f"dbs[{i}] {key}"))
         for key in ("min-checkpoint-page-count", "max-checkpoint-page-count"):

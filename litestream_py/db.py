@@ -18,7 +18,8 @@ past a reader on the database file (read-mark 0). So while the read lock is held
 committed frame can leave the WAL before lsr has copied it, and a WAL that was
 restarted or truncated since the last sync was restarted only after a full copy.
 When that cannot be shown (first start, a gap in the read lock, a WAL changed
-while lsr was down) lsr starts a new generation.
+while lsr was down) lsr starts a new generation. A dormant DB (dormancy.py) is
+such a gap by choice: it wakes through the same check as a start.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Callable, Generic, Iterator, Protocol, TypeVar
 import apsw
 
 from . import paths
+from .dormancy import DORMANT_AFTER, MIN_DORMANT_QUIET, AwakeLimit
 from .checkpoint_policy import (
     CHECKPOINT_PASSIVE,
     CHECKPOINT_TRUNCATE,
@@ -110,6 +112,26 @@ class ReplicaView(Protocol):
 
 
 R = TypeVar("R", bound=ReplicaView)
+
+# (inode, size, mtime, ctime) of the WAL and of the database file: what a write to either changes.
+Stamp = tuple[tuple[int, int, int, int] | None, tuple[int, int, int, int] | None]
+
+
+def _stat(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+@dataclass
+class _Dormant:
+    """What a dormant DB keeps of its files: their stamp when it let go, and how quiet the WAL was then."""
+
+    stamp: Stamp
+    quiet: float  # unwritten_for() at the time
+    since: float  # monotonic
 
 
 @dataclass
@@ -189,6 +211,12 @@ class DB(Generic[R]):
         self._cleaned: tuple[str, int] | None = None  # what _clean last saw shipped
         self._change_listeners: list[Callable[[], None]] = []
         self.stats = DBStats()
+        # Set while dormant (see dormancy.py and sleep()).
+        self._dormant: _Dormant | None = None
+        self._pins = 0  # kept_awake() blocks in progress: no sleep meanwhile
+        self.awake_limit = AwakeLimit()  # the replicator's, shared by its DBs
+        self.dormant_after = DORMANT_AFTER  # seconds; 0: never dormant
+        self._counted_awake = False  # counted in awake_limit
 
     # -- paths -------------------------------------------------------------
     @property
@@ -220,7 +248,10 @@ class DB(Generic[R]):
         return self._pos
 
     def seconds_until_checkpoint(self) -> float | None:
-        """Until the interval checkpoint of what was copied since the last one (None: nothing waits)."""
+        """Until the interval checkpoint of what was copied since the last one (None: nothing waits,
+        or the DB is dormant: its first sync after a wake checkpoints then)."""
+        if self._dormant is not None:
+            return None
         return self.checkpoints.seconds_until_interval(self._page_size, self._pos.offset)
 
     def on_change(self, listener: Callable[[], None]) -> None:
@@ -244,13 +275,34 @@ class DB(Generic[R]):
         return self._shm_fd
 
     def is_open(self) -> bool:
+        """Served: awake, or dormant (its next sync reopens it if its files changed)."""
+        return self._read_lock.conn is not None or self._dormant is not None
+
+    def is_awake(self) -> bool:
+        """Holding its connection, read lock and descriptors."""
         return self._read_lock.conn is not None
+
+    def is_dormant(self) -> bool:
+        return self._dormant is not None
+
+    def needs_wake(self) -> bool:
+        """Whether a sync would open the database now: closed, or dormant with its files changed since."""
+        if self._read_lock.conn is not None:
+            return False
+        dormant = self._dormant
+        return dormant is None or self._stamp() != dormant.stamp
+
+    def _stamp(self) -> Stamp:
+        return _stat(self.wal_path), _stat(self.path)
 
     def open(self) -> bool:
         """Connect if the database exists; False while it does not exist yet."""
         with self._lock:
             if self._read_lock.conn is not None:
                 return True
+            if self._dormant is not None:
+                log.debug("%s: waking", self.path, extra={"db": self.path})
+                self._dormant = None
             self.check_path()
             if not os.path.exists(self.path):
                 if not self._waiting_logged:
@@ -323,6 +375,8 @@ class DB(Generic[R]):
                 self._continuous = True
             self._acquire_read_lock()
         self._close_writer()
+        self.awake_limit.opened()
+        self._counted_awake = True
         log.info("%s: opened (page size %d)", self.path, self._page_size, extra={"db": self.path})
 
     def _lock_meta(self) -> None:
@@ -337,9 +391,53 @@ class DB(Generic[R]):
     def close(self) -> None:
         with self._lock:
             self._disconnect()
+            self._dormant = None
             self._meta_lock.release()
 
+    def sleep(self, quiet_for: float) -> bool:
+        """Go dormant (dormancy.py) if the WAL was not written for ``quiet_for``
+        seconds and everything it committed is in the shadow WAL; True if it did.
+
+        The stamp is taken before the fingerprint is compared with the last
+        sync's: a commit before the stamp shows in the fingerprint, one after it
+        in the stamp, so no commit falls between the two."""
+        quiet_for = max(quiet_for, MIN_DORMANT_QUIET)
+        with self._lock:
+            if self._read_lock.conn is None or self._pins or not self._continuous:
+                return False
+            if self.checkpoints.seconds_until_retry() is not None:
+                return False
+            stamp = self._stamp()
+            quiet = self.unwritten_for()
+            if quiet < quiet_for or self.fingerprint.take() != self.fingerprint.synced:
+                return False
+            # A closing connection must leave the WAL as it is: no checkpoint of
+            # its own (PERSIST_WAL already keeps the file).
+            for conn in (self._read_lock.conn, self._conn):
+                if conn is not None:
+                    conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+            self._disconnect()
+            self._dormant = _Dormant(stamp, quiet, time.monotonic())
+            log.debug("%s: dormant", self.path, extra={"db": self.path})
+            return True
+
+    @contextmanager
+    def kept_awake(self) -> Iterator[None]:
+        """Open (waking a dormant DB) and stay awake while the block runs (a validation reads the live files)."""
+        with self._lock:
+            if not self.open():
+                raise DatabaseError(f"cannot read {self.path}: database does not exist")
+            self._pins += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pins -= 1
+
     def _disconnect(self) -> None:
+        if self._counted_awake:
+            self.awake_limit.closed()
+            self._counted_awake = False
         self._read_lock.release()
         for conn in (self._read_lock.conn, self._conn):
             if conn is not None:
@@ -404,6 +502,8 @@ class DB(Generic[R]):
 
     def _sync_if_changed(self, force: bool) -> bool:
         with self._lock:
+            if self._dormant is not None and self._stamp() == self._dormant.stamp:
+                return False  # nothing written since everything was copied (sleep)
             if not self.open():
                 return False
             # Taken before copying: a commit that lands during the copy changes
@@ -485,6 +585,11 @@ class DB(Generic[R]):
 
     def unwritten_for(self) -> float:
         """Seconds for which the WAL has certainly not been written (see fingerprint)."""
+        dormant = self._dormant
+        if dormant is not None:
+            if self._stamp() != dormant.stamp:
+                return 0.0
+            return dormant.quiet + time.monotonic() - dormant.since
         return self.fingerprint.unwritten_for()
 
     def _publish(self, generation: str, index: int) -> None:

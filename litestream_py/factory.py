@@ -67,6 +67,8 @@ def db_from_config(dbc: DBConfig) -> DB[Replica]:
         db.monitor_interval = dbc.monitor_interval
     if dbc.checkpoint_interval is not None:
         db.checkpoints.interval = dbc.checkpoint_interval
+    if dbc.dormant_after is not None:
+        db.dormant_after = dbc.dormant_after.total_seconds()
     if dbc.min_checkpoint_page_count is not None:
         db.checkpoints.min_page_count = dbc.min_checkpoint_page_count
     if dbc.max_checkpoint_page_count is not None:

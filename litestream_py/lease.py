@@ -21,6 +21,14 @@ writing, by which time a live holder has noticed.
 A renewal is the client's ``renew_lease``: a file replica's sets the lease's
 mtime under its lock (the content stays), an S3 replica's rewrites it.
 
+A replica of a dormant database (dormancy.py) writes nothing, and its lease is
+renewed less often, with a TTL to match recorded in the lease (RESTING_RENEWALS_PER_SECOND):
+another sidecar still finds it held and refuses to start. Before its next
+write, a replica whose lease was last renewed more than one ordinary renewal
+interval ago renews it first (``ensure``), conditionally as always: after a
+takeover meanwhile it finds the lease lost and writes nothing. The keeper puts
+the lease of a database that woke back on the ordinary TTL at its next round.
+
 A server that ignores conditional headers accepts every write: the lease is
 then read back after each one (the S3 client does so for its renewals), and
 the loser of a race finds the other's token at its next renewal at the latest.
@@ -43,13 +51,17 @@ from .pos import LeaseObject
 from .replica_client import ReplicaClient
 
 
-__all__ = ["DEFAULT_LEASE_TTL", "Lease", "LeaseInfo", "LeaseKeeper", "RENEW_FRACTION"]
+__all__ = ["DEFAULT_LEASE_TTL", "Lease", "LeaseInfo", "LeaseKeeper", "RENEW_FRACTION", "RESTING_RENEWALS_PER_SECOND"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_TTL = timedelta(seconds=30)
 # Renewals per TTL: two may fail (a slow or briefly unreachable store) before the lease expires.
 RENEW_FRACTION = 3
+# Renewals per second, in all, of the leases of dormant databases: each costs
+# ~50 us of CPU, and ten thousand on the ordinary TTL would take ~5 % of a core.
+# Past this, their renewal interval (and TTL) stretches with their number.
+RESTING_RENEWALS_PER_SECOND = 20.0
 
 Clock = Callable[[], float]
 
@@ -119,8 +131,11 @@ class Lease:
         *,
         takeover: bool = False,
         clock: Clock = time.time,
+        resting: Callable[[], bool] = lambda: False,
     ) -> None:
         self.client = client
+        self.resting = resting  # its database is dormant: renew on the resting schedule (LeaseKeeper)
+        self.resting_ttl = ttl.total_seconds()  # the TTL of that schedule (set by LeaseKeeper)
         self.ttl = ttl
         self.takeover = takeover
         self._clock = clock
@@ -131,6 +146,12 @@ class Lease:
         self._lost = ""  # who took it, once lost
         self._lock = threading.Lock()
         self._acquire_lock = threading.Lock()
+        # Renewals one at a time: two with the same version, one would fail and call the lease lost.
+        self._renew_lock = threading.Lock()
+        # When the next renewal is due, awake and resting: the keeper checks
+        # ten thousand leases every few seconds, so it only compares these.
+        self._due_awake = self._due_resting = 0.0
+        self._set_dues(self.info)
 
     @property
     def renew_interval(self) -> float:
@@ -197,6 +218,12 @@ class Lease:
         """Before a write: hold the lease (taking it on the first write), else raise LeaseLostError."""
         self.check()
         if self.held:
+            if self._clock() - self.info.renewed_at > self.renew_interval:
+                # Renewed on the resting schedule (or late): prove it is still ours first.
+                # Its TTL stays: an idle wake of a dormant database's shipper checks here
+                # too, and two rewrites (here and back by the keeper) cost ~0.8 ms each time.
+                self.renew()
+                self.check()
             return
         with self._acquire_lock:
             if self.held:
@@ -231,6 +258,7 @@ class Lease:
         self._confirm(where, version)
         with self._lock:
             self._version = version
+        self._set_dues(self.info)
 
     def _confirm(self, where: str, written: str) -> None:
         """Read the lease back: on a server without conditional writes a racer may have overwritten it."""
@@ -238,15 +266,24 @@ class Lease:
         if current is None or current.version != written:
             raise LeaseHeldError(f"cannot replicate to {where}: its lease was taken by {self._who(current)}")
 
-    def renew(self) -> bool:
-        """Extend the lease; False (and the lease marked lost) if someone else has it."""
+    def renew(self, ttl: float | None = None) -> bool:
+        """Extend the lease (recording ``ttl`` seconds as its TTL, if given); False
+        (and the lease marked lost) if someone else has it."""
+        with self._renew_lock:
+            return self._renew(ttl)
+
+    def _renew(self, ttl: float | None) -> bool:
         with self._lock:
             version = self._version
         if version is None or self.lost:
             return False
-        info = replace(self.info, renewed_at=self._clock())
+        info = replace(self.info, renewed_at=self._clock(), ttl=self.info.ttl if ttl is None else ttl)
         try:
-            new_version = self.client.renew_lease(info.to_bytes(), version, info.renewed_at)
+            if info.ttl != self.info.ttl:
+                # A file replica's renewal keeps the content, and the TTL is in it.
+                new_version = self.client.write_lease(info.to_bytes(), version)
+            else:
+                new_version = self.client.renew_lease(info.to_bytes(), version, info.renewed_at)
         except PreconditionFailedError:
             who = self._who(self.client.read_lease())
             with self._lock:
@@ -255,7 +292,26 @@ class Lease:
             return False
         with self._lock:
             self.info, self._version = info, new_version
+        self._set_dues(info)
         return True
+
+    def set_resting_ttl(self, ttl: float) -> None:
+        """The TTL of the resting schedule, in seconds (LeaseKeeper's choice)."""
+        self.resting_ttl = ttl
+        self._set_dues(self.info)
+
+    def _set_dues(self, info: LeaseInfo) -> None:
+        # The sooner of the wanted TTL's and the recorded one's: a change of schedule is due at once.
+        self._due_awake = info.renewed_at + min(self.ttl.total_seconds(), info.ttl) / RENEW_FRACTION
+        self._due_resting = info.renewed_at + min(self.resting_ttl, info.ttl) / RENEW_FRACTION
+
+    def renewal_due(self, slack: float) -> float | None:
+        """The TTL to renew with if a renewal is due within ``slack`` seconds, else None."""
+        if self.resting():
+            due, ttl = self._due_resting, self.resting_ttl
+        else:
+            due, ttl = self._due_awake, self.ttl.total_seconds()
+        return ttl if due <= self._clock() + slack else None
 
     def check(self) -> None:
         """Raise LeaseLostError unless this sidecar may write to the replica."""
@@ -281,6 +337,11 @@ class LeaseKeeper:
     def start(self) -> None:
         if not self.leases:
             return
+        # A dormant database's lease: renewed every ``resting`` seconds, with a TTL to match.
+        interval = min(lease.renew_interval for lease in self.leases)
+        resting = max(interval, len(self.leases) / RESTING_RENEWALS_PER_SECOND)
+        for lease in self.leases:
+            lease.set_resting_ttl(max(lease.ttl.total_seconds(), resting * RENEW_FRACTION))
         self._thread = threading.Thread(target=self._run, name="lsr-lease", daemon=True)
         self._thread.start()
 
@@ -289,8 +350,12 @@ class LeaseKeeper:
         failing: dict[int, str] = {}  # lease -> the error it keeps failing with
         while not self._stop.wait(interval):
             for i, lease in enumerate(self.leases):
+                # Due a little early: a renewal just missed would wait a whole interval.
+                ttl = lease.renewal_due(slack=interval / 2)
+                if ttl is None:
+                    continue
                 try:
-                    lease.renew()
+                    lease.renew(ttl)
                 except LitestreamError as exc:
                     # An unreachable store: the replica's own writes fail too and warn about
                     # it; here it is said once. Past its TTL the lease may be taken meanwhile,

@@ -9,7 +9,7 @@ import threading
 
 from .errors import ConfigError
 
-__all__ = ["DESCRIPTORS_PER_DB", "SPARE_DESCRIPTORS", "configure_process_for_restore", "configure_process_for_sidecar",
+__all__ = ["DESCRIPTORS_PER_DB", "DORMANT_DESCRIPTORS_PER_DB", "MIN_AWAKE_DBS", "SPARE_DESCRIPTORS", "configure_process_for_restore", "configure_process_for_sidecar",
            "raise_open_file_limit", "release_free_memory"]
 
 SIDECAR_THREAD_STACK_SIZE = 512 * 1024
@@ -53,16 +53,22 @@ def configure_process_for_sidecar() -> None:
 # until the process's last lock on the file goes), the -shm twice, the -wal,
 # and the meta directory's lock file.
 DESCRIPTORS_PER_DB = 8
+# A dormant database (dormancy.py) holds only its meta directory's lock file.
+DORMANT_DESCRIPTORS_PER_DB = 1
 # Beyond the databases: standard streams, inotify, sockets, replica files being written.
 SPARE_DESCRIPTORS = 256
+# Fewer databases awake at once than this (or than all of them) is refused:
+# they would queue for descriptors behind every busy one.
+MIN_AWAKE_DBS = 64
 
 
-def raise_open_file_limit(databases: int) -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit (as Go's runtime does) and return it.
+def raise_open_file_limit(databases: int) -> int | None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as Go's runtime does) and
+    return how many databases may be awake at once within it (None: all of them).
 
-    Raises ConfigError when ``databases`` cannot all be held open within it,
-    before any is opened: a sidecar that ran out half-way would replicate some
-    databases and fail on the rest with EMFILE.
+    Databases past that many open as others go dormant. Raises ConfigError when
+    even that cannot fit, before any is opened: a sidecar that ran out half-way
+    would replicate some databases and fail on the rest with EMFILE.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
@@ -71,13 +77,18 @@ def raise_open_file_limit(databases: int) -> int:
             soft = hard
         except (ValueError, OSError):
             pass  # keep the soft limit; the check below says whether it suffices
-    need = databases * DESCRIPTORS_PER_DB + SPARE_DESCRIPTORS
-    if soft != resource.RLIM_INFINITY and need > soft:
+    if soft == resource.RLIM_INFINITY or databases * DESCRIPTORS_PER_DB + SPARE_DESCRIPTORS <= soft:
+        return None
+    extra = DESCRIPTORS_PER_DB - DORMANT_DESCRIPTORS_PER_DB  # of an awake database over a dormant one
+    awake = (soft - SPARE_DESCRIPTORS - databases * DORMANT_DESCRIPTORS_PER_DB) // extra
+    if awake < min(databases, MIN_AWAKE_DBS):
+        need = databases * DORMANT_DESCRIPTORS_PER_DB + min(databases, MIN_AWAKE_DBS) * extra + SPARE_DESCRIPTORS
         raise ConfigError(
             f"cannot open {databases} databases: the open-file limit is {soft} and they need about {need} "
-            f"({DESCRIPTORS_PER_DB} each); raise LimitNOFILE (ulimit -n)"
+            f"({DESCRIPTORS_PER_DB} each while in use, {DORMANT_DESCRIPTORS_PER_DB} while dormant); "
+            "raise LimitNOFILE (ulimit -n)"
         )
-    return soft
+    return awake
 
 
 def release_free_memory() -> None:

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 from . import health
 from .db import DB
+from .dormancy import DORMANT_RECHECK, MIN_DORMANT_QUIET, AwakeLimit
 from .errors import ConfigError, DatabaseBusyError, DatabaseError, LitestreamError, StorageError
 from .lease import Lease, LeaseKeeper
 from .pos import Pos
@@ -124,14 +125,21 @@ class _ShipState:
 class Replicator:
     """Runs and stops the replication of a set of databases."""
 
-    def __init__(self, dbs: list[DB[Replica]], *, watch: bool = True) -> None:
+    def __init__(self, dbs: list[DB[Replica]], *, watch: bool = True, awake_limit: int | None = None) -> None:
         self.dbs = dbs
+        # Past this many awake DBs, one more opens only once another went dormant (dormancy.py).
+        self._awake = AwakeLimit(awake_limit)
+        for db in dbs:
+            db.awake_limit = self._awake
+        self._waiting_lock = threading.Lock()
+        self._waiting: dict[int, _Task] = {}  # monitors waiting for room to open their DB, by id(); in order
         # A pool each: shipments waiting on a slow or dead endpoint (up to the
         # client's timeouts and retries) may take every shipper thread, never a
         # monitor's, so every WAL is still copied and checkpointed meanwhile.
         self._monitors = _Pool("lsr-sync")
         self._shippers = _Pool("lsr-ship")
         self._monitor_tasks: list[_Task] = []
+        self._monitor_of: dict[int, _Task] = {}  # by id(db)
         self._unserved: dict[str, str] = {}  # the DBs that cannot be opened at all, now: path -> why
         self._ship_states: dict[int, _ShipState] = {}  # by id(replica)
         # Notified after every shipping step: the sync barrier waits on it.
@@ -146,14 +154,18 @@ class Replicator:
         and retried (see _ErrorLog). Raises only when no DB can be served.
         """
         failures: list[tuple[DB[Replica], LitestreamError]] = []
+        tried = 0
         for db in self.dbs:
+            if self._awake.full():
+                break  # the rest open as others go dormant
+            tried += 1
             try:
                 db.open()
             except DatabaseBusyError:
                 pass  # the monitor retries, and logs it once if it persists
             except LitestreamError as exc:
                 failures.append((db, exc))
-        if len(failures) == len(self.dbs):
+        if len(failures) == tried == len(self.dbs):
             for db in self.dbs:
                 db.close()
             if len(failures) == 1:
@@ -167,6 +179,7 @@ class Replicator:
         for db in self.dbs:
             monitor = self._monitor_task(db, unserved.get(db.path))
             self._monitor_tasks.append(monitor)
+            self._monitor_of[id(db)] = monitor
             if watcher is not None:
                 watcher.watch(db.path, functools.partial(self._monitors.wake, monitor))
             for replica in db.replicas:
@@ -241,11 +254,17 @@ class Replicator:
         if failure is not None:
             errors.failed(failure)
         # A busy writer's commits are copied in batches, not one sync each.
-        return _Task(f"{db.path}: sync", lambda: self._monitor_step(db, errors), MIN_SYNC_SPACING, BUSY_SPACING_FACTOR)
+        task = _Task(f"{db.path}: sync", lambda: self._monitor_step(db, errors, task), MIN_SYNC_SPACING,
+                     BUSY_SPACING_FACTOR)
+        return task
 
-    def _monitor_step(self, db: DB[Replica], errors: _ErrorLog) -> float:
+    def _monitor_step(self, db: DB[Replica], errors: _ErrorLog, task: _Task) -> float:
         if self._watcher is not None:
             self._watcher.arm(db.path)  # before the sync reads the WAL: no write goes unseen
+        if db.needs_wake() and self._awake.full():
+            with self._waiting_lock:
+                self._waiting[id(task)] = task
+            return self._poll_interval(db)
         unserved = False  # the database cannot be opened at all (not WAL, a directory...)
         try:
             db.sync()
@@ -270,11 +289,41 @@ class Replicator:
         retry = db.checkpoints.seconds_until_retry()
         if retry is not None:
             wait = min(wait, retry)
+        if db.is_awake() and not errors.last:
+            wait = min(wait, self._rest(db))
         # A stretched safety net must not put off the interval checkpoint of a DB gone quiet.
         checkpoint = db.seconds_until_checkpoint()
         if checkpoint is not None:
             wait = min(wait, max(checkpoint, db.monitor_interval.total_seconds()))
+        self._let_waiting_in()
         return wait
+
+    def _rest(self, db: DB[Replica]) -> float:
+        """Put ``db`` to sleep (dormancy.py) if it is quiet and shipped; else when to look again (inf: never)."""
+        if db.dormant_after <= 0:
+            return math.inf
+        after = MIN_DORMANT_QUIET if self._waiting else db.dormant_after
+        if db.checkpoints.seconds_until_retry() is not None:
+            return after
+        position = db.pos()
+        if any(replica.pos() != position for replica in db.replicas):
+            return after  # what is not shipped yet may still need the database (a snapshot)
+        quiet = db.unwritten_for()
+        if quiet < after:
+            return max(after - quiet, DORMANT_RECHECK)
+        return math.inf if db.sleep(after) else DORMANT_RECHECK
+
+    def _let_waiting_in(self) -> None:
+        """Wake as many monitors waiting for room to open their DB as there is room."""
+        if not self._waiting:
+            return
+        limit = self._awake.limit
+        room = len(self._waiting) if limit is None else limit - self._awake.awake
+        with self._waiting_lock:
+            while room > 0 and self._waiting:
+                task = self._waiting.pop(next(iter(self._waiting)))
+                self._monitors.wake(task)
+                room -= 1
 
     def _ship_task(self, replica: Replica) -> _Task:
         db = replica.db
@@ -295,6 +344,7 @@ class Replicator:
         return task
 
     def _ship_step(self, replica: Replica, db: DB[Replica], state: _ShipState, task: _Task) -> float:
+        was_awake = db.is_awake()
         try:
             now = time.monotonic()
             requested = state.flush_requests
@@ -336,6 +386,9 @@ class Replicator:
             replica.stats.failed(exc)
         with self._shipped:
             self._shipped.notify_all()
+        monitor = self._monitor_of.get(id(db))
+        if not was_awake and db.is_awake() and monitor is not None:
+            self._monitors.wake(monitor)  # a snapshot woke it: its monitor lets it sleep again
         # Until the next scheduled job; new WAL wakes the shipper sooner.
         now = time.monotonic()
         jobs = (state.snapshot, state.retention, state.validation, state.intact)
@@ -383,7 +436,8 @@ class Replicator:
         db = replica.db
         assert db is not None
         replica.check_intact()  # a wiped replica is shipped again (catch_up) before it is compared
-        result = verify_database(db.path, replica.reader, db.meta_path, shm_fd=db.shm_fd, catch_up=replica.sync)
+        with db.kept_awake():  # it reads the live files through the DB's descriptors
+            result = verify_database(db.path, replica.reader, db.meta_path, shm_fd=db.shm_fd, catch_up=replica.sync)
         replica.stats.validations["ok" if result.ok else "error"] += 1
         if result.ok:
             log.info("%s: replica %s verified: %s", db.path, replica.name, result.describe())
@@ -456,7 +510,7 @@ def acquire_leases(dbs: Sequence[DB[Replica]], ttl: timedelta, takeover: bool, s
     took_over = False
     for db in dbs:
         for replica in db.replicas:
-            lease = Lease(replica.client, db.path, ttl, takeover=takeover)
+            lease = Lease(replica.client, db.path, ttl, takeover=takeover, resting=db.is_dormant)
             took_over |= lease.check_available()
             leases.append(lease)
             replica.lease = lease

@@ -138,3 +138,59 @@ def test_an_unreadable_lease_is_replaced(client: ReplicaClient) -> None:
     assert lease.held and lease.renew()
     current = client.read_lease()
     assert current is not None and LeaseInfo.from_bytes(current.data).db == "/srv/a.db"
+
+
+def test_a_resting_lease_records_its_longer_ttl_and_still_refuses_others(client: ReplicaClient) -> None:
+    """A dormant database's lease is renewed rarely, with a TTL to match: it does not expire in between."""
+    clock = FakeClock()
+    holder = Lease(client, "/srv/a.db", TTL, clock=clock)
+    holder.ensure()
+    resting = 10 * TTL.total_seconds()
+    assert holder.renew(resting)
+    current = client.read_lease()
+    assert current is not None and LeaseInfo.from_object(current).ttl == resting
+    clock.now += resting - 1  # long past the ordinary TTL
+    with pytest.raises(LeaseHeldError, match="database /srv/a.db"):
+        Lease(client, "/srv/b.db", TTL, clock=clock).acquire()
+    clock.now += 2
+    Lease(client, "/srv/b.db", TTL, clock=clock).acquire()  # the resting TTL ends too
+
+
+def test_a_write_after_a_rest_renews_first_and_a_takeover_meanwhile_fences_it(client: ReplicaClient) -> None:
+    clock = FakeClock()
+    holder = Lease(client, "/srv/a.db", TTL, clock=clock)
+    holder.ensure()
+    assert holder.renew(10 * TTL.total_seconds())
+    clock.now += 2 * TTL.total_seconds()
+    holder.ensure()  # still its own: renewed first (the keeper restores the ordinary TTL)
+    current = client.read_lease()
+    assert current is not None and LeaseInfo.from_object(current).renewed_at == pytest.approx(clock.now, abs=1)
+    assert holder.info.renewed_at == clock.now
+    clock.now += 2 * TTL.total_seconds()
+    Lease(client, "/srv/b.db", TTL, clock=clock, takeover=True).ensure()
+    with pytest.raises(LeaseLostError, match="database /srv/b.db"):
+        holder.ensure()  # the renewal before its write finds the lease taken
+
+
+def test_the_keeper_renews_a_resting_lease_on_its_longer_schedule(client: ReplicaClient) -> None:
+    clock = FakeClock()
+    dormant = [False]
+    busy = Lease(client, "/srv/a.db", TTL, clock=clock, resting=lambda: dormant[0])
+    busy.ensure()
+    busy.set_resting_ttl(10 * TTL.total_seconds())
+    assert busy.renewal_due(slack=0) is None  # just acquired
+    clock.now += TTL.total_seconds() / 3
+    assert busy.renewal_due(slack=0) == TTL.total_seconds()
+    dormant[0] = True  # its database went dormant: renewed with the resting TTL, then rarely
+    assert busy.renewal_due(slack=0) == 10 * TTL.total_seconds()
+    assert busy.renew(10 * TTL.total_seconds())
+    clock.now += TTL.total_seconds()
+    assert busy.renewal_due(slack=0) is None
+    clock.now += 10 * TTL.total_seconds() / 3
+    assert busy.renewal_due(slack=0) == 10 * TTL.total_seconds()
+    dormant[0] = False  # awake again: on the ordinary schedule at once
+    assert busy.renewal_due(slack=0) == TTL.total_seconds()
+    assert busy.renew(TTL.total_seconds())
+    assert busy.renewal_due(slack=0) is None
+    clock.now += TTL.total_seconds() / 3
+    assert busy.renewal_due(slack=0) == TTL.total_seconds()
