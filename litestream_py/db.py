@@ -36,7 +36,7 @@ from typing import Callable, Generic, Iterator, Protocol, TypeVar
 import apsw
 
 from . import paths
-from .dormancy import DORMANT_AFTER, MIN_DORMANT_QUIET, AwakeLimit
+from .dormancy import MIN_DORMANT_QUIET, AwakeLimit
 from .checkpoint_policy import (
     CHECKPOINT_PASSIVE,
     CHECKPOINT_TRUNCATE,
@@ -215,7 +215,7 @@ class DB(Generic[R]):
         self._dormant: _Dormant | None = None
         self._pins = 0  # kept_awake() blocks in progress: no sleep meanwhile
         self.awake_limit = AwakeLimit()  # the replicator's, shared by its DBs
-        self.dormant_after = DORMANT_AFTER  # seconds; 0: never dormant
+        self.dormant_after: float | None = None  # seconds; 0: never dormant; None: as the replicator sees fit
         self._counted_awake = False  # counted in awake_limit
 
     # -- paths -------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 from . import health
 from .db import DB
-from .dormancy import DORMANT_RECHECK, MIN_DORMANT_QUIET, AwakeLimit
+from .dormancy import DORMANT_RECHECK, AwakeLimit, quiet_before_dormant
 from .errors import ConfigError, DatabaseBusyError, DatabaseError, LitestreamError, StorageError
 from .lease import Lease, LeaseKeeper
 from .pos import Pos
@@ -300,9 +300,9 @@ class Replicator:
 
     def _rest(self, db: DB[Replica]) -> float:
         """Put ``db`` to sleep (dormancy.py) if it is quiet and shipped; else when to look again (inf: never)."""
-        if db.dormant_after <= 0:
+        after = quiet_before_dormant(db.dormant_after, len(self.dbs), bool(self._waiting))
+        if after <= 0:
             return math.inf
-        after = MIN_DORMANT_QUIET if self._waiting else db.dormant_after
         if db.checkpoints.seconds_until_retry() is not None:
             return after
         position = db.pos()

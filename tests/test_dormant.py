@@ -159,3 +159,18 @@ def test_a_dormant_database_still_excludes_a_second_sidecar(tmp_path: Path, proc
         other_app.close()
     assert same_db.returncode != 0 and "already replicates it" in same_db.stderr, same_db.stderr
     assert same_replica.returncode != 0 and "its lease is held by" in same_replica.stderr, same_replica.stderr
+
+
+def test_only_a_sidecar_of_many_databases_lets_them_go_dormant_unless_configured() -> None:
+    """A few databases stay awake (an application that closes its last connection while lsr is
+    dormant would cost a new generation); a hundred or more, or any that others wait for,
+    go dormant; dormant-after, when set, is obeyed whatever the count (0: never)."""
+    from litestream_py.dormancy import DORMANT_AFTER, DORMANT_MIN_DBS, MIN_DORMANT_QUIET, quiet_before_dormant
+
+    assert quiet_before_dormant(None, 1, False) == 0
+    assert quiet_before_dormant(None, DORMANT_MIN_DBS - 1, False) == 0
+    assert quiet_before_dormant(None, DORMANT_MIN_DBS, False) == DORMANT_AFTER
+    assert quiet_before_dormant(None, 1, True) == MIN_DORMANT_QUIET
+    assert quiet_before_dormant(5.0, 1, False) == 5.0
+    assert quiet_before_dormant(5.0, 1, True) == MIN_DORMANT_QUIET
+    assert quiet_before_dormant(0.0, 10_000, True) == 0
