@@ -207,8 +207,12 @@ class Replica:
                 if info.generation != dpos.generation:
                     return wrote  # a new generation began meanwhile; next sync
             self._set_pos(self._calc_pos(dpos.generation))
+        # Up to where the shadow WAL was when this sync began: chasing commits made
+        # while it ships would put one small segment per commit for as long as a
+        # write takes longer than the writer's commit interval (a PUT each, on
+        # an object store); those go with the next shipment, which they wake.
         with _Puts() as puts:
-            while self._ship_next(include_partial, puts):
+            while self._ship_next(include_partial, puts, dpos):
                 wrote = True
         return wrote
 
@@ -266,15 +270,16 @@ class Replica:
         except FileNotFoundError:  # the generation moved on meanwhile: the shipper will see
             return False
 
-    def _ship_next(self, include_partial: bool = True, puts: _Puts | None = None) -> bool:
+    def _ship_next(self, include_partial: bool = True, puts: _Puts | None = None, upto: Pos | None = None) -> bool:
         """Write one WAL segment, or move to the next shadow index. False when caught up
+        with ``upto`` (a published shadow position; default: the DB's now)
         (``include_partial=False``: when only a partial segment of the current index is left).
 
         With ``puts``, a segment that more will follow is written on its thread
         while the caller reads and compresses the next one.
         """
         pos = puts.cursor if puts is not None and puts.cursor is not None else self.pos()
-        dpos = self.db.pos()
+        dpos = upto if upto is not None else self.db.pos()
         if pos.generation != dpos.generation or pos.is_zero():
             return False
         shadow = self.db.shadow
