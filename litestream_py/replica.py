@@ -212,7 +212,7 @@ class Replica:
         # write takes longer than the writer's commit interval (a PUT each, on
         # an object store); those go with the next shipment, which they wake.
         with _Puts() as puts:
-            while self._ship_next(include_partial, puts, dpos):
+            while self._ship_next(dpos, include_partial, puts):
                 wrote = True
         return wrote
 
@@ -270,16 +270,15 @@ class Replica:
         except FileNotFoundError:  # the generation moved on meanwhile: the shipper will see
             return False
 
-    def _ship_next(self, include_partial: bool = True, puts: _Puts | None = None, upto: Pos | None = None) -> bool:
+    def _ship_next(self, dpos: Pos, include_partial: bool = True, puts: _Puts | None = None) -> bool:
         """Write one WAL segment, or move to the next shadow index. False when caught up
-        with ``upto`` (a published shadow position; default: the DB's now)
+        with ``dpos``, a published shadow position
         (``include_partial=False``: when only a partial segment of the current index is left).
 
         With ``puts``, a segment that more will follow is written on its thread
         while the caller reads and compresses the next one.
         """
         pos = puts.cursor if puts is not None and puts.cursor is not None else self.pos()
-        dpos = upto if upto is not None else self.db.pos()
         if pos.generation != dpos.generation or pos.is_zero():
             return False
         shadow = self.db.shadow
