@@ -94,6 +94,15 @@ LOCK_FILE_NAME = "lsr.lock"
 # wal_autocheckpoint, what an application's own commit backfills without lsr.
 # Past it, the bulk is backfilled without the lock first (ReadLock.hand_over).
 MAX_LOCKED_BACKFILL = 1000
+# How far the WAL's end may pass lsr's read lock before a sync moves the lock
+# there (ReadLock.advance): the most frames any one checkpoint, the
+# application's own included, then finds to backfill beyond what was committed
+# since, well under MAX_LOCKED_BACKFILL (1 MiB of 4 KiB pages).
+ADVANCE_READ_LOCK_FRAMES = 256
+# Under the write lock, how long lsr waits for a checkpoint of the
+# application's, which holds SQLite's checkpoint lock, to end before its own.
+CHECKPOINT_LOCK_WAIT = 0.05
+CHECKPOINT_LOCK_POLL = 0.0005
 
 # A WAL index lsr will not exceed within a generation (Litestream's MaxIndex).
 MAX_WAL_INDEX = 0x7FFFFFFF
@@ -462,13 +471,15 @@ class DB(Generic[R]):
             self._continuous = False
             raise
 
-    def _move_read_lock_off_db_file(self) -> None:
-        """Move a read lock on read-mark 0 onto a frame of the WAL (see ReadLock.move_off_db_file),
-        copying the WAL to its end while both transactions hold it."""
-        stays = self._read_lock.move_off_db_file(self._read_connection, self._shm_fd,
-                                                 lambda: self._copy_new_frames(None))
-        if stays:
-            log.debug("%s: read lock stays on read-mark 0: %s", self.path, stays)
+    def _advance_read_lock(self) -> None:
+        """Keep the read lock near the WAL's end (ReadLock.advance), copying the
+        WAL to its end while both transactions hold it. Where checkpoints left
+        MAX_LOCKED_BACKFILL frames behind the old lock (an application whose own
+        are off), lsr backfills up to the new one itself, outside the write lock."""
+        lagging = self._read_lock.mark - read_wal_index(self._shm_fd).backfilled >= MAX_LOCKED_BACKFILL
+        if self._read_lock.advance(self._read_connection, self._shm_fd,
+                                   lambda: self._copy_new_frames(None), ADVANCE_READ_LOCK_FRAMES) and lagging:
+            self._run_checkpoint(self._writer())
 
     def _read_connection(self) -> apsw.Connection:
         """A new connection for the read lock (it runs no statement worth caching)."""
@@ -554,7 +565,7 @@ class DB(Generic[R]):
             # wait one more sync for its flush.
             self._copy_new_frames((self.fingerprint.take(), time.monotonic()) if token is not None else None)
             changed = True
-        self._move_read_lock_off_db_file()
+        self._advance_read_lock()
         changed = changed or self._pos != published
         self._clean()
         return changed
@@ -712,7 +723,7 @@ class DB(Generic[R]):
             if checkpoint:
                 # The write connection is inside its transaction; checkpoint from
                 # the (now idle) read connection.
-                counts = self._run_checkpoint(self._read_lock.conn)
+                counts = self._checkpoint_once_free(self._read_lock.conn)
             self._acquire_read_lock()
             held = time.monotonic() - locked_at
         return _LockedRetake(tail, counts, held)
@@ -820,23 +831,27 @@ class DB(Generic[R]):
     def _checkpoint_under_locks(self, mode: str, restart_now: bool) -> None:
         writer = self._writer()
         generation, index = self._current_head()
-        # Move the read lock to the WAL's end and backfill up to it while the
-        # application keeps writing. The move happens under the write lock, not
-        # as _move_read_lock_off_db_file does: the application, sent to sleep by
-        # its busy handler, cannot commit before lsr's backfill holds the
-        # checkpoint lock, or its own automatic checkpoint would take the new
-        # room and backfill thousands of frames inside one of its commits (0.5-0.8 s).
         self._copy_to_shadow(generation, index)
-        retake = self._retake_read_lock(generation, index)
-        # The tail holds the newest commits, and this backfill can take most of
-        # a second (a burst's whole WAL): they go to the shadow and on to the
-        # replicas meanwhile, not after it (SQLite releases the GIL).
-        with self._copying_meanwhile(generation, index, retake.tail):
-            self._run_checkpoint(writer)
-        held = retake.held  # the longest the application waited for lsr here, in seconds
-        # Copy all but the newest frames first, so that the application's wait
-        # for the locked part below stays short.
-        self._copy_to_shadow(generation, index)
+        held = 0.0  # the longest the application waited for lsr here, in seconds
+        shm = read_wal_index(self._shm_fd)
+        if shm.mx_frame - shm.backfilled > MAX_LOCKED_BACKFILL:
+            # A backlog (lsr's first checkpoint, or one whose read lock could
+            # not advance): move the read lock to the WAL's end and backfill up
+            # to it while the application keeps writing. The move happens under
+            # the write lock, not as ReadLock.advance does: the application,
+            # sent to sleep by its busy handler, cannot commit before lsr's
+            # backfill holds the checkpoint lock, or its own automatic checkpoint
+            # would take the backlog inside one of its commits.
+            retake = self._retake_read_lock(generation, index)
+            # The tail holds the newest commits, and this backfill can take most of
+            # a second (a burst's whole WAL): they go to the shadow and on to the
+            # replicas meanwhile, not after it (SQLite releases the GIL).
+            with self._copying_meanwhile(generation, index, retake.tail):
+                self._run_checkpoint(writer)
+            held = retake.held
+            # Copy all but the newest frames first, so that the application's wait
+            # for the locked part below stays short.
+            self._copy_to_shadow(generation, index)
         # PASSIVE gives up on frames the application's readers still use; the
         # forced modes try again for up to the busy timeout, as RESTART would,
         # but hold the write lock only for moments at a time.
@@ -888,6 +903,19 @@ class DB(Generic[R]):
             writer.execute("PRAGMA journal_size_limit = -1")
         self.checkpoints.retry_at = 0.0
         log.debug("%s: checkpoint %s done (%d frames, write lock held %.1f ms)", self.path, mode, frames, held * 1000)
+
+    def _checkpoint_once_free(self, conn: apsw.Connection | None) -> tuple[int, int, int]:
+        """Under the write lock: a PASSIVE checkpoint, after waiting up to
+        CHECKPOINT_LOCK_WAIT for one of the application's to end. SQLite never
+        waits for its checkpoint lock (busy, with no counts), and the
+        application's, which cannot be long (ReadLock.advance), holds it in the
+        gap after a commit where lsr takes the write lock."""
+        deadline = time.monotonic() + CHECKPOINT_LOCK_WAIT
+        while True:
+            counts = self._run_checkpoint(conn)
+            if counts[1] != -1 or time.monotonic() >= deadline:
+                return counts
+            time.sleep(CHECKPOINT_LOCK_POLL)
 
     @staticmethod
     def _run_checkpoint(conn: apsw.Connection | None) -> tuple[int, int, int]:

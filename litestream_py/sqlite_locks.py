@@ -10,6 +10,7 @@ tells it, without a query, how far the WAL is committed and backfilled.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import sys
 import time
@@ -34,6 +35,8 @@ __all__ = [
     "hold_write_lock",
     "read_wal_index",
 ]
+
+log = logging.getLogger(__name__)
 
 # How often lsr's writer retries a busy write lock. SQLite's own busy timeout
 # sleeps ever longer (up to 100 ms) and rarely hits the short gaps between a
@@ -152,8 +155,10 @@ class ReadLock:
         self.conn: apsw.Connection | None = None
         self.held = False
         # Taken on a fully checkpointed WAL, so SQLite gave it read-mark 0
-        # (see move_off_db_file).
+        # (see advance).
         self.on_db_file = False
+        # The WAL's last committed frame when it was taken: no backfill passes it.
+        self.mark = 0
 
     def acquire(self, shm_fd: int) -> None:
         assert self.conn is not None
@@ -167,41 +172,47 @@ class ReadLock:
             end_read(self.conn)
         self.held = False
         self.on_db_file = False
+        self.mark = 0
 
-    def move_off_db_file(self, new_conn: Callable[[], apsw.Connection], shm_fd: int,
-                         catch_up: Callable[[], object]) -> str:
-        """Move a read lock on read-mark 0 onto a frame of the WAL, once there is one,
-        without a gap and without the write lock; returns why it stays, or "".
+    def advance(self, new_conn: Callable[[], apsw.Connection], shm_fd: int,
+                catch_up: Callable[[], object], min_frames: int) -> bool:
+        """Move the read lock to the WAL's end, without a gap and without the
+        write lock, when it sits on read-mark 0 below a frame or ``min_frames``
+        behind the end; True when it moved.
 
-        A reader that began on a fully checkpointed WAL gets read-mark 0, where
-        it forbids every checkpoint to write a single frame into the database:
-        the application's automatic checkpoint, due on each of its commits once
-        the WAL passes wal_autocheckpoint pages, then sorts the whole WAL's
-        index each time before it finds it cannot proceed (3-4x the cost of a
-        small commit with a 12,000-frame WAL). On a frame, the same checkpoint
-        backfills up to it once and then returns at once. The new read
-        transaction starts before the old one ends, and ``catch_up`` copies the
-        WAL to its end in between, so the read lock never lets a checkpoint
-        pass the shadow's end (db.py's docstring).
+        On read-mark 0 (taken on a fully checkpointed WAL) it forbids every
+        checkpoint to write a single frame into the database; far behind the
+        end it lets backfills reach only its mark. Either way the application's
+        automatic checkpoint, due on each of its commits once the WAL passes
+        wal_autocheckpoint pages, cannot keep up with its writes: the WAL grows,
+        and whichever checkpoint first gets past the mark later must backfill
+        all of it (inside one of the application's commits, if that one wins:
+        most of a second under a saturating writer). Kept near the end, every
+        checkpoint backfills a step of at most ``min_frames`` and what was
+        committed since, as it would without lsr. The new read transaction
+        starts before the old one ends, and ``catch_up`` copies the WAL to its
+        end in between, so the read lock never lets a checkpoint pass the
+        shadow's end (db.py's docstring).
         """
-        if not self.on_db_file:
-            return ""
         shm = read_wal_index(shm_fd)
         if shm.mx_frame <= shm.backfilled:
-            return ""  # still fully checkpointed: a new reader would get read-mark 0 again
+            return False  # fully checkpointed: a new reader would get read-mark 0 again
+        if not self.on_db_file and shm.mx_frame - self.mark < min_frames:
+            return False
         conn = new_conn()
         try:
             begin_read(conn)
         except apsw.Error as exc:
             conn.close()
-            return str(exc)
+            log.debug("read lock stays at frame %d: %s", self.mark, exc)
+            return False
         try:
             catch_up()
         except BaseException:
             conn.close()
             raise
         self._switch(conn, shm_fd)
-        return ""
+        return True
 
     def hand_over(self, new_conn: Callable[[], apsw.Connection], shm_fd: int) -> bool:
         """Under the write lock: take the read lock anew at the WAL's end on a new
@@ -239,3 +250,4 @@ class ReadLock:
         self.held = True
         shm = read_wal_index(shm_fd)
         self.on_db_file = shm.mx_frame == shm.backfilled
+        self.mark = shm.mx_frame

@@ -6,11 +6,19 @@ writing anything into the database file; the application's automatic
 checkpoint then fails on every commit once its WAL passes 1000 pages, after
 sorting the whole WAL's index each time (about 3x the cost of the commit in a
 small transaction). lsr moves its read lock onto a WAL frame it has copied.
+
+Far behind the WAL's end, lsr's read lock lets every checkpoint backfill only
+up to it: the WAL grows, and whichever checkpoint gets past it later backfills
+all of it, inside one of the application's commits if that one wins. lsr keeps
+its read lock near the WAL's end, so the application's own checkpoints keep up
+as they would without lsr.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,6 +166,7 @@ def test_the_tail_read_under_the_write_lock_is_published_while_the_backfill_runs
     """The newest commits, read under the write lock, reach the shadow and the
     replicas during the checkpoint's backfill (most of a second after a burst),
     not after it."""
+    monkeypatch.setattr(db_module, "MAX_LOCKED_BACKFILL", 0)  # a backlog: backfilled without the lock
     path = tmp_path / "app.db"
     app = AppProcess(path)
     db = DB(str(path))
@@ -202,6 +211,7 @@ def test_commits_made_while_the_backfill_runs_are_published_before_it_ends(
     """Under a saturating writer a backfill takes most of a second: what the
     application commits meanwhile reaches the shadow and the replicas during it,
     not after it (the burst's last commit would wait for the whole backfill)."""
+    monkeypatch.setattr(db_module, "MAX_LOCKED_BACKFILL", 0)  # a backlog: backfilled without the lock
     path = tmp_path / "app.db"
     app = AppProcess(path)
     db = DB(str(path))
@@ -227,3 +237,119 @@ def test_commits_made_while_the_backfill_runs_are_published_before_it_ends(
         app.close()
     assert integrity_ok(path)
     assert rows(path, "SELECT count(*) FROM t") == [(17,)]
+
+
+@contextmanager
+def _app_beside_lsr(tmp_path: Path) -> Iterator[tuple[Path, AppProcess, DB[Replica]]]:
+    """The application in its own process and lsr's DB of its database, closed at the end."""
+    path = tmp_path / "app.db"
+    app = AppProcess(path)
+    db = DB(str(path))
+    db.replicas.append(Replica(db, FileReplicaClient(str(tmp_path / "replica")), "file"))
+    try:
+        yield path, app, db
+    finally:
+        db.close()
+        app.close()
+
+
+def _frames(db: DB[Replica]) -> int:
+    """The frames lsr has copied into the shadow's current index."""
+    return (db.pos().offset - WAL_HEADER_SIZE) // (WAL_FRAME_HEADER_SIZE + db.page_size)
+
+
+def test_a_sync_moves_the_read_lock_so_the_apps_own_checkpoint_keeps_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no checkpoint of lsr's, the application's own checkpoint may backfill
+    everything lsr has copied (and nothing more), a step at a time."""
+    monkeypatch.setattr(db_module, "ADVANCE_READ_LOCK_FRAMES", 4)
+    with _app_beside_lsr(tmp_path) as (path, app, db):
+        app.insert(10)
+        db.sync()
+        for step in range(3):
+            app.insert(10)
+            db.sync()
+            copied = _frames(db)
+            app.insert(3)  # not copied yet
+            busy, frames, backfilled = app.execute("PRAGMA wal_checkpoint(PASSIVE)")[0]
+            assert (busy, backfilled) == (0, copied) and frames > copied, (
+                f"step {step}: the application's checkpoint backfilled {backfilled} of {frames} frames; "
+                f"lsr had copied {copied}")
+        generation, index = db.pos().generation, db.pos().index
+        db.sync()
+        assert (db.pos().generation, db.pos().index) == (generation, index)  # nothing restarted the WAL
+        assert db.pos().offset == WAL_HEADER_SIZE + read_wal_index(db.shm_fd).mx_frame * (
+            WAL_FRAME_HEADER_SIZE + db.page_size)
+    assert integrity_ok(path)
+    assert rows(path, "SELECT count(*) FROM t") == [(49,)]
+
+
+def test_where_the_app_never_checkpoints_lsr_backfills_behind_its_read_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The application's automatic checkpoint is off (AppProcess): once the
+    frames behind lsr's read lock reach MAX_LOCKED_BACKFILL, lsr backfills up to
+    its new read lock at the sync that moves it, without the write lock."""
+    monkeypatch.setattr(db_module, "ADVANCE_READ_LOCK_FRAMES", 4)
+    monkeypatch.setattr(db_module, "MAX_LOCKED_BACKFILL", 8)
+    write_lock = DB._write_lock
+    with _app_beside_lsr(tmp_path) as (path, app, db):
+        app.insert(10)
+        db.sync()
+        monkeypatch.setattr(DB, "_write_lock", lambda self: pytest.fail("the write lock was taken"))
+        app.insert(10)
+        db.sync()
+        shm = read_wal_index(db.shm_fd)
+        assert shm.backfilled == shm.mx_frame == _frames(db) > 8
+        generation, index = db.pos().generation, db.pos().index
+        monkeypatch.setattr(DB, "_write_lock", write_lock)
+        db.checkpoint()
+        db.sync()
+        assert (db.pos().generation, db.pos().index) == (generation, index + 1)
+    assert integrity_ok(path)
+    assert rows(path, "SELECT count(*) FROM t") == [(20,)]
+
+
+# Holds SQLite's checkpoint lock (-shm byte 121, as a checkpoint of the
+# application's does) until it sees another process hold the write lock (byte
+# 120), then 20 ms more.
+CHECKPOINTING_APP = """
+import fcntl, os, struct, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+def lock(kind, byte, cmd=fcntl.F_SETLK):
+    return fcntl.fcntl(fd, cmd, struct.pack("hhllhh", kind, 0, byte, 1, 0, 0))
+lock(fcntl.F_WRLCK, 121)
+print("holding", flush=True)
+while struct.unpack("hhllhh", lock(fcntl.F_WRLCK, 120, fcntl.F_GETLK))[0] == fcntl.F_UNLCK:
+    time.sleep(0.001)
+time.sleep(0.02)
+lock(fcntl.F_UNLCK, 121)
+print("released while the write lock was held", flush=True)
+"""
+
+
+def test_a_checkpoint_under_the_write_lock_waits_for_the_apps_to_end(tmp_path: Path) -> None:
+    """lsr takes the write lock in the gap after a commit, where the
+    application's own checkpoint often holds SQLite's checkpoint lock (which
+    SQLite never waits for): lsr waits for it, and completes the checkpoint in
+    the same hold instead of giving up."""
+    checkpointing = None
+    try:
+        with _app_beside_lsr(tmp_path) as (path, app, db):
+            app.insert(10)
+            db.sync()
+            generation, index = db.pos().generation, db.pos().index
+            checkpointing = subprocess.Popen([sys.executable, "-c", CHECKPOINTING_APP, f"{path}-shm"],
+                                             stdout=subprocess.PIPE, text=True)
+            assert checkpointing.stdout is not None
+            assert checkpointing.stdout.readline().strip() == "holding"
+            db.checkpoint()  # PASSIVE: one take of the write lock
+            assert checkpointing.wait(5) == 0
+            assert checkpointing.stdout.read().strip() == "released while the write lock was held"
+            db.sync()  # the WAL was backfilled, then restarted by lsr's own write
+            assert (db.pos().generation, db.pos().index) == (generation, index + 1)
+    finally:
+        if checkpointing is not None and checkpointing.poll() is None:
+            checkpointing.kill()
+            checkpointing.wait()
+    assert integrity_ok(path)
+    assert rows(path, "SELECT count(*) FROM t") == [(10,)]
