@@ -857,6 +857,7 @@ class DB(Generic[R]):
         # but hold the write lock only for moments at a time.
         deadline = time.monotonic() + (BUSY_TIMEOUT.total_seconds() if mode != CHECKPOINT_PASSIVE else 0)
         while True:
+            self._flush_before_locked_checkpoint()
             retake = self._retake_read_lock(generation, index, checkpoint=True)
             self._copy_tail_to_shadow(generation, index, retake.tail)
             held = max(held, retake.held)
@@ -903,6 +904,20 @@ class DB(Generic[R]):
             writer.execute("PRAGMA journal_size_limit = -1")
         self.checkpoints.retry_at = 0.0
         log.debug("%s: checkpoint %s done (%d frames, write lock held %.1f ms)", self.path, mode, frames, held * 1000)
+
+    def _flush_before_locked_checkpoint(self) -> None:
+        """fdatasync the database and the WAL before taking the write lock: the
+        checkpoint under it then syncs only what was written since, not all
+        that the application's own checkpoints and commits left in the page
+        cache (under a saturating writer those fsyncs were most of the hold,
+        docs/bench.md). The WAL file carries none of SQLite's locks, so this
+        process may open and close it."""
+        os.fdatasync(self._db_fd)
+        wal_fd = os.open(self.wal_path, os.O_RDONLY)
+        try:
+            os.fdatasync(wal_fd)
+        finally:
+            os.close(wal_fd)
 
     def _checkpoint_once_free(self, conn: apsw.Connection | None) -> tuple[int, int, int]:
         """Under the write lock: a PASSIVE checkpoint, after waiting up to
