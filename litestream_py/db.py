@@ -744,7 +744,8 @@ class DB(Generic[R]):
     def _copying_meanwhile(self, generation: str, index: int, tail: WALTail | None) -> Iterator[None]:
         """While the block runs (a backfill, which must start before the
         application's next commit and can take most of a second under a
-        saturating writer), copy to the shadow and publish on a thread of its
+        saturating writer, or the flush before a checkpoint, as long under a
+        busy disk), copy to the shadow and publish on a thread of its
         own: ``tail`` first, then every COPY_DURING_BACKFILL_SPACING what the
         application commits meanwhile (lsr's read lock keeps the WAL from
         restarting). Joined at the block's end, re-raising what a copy raised.
@@ -857,7 +858,8 @@ class DB(Generic[R]):
         # but hold the write lock only for moments at a time.
         deadline = time.monotonic() + (BUSY_TIMEOUT.total_seconds() if mode != CHECKPOINT_PASSIVE else 0)
         while True:
-            self._flush_before_locked_checkpoint()
+            with self._copying_meanwhile(generation, index, None):
+                self._flush_before_locked_checkpoint()
             retake = self._retake_read_lock(generation, index, checkpoint=True)
             self._copy_tail_to_shadow(generation, index, retake.tail)
             held = max(held, retake.held)
