@@ -476,9 +476,10 @@ class DB(Generic[R]):
         WAL to its end while both transactions hold it. Where checkpoints left
         MAX_LOCKED_BACKFILL frames behind the old lock (an application whose own
         are off), lsr backfills up to the new one itself, outside the write lock."""
-        lagging = self._read_lock.mark - read_wal_index(self._shm_fd).backfilled >= MAX_LOCKED_BACKFILL
-        if self._read_lock.advance(self._read_connection, self._shm_fd,
-                                   lambda: self._copy_new_frames(None), ADVANCE_READ_LOCK_FRAMES) and lagging:
+        lock = self._read_lock
+        lagging = not lock.on_db_file and lock.mark - read_wal_index(self._shm_fd).backfilled >= MAX_LOCKED_BACKFILL
+        if lock.advance(self._read_connection, self._shm_fd,
+                        lambda: self._copy_new_frames(None), ADVANCE_READ_LOCK_FRAMES) and lagging:
             self._run_checkpoint(self._writer())
 
     def _read_connection(self) -> apsw.Connection:
@@ -915,7 +916,10 @@ class DB(Generic[R]):
         docs/bench.md). The WAL file carries none of SQLite's locks, so this
         process may open and close it."""
         os.fdatasync(self._db_fd)
-        wal_fd = os.open(self.wal_path, os.O_RDONLY)
+        try:
+            wal_fd = os.open(self.wal_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # gone with the application's last connection: the checkpoint finds no WAL either
         try:
             os.fdatasync(wal_fd)
         finally:
