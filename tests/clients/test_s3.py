@@ -313,5 +313,5 @@ def test_transfers_survive_a_flaky_network(s3_server: S3Server, s3_bucket: str,
         assert client.read_wal_segment(pos) == data
     with client.open_snapshot(GEN, 1) as f:
         assert f.read() == big
-    injected = {k: v for k, v in proxy.stats.items() if k != "forwarded"}
+    injected = proxy.injected()
     assert injected.get("reset_download", 0) >= 1 and injected.get("reset_upload", 0) >= 1, injected

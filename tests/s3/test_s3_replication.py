@@ -186,11 +186,15 @@ def test_faults_during_write_load(tmp_path: Path, procs: Processes, s3_server: S
     proxy.configure(ratio=0.2, faults=FAULTS, latency=0.05)
     writer = Writer(lambda i: insert(conn, i), pause=0.01)
     writer.start()
-    time.sleep(6)
+    # At least 6 s, and until 10 faults were met (on a loaded machine lsr makes fewer requests in 6 s).
+    writing_until = time.monotonic() + 6
+    while time.monotonic() < writing_until or (
+            sum(proxy.injected().values()) < 10 and time.monotonic() < writing_until + 24):
+        time.sleep(0.1)
     transactions = writer.stop()
     time.sleep(1)  # let lsr meet a few more faults with nothing new to write
     proxy.heal()
-    faults = {k: v for k, v in proxy.stats.items() if k != "forwarded"}
+    faults = proxy.injected()
     elapsed = wait_caught_up(db, direct, CATCH_UP_SECONDS)
     print(f"\n{s3_server.name}: {transactions} transactions, faults injected {faults}, "
           f"{proxy.stats['forwarded']} requests forwarded, caught up {elapsed:.1f}s after faults stopped")

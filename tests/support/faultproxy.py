@@ -235,6 +235,11 @@ class FaultProxy:
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
+    def injected(self) -> dict[str, int]:
+        """The faults injected so far, by kind (``stats`` less the requests forwarded)."""
+        with self._lock:
+            return {k: v for k, v in self.stats.items() if k != "forwarded"}
+
     def _count(self, what: str) -> None:
         with self._lock:
             self.stats[what] += 1
