@@ -26,10 +26,10 @@ from .errors import RestoreGapError, WALFormatError
 from .pos import Pos, WALSegmentInfo
 from .replica_client import ReplicaReader
 from .wal import (
+    C_CHECKS,
     WAL_FRAME_HEADER_SIZE,
     WAL_HEADER_SIZE,
     FrameTerms,
-    C_CHECKS,
     WALHeader,
     check_frames,
     check_frames_c,
