@@ -22,7 +22,7 @@ from litestream_py import codec
 from litestream_py.errors import WALFormatError
 from litestream_py.pos import Pos, WALSegmentInfo
 from litestream_py.replica import Replica
-from litestream_py.apply import WALApplier
+from litestream_py.apply import PURE_PYTHON_WAL_BYTES, WALApplier, frame_check
 from litestream_py.restore import RestoreOptions, restore
 from litestream_py.restore_target import CachedListing
 from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, FrameTerms, WALHeader, checksum
@@ -341,6 +341,16 @@ def test_a_failed_write_back_of_the_snapshot_fails_the_restore(tmp_path: Path, e
     with pytest.raises(OSError, match="Input/output error"):
         restore(client, RestoreOptions(output_path=str(out)))
     assert not list(tmp_path.glob("out.db*"))
+
+
+def test_frames_are_checked_in_c_whatever_the_plans_size(monkeypatch) -> None:
+    """pip builds _walcheck (the sidecar needs it): a restore then never imports numpy.
+    Without it, numpy checks a large plan's frames and pure Python a small one's."""
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    small, large = ([WALSegmentInfo("g", 0, 0, size, t0)] for size in (1, PURE_PYTHON_WAL_BYTES + 1))
+    assert frame_check(small) == frame_check(large) == "c"
+    monkeypatch.setattr(apply_module, "C_CHECKS", False)
+    assert (frame_check(small), frame_check(large)) == ("python", "numpy")
 
 
 def test_numpy_starts_no_blas_threads(tmp_path: Path) -> None:
