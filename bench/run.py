@@ -39,7 +39,7 @@ from litestream_py.restore import DEFAULT_RESTORE_PARALLELISM
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = scenarios.Settings(steady=1.0, rate=100.0, burst=1.0, catchup_timeout=20.0, restore_mib=4.0,
-                           restore_segments=20, restore_repeats=1, replication_repeats=1,
+                           restore_segments=20, restore_repeats=1, parallelism_pairs=2, replication_repeats=1,
                            throughput_slices=4, throughput_slice=0.25, idle_dbs=20, idle_many_dbs=0, idle_seconds=1.0,
                            idle_settle=0.5, compaction_mib=8.0, compaction_txns=30, compaction_seconds=1.0, compaction_settle=2.0,
                            compaction_interval="1s", stall_seconds=1.0, stall_repeats=1)
@@ -78,6 +78,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--restore-mib", type=float, help=f"restore database size (default {d.restore_mib})")
     p.add_argument("--restore-segments", type=int, help=f"WAL segments to restore (default {d.restore_segments})")
     p.add_argument("--restore-repeats", type=int, help=f"restores timed per tool (default {d.restore_repeats})")
+    p.add_argument("--parallelism-pairs", type=int,
+                   help=f"pairs of lsr restores, default and -parallelism 1 (default {d.parallelism_pairs})")
     p.add_argument("--compaction-mib", type=float, help=f"compaction database size (default {d.compaction_mib})")
     p.add_argument("--compaction-settle", type=float,
                    help=f"seconds the sidecar runs on after the writes (default {d.compaction_settle})")
@@ -197,16 +199,23 @@ def _restores(results: dict[str, Any], backend: Backend, work: Path, large: Path
             out[r.tool.name] = _attempt(results, f"restore {backend.name} {r.tool.name}: warm-up",
                                         partial(scenarios.time_restore, r, warm_up=True))
     # In turns, the order alternating: the machine's speed drifts over minutes,
-    # and moto's slows as it fills; both then fall on every tool alike. lsr's
-    # replica is also restored with -parallelism 1 (issue 28: the default must
-    # never be slower), a turn of its own.
-    turns = [(r, None) for r in built] + [(r, 1) for r in built if r.tool.name == "lsr"]
+    # and moto's slows as it fills; both then fall on every tool alike.
     for i in range(s.restore_repeats):
-        for r, parallelism in turns if i % 2 == 0 else turns[::-1]:
+        for r in built if i % 2 == 0 else built[::-1]:
             if "error" not in out[r.tool.name]:
-                flag = f" -parallelism {parallelism}" if parallelism else ""
-                out[r.tool.name] = _attempt(results, f"restore {backend.name} {r.tool.name}{flag}: #{i + 1}",
-                                            partial(scenarios.time_restore, r, parallelism=parallelism))
+                out[r.tool.name] = _attempt(results, f"restore {backend.name} {r.tool.name}: #{i + 1}",
+                                            partial(scenarios.time_restore, r))
+    # lsr's default against -parallelism 1 (issue 28: never slower), in adjacent
+    # pairs, each pair's order the other's reverse: report.py compares them pair by pair.
+    pair = [(None, "pair_default"), (1, "restore_p1")]
+    for r in built:
+        for i in range(s.parallelism_pairs if r.tool.name == "lsr" else 0):
+            for parallelism, series in pair if i % 2 == 0 else pair[::-1]:
+                if "error" not in out[r.tool.name]:
+                    flag = f" -parallelism {parallelism}" if parallelism else ""
+                    out[r.tool.name] = _attempt(
+                        results, f"restore {backend.name} {r.tool.name}{flag}: pair #{i + 1}",
+                        partial(scenarios.time_restore, r, parallelism=parallelism, series=series))
     server = backend.server
     for r in built:
         if server is not None and r.tool.name == "lsr" and "error" not in out["lsr"]:

@@ -55,6 +55,11 @@ class Settings:
     restore_mib: float = 100.0
     restore_segments: int = 320
     restore_repeats: int = 5
+    # Restores of lsr's replica without a -parallelism flag and with -parallelism 1,
+    # in adjacent pairs, the order alternating (issue 28: the default never slower):
+    # on a file replica both run the same code, and 5 turns of each, minutes
+    # apart on a shared machine, gave either order by chance (1.21 in one run).
+    parallelism_pairs: int = 15
     replication_repeats: int = 2
     # 12 slices of 4 s: three whole ABBA groups (~20 s each, waits included), so a
     # drift over tens of seconds cancels within each, and ~1 min in all per run,
@@ -463,12 +468,14 @@ def build_restore(tool: Tool, backend: Backend, work: Path, large_db: Path, s: S
     return RestoreReplica(tool, backend, d, config, db, seq, problems, result)
 
 
-def time_restore(r: RestoreReplica, warm_up: bool = False, parallelism: int | None = None) -> dict[str, Any]:
+def time_restore(r: RestoreReplica, warm_up: bool = False, parallelism: int | None = None,
+                 series: str | None = None) -> dict[str, Any]:
     """One more timed restore of ``r``; its figures so far. A ``warm_up`` restore
     is checked and not timed: the first restore after the builds ran 0.2-0.4 s
     slower than the rest (file, 100 MiB), whichever tool ran it. With
-    ``parallelism`` the restore passes ``-parallelism N`` and is recorded apart
-    (``restore_p{N}_all``), beside the tool's default."""
+    ``parallelism`` the restore passes ``-parallelism N``. Times go to
+    ``{series}_all`` and their median to ``{series}_seconds``: by default
+    ``restore`` (with the server's CPU), or ``restore_p{N}`` with a parallelism."""
     # The builds leave ~100 MiB of dirty pages each: written back during a
     # restore, they would slow its own writes and fsync.
     os.sync()
@@ -482,15 +489,13 @@ def time_restore(r: RestoreReplica, warm_up: bool = False, parallelism: int | No
     if warm_up:
         r.result["warm_up_seconds"] = seconds
         r.result["check"] = _check_restored(out, r.last_seq)
-    elif parallelism is not None:
-        times = r.result.setdefault(f"restore_p{parallelism}_all", [])
-        times.append(seconds)
-        r.result[f"restore_p{parallelism}_seconds"] = float(np.median(times))
     else:
-        r.result["restore_all"].append(seconds)
-        if server:
+        series = series or ("restore" if parallelism is None else f"restore_p{parallelism}")
+        times = r.result.setdefault(f"{series}_all", [])
+        times.append(seconds)
+        r.result[f"{series}_seconds"] = float(np.median(times))
+        if server and series == "restore":
             r.result["server_cpu_all"].append(measure.cpu_seconds(server.proc.pid) - server_before)
-        r.result["restore_seconds"] = float(np.median(r.result["restore_all"]))
     for suffix in ("", "-wal", "-shm"):
         Path(f"{out}{suffix}").unlink(missing_ok=True)
     r.result["log_problems"] = r.build_problems + log_problems(r.dir / "restore.log")

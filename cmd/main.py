@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import gc
 import importlib
 import logging
 import os
 import sys
 import threading
 
-import click
+from .startup import startup_heap
+
+with startup_heap():
+    import click
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "-help", "--help"]}
 
@@ -37,15 +39,8 @@ class _LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in SUBCOMMANDS:
             return None
-        # Without the cyclic collector: importing creates ~10^5 objects that all
-        # live on, and the collections they would set off find nothing to free.
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with startup_heap():
             command: click.Command = importlib.import_module(f"{__package__}.{cmd_name}").command
-        finally:
-            if enabled:
-                gc.enable()
         return command
 
 

@@ -21,7 +21,8 @@ from litestream_py.factory import db_from_config
 from litestream_py.replicator import Replicator, acquire_leases
 from litestream_py.control import ControlServer
 
-from .options import config_options, flag, log, run, setup_logging, startup_heap
+from .options import config_options, flag, log, run, setup_logging
+from .startup import startup_heap
 
 # How often the sidecar hands freed heap memory back to the OS (a sub-millisecond call).
 RELEASE_MEMORY_INTERVAL = 10.0

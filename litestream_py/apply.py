@@ -26,11 +26,13 @@ from .errors import RestoreGapError, WALFormatError
 from .pos import Pos, WALSegmentInfo
 from .replica_client import ReplicaReader
 from .wal import (
+    C_CHECKS,
     WAL_FRAME_HEADER_SIZE,
     WAL_HEADER_SIZE,
     FrameTerms,
     WALHeader,
     check_frames,
+    check_frames_c,
     check_frames_py,
     import_numpy_in_background,
 )
@@ -46,6 +48,7 @@ __all__ = [
     "Segment",
     "WALApplier",
     "apply_plan",
+    "frame_check",
     "missing_segment",
     "reads_are_local",
 ]
@@ -59,12 +62,12 @@ WRITE_BEHIND_BYTES = 16 << 20
 # applier waits for downloads to make up this much, as a pass has a fixed
 # cost (~1-2 ms in pure Python, whatever its size).
 MAX_RUN_BYTES = 16 << 20
-# Compressed WAL in a plan up to which frames are checked without numpy:
-# importing it costs ~0.1 s of CPU (more on a busy machine), and a large
-# snapshot's decompression no longer leaves a core idle to hide it (its blocks
-# decode on every core); the pure-Python check costs ~6-9 ms per MiB of WAL
-# (~3 MiB of WAL per MiB compressed): below this, not importing numpy is the
-# cheaper of the two (docs/bench.md, Restore).
+# Where _walcheck was not built: compressed WAL in a plan up to which frames
+# are checked without numpy: importing it costs ~0.1 s of CPU (more on a busy
+# machine), and a large snapshot's decompression no longer leaves a core idle
+# to hide it (its blocks decode on every core); the pure-Python check costs
+# ~6-9 ms per MiB of WAL (~3 MiB of WAL per MiB compressed): below this, not
+# importing numpy is the cheaper of the two (docs/bench.md, Restore).
 PURE_PYTHON_WAL_BYTES = 4 << 20
 # Decoded WAL from which a segment's frames are read ahead by the downloading
 # thread: a read costs ~1 ms whatever its size (it walks every word of a
@@ -89,6 +92,15 @@ ReadAhead = dict[tuple[int, int], FrameTerms]
 def missing_segment(generation: str, index: int, offset: int) -> str:
     """The replica object a gap lacks, as the replica names it."""
     return f"wal segment {paths.wal_segment_path('', generation, index, offset)} is missing"
+
+
+def frame_check(segments: list[WALSegmentInfo]) -> str:
+    """How a plan's frames are checked (salts and checksum chain): "c" where
+    _walcheck was built (no numpy to import, no Python work per word); else
+    "numpy" for a large plan, "python" for a small one."""
+    if C_CHECKS:
+        return "c"
+    return "numpy" if sum(s.size for s in segments) > PURE_PYTHON_WAL_BYTES else "python"
 
 
 def reads_are_local(reader: object) -> bool:
@@ -120,12 +132,12 @@ def apply_plan(
     ending exactly at ``end``; fails if ``end`` lies past the replica's last
     commit. Returns the applier, which says how far it got.
     """
-    use_numpy = sum(s.size for s in segments) > PURE_PYTHON_WAL_BYTES
-    if use_numpy:
+    check = frame_check(segments)
+    if check == "numpy":
         import_numpy_in_background()  # the frame checks need it; the snapshot hides its import
     workers = min(parallelism, LOCAL_READERS) if reads_are_local(client) else parallelism
     with (
-        closing(_Prefetch(client, segments, workers, read_frames=not use_numpy)) as runs,
+        closing(_Prefetch(client, segments, workers, read_frames=check == "python")) as runs,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsr-restore-sync") as syncer,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsr-restore-snapshot") as writer,
     ):
@@ -135,7 +147,7 @@ def apply_plan(
         # interpreter to others) while this one checks the WAL: the applier
         # keeps its pages in memory until the snapshot is in the file.
         snapshot = writer.submit(_write_snapshot, client, generation, snapshot_index, write_behind, what)
-        applier = WALApplier(f, generation, cutoff_ns, end, use_numpy=use_numpy, ready=snapshot.result)
+        applier = WALApplier(f, generation, cutoff_ns, end, check=check, ready=snapshot.result)
         try:
             total, done = len(segments), 0
             for run in runs:
@@ -177,12 +189,15 @@ class WALApplier:
 
     def __init__(
         self, f: BinaryIO, generation: str, cutoff_ns: int | None = None, end: Pos | None = None,
-        use_numpy: bool = True, ready: Callable[[], object] | None = None,
+        check: str = "c" if C_CHECKS else "numpy", ready: Callable[[], object] | None = None,
     ) -> None:
-        """``ready`` returns once ``f`` holds the snapshot (raising if it cannot):
-        until then the applier only checks frames and keeps pages in memory. By
-        default ``f`` already holds it."""
-        self.use_numpy = use_numpy  # check frames with numpy (else in pure Python: no import to pay)
+        """``check`` is how frames are checked (see ``frame_check``). ``ready``
+        returns once ``f`` holds the snapshot (raising if it cannot): until then
+        the applier only checks frames and keeps pages in memory. By default
+        ``f`` already holds it."""
+        if check not in ("c", "numpy", "python") or (check == "c" and not C_CHECKS):
+            raise ValueError(f"cannot check wal frames with {check!r}")
+        self.check = check
         self.fd = f.fileno()
         self._ready = ready or f.flush  # after it, pages go straight to the descriptor
         self.size: int | None = None  # the database's size as of the last commit
@@ -272,19 +287,10 @@ class WALApplier:
         if (len(view) - pos) % frame_size:
             last = stretch[-1][0]
             raise WALFormatError(f"cannot apply wal segment {where(last)}: it does not end on a frame boundary")
-        if self.use_numpy:
-            check = check_frames(view[pos:], header, self.checksum)
-            fields, sums, problem = check.fields[:, :2].tolist(), check.sums.tolist(), check.problem
-        else:
-            frames = _read_ahead(stretch, read_ahead, view, pos, header) if base == seg.offset else None
-            if frames is not None:
-                fields, sums, problem = frames.check(header, self.checksum)
-            else:
-                fields, sums, problem = check_frames_py(view[pos:], header, self.checksum)
-        if problem and base != seg.offset and len(sums) == 0:
+        fields, chain, problem = self._check(stretch, read_ahead, view, pos, base)
+        if problem and base != seg.offset and not fields:
             raise self._overlap(where(seg), seg.offset)
-        s0, s1 = self.checksum
-        for (pgno, commit_size), (s0, s1) in zip(fields, sums):
+        for pgno, commit_size in fields:
             self.pending[pgno] = bytes(view[pos + WAL_FRAME_HEADER_SIZE : pos + frame_size])
             pos += frame_size
             if commit_size:
@@ -306,9 +312,29 @@ class WALApplier:
             # Frames before it were applied: a target reached there still restores.
             bad = base + pos
             raise WALFormatError(f"cannot apply wal segment {where(segment_at(bad + 1))}: {problem} at offset {bad}")
-        self.checksum = (s0, s1)
+        self.checksum = chain
         self.offset = base + len(view)
         self.tail = (base, view)
+
+    def _check(
+        self, stretch: list[tuple[WALSegmentInfo, Segment]], read_ahead: ReadAhead, view: memoryview, pos: int,
+        base: int,
+    ) -> tuple[list[tuple[int, int]], tuple[int, int], str]:
+        """The frames of ``view[pos:]`` that continue this WAL's checksum chain, as
+        (page number, commit size); the chain after them; what is wrong with the next one."""
+        assert self.header is not None
+        if self.check == "c":
+            return check_frames_c(view[pos:], self.header, self.checksum)
+        if self.check == "numpy":
+            check = check_frames(view[pos:], self.header, self.checksum)
+            chain = (int(check.sums[-1, 0]), int(check.sums[-1, 1])) if check.valid else self.checksum
+            return check.fields[:, :2].tolist(), chain, check.problem
+        frames = _read_ahead(stretch, read_ahead, view, pos, self.header) if base == stretch[0][0].offset else None
+        if frames is not None:
+            fields, sums, problem = frames.check(self.header, self.checksum)
+        else:
+            fields, sums, problem = check_frames_py(view[pos:], self.header, self.checksum)
+        return fields, sums[-1] if sums else self.checksum, problem
 
     def _overlap(self, where: str, offset: int) -> RestoreGapError:
         # Only two writers shipping one replica make segments overlap otherwise.

@@ -36,6 +36,7 @@ DECODERS = max(1, min(os.cpu_count() or 1, 4))
 
 
 _lib = liblz4.LIB
+_xxh32 = liblz4.XXH32_STREAM  # the content checksum's state and updates (the block checks use _lib's XXH32)
 
 
 class _Frame:
@@ -106,8 +107,8 @@ def decode_frame(src: BinaryIO, write: Callable[[memoryview], object], what: str
     write, the slowest step (a page-cache copy), is all it does meanwhile.
     Call only where ``parallel_frame`` said yes.
     """
-    assert _lib is not None
-    lib = _lib
+    assert _lib is not None and _xxh32 is not None
+    lib, xxh32 = _lib, _xxh32
     head = _read_exact(src, FRAME_HEADER_MAX)
     frame = _parse(head)
     if frame is None:
@@ -116,8 +117,8 @@ def decode_frame(src: BinaryIO, write: Callable[[memoryview], object], what: str
     if (lib.XXH32(descriptor, len(descriptor), 0) >> 8) & 0xFF != head[frame.header_size - 1]:
         raise ChecksumMismatchError(f"cannot decompress {what}: lz4 frame header checksum mismatch")
     leftover = head[frame.header_size :]  # the first block's bytes, read with the header
-    state = lib.XXH32_createState()
-    lib.XXH32_reset(state, 0)
+    state = xxh32.XXH32_createState()
+    xxh32.XXH32_reset(state, 0)
     free: list[_Block] = []
     pending: deque[Future[tuple[_Block | bytes, int]]] = deque()
     hashed = threading.Event()  # the block before the next one submitted is in the checksum
@@ -146,7 +147,7 @@ def decode_frame(src: BinaryIO, write: Callable[[memoryview], object], what: str
                 if n < 0:
                     raise ChecksumMismatchError(f"cannot decompress {what}: corrupt lz4 block")
             before.wait()
-            lib.XXH32_update(state, address, n)
+            xxh32.XXH32_update(state, address, n)
             return out, n
         finally:
             mine.set()
@@ -195,12 +196,12 @@ def decode_frame(src: BinaryIO, write: Callable[[memoryview], object], what: str
             word = read(4)
             if len(word) < 4:
                 raise ChecksumMismatchError(f"cannot decompress {what}: truncated lz4 frame")
-            if lib.XXH32_digest(state) != struct.unpack("<I", word)[0]:
+            if xxh32.XXH32_digest(state) != struct.unpack("<I", word)[0]:
                 raise ChecksumMismatchError(f"cannot decompress {what}: lz4 content checksum mismatch")
         if frame.content_size is not None and frame.content_size != written:
             raise ChecksumMismatchError(
                 f"cannot decompress {what}: lz4 frame holds {written} bytes, its header says {frame.content_size}"
             )
     finally:
-        lib.XXH32_freeState(state)
+        xxh32.XXH32_freeState(state)
     return written

@@ -23,6 +23,7 @@ try:
     from . import _walcheck
 except ImportError:  # installed where no C compiler was found: numpy checks the frames
     _walcheck = None  # type: ignore[assignment]
+C_CHECKS = _walcheck is not None  # whether check_frames_c can run
 
 # numpy is imported where it is used, not here: its import costs ~0.15 s, which
 # a restore hides behind the snapshot download (see import_numpy_in_background).
@@ -53,6 +54,8 @@ __all__ = [
     "checksum_chain",
     "checksum_chain_py",
     "check_frames_py",
+    "check_frames_c",
+    "C_CHECKS",
     "FrameTerms",
     "frame_headers",
     "ScanResult",
@@ -563,3 +566,20 @@ def check_frames_py(
     """``check_frames`` without numpy: each valid frame's (page number, commit
     size), the cumulative checksum after it, and what is wrong with the next."""
     return FrameTerms.read(data, header.page_size, header.big_endian).check(header, start_checksum)
+
+
+_PAGE_AND_COMMIT = struct.Struct(">II")  # a frame header's first two fields
+
+
+def check_frames_c(
+    data: bytes | memoryview, header: WALHeader, start_checksum: tuple[int, int]
+) -> tuple[list[tuple[int, int]], tuple[int, int], str]:
+    """``check_frames`` in C (_walcheck, where it was built; see C_CHECKS): each
+    valid frame's (page number, commit size), the cumulative checksum after the
+    last of them, and what is wrong with the next frame ("" if nothing)."""
+    assert _walcheck is not None
+    valid, problem, chain, _, _ = _walcheck.scan(
+        data, header.page_size, header.big_endian, header.salt1, header.salt2, *start_checksum)
+    frame_size = WAL_FRAME_HEADER_SIZE + header.page_size
+    fields = [_PAGE_AND_COMMIT.unpack_from(data, k * frame_size) for k in range(valid)]
+    return fields, chain, _PROBLEMS[problem]

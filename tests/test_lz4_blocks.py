@@ -10,7 +10,7 @@ import struct
 import lz4.frame
 import pytest
 
-from litestream_py import codec, lz4_blocks
+from litestream_py import codec, liblz4, lz4_blocks
 from litestream_py.errors import ChecksumMismatchError
 
 # lsr's snapshot frame, and others a reader may meet (Go's, or another writer's).
@@ -91,6 +91,22 @@ def test_every_corruption_fails(kind: str) -> None:
     for cut in [3, 7, 11, len(frame) // 2, len(frame) - 4, len(frame) - 1]:
         with pytest.raises(ChecksumMismatchError, match="cannot decompress snapshot x"):
             _decode(frame[:cut])
+
+
+@pytest.mark.parametrize("stream", ["XXH32_STREAM", "python-lz4's"])
+def test_the_content_checksum_holds_whichever_xxh32_streams_it(stream: str, monkeypatch) -> None:
+    """The content checksum is streamed by the system's libxxhash where it is installed
+    (liblz4.XXH32_STREAM), else by python-lz4's copy of XXH32: either passes the
+    frame python-lz4 wrote and fails one flipped bit of its content."""
+    if stream != "XXH32_STREAM":
+        monkeypatch.setattr(lz4_blocks, "_xxh32", liblz4.LIB)
+    data = _database_like((9 << 20) + 7, seed=7)
+    frame = lz4.frame.compress(data, **FRAMES["lsr"])
+    assert _decode(frame) == data
+    bad = bytearray(frame)
+    bad[len(frame) // 2] ^= 0x01  # in the second block's compressed bytes: decodes, to other content
+    with pytest.raises(ChecksumMismatchError, match="cannot decompress snapshot x: lz4 content checksum mismatch"):
+        _decode(bytes(bad))
 
 
 def test_a_block_claiming_more_than_the_frame_allows_fails() -> None:

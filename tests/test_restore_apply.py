@@ -22,7 +22,7 @@ from litestream_py import codec
 from litestream_py.errors import WALFormatError
 from litestream_py.pos import Pos, WALSegmentInfo
 from litestream_py.replica import Replica
-from litestream_py.apply import WALApplier
+from litestream_py.apply import PURE_PYTHON_WAL_BYTES, WALApplier, frame_check
 from litestream_py.restore import RestoreOptions, restore
 from litestream_py.restore_target import CachedListing
 from litestream_py.wal import WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, FrameTerms, WALHeader, checksum
@@ -114,8 +114,8 @@ def split_at_commits(wal: bytes) -> list[tuple[int, bytes]]:
     return segments
 
 
-@pytest.mark.parametrize("use_numpy", [True, False], ids=["numpy", "pure-python"])
-def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path, use_numpy: bool) -> None:
+@pytest.mark.parametrize("check", ["c", "numpy", "python"])
+def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path, check: str) -> None:
     """Contiguous segments are verified in one pass, yet each keeps its own time and name."""
     from support.sqlite import write_wal
 
@@ -130,7 +130,7 @@ def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path, use_nump
 
     cutoff = int((t0 + timedelta(seconds=2.5)).timestamp() * 1e9)
     with open(tmp_path / "a.db", "w+b") as f:
-        applier = WALApplier(f, "g", cutoff_ns=cutoff, use_numpy=use_numpy)
+        applier = WALApplier(f, "g", cutoff_ns=cutoff, check=check)
         applier.feed(run(pieces))
     assert applier.transactions == 3 and applier.done
     assert applier.last_commit == Pos("g", 0, pieces[3][0])
@@ -139,15 +139,15 @@ def test_a_run_of_segments_dates_and_names_each_segment(tmp_path: Path, use_nump
     off, data = broken[3]
     broken[3] = (off, data[:200] + bytes([data[200] ^ 0xFF]) + data[201:])
     with open(tmp_path / "b.db", "w+b") as f:
-        applier = WALApplier(f, "g", use_numpy=use_numpy)
+        applier = WALApplier(f, "g", check=check)
         with pytest.raises(WALFormatError, match=f"wal segment g/00000000_{off:08x}: checksum mismatch at offset {off}"):
             applier.feed(run(broken))
     assert applier.transactions == 3  # everything before the bad segment was applied
 
 
-@pytest.mark.parametrize("dirty_bytes,use_numpy", [(1, True), (64 << 20, True), (64 << 20, False)],
-                         ids=["flush-every-commit", "flush-at-end", "flush-at-end-pure-python"])
-def test_applied_wal_matches_sqlites_own_checkpoint(tmp_path: Path, dirty_bytes: int, use_numpy: bool,
+@pytest.mark.parametrize("dirty_bytes,check", [(1, "c"), (64 << 20, "c"), (64 << 20, "numpy"), (64 << 20, "python")],
+                         ids=["flush-every-commit", "flush-at-end", "flush-at-end-numpy", "flush-at-end-pure-python"])
+def test_applied_wal_matches_sqlites_own_checkpoint(tmp_path: Path, dirty_bytes: int, check: str,
                                                     monkeypatch) -> None:
     """Growth, a VACUUM that shrinks the file, then growth again: byte for byte what SQLite checkpoints."""
     db = tmp_path / "src.db"
@@ -174,7 +174,7 @@ def test_applied_wal_matches_sqlites_own_checkpoint(tmp_path: Path, dirty_bytes:
     out.write_bytes(base)
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     with open(out, "r+b") as f:
-        applier = WALApplier(f, "g", use_numpy=use_numpy)
+        applier = WALApplier(f, "g", check=check)
         applier.feed([(WALSegmentInfo("g", 0, off, len(d), t0), (d, [])) for off, d in split_at_commits(wal)])
         applier.flush()
     assert applier.transactions == 40 + 2 + 30  # the last 30 inserts autocommit one by one
@@ -343,6 +343,16 @@ def test_a_failed_write_back_of_the_snapshot_fails_the_restore(tmp_path: Path, e
     assert not list(tmp_path.glob("out.db*"))
 
 
+def test_frames_are_checked_in_c_whatever_the_plans_size(monkeypatch) -> None:
+    """pip builds _walcheck (the sidecar needs it): a restore then never imports numpy.
+    Without it, numpy checks a large plan's frames and pure Python a small one's."""
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    small, large = ([WALSegmentInfo("g", 0, 0, size, t0)] for size in (1, PURE_PYTHON_WAL_BYTES + 1))
+    assert frame_check(small) == frame_check(large) == "c"
+    monkeypatch.setattr(apply_module, "C_CHECKS", False)
+    assert (frame_check(small), frame_check(large)) == ("python", "numpy")
+
+
 def test_numpy_starts_no_blas_threads(tmp_path: Path) -> None:
     """OpenBLAS would start a spinning thread per core; lsr never calls BLAS."""
     code = "import os, litestream_py.wal, numpy; print(len(os.listdir('/proc/self/task')))"
@@ -352,7 +362,7 @@ def test_numpy_starts_no_blas_threads(tmp_path: Path) -> None:
 
 
 def test_frames_read_ahead_must_continue_the_checksum_chain(tmp_path: Path, engine, monkeypatch) -> None:
-    """The downloading thread reads the frames of a small WAL's large segments ahead
+    """Without _walcheck, the downloading thread reads the frames of a small WAL's large segments ahead
     (their checksums chained from the segment's own first frame); the applier reads
     the others and checks the whole chain, joins included. A segment forged from
     another start, valid in itself, fails the restore there, read ahead or not,
@@ -387,6 +397,7 @@ def test_frames_read_ahead_must_continue_the_checksum_chain(tmp_path: Path, engi
 
     monkeypatch.setattr(apply_module._Prefetch, "_read", counting_read)
     monkeypatch.setattr(apply_module, "READ_AHEAD_BYTES", 0)  # these segments are small: read every one ahead
+    monkeypatch.setattr(apply_module, "frame_check", lambda segments: "python")  # as without _walcheck
     out = tmp_path / "out.db"
     with pytest.raises(WALFormatError, match=mismatch):
         restore(client, RestoreOptions(output_path=str(out)))
@@ -400,7 +411,7 @@ def test_frames_read_ahead_must_continue_the_checksum_chain(tmp_path: Path, engi
                                                        header.big_endian)
                  for i, (s, (d, _)) in enumerate(zip(segments, decoded)) if (i % 2 == 1) == ahead_of_victim}
         with open(tmp_path / f"direct-{ahead_of_victim}.db", "w+b") as f:
-            applier = WALApplier(f, generation, use_numpy=False)
+            applier = WALApplier(f, generation, check="python")
             applier.feed(list(zip(segments[:3], decoded[:3])), ahead)
             before = applier.transactions
             assert before >= 3

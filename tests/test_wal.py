@@ -20,6 +20,7 @@ from litestream_py.wal import (
     WALHeader,
     checksum,
     check_frames,
+    check_frames_c,
     check_frames_py,
     checksum_chain,
     checksum_reference,
@@ -103,9 +104,10 @@ def test_checksum_chain_matches_reference_frame_by_frame(big: bool) -> None:
 
 
 @pytest.mark.parametrize("big,page_size", [(False, 512), (True, 1024), (False, 65536)])
-def test_pure_python_frame_check_agrees_with_numpys(big: bool, page_size: int) -> None:
-    """check_frames_py (restores of small WAL: no numpy import) gives check_frames' fields,
-    sums and problem: on valid frames, a flipped bit, and a frame of another WAL (salt)."""
+def test_pure_python_and_c_frame_checks_agree_with_numpys(big: bool, page_size: int) -> None:
+    """check_frames_py (restores of small WAL without _walcheck: no numpy import) and
+    check_frames_c (restores) give check_frames' fields, sums (the C one: the last) and
+    problem: on valid frames, a flipped bit, and a frame of another WAL (salt)."""
     frame = WAL_FRAME_HEADER_SIZE + page_size
     magic = WAL_MAGIC_BE if big else WAL_MAGIC_LE
     header = WALHeader.parse(struct.pack(">IIIIII", magic, 3007000, page_size, 0, 1, 2) + b"\0" * 8, verify=False)
@@ -128,6 +130,9 @@ def test_pure_python_frame_check_agrees_with_numpys(big: bool, page_size: int) -
         assert (len(fields), problem) == want == (check.valid, check.problem)
         assert [list(f) for f in fields] == check.fields[:, :2].tolist()
         assert [list(x) for x in sums] == check.sums.tolist()
+        c_fields, chain, c_problem = check_frames_c(bytes(case), header, (0xDEADBEEF, 0xFFFFFFFF))
+        assert (c_fields, c_problem) == (fields, problem)
+        assert list(chain) == check.sums[-1].tolist()
 
 
 @pytest.mark.parametrize("implementation", ["c", "numpy"])

@@ -1,5 +1,5 @@
 """What ``lsr restore`` loads: a file replica's restore starts none of the
-replication machinery, no S3 SDK and no numpy (a small WAL is checked without it).
+replication machinery, no S3 SDK and no numpy (its frames are checked in C, _walcheck).
 
 A real restore in a fresh interpreter through the command group, which then
 writes the names of the modules it imported; the restored database is checked too.

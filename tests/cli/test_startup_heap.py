@@ -9,7 +9,8 @@ from typing import Iterator
 
 import pytest
 
-from litestream_py.cmd.options import resolve_target, startup_heap
+from litestream_py.cmd.options import resolve_target
+from litestream_py.cmd.startup import startup_heap
 from litestream_py.errors import ConfigError
 from support.config import write_config
 
