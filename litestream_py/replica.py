@@ -171,10 +171,12 @@ class Replica:
             self._pos = pos
 
     # -- shipping -------------------------------------------------------------
-    def sync(self, include_partial: bool = True) -> bool:
+    def sync(self, include_partial: bool = True, full_while_growing: bool = False) -> bool:
         """Ship everything the DB's shadow WAL holds beyond this replica's position
         (``include_partial=False``: only full segments and the ends of finished indexes,
-        leaving the current index's last, partial segment for later).
+        leaving the current index's last, partial segment for later; ``full_while_growing``:
+        that too once a segment has shipped and the shadow WAL has grown meanwhile,
+        see ShipPolicy.full_segments_while_growing).
 
         Returns True when anything was written.
         """
@@ -184,7 +186,7 @@ class Replica:
             try:
                 if self.ship.checks_intact_each_sync:
                     self._check_intact()
-                return self._sync(include_partial)
+                return self._sync(include_partial, full_while_growing)
             except StorageError:
                 # The position advances only after a successful write, so it
                 # stays valid: the failed upload is simply retried, without
@@ -195,7 +197,7 @@ class Replica:
                 self._set_pos(Pos())
                 raise
 
-    def _sync(self, include_partial: bool = True) -> bool:
+    def _sync(self, include_partial: bool = True, full_while_growing: bool = False) -> bool:
         dpos = self.db.pos()
         if dpos.is_zero():
             return False
@@ -214,6 +216,8 @@ class Replica:
         with _Puts() as puts:
             while self._ship_next(dpos, include_partial, puts):
                 wrote = True
+                if full_while_growing and self.db.pos() != dpos:
+                    include_partial = False
         return wrote
 
     def check_intact(self) -> bool:

@@ -348,15 +348,16 @@ class Replicator:
         try:
             now = time.monotonic()
             requested = state.flush_requests
-            include_partial = replica.ship.ships_everything(
-                requested != state.flushed, lambda: state.include_partial.claim(now), task.quiet)
+            flush = requested != state.flushed
+            include_partial = replica.ship.ships_everything(flush, lambda: state.include_partial.claim(now), task.quiet)
+            full_while_growing = replica.ship.full_segments_while_growing and not flush
             state.flushed = requested
             if state.intact.claim(now):
                 replica.check_intact()  # if wiped, this sync ships it again from a new snapshot
             # Only a step that wrote to the replica shows an outage is over: an
             # early run with no full segment to ship sends nothing at all.
-            reached = replica.sync(include_partial)
-            if not include_partial and replica.pos() != db.pos():
+            reached = replica.sync(include_partial, full_while_growing)
+            if (not include_partial or full_while_growing) and replica.pos() != db.pos():
                 # What is left goes at the pause or at the interval, whichever
                 # comes first: the wakes that would bring it may all be spent.
                 self._shippers.wake(task)

@@ -97,6 +97,20 @@ class ShipPolicy:
         return QUIET_FLUSH.total_seconds() if self.ships_early else 0.0
 
     @property
+    def full_segments_while_growing(self) -> bool:
+        """Whether a shipment whose shadow WAL grew while it shipped leaves the
+        last, partial segment to the next shipment (which that growth wakes).
+
+        For a replica that ships each commit at once (no sync-interval): a
+        writer faster than its shipments then gets full segments
+        (max_segment_size), and a segment's own costs (a file created, its
+        fsyncs, the shipper's bookkeeping) are paid per segment size, not per
+        shipment. A shipment of a WAL that stopped growing ships all of it, so
+        an idle-to-busy commit and a burst's last ones go at once.
+        """
+        return self.sync_interval == timedelta(0)
+
+    @property
     def checks_intact_each_sync(self) -> bool:
         return self.intact_check_interval == timedelta(0)
 

@@ -189,11 +189,9 @@ def test_a_failed_write_in_a_backlog_writes_nothing_after_it(tmp_path: Path, eng
     assert rows(out, "SELECT count(*) FROM t") == [(300,)]
 
 
-def test_an_early_shipment_leaves_the_partial_segment_for_later(tmp_path: Path, engine) -> None:
-    """``sync(include_partial=False)``, an S3 replica's shipment before its interval is up,
-    writes only full segments (what any shipment would cut anyway); the partial
-    one at the end waits for the next whole shipment."""
-    app, db, client, replica = engine
+def _backlog_of_64k_segments(app, db, client, replica) -> tuple[str, set[Pos]]:
+    """Segments of 64 KiB, and a transaction of 200 rows copied to the shadow WAL
+    and not shipped; (the generation, the positions of the segments shipped before it)."""
     replica.ship = dataclasses.replace(replica.ship, max_segment_size=64 * 1024)
     db.sync()
     replica.sync()  # the generation's snapshot, and what the WAL held then
@@ -204,6 +202,15 @@ def test_an_early_shipment_leaves_the_partial_segment_for_later(tmp_path: Path, 
         app.execute("INSERT INTO t (v) VALUES (?)", ("x" * 1000 + str(i),))
     app.execute("COMMIT")
     db.sync()
+    return generation, before
+
+
+def test_an_early_shipment_leaves_the_partial_segment_for_later(tmp_path: Path, engine) -> None:
+    """``sync(include_partial=False)``, an S3 replica's shipment before its interval is up,
+    writes only full segments (what any shipment would cut anyway); the partial
+    one at the end waits for the next whole shipment."""
+    app, db, client, replica = engine
+    generation, before = _backlog_of_64k_segments(app, db, client, replica)
     assert replica.has_full_segment()
     assert replica.sync(include_partial=False)
     full = (64 * 1024 // (WAL_FRAME_HEADER_SIZE + 4096)) * (WAL_FRAME_HEADER_SIZE + 4096)
@@ -217,6 +224,42 @@ def test_an_early_shipment_leaves_the_partial_segment_for_later(tmp_path: Path, 
     out = tmp_path / "out.db"
     restore(client, RestoreOptions(output_path=str(out)))
     assert rows(out, "SELECT count(*) FROM t") == [(200,)]
+
+
+@pytest.mark.parametrize("grows", [True, False])
+def test_a_shipment_leaves_a_growing_backlogs_partial_segment_to_the_next(tmp_path: Path, engine, monkeypatch,
+                                                                           grows: bool) -> None:
+    """``sync(full_while_growing=True)``, a file replica's shipment: once a segment of
+    a backlog has shipped and the shadow WAL has grown meanwhile (a writer faster
+    than the shipments), the partial segment at the end goes with the next
+    shipment, full; a backlog that stopped growing ships whole."""
+    app, db, client, replica = engine
+    generation, before = _backlog_of_64k_segments(app, db, client, replica)
+    write = client.write_wal_segment
+    commits = [0]
+
+    def write_while_the_app_commits(*args, **kwargs):  # the real write, and a commit copied meanwhile
+        if grows and not commits[0]:
+            commits[0] += 1
+            app.execute("INSERT INTO t (v) VALUES ('meanwhile')")
+            db.sync()
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(client, "write_wal_segment", write_while_the_app_commits)
+    shipped_to = db.pos()
+    assert replica.sync(full_while_growing=True)
+    full = (64 * 1024 // (WAL_FRAME_HEADER_SIZE + 4096)) * (WAL_FRAME_HEADER_SIZE + 4096)
+    sizes = [len(codec.decode_segment(client.read_wal_segment(w.pos))[0])
+             for w in client.wal_segments(generation) if w.pos not in before]
+    if grows:
+        assert len(sizes) >= 3 and all(size >= full for size in sizes), sizes
+        assert 0 < shipped_to.offset - replica.pos().offset < full
+        assert replica.sync() and replica.pos() == db.pos()
+    else:
+        assert replica.pos() == shipped_to == db.pos()
+    out = tmp_path / "out.db"
+    restore(client, RestoreOptions(output_path=str(out)))
+    assert rows(out, "SELECT count(*) FROM t") == [(200 + commits[0],)]
 
 
 def test_shadow_frames_are_on_disk_before_they_are_shipped(tmp_path: Path, engine, monkeypatch) -> None:
@@ -283,16 +326,19 @@ def test_snapshot_interval_and_retention_run_inside_the_sidecar(tmp_path: Path, 
     assert rows(out, "SELECT count(*) FROM t") == rows(db, "SELECT count(*) FROM t")
 
 
-@pytest.mark.parametrize("source", ["view", "bytes", "empty", "without liblz4's exports"])
+@pytest.mark.parametrize("source", ["view", "bytes", "empty", "two blocks", "without liblz4's exports"])
 def test_a_segment_encoded_in_place_is_the_one_lz4_frame_compress_writes(
         source: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The shipper's segments come from liblz4's frame compressor called into a
     reused buffer (codec.encode_segment_into), not from python-lz4's compress:
-    the same bytes, byte for byte, whatever holds the WAL bytes (and through
+    the same bytes, byte for byte, content checksum included (added by
+    encode_segment_into itself), whatever holds the WAL bytes (and through
     python-lz4 where its extension does not export liblz4's functions)."""
     if source.startswith("without"):
         monkeypatch.setattr(codec, "_lz4f", None)
     wal = b"" if source == "empty" else (os.urandom(300_000).hex().encode() + bytes(200_000))
+    if source == "two blocks":  # an object store's segment: past one 4 MiB block
+        wal *= 10
     commits = [(WAL_HEADER_SIZE + 4120, 1_700_000_000_123_456_789)] if wal else []
     held = bytearray(b"x" * 10 + wal)
     data = memoryview(held)[10:] if source == "view" else wal
