@@ -14,9 +14,9 @@ def startup_heap() -> Iterator[None]:
 
     Imports and botocore's service models are each ~10^5 objects that live as
     long as the process: the collections they would set off find nothing to
-    free, and every full collection afterwards would walk them again (a
-    restore from S3 spent 13 % of its CPU in the collector; frozen, it was 15 %
-    faster). Frozen, they are not scanned even by the first collection after.
+    free, and every full collection afterwards would walk them again, for
+    nothing (docs/bench.md, Restore). Frozen, they are not scanned even by the
+    first collection after.
     """
     enabled = gc.isenabled()
     gc.disable()

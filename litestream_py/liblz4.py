@@ -9,8 +9,8 @@ use python-lz4's own functions.
 
 ``XXH32_STREAM`` holds XXH32's streaming functions (a frame's content checksum,
 block after block): the system's libxxhash where it is installed, whose
-XXH32_update runs ~2.5 times as fast as the copy bundled in python-lz4's
-extension (docs/bench.md, Restore), else ``LIB``. A state is only ever handed
+XXH32_update is much faster than the copy bundled in python-lz4's extension
+(docs/bench.md, Restore), else ``LIB``. A state is only ever handed
 to the library that made it.
 """
 
