@@ -477,9 +477,11 @@ class DB(Generic[R]):
         MAX_LOCKED_BACKFILL frames behind the old lock (an application whose own
         are off), lsr backfills up to the new one itself, outside the write lock."""
         lock = self._read_lock
-        lagging = not lock.on_db_file and lock.mark - read_wal_index(self._shm_fd).backfilled >= MAX_LOCKED_BACKFILL
-        if lock.advance(self._read_connection, self._shm_fd,
-                        lambda: self._copy_new_frames(None), ADVANCE_READ_LOCK_FRAMES) and lagging:
+        old_mark, was_on_db_file = lock.mark, lock.on_db_file
+        if (lock.advance(self._read_connection, self._shm_fd, lambda: self._copy_new_frames(None),
+                         ADVANCE_READ_LOCK_FRAMES)
+                and not was_on_db_file
+                and old_mark - read_wal_index(self._shm_fd).backfilled >= MAX_LOCKED_BACKFILL):
             self._run_checkpoint(self._writer())
 
     def _read_connection(self) -> apsw.Connection:
@@ -854,13 +856,13 @@ class DB(Generic[R]):
             # Copy all but the newest frames first, so that the application's wait
             # for the locked part below stays short.
             self._copy_to_shadow(generation, index)
+        with self._copying_meanwhile(generation, index, None):
+            self._flush_before_locked_checkpoint()
         # PASSIVE gives up on frames the application's readers still use; the
         # forced modes try again for up to the busy timeout, as RESTART would,
         # but hold the write lock only for moments at a time.
         deadline = time.monotonic() + (BUSY_TIMEOUT.total_seconds() if mode != CHECKPOINT_PASSIVE else 0)
         while True:
-            with self._copying_meanwhile(generation, index, None):
-                self._flush_before_locked_checkpoint()
             retake = self._retake_read_lock(generation, index, checkpoint=True)
             self._copy_tail_to_shadow(generation, index, retake.tail)
             held = max(held, retake.held)
