@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -131,6 +133,21 @@ def test_objects_carry_crc32c(s3_server: S3Server, s3_client: S3ReplicaClient) -
                       (f"db/generations/{GEN}/snapshots/00000001.snapshot.lz4", b"snapshot bytes")):
         meta = raw.head_object(Bucket=s3_client.bucket, Key=key)["Metadata"]
         assert meta[CHECKSUM_METADATA_KEY] == f"{crc32c.crc32c(data):08x}"
+
+
+def test_crc32c_extension_loads_without_the_package_init() -> None:
+    """The S3 client's CRC32C is the package's own extension, loaded without the
+    package's ``__init__`` and its ``importlib.metadata`` scan, and gives the same
+    values (a fresh interpreter: this one has imported the package already)."""
+    probe = ("import sys, litestream_py.clients.s3 as s3, litestream_py.clients.s3.checksum as c;"
+             "print(c.loaded_alone, 'importlib.metadata' in sys.modules, 'crc32c' in sys.modules,"
+             " c.crc32c(b'123456789'), c.crc32c(b'6789', c.crc32c(b'12345')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False", "False", str(0xE3069283), str(0xE3069283)]
+    from litestream_py.clients.s3.checksum import crc32c as ours
+
+    data = os.urandom(100_000)
+    assert ours(data) == crc32c.crc32c(data)
 
 
 def test_corrupt_snapshot_fails_before_its_last_byte_is_returned(s3_server: S3Server, s3_client: S3ReplicaClient) -> None:

@@ -13,8 +13,6 @@ from email.utils import parsedate_to_datetime
 from functools import cached_property
 from typing import Any, BinaryIO, Iterable, Iterator, cast
 
-import crc32c
-
 from ... import paths
 from ...config import ReplicaConfig
 from ...errors import (
@@ -27,6 +25,7 @@ from ...errors import (
 )
 from ...pos import LeaseObject, Pos, SnapshotInfo, WALSegmentInfo
 from ...stats import OperationStats
+from .checksum import crc32c
 from .errors import RANGE_CODES, RangeRefused, body_errors, redact, translate_error
 from .routes import sdk_route, standalone_route
 from .settings import DEFAULT_REGION, S3Settings, env_credentials, settings_from_config
@@ -61,14 +60,14 @@ _SDK_PARAMS = {"Range": "Range", "If-Match": "IfMatch"}
 
 
 def _format_crc(data: bytes | memoryview) -> str:
-    return f"{crc32c.crc32c(data):08x}"
+    return f"{crc32c(data):08x}"
 
 
 def _file_crc(f: BinaryIO) -> str:
     f.seek(0)
     value = 0
     while chunk := f.read(1 << 20):
-        value = crc32c.crc32c(chunk, value)
+        value = crc32c(chunk, value)
     f.seek(0)
     return f"{value:08x}"
 

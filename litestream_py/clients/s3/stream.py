@@ -8,9 +8,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import crc32c
-
 from ...errors import StorageError
+from .checksum import crc32c
 from .errors import RangeRefused
 
 __all__ = ["FIRST_RANGE", "PEEK_BYTES", "ObjectReply", "ObjectSource", "ObjectStream"]
@@ -165,7 +164,7 @@ class ObjectStream(io.RawIOBase):
         return data
 
     def _take(self, data: bytes) -> None:
-        self._crc = crc32c.crc32c(data, self._crc)
+        self._crc = crc32c(data, self._crc)
         self._taken += len(data)
         if self._taken >= self._size:
             self._client._check_crc(self._key, self._what, self._metadata, f"{self._crc:08x}")
