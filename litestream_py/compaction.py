@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import BinaryIO, Callable, Iterator
@@ -42,6 +43,7 @@ from .wal import WAL_HEADER_SIZE, WALHeader, commit_frame_ends
 __all__ = [
     "DEFAULT_COMPACTION_INTERVAL",
     "MAX_COMPACTED_SEGMENT_SIZE",
+    "BusyGate",
     "CompactionStats",
     "Compactor",
     "segment_extent",
@@ -62,6 +64,53 @@ MAX_COMPACTED_SEGMENT_SIZE = 16 << 20
 MAX_PASS_BYTES = 256 << 20
 
 Commits = list[tuple[int, int]]
+
+# Compaction waits while the replica ships WAL faster than BUSY_WAL_RATE
+# (bytes a second, measured over BUSY_WINDOW seconds just before a pass): a
+# burst of writes then keeps the CPU and the disk for itself, and the pass
+# runs once it ends. A replica busy for longer is compacted anyway after
+# MAX_BUSY_WAIT seconds, and until its backlog is done.
+BUSY_WAL_RATE = 8 << 20
+BUSY_WINDOW = 1.0
+MAX_BUSY_WAIT = 60.0
+
+
+class BusyGate:
+    """When a compaction pass may run, from a replica's count of WAL bytes shipped.
+
+    ``wait()`` is asked before each pass: 0.0 to run it now, or the seconds to
+    wait before asking again. ``done()`` after a pass that left nothing to do.
+    """
+
+    def __init__(self, shipped: Callable[[], int], clock: Callable[[], float] = time.monotonic, *,
+                 rate: float = BUSY_WAL_RATE, window: float = BUSY_WINDOW,
+                 max_wait: float = MAX_BUSY_WAIT) -> None:
+        self.shipped = shipped
+        self.clock = clock
+        self.rate = rate
+        self.window = window
+        self.max_wait = max_wait
+        self._sample = (clock(), shipped())  # (when, bytes shipped by then)
+        self._busy_since: float | None = None
+
+    def wait(self) -> float:
+        now, shipped = self.clock(), self.shipped()
+        before, self._sample = self._sample, (now, shipped)
+        if shipped == before[1]:
+            return 0.0  # nothing shipped since the last look (an idle replica is not woken again)
+        if self._busy_since is not None and now - self._busy_since >= self.max_wait:
+            return 0.0  # busy for too long: compact anyway, and until done() (see MAX_BUSY_WAIT)
+        elapsed = now - before[0]
+        if elapsed > 2 * self.window:
+            return self.window  # measure the rate afresh, over the next window
+        if elapsed <= 0 or (shipped - before[1]) / elapsed < self.rate:
+            return 0.0
+        if self._busy_since is None:
+            self._busy_since = before[0]
+        return self.window
+
+    def done(self) -> None:
+        self._busy_since = None
 
 
 @dataclass

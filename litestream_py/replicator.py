@@ -28,6 +28,7 @@ from datetime import timedelta
 from typing import Any, Sequence
 
 from . import health
+from .compaction import BusyGate
 from .db import DB
 from .dormancy import DORMANT_RECHECK, AwakeLimit, quiet_before_dormant
 from .errors import ConfigError, DatabaseBusyError, DatabaseError, LitestreamError, StorageError
@@ -409,15 +410,21 @@ class Replicator:
                            retry=interval, storage_level=logging.INFO)
         first = [True]
         passed_at: list[Pos | None] = [None]  # the replica's position at the last pass
+        gate = BusyGate(lambda: replica.stats.wal_bytes)  # a burst of writes goes first
 
         def step() -> float:
             if first[0]:  # started with the replicator: nothing is old enough yet
                 first[0] = False
                 return interval
+            wait = gate.wait()
+            if wait > 0:
+                return wait
             try:
                 pos = replica.pos()
                 more = replica.compact()
                 errors.ok()
+                if not more:
+                    gate.done()
                 if not more and pos == passed_at[0]:  # idle: what is left only ages
                     return self._safety_net(interval, len(self._ship_states))
                 passed_at[0] = pos

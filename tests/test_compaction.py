@@ -9,6 +9,7 @@ it replaces.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -31,7 +32,8 @@ from support.s3 import S3Server, make_s3_client
 from litestream_py import codec
 from litestream_py.clients.file import FileReplicaClient
 from litestream_py.clients.s3 import S3ReplicaClient
-from litestream_py.compaction import DEFAULT_COMPACTION_INTERVAL, Compactor
+from litestream_py import replicator as replicator_module
+from litestream_py.compaction import DEFAULT_COMPACTION_INTERVAL, BusyGate, Compactor
 from litestream_py.config import parse_config
 from litestream_py.db import DB
 from litestream_py.errors import ConfigError, LeaseLostError, LitestreamError, RestoreGapError
@@ -237,7 +239,8 @@ KILL_MID_PASS = """
 import os, signal, sys, threading
 from datetime import timedelta
 from litestream_py.clients import new_client
-from litestream_py.compaction import DEFAULT_COMPACTION_INTERVAL, Compactor
+from litestream_py import replicator as replicator_module
+from litestream_py.compaction import DEFAULT_COMPACTION_INTERVAL, BusyGate, Compactor
 from litestream_py.config import parse_config
 from litestream_py.db import DB
 from litestream_py.errors import ConfigError, LeaseLostError, LitestreamError, RestoreGapError
@@ -478,28 +481,34 @@ class SlowReads(FileReplicaClient):
         return super().read_wal_segment(pos)
 
 
-def test_a_stuck_compaction_pass_never_holds_back_shipping(tmp_path: Path) -> None:
+def replica_holds(client: FileReplicaClient, tmp_path: Path, n: int) -> bool:
+    """Whether a restore of the replica (as it is now) has ``n`` rows in table t."""
+    out = tmp_path / f"probe-{time.monotonic_ns()}.db"
+    try:
+        return restored_count(FileReplicaClient(client.root), out) == n
+    except (LitestreamError, sqlite3.OperationalError):
+        return False  # nothing shipped yet, or only the snapshot taken before table t
+
+
+def started_replicator(tmp_path: Path, client: FileReplicaClient,
+                       compaction_interval: timedelta) -> tuple[Any, Replica, Replicator]:
+    """The application's connection, and a running replicator shipping its every commit to ``client``."""
     app = app_connection(tmp_path / "app.db")
-    client = SlowReads(str(tmp_path / "replica"))
     db = DB(str(tmp_path / "app.db"))
     replica = Replica(db, client, "file", sync_interval=timedelta(0))
-    replica.compaction_interval = timedelta(milliseconds=100)
+    replica.compaction_interval = compaction_interval
     db.replicas.append(replica)
     replicator = Replicator([db])
     replicator.start()
-    plain = FileReplicaClient(client.root)
-    tries = [0]
+    return app, replica, replicator
 
-    def replica_holds(n: int) -> bool:
-        tries[0] += 1
-        try:
-            return restored_count(plain, tmp_path / f"probe-{tries[0]}.db") == n
-        except (LitestreamError, sqlite3.OperationalError):
-            return False  # nothing shipped yet, or only the snapshot taken before table t
 
+def test_a_stuck_compaction_pass_never_holds_back_shipping(tmp_path: Path) -> None:
+    client = SlowReads(str(tmp_path / "replica"))
+    app, _, replicator = started_replicator(tmp_path, client, timedelta(milliseconds=100))
     try:
         app.execute("INSERT INTO t (v) VALUES ('first')")
-        wait_for(lambda: replica_holds(1), what="the first row on the replica")
+        wait_for(lambda: replica_holds(client, tmp_path, 1), what="the first row on the replica")
         client.slow = True
         for i in range(30):
             app.execute("INSERT INTO t (v) VALUES (?)", (f"row-{i}",))
@@ -507,7 +516,7 @@ def test_a_stuck_compaction_pass_never_holds_back_shipping(tmp_path: Path) -> No
         wait_for(client.stuck.is_set, timeout=60, what="a compaction pass stuck on a read")
         for i in range(30, 50):
             app.execute("INSERT INTO t (v) VALUES (?)", (f"row-{i}",))
-        wait_for(lambda: replica_holds(51), timeout=60, what="every row shipped while compaction is stuck")
+        wait_for(lambda: replica_holds(client, tmp_path, 51), timeout=60, what="every row shipped while compaction is stuck")
         assert not client.gate.is_set()
     finally:
         client.gate.set()
@@ -604,3 +613,70 @@ def test_a_fenced_sidecar_stops_compacting(tmp_path: Path, engine) -> None:
     with pytest.raises(LeaseLostError, match="its lease was taken"):
         replica.compact()
     assert segment_lengths(client) == before
+
+
+def test_the_busy_gate_holds_a_pass_back_while_wal_pours_in_and_for_no_longer_than_its_bound() -> None:
+    """A pass waits while the replica ships faster than the rate (measured over a
+    fresh window), runs once it slows, and runs anyway once the wait reached its
+    bound, until a pass leaves nothing to do. A replica that shipped nothing is
+    not probed."""
+    clock, shipped = [100.0], [0]
+    gate = BusyGate(lambda: shipped[0], lambda: clock[0], rate=1000, window=1.0, max_wait=10.0)
+
+    def after(seconds: float, nbytes: int) -> float:
+        clock[0] += seconds
+        shipped[0] += nbytes
+        return gate.wait()
+
+    assert after(10, 0) == 0.0  # idle: no probe
+    assert after(10, 50_000) == 1.0  # the last look is stale: a window to measure the rate
+    assert after(1, 500) == 0.0  # 500 B/s: quiet enough
+    assert after(10, 50_000) == 1.0
+    assert after(1, 5_000) == 1.0  # 5,000 B/s: busy, ask again after a window
+    assert after(1, 5_000) == 1.0
+    assert after(1, 400) == 0.0  # the burst ended: the pass runs
+    gate.done()
+    waits = [after(1, 5_000) for _ in range(12)]
+    # Busy since the start of the first of those windows: held back until 10 s had passed, then let through.
+    assert waits == [1.0] * 9 + [0.0] * 3
+    assert after(5, 100_000) == 0.0  # still busy, but its backlog is not done: no wait in between
+    gate.done()
+    assert after(1, 5_000) == 1.0  # a new wait starts after a pass that finished the backlog
+
+
+@pytest.mark.parametrize("max_wait", [60.0, 0.5])
+def test_the_sidecar_compacts_after_a_burst_not_during_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          max_wait: float) -> None:
+    """A real replicator with a short compaction-interval, and a writer shipping far
+    over the (lowered) busy rate: no pass runs while it writes, a pass merges once it
+    stops; with a short bound on the wait, passes run during the burst too."""
+    monkeypatch.setattr(replicator_module, "BusyGate",
+                        functools.partial(BusyGate, rate=64 << 10, max_wait=max_wait))
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    app, replica, replicator = started_replicator(tmp_path, client, timedelta(milliseconds=300))
+
+    def stats() -> tuple[int, int]:
+        s = replica.compaction_stats()
+        assert s is not None
+        return s.passes, s.merged
+
+    def write_for(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:  # ~2 MiB/s of WAL, 32 times the rate
+            app.execute("INSERT INTO t (v) VALUES (?)", (os.urandom(8 << 10).hex(),))
+            time.sleep(0.01)
+
+    try:
+        write_for(1.5)  # the burst is under way (a pass may have started before it)
+        during = stats()
+        write_for(4.0)
+        if max_wait > 10:
+            assert stats() == during, "a compaction pass ran while the replica shipped WAL far over the busy rate"
+            wait_for(lambda: stats()[1] > during[1], timeout=60, what="a pass that merges once the burst ended")
+        else:
+            assert stats()[1] > during[1], "the bound on the wait did not let a pass run during the burst"
+        n = app.execute("SELECT count(*) FROM t").fetchall()[0][0]
+        wait_for(lambda: replica_holds(client, tmp_path, n), timeout=60, what="every row on the replica")
+    finally:
+        replicator.stop()
+        app.close()

@@ -52,7 +52,8 @@ def _load() -> tuple[Callable[..., int], bool]:
     return package.crc32c, False
 
 
-_crc32c, loaded_alone = _load()
+_crc32c, _alone = _load()
+loaded_alone: bool = _alone  # False: the extension came through the package's own import
 
 
 def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
