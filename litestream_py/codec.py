@@ -70,6 +70,9 @@ def compress(data: bytes | memoryview) -> bytes:
 
 
 def decompress(data: bytes | memoryview, what: str = "object") -> bytes:
+    """A whole LZ4 frame's bytes (a WAL segment's): decoded by ``lz4_blocks`` where it can."""
+    if lz4_blocks.parallel_frame(bytes(data[: lz4_blocks.FRAME_HEADER_MAX])):
+        return lz4_blocks.decode_frame_bytes(data, what)
     try:
         return lz4.frame.decompress(data)  # type: ignore[no-any-return]
     except RuntimeError as exc:

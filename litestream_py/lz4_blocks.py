@@ -1,4 +1,5 @@
-"""An LZ4 frame of independent blocks, decoded on several threads (a restore's snapshot).
+"""An LZ4 frame of independent blocks, decoded on several threads (a restore's snapshot),
+or in memory on one (a WAL segment: ``decode_frame_bytes``).
 
 python-lz4's frame decompressor decodes a frame on one thread, block after
 block. A frame whose blocks are independent (lsr's snapshots, and Go
@@ -22,7 +23,7 @@ from typing import BinaryIO, Callable
 from . import liblz4
 from .errors import ChecksumMismatchError
 
-__all__ = ["DECODERS", "FRAME_HEADER_MAX", "decode_frame", "parallel_frame"]
+__all__ = ["DECODERS", "FRAME_HEADER_MAX", "decode_frame", "decode_frame_bytes", "parallel_frame"]
 
 FRAME_MAGIC = 0x184D2204
 # Magic, FLG, BD, content size, dictionary id, header checksum.
@@ -88,6 +89,75 @@ def _read_exact(src: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
+def _checked_header(head: bytes, what: str) -> _Frame:
+    """The header at the start of ``head``, its checksum verified."""
+    assert _lib is not None
+    frame = _parse(head)
+    if frame is None:
+        raise ChecksumMismatchError(f"cannot decompress {what}: not an lz4 frame of independent blocks")
+    descriptor = head[4 : frame.header_size - 1]
+    if (_lib.XXH32(descriptor, len(descriptor), 0) >> 8) & 0xFF != head[frame.header_size - 1]:
+        raise ChecksumMismatchError(f"cannot decompress {what}: lz4 frame header checksum mismatch")
+    return frame
+
+
+def _truncated(what: str) -> ChecksumMismatchError:
+    return ChecksumMismatchError(f"cannot decompress {what}: truncated lz4 frame")
+
+
+def decode_frame_bytes(blob: bytes | memoryview, what: str) -> bytes:
+    """The LZ4 frame that is all of ``blob``, decoded on this thread (a WAL segment).
+
+    python-lz4's one-call decoder, not told the content's size, grows its
+    output as it goes and checksums it through liblz4's streaming XXH32: here
+    each block is decoded once into a buffer of the frame's block size (only
+    the pages it fills are touched) and the content checksummed in one call,
+    with the same checks as ``decode_frame``. Call only where
+    ``parallel_frame`` said yes.
+    """
+    assert _lib is not None
+    lib = _lib
+    view = memoryview(blob)
+    frame = _checked_header(bytes(view[:FRAME_HEADER_MAX]), what)
+    pos, parts = frame.header_size, []
+    while True:
+        if pos + 4 > len(view):
+            raise _truncated(what)
+        (size,) = struct.unpack_from("<I", view, pos)
+        pos += 4
+        if size == 0:
+            break
+        stored, size = bool(size & _UNCOMPRESSED), size & ~_UNCOMPRESSED
+        if size > frame.block_max:
+            raise ChecksumMismatchError(f"cannot decompress {what}: lz4 block larger than the frame's")
+        end = pos + size + (4 if frame.block_checksum else 0)
+        if end > len(view):
+            raise _truncated(what)
+        data = bytes(view[pos : pos + size])
+        if frame.block_checksum and lib.XXH32(data, size, 0) != struct.unpack_from("<I", view, pos + size)[0]:
+            raise ChecksumMismatchError(f"cannot decompress {what}: lz4 block checksum mismatch")
+        pos = end
+        if stored:
+            parts.append(data)
+            continue
+        out = ctypes.create_string_buffer(frame.block_max)
+        n = lib.LZ4_decompress_safe(data, out, size, frame.block_max)
+        if n < 0:
+            raise ChecksumMismatchError(f"cannot decompress {what}: corrupt lz4 block")
+        parts.append(ctypes.string_at(out, n))
+    content = parts[0] if len(parts) == 1 else b"".join(parts)
+    if frame.content_checksum:
+        if pos + 4 > len(view):
+            raise _truncated(what)
+        if lib.XXH32(content, len(content), 0) != struct.unpack_from("<I", view, pos)[0]:
+            raise ChecksumMismatchError(f"cannot decompress {what}: lz4 content checksum mismatch")
+    if frame.content_size is not None and frame.content_size != len(content):
+        raise ChecksumMismatchError(
+            f"cannot decompress {what}: lz4 frame holds {len(content)} bytes, its header says {frame.content_size}"
+        )
+    return content
+
+
 class _Block:
     """A decoded block's buffer, reused once its bytes are written."""
 
@@ -110,12 +180,7 @@ def decode_frame(src: BinaryIO, write: Callable[[memoryview], object], what: str
     assert _lib is not None and _xxh32 is not None
     lib, xxh32 = _lib, _xxh32
     head = _read_exact(src, FRAME_HEADER_MAX)
-    frame = _parse(head)
-    if frame is None:
-        raise ChecksumMismatchError(f"cannot decompress {what}: not an lz4 frame of independent blocks")
-    descriptor = head[4 : frame.header_size - 1]
-    if (lib.XXH32(descriptor, len(descriptor), 0) >> 8) & 0xFF != head[frame.header_size - 1]:
-        raise ChecksumMismatchError(f"cannot decompress {what}: lz4 frame header checksum mismatch")
+    frame = _checked_header(head, what)
     leftover = head[frame.header_size :]  # the first block's bytes, read with the header
     state = xxh32.XXH32_createState()
     xxh32.XXH32_reset(state, 0)
@@ -168,7 +233,7 @@ def decode_frame(src: BinaryIO, write: Callable[[memoryview], object], what: str
                 while True:
                     word = read(4)
                     if len(word) < 4:
-                        raise ChecksumMismatchError(f"cannot decompress {what}: truncated lz4 frame")
+                        raise _truncated(what)
                     (size,) = struct.unpack("<I", word)
                     if size == 0:
                         break
@@ -177,7 +242,7 @@ def decode_frame(src: BinaryIO, write: Callable[[memoryview], object], what: str
                         raise ChecksumMismatchError(f"cannot decompress {what}: lz4 block larger than the frame's")
                     data = read(size + (4 if frame.block_checksum else 0))
                     if len(data) < size + (4 if frame.block_checksum else 0):
-                        raise ChecksumMismatchError(f"cannot decompress {what}: truncated lz4 frame")
+                        raise _truncated(what)
                     if frame.block_checksum:
                         data, (expected,) = data[:size], struct.unpack("<I", data[size:])
                         if lib.XXH32(data, size, 0) != expected:
@@ -195,7 +260,7 @@ def decode_frame(src: BinaryIO, write: Callable[[memoryview], object], what: str
         if frame.content_checksum:
             word = read(4)
             if len(word) < 4:
-                raise ChecksumMismatchError(f"cannot decompress {what}: truncated lz4 frame")
+                raise _truncated(what)
             if xxh32.XXH32_digest(state) != struct.unpack("<I", word)[0]:
                 raise ChecksumMismatchError(f"cannot decompress {what}: lz4 content checksum mismatch")
         if frame.content_size is not None and frame.content_size != written:

@@ -1,5 +1,6 @@
-"""LZ4 frames decoded block by block on several threads (a restore's snapshot):
-the same bytes as python-lz4's decoder, and every corruption it catches caught."""
+"""LZ4 frames decoded block by block on several threads (a restore's snapshot), or
+in memory on one (a WAL segment): the same bytes as python-lz4's decoder, and
+every corruption it catches caught."""
 
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ def _decode(frame: bytes, decoders: int = 2) -> bytes:
     return out.getvalue()
 
 
+def _decode_bytes(frame: bytes) -> bytes:
+    return lz4_blocks.decode_frame_bytes(frame, "snapshot x")
+
+
+BOTH = [_decode, _decode_bytes]
+
+
 def test_the_pinned_python_lz4_exports_the_block_decoder() -> None:
     """Else every snapshot decodes on one thread (correct, and slower)."""
     assert lz4_blocks.parallel_frame(lz4.frame.compress(b"x", **FRAMES["lsr"]))
@@ -52,6 +60,7 @@ def test_same_bytes_as_python_lz4(kind: str, size: int) -> None:
     assert lz4_blocks.parallel_frame(frame[: lz4_blocks.FRAME_HEADER_MAX])
     assert _decode(frame) == data
     assert _decode(frame, decoders=1) == data
+    assert _decode_bytes(frame) == data == codec.decompress(frame)
 
 
 def test_stored_blocks_and_a_short_reading_stream() -> None:
@@ -83,14 +92,15 @@ def test_every_corruption_fails(kind: str) -> None:
     checked = FRAMES[kind].get("content_checksum") or FRAMES[kind].get("block_checksum")
     # A flipped bit in the header, in a block, in the content checksum; a cut anywhere.
     flips = [4, 5, 6, len(frame) // 3, len(frame) // 2, len(frame) - 1] if checked else [4, 6]
-    for at in flips:
-        bad = bytearray(frame)
-        bad[at] ^= 0x10
-        with pytest.raises(ChecksumMismatchError, match="cannot decompress snapshot x"):
-            _decode(bytes(bad))
-    for cut in [3, 7, 11, len(frame) // 2, len(frame) - 4, len(frame) - 1]:
-        with pytest.raises(ChecksumMismatchError, match="cannot decompress snapshot x"):
-            _decode(frame[:cut])
+    for decode in BOTH:
+        for at in flips:
+            bad = bytearray(frame)
+            bad[at] ^= 0x10
+            with pytest.raises(ChecksumMismatchError, match="cannot decompress snapshot x"):
+                decode(bytes(bad))
+        for cut in [3, 7, 11, len(frame) // 2, len(frame) - 4, len(frame) - 1]:
+            with pytest.raises(ChecksumMismatchError, match="cannot decompress snapshot x"):
+                decode(frame[:cut])
 
 
 @pytest.mark.parametrize("stream", ["XXH32_STREAM", "python-lz4's"])
@@ -105,16 +115,18 @@ def test_the_content_checksum_holds_whichever_xxh32_streams_it(stream: str, monk
     assert _decode(frame) == data
     bad = bytearray(frame)
     bad[len(frame) // 2] ^= 0x01  # in the second block's compressed bytes: decodes, to other content
-    with pytest.raises(ChecksumMismatchError, match="cannot decompress snapshot x: lz4 content checksum mismatch"):
-        _decode(bytes(bad))
+    for decode in BOTH:
+        with pytest.raises(ChecksumMismatchError, match="cannot decompress snapshot x: lz4 content checksum mismatch"):
+            decode(bytes(bad))
 
 
 def test_a_block_claiming_more_than_the_frame_allows_fails() -> None:
     frame = bytearray(lz4.frame.compress(b"abc" * 1000, **FRAMES["64k-block-checksums-size"]))
     header = 4 + 2 + 8 + 1
     struct.pack_into("<I", frame, header, (64 << 10) + 1)
-    with pytest.raises(ChecksumMismatchError, match="larger than the frame's"):
-        _decode(bytes(frame))
+    for decode in BOTH:
+        with pytest.raises(ChecksumMismatchError, match="larger than the frame's"):
+            decode(bytes(frame))
 
 
 def test_linked_blocks_and_dictionaries_go_to_python_lz4() -> None:
@@ -126,6 +138,7 @@ def test_linked_blocks_and_dictionaries_go_to_python_lz4() -> None:
     out = io.BytesIO()
     assert codec.decompress_stream(io.BufferedReader(io.BytesIO(linked)), out) == len(data)
     assert out.getvalue() == data
+    assert codec.decompress(linked) == data
 
 
 def test_decompress_stream_passes_the_snapshot_header_then_decodes_blocks() -> None:
