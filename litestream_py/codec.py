@@ -69,9 +69,14 @@ def compress(data: bytes | memoryview) -> bytes:
     return out
 
 
+# Frames at least this large (compressed) are decoded by lz4_blocks, smaller
+# ones by python-lz4, which costs less per call (docs/bench.md).
+DIRECT_DECODE_MIN = 64 << 10
+
+
 def decompress(data: bytes | memoryview, what: str = "object") -> bytes:
-    """A whole LZ4 frame's bytes (a WAL segment's): decoded by ``lz4_blocks`` where it can."""
-    if lz4_blocks.parallel_frame(bytes(data[: lz4_blocks.FRAME_HEADER_MAX])):
+    """A whole LZ4 frame's bytes (a WAL segment's)."""
+    if len(data) >= DIRECT_DECODE_MIN and lz4_blocks.parallel_frame(bytes(data[: lz4_blocks.FRAME_HEADER_MAX])):
         return lz4_blocks.decode_frame_bytes(data, what)
     try:
         return lz4.frame.decompress(data)  # type: ignore[no-any-return]

@@ -140,6 +140,8 @@ def decode_frame_bytes(blob: bytes | memoryview, what: str) -> bytes:
         if stored:
             parts.append(data)
             continue
+        # malloc'd: a restore's heap reuses it; a sidecar maps and unmaps it
+        # (process.py), as it would python-lz4's growing buffer.
         out = ctypes.create_string_buffer(frame.block_max)
         n = lib.LZ4_decompress_safe(data, out, size, frame.block_max)
         if n < 0:

@@ -161,3 +161,15 @@ def test_a_failing_writer_stops_the_decode() -> None:
     with pytest.raises(OSError, match="No space left"):
         lz4_blocks.decode_frame(io.BytesIO(frame), write, "snapshot x")
     assert len(seen) == 2
+
+
+def test_segments_decode_in_memory_from_the_size_where_it_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """codec.decompress takes lz4_blocks' in-memory decoder for frames of DIRECT_DECODE_MIN
+    compressed bytes or more, python-lz4's below: the same bytes either way."""
+    calls: list[int] = []
+    decode = lz4_blocks.decode_frame_bytes
+    monkeypatch.setattr(lz4_blocks, "decode_frame_bytes", lambda blob, what: calls.append(len(blob)) or decode(blob, what))
+    small, large = _database_like(20_000, seed=5), random.Random(6).randbytes(300_000)
+    for data in (small, large):
+        assert codec.decompress(codec.compress(data)) == data
+    assert calls == [len(codec.compress(large))] and calls[0] >= codec.DIRECT_DECODE_MIN > len(codec.compress(small))
