@@ -105,6 +105,20 @@ def _truncated(what: str) -> ChecksumMismatchError:
     return ChecksumMismatchError(f"cannot decompress {what}: truncated lz4 frame")
 
 
+def _check_end(frame: _Frame, word: bytes, digest: Callable[[], int], written: int, what: str) -> None:
+    """A decoded frame's end: the content checksum stored after its end mark
+    (``word``, where the frame has one) against ``digest()``, and its content size."""
+    if frame.content_checksum:
+        if len(word) < 4:
+            raise _truncated(what)
+        if digest() != struct.unpack("<I", word[:4])[0]:
+            raise ChecksumMismatchError(f"cannot decompress {what}: lz4 content checksum mismatch")
+    if frame.content_size is not None and frame.content_size != written:
+        raise ChecksumMismatchError(
+            f"cannot decompress {what}: lz4 frame holds {written} bytes, its header says {frame.content_size}"
+        )
+
+
 def decode_frame_bytes(blob: bytes | memoryview, what: str) -> bytes:
     """The LZ4 frame that is all of ``blob``, decoded on this thread (a WAL segment).
 
@@ -148,15 +162,8 @@ def decode_frame_bytes(blob: bytes | memoryview, what: str) -> bytes:
             raise ChecksumMismatchError(f"cannot decompress {what}: corrupt lz4 block")
         parts.append(ctypes.string_at(out, n))
     content = parts[0] if len(parts) == 1 else b"".join(parts)
-    if frame.content_checksum:
-        if pos + 4 > len(view):
-            raise _truncated(what)
-        if lib.XXH32(content, len(content), 0) != struct.unpack_from("<I", view, pos)[0]:
-            raise ChecksumMismatchError(f"cannot decompress {what}: lz4 content checksum mismatch")
-    if frame.content_size is not None and frame.content_size != len(content):
-        raise ChecksumMismatchError(
-            f"cannot decompress {what}: lz4 frame holds {len(content)} bytes, its header says {frame.content_size}"
-        )
+    _check_end(frame, bytes(view[pos : pos + 4]), lambda: int(lib.XXH32(content, len(content), 0)), len(content),
+               what)
     return content
 
 
@@ -259,16 +266,8 @@ def decode_frame(src: BinaryIO, write: Callable[[memoryview], object], what: str
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-        if frame.content_checksum:
-            word = read(4)
-            if len(word) < 4:
-                raise _truncated(what)
-            if xxh32.XXH32_digest(state) != struct.unpack("<I", word)[0]:
-                raise ChecksumMismatchError(f"cannot decompress {what}: lz4 content checksum mismatch")
-        if frame.content_size is not None and frame.content_size != written:
-            raise ChecksumMismatchError(
-                f"cannot decompress {what}: lz4 frame holds {written} bytes, its header says {frame.content_size}"
-            )
+        _check_end(frame, read(4) if frame.content_checksum else b"", lambda: int(xxh32.XXH32_digest(state)),
+                   written, what)
     finally:
         xxh32.XXH32_freeState(state)
     return written

@@ -52,10 +52,7 @@ def _load() -> tuple[Callable[..., int], bool]:
     return package.crc32c, False
 
 
-_crc32c, _alone = _load()
-loaded_alone: bool = _alone  # False: the extension came through the package's own import
-
-
-def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
-    """The CRC32C of ``data``, continuing from ``value`` (the CRC of what came before)."""
-    return _crc32c(data, value)
+_LOADED = _load()
+# crc32c(data, value=0): the CRC32C of ``data``, continuing from ``value`` (the CRC of what came before).
+crc32c: Callable[..., int] = _LOADED[0]
+loaded_alone: bool = _LOADED[1]  # False: the extension came through the package's own import
